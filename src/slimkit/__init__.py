@@ -1,0 +1,23 @@
+"""slimkit: make trained neural networks smaller and faster, and prove it.
+
+>>> import slimkit as sk
+>>> model = sk.zoo.load("lenet-300-100")
+>>> sk.save(model, "lenet.slim")
+>>> sk.evaluate(sk.load("lenet.slim")).score
+"""
+
+from slimkit import zoo
+from slimkit.api import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
+from slimkit.errors import SlimError, SlimFormatError
+from slimkit.eval.measure import Measurement, evaluate
+from slimkit.io.artifact import load, load_state_dict, read_manifest, save
+from slimkit.recipes import Recipe, load_recipe, run_recipe
+from slimkit.zoo.resolve import resolve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError", "apply_",
+    "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
+    "quantize_", "read_manifest", "resolve", "run_recipe", "save", "share_", "zoo",
+]

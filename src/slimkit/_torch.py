@@ -1,0 +1,37 @@
+"""Small torch helpers shared across the package."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+
+def default_threads() -> int:
+    """The thread count used for measurement: $SLIMKIT_THREADS, else min(2, cores)."""
+    env = os.environ.get("SLIMKIT_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run a block with `torch.set_num_threads(n)`, restoring the previous value."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG and return a generator with the same seed."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

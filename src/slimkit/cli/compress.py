@@ -1,0 +1,53 @@
+"""`slimkit compress MODEL --recipe NAME|FILE.yaml --out FILE.slim [--json]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slimkit.cli import common
+
+
+def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folder or .safetensors"),
+                 recipe: str = typer.Option(..., "--recipe", "-r", help="Shipped recipe name or a .yaml file."),
+                 out: Path = typer.Option(..., "--out", "-o", help="Output .slim file."),
+                 force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+                 ) -> None:
+    """Apply a recipe, evaluate before and after, save the artifact."""
+    from slimkit.eval.measure import evaluate, task_for
+    from slimkit.io.artifact import save
+    from slimkit.recipes import load_recipe, run_recipe
+    from slimkit.zoo.resolve import resolve
+
+    common.check_out_path(out, [model], force)
+    plan = load_recipe(recipe)
+    with common.status(f"loading {model}"):
+        net = resolve(model)
+    task = task_for(net)
+    with common.status("measuring the original"):
+        before = evaluate(net, task)
+
+    def on_stage(i, config, _model):
+        common.info(f"stage {i + 1}/{len(plan.stages)} done: {config.method}")
+
+    with common.status(f"compressing with {plan.name} ({len(plan.stages)} stages)"):
+        net = run_recipe(net, plan, task, on_stage=on_stage)
+    save(net, out, info={"recipe": plan.name, "source": model})
+    with common.status("measuring the result"):
+        after = evaluate(net, task, path=out)
+    result = {"out": str(out), "bytes": after.bytes, "baseline_bytes": after.baseline_bytes,
+              "ratio": round(after.ratio, 3), "score": after.score, "baseline_score": before.score,
+              "latency_ms": after.latency_ms, "baseline_latency_ms": before.latency_ms}
+    if as_json:
+        common.emit_json(result)
+        return
+    delta = "" if after.score is None or before.score is None else \
+        f", {after.score_name} {before.score:.4f} -> {after.score:.4f}"
+    common.out.print(f"wrote {out}: {common.fmt_bytes(after.bytes)} ({after.ratio:.1f}x smaller than "
+                     f"fp32 {common.fmt_bytes(after.baseline_bytes)}){delta}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_cmd)

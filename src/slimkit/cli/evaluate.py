@@ -1,0 +1,46 @@
+"""`slimkit eval MODEL_OR_FILE [--json]`: score, bytes, ratio, latency."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from slimkit.cli import common
+
+
+def measurement_row(m) -> dict:
+    return {"bytes": m.bytes, "baseline_bytes": m.baseline_bytes, "ratio": round(m.ratio, 3),
+            "score": m.score, "score_name": m.score_name, "params": m.params, "nonzeros": m.nonzeros,
+            "latency_ms": m.latency_ms}
+
+
+def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+             threads: int = typer.Option(0, "--threads", help="Torch threads for timing (0: default)."),
+             ) -> None:
+    """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency."""
+    from slimkit.eval.measure import evaluate
+    from slimkit.zoo.resolve import resolve
+
+    with common.status(f"loading {model}"):
+        net = resolve(model)
+    path = model if model.endswith(".slim") else None
+    with common.status("measuring"):
+        m = evaluate(net, path=path, threads=threads or None)
+    row = measurement_row(m)
+    if as_json:
+        common.emit_json({"model": model, **row})
+        return
+    table = Table(title=f"slimkit eval {model}")
+    for key in ("score_name", "score", "bytes", "baseline_bytes", "ratio", "params", "nonzeros"):
+        table.add_column(key)
+    table.add_column("latency ms (b1 / b32)")
+    lat = m.latency_ms
+    table.add_row(m.score_name, "-" if m.score is None else f"{m.score:.4f}", str(m.bytes),
+                  str(m.baseline_bytes), f"{m.ratio:.2f}x", str(m.params), str(m.nonzeros),
+                  " / ".join(f"{v:.3f}" for v in lat.values()) or "-")
+    common.out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,62 @@
+"""The `slimkit` command. Each subcommand lives in its own module and only parses, calls the
+public API and saves. Errors a user can act on print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from slimkit.cli import common
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make trained neural networks smaller and faster, and measure it honestly.")
+
+
+@app.callback()
+def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    common.STATE.quiet = quiet
+    common.STATE.debug = debug
+
+
+def _register() -> None:
+    from slimkit.cli import compress, demo, evaluate, inspect, recipes
+
+    for module in (demo, compress, evaluate, inspect, recipes):
+        module.register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    from slimkit.errors import SlimError
+
+    try:
+        app(standalone_mode=False)
+    except SlimError as exc:
+        if common.STATE.debug:
+            raise
+        common.fail(str(exc))
+    except KeyboardInterrupt:
+        common.fail("interrupted")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        common.fail("aborted")
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if common.STATE.debug:
+            raise
+        common.fail(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for details)",
+                    code=1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Measurement: score, bytes on disk, latency. See `slimkit.eval.measure.evaluate`."""

@@ -1,0 +1,153 @@
+"""`evaluate`: the one measurement every report uses — score, bytes on disk, latency.
+
+"Compression" is never computed from parameter counts: `bytes` is the size of the saved
+artifact (the real file when there is one), `baseline_bytes` the original model as fp32
+safetensors. Parameters and nonzeros are reported beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimkit.eval.latency import median_ms
+from slimkit.eval.task import Task
+
+BATCH = 32
+
+
+@dataclass
+class Measurement:
+    score: float | None
+    score_name: str
+    bytes: int
+    baseline_bytes: int
+    params: int
+    nonzeros: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline_bytes / max(1, self.bytes)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": round(self.ratio, 3)}
+
+
+def task_for(model: nn.Module) -> Task | None:
+    """The task that scores `model`, from where it came from (None for user models)."""
+    from slimkit.zoo.registry import ZOO, base_of
+
+    base = base_of(model)
+    if base.get("kind") == "zoo" and base.get("name") in ZOO:
+        return ZOO[base["name"]].task()
+    if base.get("kind") == "hf" and base.get("path") and Path(base["path"]).is_dir():
+        from slimkit.eval.embedding_task import hf_task
+
+        return hf_task(base["path"])
+    return None
+
+
+def fp32_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Exact size of `state` written as an fp32 safetensors file (floats as fp32)."""
+    header: dict[str, object] = {}
+    offset = 0
+    for key in sorted(state):
+        t = state[key]
+        itemsize = 4 if t.is_floating_point() else t.element_size()
+        n = t.numel() * itemsize
+        header[key] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = len(json.dumps(header, separators=(",", ":")))
+    return 8 + raw + (-raw % 8) + offset
+
+
+def baseline_bytes(model: nn.Module) -> int:
+    """The original (uncompressed) model's size as fp32 safetensors."""
+    from slimkit.zoo.registry import base_of
+
+    base = base_of(model)
+    if base.get("kind") in ("zoo", "hf"):
+        return fp32_safetensors_bytes(_base_state(json.dumps(base, sort_keys=True)))
+    if base.get("kind") == "weights" and base.get("path") and Path(base["path"]).is_file():
+        from slimkit.zoo.resolve import load_safetensors_checkpoint
+
+        return fp32_safetensors_bytes(load_safetensors_checkpoint(base["path"]).state_dict())
+    return fp32_safetensors_bytes(model.state_dict())
+
+
+_BASE_CACHE: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def _base_state(key: str) -> dict[str, torch.Tensor]:
+    from slimkit.zoo.resolve import build_base
+
+    if key not in _BASE_CACHE:
+        with torch.device("meta"):
+            state = build_base(json.loads(key), None).state_dict()
+        _BASE_CACHE[key] = state
+    return _BASE_CACHE[key]
+
+
+def artifact_bytes(model: nn.Module, path: str | os.PathLike | None = None) -> int:
+    """Size on disk: of `path` if given, else of the .slim file `save` would write now."""
+    if path is not None:
+        return Path(path).stat().st_size
+    from slimkit.io.artifact import encode_model
+    from slimkit.io.manifest import METADATA_KEY
+    from slimkit.io.safetensors_file import serialize
+
+    arrays, manifest = encode_model(model)
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes
+               for c in serialize(arrays, {METADATA_KEY: manifest.to_json()}))
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzeros) over parameters and float buffers of the model."""
+    total = nonzero = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point() or t.dtype in (torch.int8, torch.uint8):
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    return total, nonzero
+
+
+def latency(model: nn.Module, task: Task, batch: int = BATCH, threads: int | None = None,
+            repeats: int = 20) -> dict[str, float]:
+    """Median ms at batch 1 and at `batch`."""
+    out = {}
+    for b in (1, batch):
+        inputs = task.example_inputs(b)
+        out[f"batch{b}"] = round(median_ms(lambda i=inputs: task.forward(model, i), repeats=repeats,
+                                           threads=threads), 4)
+    return out
+
+
+def evaluate(model: nn.Module, task: Task | None = None, path: str | os.PathLike | None = None,
+             timing: bool = True, threads: int | None = None) -> Measurement:
+    """Score, bytes, baseline bytes, parameters and latency of `model`.
+
+    >>> m = evaluate(sk.zoo.load("lenet-300-100"))
+    >>> m.score, m.bytes, m.latency_ms["batch1"]
+    """
+    task = task or task_for(model)
+    model.eval()
+    params, nonzeros = count_params(model)
+    score = None
+    if task is not None:
+        with torch.inference_mode():
+            score = float(task.score(model))
+    lat = latency(model, task, threads=threads) if (task is not None and timing) else {}
+    return Measurement(
+        score=None if score is None or math.isnan(score) else round(score, 6),
+        score_name=task.score_name if task else "score",
+        bytes=artifact_bytes(model, path),
+        baseline_bytes=baseline_bytes(model),
+        params=params, nonzeros=nonzeros, latency_ms=lat,
+    )

@@ -1,0 +1,1 @@
+"""The .slim artifact: codecs, the validated safetensors reader/writer, save and load."""

@@ -1,0 +1,177 @@
+"""save / load of the .slim artifact: one safetensors file, a JSON manifest, no pickle.
+
+>>> import slimkit as sk
+>>> sk.save(model, "lenet.slim")          # atomic: temp file, fsync, rename
+>>> model = sk.load("lenet.slim")         # replays structural edits, decodes tensors
+>>> tensors = sk.load_state_dict("lenet.slim")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.errors import SlimError, SlimFormatError
+from slimkit.io.codecs import decode_chain, encode_chain
+from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry, parse_manifest
+from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
+
+SIDE_SEP = "::"
+MAX_EXPANSION = 4096  # decoded bytes per stored byte, at most (1-bit packing of fp32 is 32)
+
+
+def codec_chains(model: nn.Module) -> dict[str, list[dict]]:
+    """Full state-dict key -> codec chain, from each module's `slim_codecs` attribute."""
+    chains: dict[str, list[dict]] = {}
+    for prefix, module in model.named_modules():
+        for local, chain in module.__dict__.get("slim_codecs", {}).items():
+            chains[f"{prefix}.{local}" if prefix else local] = list(chain)
+    return chains
+
+
+def set_codec(module: nn.Module, tensor: str, chain: list[dict]) -> None:
+    """Store `module.<tensor>` through `chain` when the model is saved."""
+    module.__dict__.setdefault("slim_codecs", {})[tensor] = list(chain)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy()
+    return t.numpy()
+
+
+def _to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(arr, copy=True))
+    if dtype == "bfloat16":
+        return tensor.view(torch.bfloat16)
+    return tensor
+
+
+def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, np.ndarray], Manifest]:
+    """Everything `save` writes, in memory: the stored arrays and the manifest."""
+    from slimkit.surgery.edits import compact_edits
+    from slimkit.zoo.registry import base_of
+
+    chains = codec_chains(model)
+    arrays: dict[str, np.ndarray] = {}
+    tensors: dict[str, TensorEntry] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for key, t in model.state_dict(keep_vars=False).items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        stored, stages = encode_chain(_to_numpy(t), chains.get(key, []))
+        for name, arr in stored.items():
+            arrays[key if name == "data" else f"{key}{SIDE_SEP}{name}"] = arr
+        tensors[key] = TensorEntry(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
+                                   chain=stages)
+    manifest = Manifest(base=base_of(model), edits=compact_edits(model), tensors=tensors,
+                        aliases=aliases, info=info or {})
+    return arrays, manifest
+
+
+def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> int:
+    """Write `model` to `path` as a .slim file (atomically) and return its size in bytes."""
+    arrays, manifest = encode_model(model, info)
+    atomic_write(path, serialize(arrays, {METADATA_KEY: manifest.to_json()}))
+    return Path(path).stat().st_size
+
+
+def _decode_all(reader: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
+    where = str(reader.path)
+    by_tensor: dict[str, dict[str, np.ndarray]] = {k: {} for k in manifest.tensors}
+    for key in reader.keys():
+        name, _, side = key.partition(SIDE_SEP)
+        if name not in by_tensor:
+            raise SlimFormatError(f"{where}: stored array {key!r} belongs to no manifest tensor")
+        by_tensor[name][side or "data"] = key
+    size = reader.path.stat().st_size
+    out: dict[str, torch.Tensor] = {}
+    for name, entry in manifest.tensors.items():
+        keys = by_tensor[name]
+        if "data" not in keys:
+            raise SlimFormatError(f"{where}: tensor {name!r} has no stored data")
+        if entry.dtype not in _DTYPES:
+            raise SlimFormatError(f"{where}: tensor {name!r} has unsupported dtype {entry.dtype!r}")
+        stored_bytes = sum(reader.nbytes(k) for k in keys.values())
+        decoded_bytes = math.prod(entry.shape) * _DTYPES[entry.dtype]
+        if decoded_bytes > MAX_EXPANSION * stored_bytes + 4096 or decoded_bytes > 64 * size + 2**26:
+            raise SlimFormatError(f"{where}: tensor {name!r} claims {decoded_bytes} bytes from "
+                                  f"{stored_bytes} stored bytes")
+        arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain)
+        if list(arr.shape) != entry.shape:
+            raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
+                                  f"manifest says {entry.shape}")
+        out[name] = _to_torch(arr, entry.dtype)
+    for key, target in manifest.aliases.items():
+        out[key] = out[target]
+    return out
+
+
+_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
+           "int16": 2, "int32": 4, "int64": 8, "bool": 1, "uint16": 2, "uint32": 4}
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The validated manifest of a .slim file, without decoding any tensor."""
+    with SafetensorsReader(path) as reader:
+        return parse_manifest(reader.metadata, str(path))
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a .slim file, decoded (codes stay codes for runtime modules)."""
+    with SafetensorsReader(path) as reader:
+        manifest = parse_manifest(reader.metadata, str(path))
+        return _decode_all(reader, manifest)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the compressed model stored at `path`.
+
+    `model` supplies the architecture for files made from a user model (base kind "user").
+    """
+    from slimkit.surgery.edits import replay_edits
+    from slimkit.zoo.resolve import build_base
+
+    with SafetensorsReader(path) as reader:
+        manifest = parse_manifest(reader.metadata, str(path))
+        state = _decode_all(reader, manifest)
+    net = build_base(manifest.base, model, manifest)
+    replay_edits(net, manifest.edits)
+    _load_into(net, state, str(path))
+    net.__dict__["slimkit_base"] = manifest.base
+    net.__dict__["slimkit_info"] = manifest.info
+    return net.eval()
+
+
+def _load_into(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    expected = net.state_dict(keep_vars=True)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SlimFormatError(f"{where}: tensors do not match the architecture "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if wrong:
+        raise SlimFormatError(f"{where}: tensor shapes do not match the architecture: {wrong[:3]}")
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise SlimFormatError(f"{where}: cannot load tensors: {str(exc).splitlines()[0]}") from None
+    leftover = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if leftover:
+        raise SlimError(f"{where}: modules left uninitialised after loading: {leftover[:3]}")
+
+
+def info_of(model: nn.Module) -> dict[str, Any]:
+    return model.__dict__.get("slimkit_info", {})

@@ -1,0 +1,61 @@
+"""The JSON manifest stored in a .slim file's safetensors `__metadata__["slimkit"]`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slimkit.errors import SlimFormatError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "slimkit"
+
+
+class TensorEntry(BaseModel):
+    """One state-dict tensor: its decoded dtype and shape, and the codec chain that stores it."""
+
+    model_config = ConfigDict(extra="forbid")
+    dtype: str
+    shape: list[int]
+    chain: list[dict[str, Any]] = []
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["slimkit"] = "slimkit"
+    version: int = FORMAT_VERSION
+    base: dict[str, Any]
+    edits: list[dict[str, Any]] = []
+    tensors: dict[str, TensorEntry]
+    aliases: dict[str, str] = {}
+    info: dict[str, Any] = {}
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), separators=(",", ":"))
+
+
+def parse_manifest(metadata: dict[str, str], where: str) -> Manifest:
+    """Validate the manifest; any problem is a one-line SlimFormatError naming `where`."""
+    raw = metadata.get(METADATA_KEY)
+    if raw is None:
+        raise SlimFormatError(f"{where}: not a .slim file (safetensors without a slimkit manifest)")
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise SlimFormatError(f"{where}: invalid manifest at {loc}: {first['msg']}") from None
+    if manifest.version != FORMAT_VERSION:
+        raise SlimFormatError(f"{where}: format version {manifest.version} is not supported "
+                              f"(this slimkit reads version {FORMAT_VERSION})")
+    if not isinstance(manifest.base.get("kind"), str):
+        raise SlimFormatError(f"{where}: manifest base has no 'kind'")
+    for key, target in manifest.aliases.items():
+        if target not in manifest.tensors:
+            raise SlimFormatError(f"{where}: alias {key!r} points to missing tensor {target!r}")
+    for key, entry in manifest.tensors.items():
+        if any(d < 0 for d in entry.shape):
+            raise SlimFormatError(f"{where}: tensor {key!r} has a negative dimension")
+    return manifest

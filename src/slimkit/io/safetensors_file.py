@@ -1,0 +1,174 @@
+"""Read and write safetensors files with validation before allocation, and atomic writes.
+
+The reader checks the header length against the file size, every tensor's dtype, shape and byte
+range (inside the data section, no overlap, size = elements x itemsize) before it maps anything,
+so a truncated or lying file is refused with `SlimFormatError` instead of a huge allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from slimkit.errors import SlimError, SlimFormatError
+
+MAX_HEADER = 64 * 1024 * 1024
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+    "U64": np.uint64, "BOOL": np.bool_,
+}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def atomic_write(path: str | os.PathLike, chunks: list[bytes | memoryview]) -> None:
+    """Write `chunks` to `path` via a temporary file in the same folder, fsync, then rename.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SlimError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    with _suppress():
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> list[bytes | memoryview]:
+    """Return the chunks of a safetensors file holding `arrays` and `metadata`."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    payload: list[memoryview] = []
+    for name in sorted(arrays):
+        arr = np.array(arrays[name], order="C", copy=None)
+        if arr.dtype not in _CODES:
+            raise SlimError(f"cannot store tensor {name!r} of dtype {arr.dtype}")
+        nbytes = arr.nbytes
+        header[name] = {"dtype": _CODES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        payload.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return [len(raw).to_bytes(8, "little"), raw, *payload]
+
+
+def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
+    """Parse and validate the header; return (tensor entries, metadata, data start)."""
+    if size < 8:
+        raise SlimFormatError(f"{name}: file is {size} bytes, too short to be safetensors")
+    n = int.from_bytes(fh.read(8), "little")
+    if n < 2 or n > min(size - 8, MAX_HEADER):
+        raise SlimFormatError(f"{name}: header length {n} does not fit the file size {size}")
+    try:
+        header = json.loads(fh.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlimFormatError(f"{name}: header is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise SlimFormatError(f"{name}: header is not a JSON object")
+    meta = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SlimFormatError(f"{name}: __metadata__ must map strings to strings")
+    data_len = size - 8 - n
+    spans = []
+    for key, entry in header.items():
+        _check_entry(key, entry, data_len, name)
+        spans.append((*entry["data_offsets"], key))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise SlimFormatError(f"{name}: tensors {a!r} and {b!r} overlap")
+    return header, meta, 8 + n
+
+
+def _check_entry(key: str, entry: object, data_len: int, name: str) -> None:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise SlimFormatError(f"{name}: tensor {key!r} has a malformed header entry")
+    dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPES:
+        raise SlimFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
+            or not 0 <= offs[0] <= offs[1] <= data_len):
+        raise SlimFormatError(f"{name}: tensor {key!r} lies outside the file (offsets {offs!r})")
+    if offs[1] - offs[0] != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+        raise SlimFormatError(f"{name}: tensor {key!r} byte count does not match its shape and dtype")
+
+
+class SafetensorsReader:
+    """A validated, memory-mapped view of a safetensors file. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SlimError(f"no such file: {self.path}")
+        self._fh = open(self.path, "rb")
+        try:
+            size = os.fstat(self._fh.fileno()).st_size
+            self.entries, self.metadata, self._start = read_header(self._fh, size, str(self.path))
+            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def nbytes(self, key: str) -> int:
+        begin, end = self.entries[key]["data_offsets"]
+        return end - begin
+
+    def get(self, key: str) -> np.ndarray:
+        """Return a read-only array view of tensor `key` (copy it before mutating)."""
+        if key not in self.entries:
+            raise SlimFormatError(f"{self.path}: missing tensor {key!r}")
+        entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(_DTYPES[entry["dtype"]])
+        count = (end - begin) // dtype.itemsize
+        if count == 0:
+            return np.empty(tuple(entry["shape"]), dtype=dtype)
+        arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._start + begin)
+        return arr.reshape(tuple(entry["shape"]))
+
+    def close(self) -> None:
+        self._map = None
+        self._fh.close()
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""Recipes: an ordered list of method configs, shipped as YAML or written in Python.
+
+A YAML recipe::
+
+    description: prune to 92% then 5-bit k-means sharing
+    stages:
+      - method: magnitude
+        sparsity: 0.92
+      - method: kmeans
+        bits: 5
+
+>>> recipe = load_recipe("deep-compression")       # shipped name, or a path to a .yaml file
+>>> model = run_recipe(model, recipe, task)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from torch import nn
+
+from slimkit.api import MethodConfig, apply_, methods
+from slimkit.errors import SlimError
+from slimkit.eval.task import Task
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    stages: list[MethodConfig] = field(default_factory=list)
+
+
+def shipped() -> dict[str, Path]:
+    """Shipped recipe names -> their YAML files."""
+    folder = resources.files("slimkit") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A shipped recipe by name, or a YAML file. Errors name the file, stage and key."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SlimError(f"recipe file not found: {name_or_path}")
+    else:
+        known = shipped()
+        if name_or_path not in known:
+            raise SlimError(f"unknown recipe {name_or_path!r} (shipped: {', '.join(sorted(known))}; "
+                            "or give a .yaml file)")
+        path = known[name_or_path]
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SlimError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_recipe(doc, str(path), path.stem)
+
+
+def parse_recipe(doc: object, where: str, name: str) -> Recipe:
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise SlimError(f"{where}: a recipe needs a non-empty 'stages' list")
+    extra = set(doc) - {"description", "stages", "models"}
+    if extra:
+        raise SlimError(f"{where}: unknown recipe key {sorted(extra)[0]!r} (expected description, stages)")
+    known = methods()
+    stages = []
+    for i, stage in enumerate(doc["stages"]):
+        if not isinstance(stage, dict) or "method" not in stage:
+            raise SlimError(f"{where}: stage {i + 1} needs a 'method' key")
+        options = dict(stage)
+        method = options.pop("method")
+        if method not in known:
+            raise SlimError(f"{where}: stage {i + 1}: method {method!r} is not implemented "
+                            f"(available: {', '.join(known) or 'none yet'})")
+        try:
+            stages.append(known[method](**options))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or method
+            raise SlimError(f"{where}: stage {i + 1} ({method}): {key}: {err['msg']}") from None
+    return Recipe(name=name, description=str(doc.get("description", "")), stages=stages)
+
+
+def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
+               on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None) -> nn.Module:
+    """Apply the stages in order; `on_stage(i, config, model)` is called after each one."""
+    for i, config in enumerate(recipe.stages):
+        model = apply_(model, config, task)
+        if on_stage is not None:
+            on_stage(i, config, model)
+    return model

@@ -1,0 +1,119 @@
+"""Structural edits: change a model's structure and record it so a .slim file can replay it.
+
+Every edit is a JSON object with an "op". Methods call `replace_module` / `set_attr`, which
+apply the change and append to the model's edit log (`model.slimkit_edits`). At save time the
+log is compacted and each replaced module is described by its *final* spec, so later edits of
+the same module (shrink, then quantize) replay correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from slimkit.errors import SlimError, SlimFormatError
+from slimkit.surgery.specs import from_spec, to_spec
+
+EDIT_OPS: dict[str, Callable[[nn.Module, dict], None]] = {}
+
+_JSON_SCALARS = (int, float, str, bool, type(None))
+
+
+def register_op(name: str):
+    """Decorator: `fn(model, edit)` applies an edit of kind `name` when a file is loaded."""
+
+    def deco(fn):
+        EDIT_OPS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise SlimError(f"model has no module named {name!r}") from None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = get_submodule(model, parent_name) if parent_name else model
+    if not hasattr(parent, child) and child not in parent._modules:
+        raise SlimError(f"model has no module named {name!r}")
+    setattr(parent, child, module)
+
+
+def edit_log(model: nn.Module) -> list[dict]:
+    log = model.__dict__.get("slimkit_edits")
+    if log is None:
+        log = []
+        model.__dict__["slimkit_edits"] = log
+    return log
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at dotted path `name` in `model` and record the edit."""
+    to_spec(module)  # fail now, not at save time, if it cannot be recorded
+    _set_submodule(model, name, module)
+    edit_log(model).append({"op": "replace", "module": name})
+
+
+def set_attr(model: nn.Module, name: str, attr: str, value: object) -> None:
+    """Set a plain attribute (e.g. `num_attention_heads`) on a submodule and record it."""
+    if not isinstance(value, _JSON_SCALARS):
+        raise TypeError(f"set_attr value must be a JSON scalar, got {type(value).__name__}")
+    setattr(get_submodule(model, name) if name else model, attr, value)
+    edit_log(model).append({"op": "setattr", "module": name, "attr": attr, "value": value})
+
+
+def compact_edits(model: nn.Module) -> list[dict]:
+    """The edit log as it will be saved: superseded replaces dropped, final specs filled in."""
+    log = edit_log(model)
+    out: list[dict] = []
+    for i, edit in enumerate(log):
+        if edit["op"] == "replace":
+            name = edit["module"]
+            later = [e["module"] for e in log[i + 1:] if e["op"] == "replace"]
+            if any(n == name or name.startswith(n + ".") for n in later):
+                continue
+            out.append({"op": "replace", "module": name, "spec": to_spec(get_submodule(model, name))})
+        else:
+            out.append(dict(edit))
+    return out
+
+
+def replay_edits(model: nn.Module, edits: list) -> None:
+    """Apply saved edits in order (loading side). Raises SlimFormatError when one is malformed."""
+    if not isinstance(edits, list):
+        raise SlimFormatError("manifest 'edits' must be a list")
+    for i, edit in enumerate(edits):
+        if not isinstance(edit, dict) or edit.get("op") not in EDIT_OPS:
+            raise SlimFormatError(f"edit #{i} has an unknown op: {str(edit)[:80]}")
+        try:
+            EDIT_OPS[edit["op"]](model, edit)
+        except SlimError as exc:
+            raise SlimFormatError(f"edit #{i} ({edit['op']}): {exc}") from None
+    model.__dict__["slimkit_edits"] = [dict(e) for e in edits]
+
+
+@register_op("replace")
+def _replay_replace(model: nn.Module, edit: dict) -> None:
+    name = edit.get("module")
+    if not isinstance(name, str) or not name:
+        raise SlimFormatError("replace edit needs a module name")
+    _set_submodule(model, name, from_spec(edit.get("spec")))
+
+
+@register_op("setattr")
+def _replay_setattr(model: nn.Module, edit: dict) -> None:
+    name, attr, value = edit.get("module", ""), edit.get("attr"), edit.get("value")
+    if not isinstance(name, str) or not isinstance(attr, str) or not isinstance(value, _JSON_SCALARS):
+        raise SlimFormatError("setattr edit needs module, attr and a scalar value")
+    if attr.startswith("_"):
+        raise SlimFormatError(f"setattr edit may not set private attribute {attr!r}")
+    target = get_submodule(model, name) if name else model
+    if not hasattr(target, attr):
+        raise SlimFormatError(f"setattr edit: {name or 'model'} has no attribute {attr!r}")
+    setattr(target, attr, value)

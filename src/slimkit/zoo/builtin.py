@@ -1,0 +1,31 @@
+"""The embedded defaults: lenet-300-100 and lenet5 on digits (trained on first use, cached)."""
+
+from __future__ import annotations
+
+from slimkit.zoo.lenet import LeNet300100, LeNet5
+from slimkit.zoo.registry import ZooEntry, register, tag, trained_digits_model
+
+CACHE_VERSION = "v1"
+
+
+def _digits_task():
+    from slimkit.eval.digits_task import DigitsTask
+
+    return DigitsTask()
+
+
+def _entry(name: str, cls, description: str, **fit_kwargs) -> ZooEntry:
+    base = {"kind": "zoo", "name": name}
+    return register(ZooEntry(
+        name=name,
+        description=description,
+        build=lambda: tag(cls(), base),
+        load=lambda: tag(trained_digits_model(f"{name}-{CACHE_VERSION}", cls, **fit_kwargs), base),
+        task=_digits_task,
+    ))
+
+
+_entry("lenet-300-100", LeNet300100, "MLP 64-300-100-10 on 8x8 digits (50,610 params)",
+       epochs=100, batch_size=32, lr=2e-3)
+_entry("lenet5", LeNet5, "LeNet-5-style CNN (conv-BN-pool x2, fc x3) on 1x8x8 digits",
+       epochs=60, batch_size=64, lr=2e-3)

@@ -1,0 +1,102 @@
+"""Model references: `builtin:NAME`, a Hugging Face folder, a `.safetensors` checkpoint, a `.slim` file.
+
+>>> model = resolve("builtin:lenet-300-100")
+>>> model = resolve("path/to/hf-folder")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimError
+from slimkit.zoo.registry import ZOO, entry, tag
+
+if TYPE_CHECKING:
+    from slimkit.io.manifest import Manifest
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+class WeightsOnly(nn.Module):
+    """A bare checkpoint: the tensors of a `.safetensors` file under their own names, no forward."""
+
+    def __init__(self, shapes: dict[str, tuple[list[int], torch.dtype]], device: str = "cpu"):
+        super().__init__()
+        for name, (shape, dtype) in shapes.items():
+            *path, leaf = name.split(".")
+            holder: nn.Module = self
+            for part in path:
+                if part not in holder._modules:
+                    holder.add_module(part, nn.Module())
+                holder = holder._modules[part]
+            holder.register_buffer(leaf, torch.empty(shape, dtype=dtype, device=device))
+
+    def forward(self, *args, **kwargs):
+        raise SlimError("a weights-only checkpoint has no architecture to run; pass a model or HF folder")
+
+
+def load_safetensors_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Read a weights-only `.safetensors` checkpoint (no pickle) into a `WeightsOnly` module."""
+    from safetensors.torch import load_file
+
+    from slimkit.io.safetensors_file import SafetensorsReader
+
+    with SafetensorsReader(path):  # validates the header before anything is allocated
+        pass
+    state = load_file(str(path))
+    model = WeightsOnly({k: (list(v.shape), v.dtype) for k, v in state.items()}, device="meta")
+    model.load_state_dict(state, assign=True)
+    return tag(model, {"kind": "weights", "path": str(Path(path).resolve())})
+
+
+def resolve(ref: str, trust_pickle: bool = False) -> nn.Module:
+    """Turn a model reference into a module (see module docstring)."""
+    if ref.startswith("builtin:"):
+        return entry(ref.removeprefix("builtin:")).load()
+    path = Path(ref)
+    if not path.exists():
+        hint = f" (did you mean builtin:{ref}?)" if ref in ZOO else ""
+        raise SlimError(f"no such model or file: {ref}{hint}")
+    if path.is_dir():
+        from slimkit.zoo.hf import load_hf_folder
+
+        return load_hf_folder(path)
+    if path.suffix == ".slim":
+        from slimkit.io.artifact import load
+
+        return load(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors_checkpoint(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise SlimError(f"{ref}: pickled checkpoints can run code when loaded and are refused; "
+                            "convert it to .safetensors (or opt in with trust_pickle)")
+        raise SlimError(f"{ref}: pickled checkpoints are not supported yet; convert it to .safetensors")
+    raise SlimError(f"{ref}: unknown model file type {path.suffix!r} (expected .slim, .safetensors "
+                    "or a Hugging Face folder)")
+
+
+def build_base(base: dict, model: nn.Module | None, manifest: Manifest | None = None) -> nn.Module:
+    """The architecture a .slim file was made from, with its original (uncompressed) shapes."""
+    kind = base.get("kind")
+    if model is not None:
+        return model
+    if kind == "zoo":
+        return entry(str(base.get("name"))).build()
+    if kind == "hf":
+        from slimkit.zoo.hf import build_from_base
+
+        return build_from_base(base)
+    if kind == "weights" and manifest is not None:
+        shapes = {k: (v.shape, getattr(torch, v.dtype)) for k, v in manifest.tensors.items()}
+        shapes.update({k: shapes[t] for k, t in manifest.aliases.items()})
+        return tag(WeightsOnly(shapes, device="meta"), base)
+    if kind == "user":
+        raise SlimError("this .slim file was made from a user model: pass its architecture, "
+                        "load(path, model=...)")
+    raise SlimError(f"unknown base model kind {kind!r} in the manifest")
