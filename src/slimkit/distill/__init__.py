@@ -1,1 +1,12 @@
-"""slimkit.distill"""
+"""Knowledge distillation: losses (KD, hints, attention), students derived from the teacher, a
+DDP-ready training loop, and the `distill` method.
+
+>>> from slimkit.distill import DistillConfig, distill, shrink_mlp
+>>> student = distill(teacher, shrink_mlp(teacher, (32, 16)), task, DistillConfig(epochs=60))
+"""
+
+from slimkit.distill.api import DistillConfig, distill
+from slimkit.distill.loop import LoopSettings, fit
+from slimkit.distill.students import keep_layers, shrink_mlp
+
+__all__ = ["DistillConfig", "LoopSettings", "distill", "fit", "keep_layers", "shrink_mlp"]

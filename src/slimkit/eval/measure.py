@@ -58,10 +58,13 @@ def fp32_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
     """Exact size of `state` written as an fp32 safetensors file (floats as fp32)."""
     header: dict[str, object] = {}
     offset = 0
-    for key in sorted(state):
+
+    def itemsize(t: torch.Tensor) -> int:
+        return 4 if t.is_floating_point() else t.element_size()
+
+    for key in sorted(state, key=lambda k: (-itemsize(state[k]), k)):  # safetensors' own order
         t = state[key]
-        itemsize = 4 if t.is_floating_point() else t.element_size()
-        n = t.numel() * itemsize
+        n = t.numel() * itemsize(t)
         header[key] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = len(json.dumps(header, separators=(",", ":")))

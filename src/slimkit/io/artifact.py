@@ -40,6 +40,18 @@ def set_codec(module: nn.Module, tensor: str, chain: list[dict]) -> None:
     module.__dict__.setdefault("slim_codecs", {})[tensor] = list(chain)
 
 
+def append_codec(module: nn.Module, tensor: str, stage: dict) -> None:
+    """Add one codec stage after the chain already set for `module.<tensor>` (e.g. palette after
+    sparse, entropy coding after palette)."""
+    chains = module.__dict__.setdefault("slim_codecs", {})
+    chains[tensor] = [*chains.get(tensor, []), dict(stage)]
+
+
+def codec_chain(module: nn.Module, tensor: str) -> list[dict]:
+    """The chain currently set for `module.<tensor>` (empty: stored raw)."""
+    return list(module.__dict__.get("slim_codecs", {}).get(tensor, []))
+
+
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
@@ -149,9 +161,36 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     net = build_base(manifest.base, model, manifest)
     replay_edits(net, manifest.edits)
     _load_into(net, state, str(path))
+    _retie(net, manifest.aliases)
+    _restore_chains(net, manifest)
     net.__dict__["slimkit_base"] = manifest.base
     net.__dict__["slimkit_info"] = manifest.info
     return net.eval()
+
+
+def _retie(net: nn.Module, aliases: dict[str, str]) -> None:
+    """Make aliased parameters the same object again (tied weights)."""
+    for key, target in aliases.items():
+        k_mod, _, k_attr = key.rpartition(".")
+        t_mod, _, t_attr = target.rpartition(".")
+        owner = net.get_submodule(k_mod) if k_mod else net
+        source = getattr(net.get_submodule(t_mod) if t_mod else net, t_attr)
+        if isinstance(source, nn.Parameter):
+            setattr(owner, k_attr, source)
+
+
+DECODE_ONLY = ("side", "shape", "dtype")
+
+
+def _restore_chains(net: nn.Module, manifest: Manifest) -> None:
+    """Re-attach codec chains so that saving a loaded model writes the same encoding again."""
+    for key, entry in manifest.tensors.items():
+        if not entry.chain:
+            continue
+        prefix, _, local = key.rpartition(".")
+        module = net.get_submodule(prefix) if prefix else net
+        chain = [{k: v for k, v in stage.items() if k not in DECODE_ONLY} for stage in entry.chain]
+        set_codec(module, local, chain)
 
 
 def _load_into(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -69,18 +69,30 @@ def set_attr(model: nn.Module, name: str, attr: str, value: object) -> None:
 
 
 def compact_edits(model: nn.Module) -> list[dict]:
-    """The edit log as it will be saved: superseded replaces dropped, final specs filled in."""
+    """The edit log as it will be saved: superseded replaces dropped, final specs filled in.
+
+    Specs describe the *current* module tree recursively, so a replace is redundant when the same
+    module or an ancestor is replaced later, or when an ancestor's replace is kept anyway.
+    """
     log = edit_log(model)
-    out: list[dict] = []
+    kept: list[tuple[int, dict]] = []
     for i, edit in enumerate(log):
         if edit["op"] == "replace":
             name = edit["module"]
             later = [e["module"] for e in log[i + 1:] if e["op"] == "replace"]
             if any(n == name or name.startswith(n + ".") for n in later):
                 continue
-            out.append({"op": "replace", "module": name, "spec": to_spec(get_submodule(model, name))})
-        else:
+        kept.append((i, edit))
+    roots = {e["module"] for _, e in kept if e["op"] == "replace"}
+    out: list[dict] = []
+    for _, edit in kept:
+        if edit["op"] != "replace":
             out.append(dict(edit))
+            continue
+        name = edit["module"]
+        if any(name.startswith(r + ".") for r in roots):
+            continue
+        out.append({"op": "replace", "module": name, "spec": to_spec(get_submodule(model, name))})
     return out
 
 

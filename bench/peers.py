@@ -1,0 +1,258 @@
+"""Peers measured beside slimkit: PyTorch eager fp32 and bf16, `torch.ao` dynamic int8, and
+ONNX Runtime fp32 and `quantize_dynamic` per-channel int8.
+
+Every peer is returned as a `Candidate` whose `model` is an `nn.Module` the case's task can drive
+(`task.forward`, `task.score`), so peers and slimkit variants are scored by the same code. Files
+are written into the `workdir` given (a temporary folder), and their size on disk is `bytes`.
+
+>>> cands = build_peers(model, task, workdir, threads=2)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.harness import BASELINE, Candidate
+
+HF_OUTPUT = "last_hidden_state"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    """The main output of a model: the tensor itself, `.last_hidden_state`, or element 0."""
+    if isinstance(out, torch.Tensor):
+        return out
+    hidden = getattr(out, HF_OUTPUT, None)
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    return out[0]
+
+
+def _rewrap(like: Any, tensor: torch.Tensor) -> Any:
+    """`tensor` in the same kind of output as `like` (a Hugging Face output keeps its type)."""
+    if isinstance(like, torch.Tensor):
+        return tensor
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return BaseModelOutput(last_hidden_state=tensor)
+
+
+class CastModule(nn.Module):
+    """Runs `inner` in a low-precision dtype: float inputs are cast in, the output cast to fp32."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def cast(t: Any) -> Any:
+            return t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        out = self.inner(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+        return _rewrap(out, _first_tensor(out).float())
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind an `nn.Module` face: same keyword inputs as the torch model,
+    returns a tensor (classifiers) or an output with `.last_hidden_state` (encoders)."""
+
+    def __init__(self, path: str | Path, keys: list[str], hf_output: bool, threads: int):
+        super().__init__()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.keys = keys
+        self.feeds = {i.name for i in self.session.get_inputs()}
+        self.hf_output = hf_output
+        self.path = str(path)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        named = dict(zip(self.keys, args, strict=False))
+        named.update(kwargs)
+        feed = {k: v.detach().cpu().numpy() for k, v in named.items() if k in self.feeds}
+        out = torch.from_numpy(self.session.run(None, feed)[0])
+        if self.hf_output:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return BaseModelOutput(last_hidden_state=out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"onnx={Path(self.path).name}"
+
+
+class _Export(nn.Module):
+    """Positional-argument face of a keyword-driven model, returning only its main tensor."""
+
+    def __init__(self, inner: nn.Module, keys: list[str]):
+        super().__init__()
+        self.inner = inner
+        self.keys = keys
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return _first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
+
+
+def _score(model: nn.Module, task: Any) -> float:
+    model.eval()
+    with torch.inference_mode():
+        return float(task.score(model))
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    from slimkit.eval.measure import count_params
+
+    return count_params(model)
+
+
+def _save_safetensors(model: nn.Module, path: Path) -> int:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+    return path.stat().st_size
+
+
+def _peer(name: str, build: Callable[[], Candidate]) -> Candidate:
+    """Build a peer; a failure becomes a row saying so, never a crash of the whole bench."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build()
+    except Exception as exc:  # noqa: BLE001 - a peer library failing is a result to report
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return Candidate(name, "peer", status="failed", note=f"{type(exc).__name__}: {first}")
+
+
+# ----------------------------------------------------------------------------- torch peers
+
+def torch_fp32(model: nn.Module, task: Any, workdir: Path) -> Candidate:
+    """The reference: the model as given, eager fp32; its file is fp32 safetensors."""
+    path = workdir / "torch-fp32.safetensors"
+    size = _save_safetensors(model, path)
+    params, nonzeros = _count(model)
+    return Candidate(BASELINE, "peer", model=model.eval(), file=str(path), bytes=size,
+                     score=_score(model, task), params=params, nonzeros=nonzeros)
+
+
+def torch_bf16(model: nn.Module, task: Any, workdir: Path) -> Candidate:
+    """`model.to(torch.bfloat16)`; float inputs are cast in and the output cast back to fp32."""
+    t0 = time.perf_counter()
+    low = copy.deepcopy(model).to(torch.bfloat16).eval()
+    took = time.perf_counter() - t0
+    path = workdir / "torch-bf16.safetensors"
+    size = _save_safetensors(low, path)
+    wrapped = CastModule(low, torch.bfloat16)
+    params, nonzeros = _count(low)
+    return Candidate("torch bf16", "peer", model=wrapped, file=str(path), bytes=size,
+                     score=_score(wrapped, task), params=params, nonzeros=nonzeros,
+                     compress_s=round(took, 2))
+
+
+def torch_dynamic_int8(model: nn.Module, task: Any, workdir: Path) -> Candidate:
+    """`torch.ao.quantization.quantize_dynamic` with its default qconfig (nn.Linear, qint8).
+
+    Its packed weights cannot go into safetensors, so the file is `torch.save(state_dict)`."""
+    from torch.ao.quantization import quantize_dynamic
+
+    t0 = time.perf_counter()
+    q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    took = time.perf_counter() - t0
+    path = workdir / "torch-dynamic-int8.pt"
+    torch.save(q.state_dict(), path)
+    return Candidate("torch dynamic int8", "peer", model=q, file=str(path),
+                     bytes=path.stat().st_size, score=_score(q, task), compress_s=round(took, 2),
+                     note="torch.save state (packed params need pickle)")
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> tuple[list[str], bool]:
+    """Export with the TorchScript exporter (dynamo=False, opset 17), dynamic batch (and sequence
+    for integer token inputs). Returns (input names, whether the output is a hidden state)."""
+    keys = list(example)
+    with torch.inference_mode():
+        hf_output = not isinstance(model(**example), torch.Tensor)
+    out_name = HF_OUTPUT if hf_output else "logits"
+    axes: dict[str, dict[int, str]] = {}
+    for key, t in example.items():
+        axes[key] = {0: "batch"}
+        if not t.is_floating_point() and t.dim() >= 2:
+            axes[key][1] = "sequence"
+    axes[out_name] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Export(model, keys).eval(), tuple(example.values()), str(path),
+                          dynamo=False, opset_version=17, input_names=keys, output_names=[out_name],
+                          dynamic_axes=axes, do_constant_folding=True, external_data=False)
+    return keys, hf_output
+
+
+def ort_peers(model: nn.Module, task: Any, workdir: Path, threads: int) -> list[Candidate]:
+    """ONNX Runtime fp32 and ONNX Runtime `quantize_dynamic` per-channel int8 (QInt8 weights)."""
+    fp32_path = workdir / "ort-fp32.onnx"
+    int8_path = workdir / "ort-int8.onnx"
+    state: dict[str, Any] = {}
+
+    def fp32() -> Candidate:
+        t0 = time.perf_counter()
+        keys, hf_output = export_onnx(model, task.example_inputs(2), fp32_path)
+        state.update(keys=keys, hf_output=hf_output, export_s=time.perf_counter() - t0)
+        ort_model = OrtModule(fp32_path, keys, hf_output, threads)
+        return Candidate("onnxruntime fp32", "peer", model=ort_model, file=str(fp32_path),
+                         bytes=fp32_path.stat().st_size, score=_score(ort_model, task),
+                         compress_s=round(state["export_s"], 2), note="compress s = ONNX export")
+
+    def int8() -> Candidate:
+        if "keys" not in state:
+            raise RuntimeError("the fp32 ONNX export failed")
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        t0 = time.perf_counter()
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)   # its "consider pre-processing" advice
+        try:
+            quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True,
+                             weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().setLevel(level)
+        took = time.perf_counter() - t0
+        ort_model = OrtModule(int8_path, state["keys"], state["hf_output"], threads)
+        return Candidate("onnxruntime int8 (per-channel)", "peer", model=ort_model,
+                         file=str(int8_path), bytes=int8_path.stat().st_size,
+                         score=_score(ort_model, task), compress_s=round(took, 2),
+                         note="quantize_dynamic per_channel=True, QInt8")
+
+    return [_peer("onnxruntime fp32", fp32), _peer("onnxruntime int8 (per-channel)", int8)]
+
+
+def build_peers(model: nn.Module, task: Any, workdir: str | Path, threads: int,
+                progress: Callable[[str], None] = lambda msg: None) -> list[Candidate]:
+    """All peers of `model`, torch fp32 eager first (the reference of every ratio)."""
+    workdir = Path(workdir)
+    out = []
+    for name, fn in (("torch fp32", torch_fp32), ("torch bf16", torch_bf16),
+                     ("torch dynamic int8", torch_dynamic_int8)):
+        progress(f"peer: {name}")
+        out.append(_peer(name, lambda fn=fn: fn(model, task, workdir)))
+    progress("peer: onnxruntime (export, quantize_dynamic)")
+    out.extend(ort_peers(model, task, workdir, threads))
+    return out

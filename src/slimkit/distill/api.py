@@ -1,0 +1,175 @@
+"""Knowledge distillation: a large model teaches a small one.
+
+>>> import slimkit as sk
+>>> from slimkit.distill import DistillConfig, distill, shrink_mlp
+>>> teacher = sk.zoo.load("lenet-300-100")
+>>> student = distill(teacher, shrink_mlp(teacher, (32, 16)), task, DistillConfig(epochs=60))
+
+As a recipe stage (`method: distill`), the model being compressed is the teacher and the
+config derives the student: `student: [32, 16]` shrinks an MLP's hidden widths, `keep: [1, 3, 5]`
+(or `every: 2`) keeps some transformer layers with the teacher's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import Field
+from torch import nn
+
+from slimkit.api import Family, MethodConfig, register_method
+from slimkit.distill.data import Source, as_source, read_text, text_source
+from slimkit.distill.loop import EpochInfo, FitResult, LoopSettings, fit, init_distributed
+from slimkit.distill.objective import Objective, Weights
+from slimkit.distill.students import keep_layers, shrink_mlp
+from slimkit.errors import SlimError
+from slimkit.eval.task import Task
+from slimkit.select import FilterFn
+
+
+class StudentInit(str, Enum):
+    RANDOM = "random"
+    TEACHER = "teacher"
+
+
+class FeatureLoss(str, Enum):
+    MSE = "mse"
+    COSINE = "cosine"
+
+
+class Schedule(str, Enum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+@register_method
+class DistillConfig(MethodConfig):
+    """Train a smaller student to imitate the model (its teacher)."""
+
+    method: ClassVar[str] = "distill"
+    family: ClassVar[Family] = Family.DISTILL
+    summary: ClassVar[str] = "knowledge distillation into a smaller student (KD, hints, attention)"
+
+    student: list[int] | None = Field(None, description="hidden widths of an MLP student")
+    keep: list[int] | None = Field(None, description="transformer layers to keep")
+    every: int | None = Field(None, ge=1, description="keep every k-th transformer layer")
+    init: StudentInit = StudentInit.RANDOM
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state hints")
+    hidden_loss: FeatureLoss = FeatureLoss.MSE
+    attention_weight: float = Field(0.0, ge=0, description="weight of attention transfer")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) on float inputs; 0 = off")
+    text: str | None = Field(None, description="extra training text file, one sentence per line")
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Schedule = Schedule.COSINE
+    warmup: float = Field(0.0, ge=0, lt=1)
+    patience: int | None = Field(None, ge=1)
+    seed: int = 0
+    progress: bool = False
+    time_limit: float | None = Field(None, gt=0, description="seconds; no epoch starts after it")
+
+    @classmethod
+    def example(cls) -> DistillConfig:
+        return cls(student=[16, 8], epochs=3)
+
+    def settings(self) -> LoopSettings:
+        return LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                            schedule=self.schedule.value, warmup=self.warmup, patience=self.patience,
+                            seed=self.seed, progress=self.progress, time_limit=self.time_limit)
+
+    def make_student(self, teacher: nn.Module) -> nn.Module:
+        """The student this config derives from `teacher`."""
+        if self.student is not None and (self.keep is not None or self.every is not None):
+            raise SlimError("give either student (MLP widths) or keep/every (transformer layers)")
+        if self.student is not None:
+            return shrink_mlp(teacher, self.student, init=self.init.value, seed=self.seed)
+        if self.keep is not None or self.every is not None:
+            return keep_layers(teacher, self.keep, self.every)
+        raise SlimError("distill needs a student: student: [widths] for an MLP, or keep: [layers] / "
+                        "every: k for a transformer")
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        student = self.make_student(model)
+        return distill(model, student, task, self)
+
+
+def _layer_pairs(student: nn.Module) -> tuple[str, list[tuple[int, int]]] | None:
+    """(layer list name, [(student layer, teacher layer)]) for a `keep_layers` student."""
+    for edit in reversed(student.__dict__.get("slimkit_edits", [])):
+        if edit.get("op") == "keep_layers":
+            return edit["module"], list(enumerate(edit["keep"]))
+    return None
+
+
+def _heads(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "num_attention_heads", 1) or 1)
+
+
+def build_objective(teacher: nn.Module, student: nn.Module, config: DistillConfig) -> Objective:
+    weights = Weights(temperature=config.temperature, alpha=config.alpha,
+                      hidden=config.hidden_weight, hidden_kind=config.hidden_loss.value,
+                      attention=config.attention_weight, heads=_heads(teacher), mixup=config.mixup)
+    objective = Objective(teacher, weights)
+    pairs = _layer_pairs(student)
+    if pairs is not None and (config.hidden_weight or config.attention_weight):
+        name, mapping = pairs
+        if config.hidden_weight:
+            objective.hints = [(f"{name}.{s}", f"{name}.{t}") for s, t in mapping]
+        if config.attention_weight:
+            objective.attention = [(f"{name}.{s}.attention.self", f"{name}.{t}.attention.self")
+                                   for s, t in mapping]
+    elif config.hidden_weight or config.attention_weight:
+        raise SlimError("hidden_weight / attention_weight need a student derived with keep/every")
+    return objective
+
+
+def _source(data: object, config: DistillConfig) -> Source:
+    encode = getattr(data, "encode", None)
+    calib = getattr(data, "calib_sentences", None)
+    if isinstance(data, Task) and encode is not None and calib is not None:
+        texts = list(calib) + (read_text(config.text) if config.text else [])
+        source = text_source(texts, encode, config.batch_size, config.seed)
+        source.validate = data.score
+        return source
+    if config.text is not None:
+        raise SlimError("text: is only used with a text task (e.g. builtin:minilm)")
+    return as_source(data, config.batch_size, config.seed)
+
+
+def distill(teacher: nn.Module, student: nn.Module, data: object, config: DistillConfig | None = None,
+            checkpoint: str | None = None,
+            on_epoch: Callable[[EpochInfo], None] | None = None) -> nn.Module:
+    """Train `student` to imitate `teacher` on `data` and return it (best on validation).
+
+    `data`: a Task (labelled digits, or a text task), a list of `(inputs, target)` batches or
+    input batches, a list of sentences. `checkpoint` is a folder to save to and resume from;
+    `on_epoch(EpochInfo)` is called after every epoch. Runs under torchrun (DDP) unchanged.
+
+    >>> student = distill(teacher, shrink_mlp(teacher, (8, 4)), sk.zoo.entry("lenet-300-100").task())
+    """
+    config = config or DistillConfig()
+    if teacher is student:
+        raise SlimError("the student must be a different module from the teacher")
+    init_distributed()
+    source = _source(data, config)
+    objective = build_objective(teacher, student, config)
+    teacher.eval()
+    first_inputs, _ = source.batches(0)[0]
+    objective.prepare(student, first_inputs)
+    result = fit(student, objective, source.batches, config.settings(), source.validate,
+                 objective.projections, on_epoch, checkpoint)
+    student.__dict__["slimkit_distill"] = {"best_score": result.best_score,
+                                           "best_epoch": result.best_epoch,
+                                           "epochs_run": result.epochs_run}
+    return student
+
+
+__all__ = ["DistillConfig", "EpochInfo", "FitResult", "FeatureLoss", "StudentInit", "distill"]

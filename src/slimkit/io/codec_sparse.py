@@ -1,0 +1,136 @@
+"""The `sparse` codec: store only the nonzero values, plus where they are.
+
+The stage's output ("data") is the nonzero values in row-major order of their positions, in the
+tensor's own dtype, so later stages (a k-means `palette`, an entropy coder, a `cast`) work on the
+values alone. Positions go into one side array, whichever is smaller:
+
+- ``mask``: a bitmask of the whole tensor, one bit per element (``np.packbits``, little-endian);
+- ``gaps``: the run of zeros before each nonzero, as symbols of `gap_bits` bits (2..8) with an
+  escape: the largest symbol ``2**bits - 1`` means "add that much and keep reading", so a gap ``g``
+  is ``g // esc`` escapes and then ``g % esc``. With 8 bits the stream is plain uint8 symbols that
+  an entropy coder can take as they are (`gaps_to_symbols` / `symbols_to_positions`).
+
+>>> stored, stages = encode_chain(weight, [{"codec": "sparse"}])
+>>> stored["data"]          # the nonzero values, float32
+>>> stages[0]["index"]      # "mask" or "gaps"
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from slimkit.errors import SlimError, SlimFormatError
+from slimkit.io.codecs import Codec, _dtype, _shape, pack_bits, register_codec, unpack_bits
+
+INDEX_KINDS = ("auto", "mask", "gaps")
+GAP_BITS = range(2, 9)
+
+
+def gaps_to_symbols(positions: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Sorted flat positions -> uint8 gap symbols (escape = ``2**bits - 1``).
+
+    >>> gaps_to_symbols(np.array([0, 3, 300]), 8).tolist()
+    [0, 2, 255, 41]
+    """
+    esc = (1 << bits) - 1
+    pos = np.asarray(positions, dtype=np.int64)
+    gaps = np.diff(pos, prepend=-1) - 1
+    if gaps.size and gaps.min() < 0:
+        raise ValueError("positions must be strictly increasing")
+    escapes = gaps // esc
+    counts = escapes + 1
+    total = int(counts.sum())
+    out = np.full(total, esc, dtype=np.uint8)
+    ends = np.cumsum(counts) - 1          # the final (literal) symbol of each gap
+    out[ends] = (gaps % esc).astype(np.uint8)
+    return out
+
+
+def symbols_to_positions(symbols: np.ndarray, bits: int, size: int) -> np.ndarray:
+    """Inverse of `gaps_to_symbols`; raises SlimFormatError if the stream is malformed for `size`."""
+    esc = (1 << bits) - 1
+    sym = np.asarray(symbols).astype(np.int64)
+    if sym.size and sym.max() > esc:
+        raise SlimFormatError(f"sparse: gap symbol {int(sym.max())} exceeds {esc} for {bits} bits")
+    if sym.size and sym[-1] == esc:
+        raise SlimFormatError("sparse: gap stream ends inside an escape")
+    # each symbol advances by its value; a literal also consumes the nonzero itself (+1)
+    literal = sym != esc
+    steps = sym + literal
+    positions = np.cumsum(steps)[literal] - 1
+    if positions.size and positions[-1] >= size:
+        raise SlimFormatError(f"sparse: position {int(positions[-1])} outside a tensor of {size} elements")
+    return positions
+
+
+@register_codec
+class Sparse(Codec):
+    """Nonzero values as data; a bitmask or gap-coded positions as the side array."""
+
+    name = "sparse"
+
+    def encode(self, data, index: str = "auto", gap_bits: int | None = None, **_):
+        if index not in INDEX_KINDS:
+            raise SlimError(f"sparse: index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
+        if gap_bits is not None and gap_bits not in GAP_BITS:
+            raise SlimError(f"sparse: gap_bits must be an int in 2..8, got {gap_bits!r}")
+        arr = np.asarray(data)
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        nonzero = flat != 0
+        positions = np.flatnonzero(nonzero)
+        values = flat[positions]
+        mask = np.packbits(nonzero, bitorder="little")
+        options: list[tuple[int, str, np.ndarray, int]] = []
+        # an all-zero tensor always keeps the mask: its size bounds the decoded size honestly
+        if index in ("auto", "mask") or not positions.size:
+            options.append((mask.size, "mask", mask, 0))
+        if positions.size and index in ("auto", "gaps"):
+            for bits in ([gap_bits] if gap_bits else GAP_BITS):
+                symbols = gaps_to_symbols(positions, bits)
+                packed = pack_bits(symbols, bits)
+                options.append((packed.size, "gaps", packed, bits))
+        _, kind, side, bits = min(options, key=lambda o: o[0])
+        params = {"shape": list(arr.shape), "dtype": str(arr.dtype), "nnz": int(positions.size),
+                  "index": kind}
+        if kind == "gaps":
+            params.update(gap_bits=bits, symbols=int(gaps_to_symbols(positions, bits).size))
+        return values, {kind: side}, params
+
+    def side_keys(self, params):
+        return (params.get("index"),)
+
+    def decode(self, data, side, params):
+        shape = _shape(params, "sparse")
+        dtype = _dtype(params, "sparse")
+        size = math.prod(shape)
+        nnz, kind = params.get("nnz"), params.get("index")
+        if not isinstance(nnz, int) or not 0 <= nnz <= size:
+            raise SlimFormatError(f"sparse: nnz {nnz!r} impossible for a tensor of {size} elements")
+        if data.ndim != 1 or data.size != nnz:
+            raise SlimFormatError(f"sparse: {data.size} stored values, manifest says {nnz}")
+        if kind not in ("mask", "gaps") or kind not in side:
+            raise SlimFormatError(f"sparse: missing or unknown index kind {kind!r}")
+        stream = side[kind]
+        if stream.dtype != np.uint8 or stream.ndim != 1:
+            raise SlimFormatError("sparse: the index must be a 1-D uint8 array")
+        if kind == "mask":
+            if stream.size != (size + 7) // 8:
+                raise SlimFormatError(f"sparse: bitmask of {stream.size} bytes for {size} elements")
+            bits_set = np.unpackbits(stream, bitorder="little", count=size).astype(bool)
+            if int(bits_set.sum()) != nnz:
+                raise SlimFormatError(f"sparse: bitmask has {int(bits_set.sum())} bits set, expected {nnz}")
+            positions = np.flatnonzero(bits_set)
+        else:
+            bits, count = params.get("gap_bits"), params.get("symbols")
+            if bits not in GAP_BITS or not isinstance(count, int) or count < nnz:
+                raise SlimFormatError(f"sparse: bad gap parameters (gap_bits={bits!r}, symbols={count!r})")
+            if count > size + nnz or stream.size != (count * bits + 7) // 8:
+                raise SlimFormatError(f"sparse: {stream.size} bytes cannot hold {count} gap symbols")
+            positions = symbols_to_positions(unpack_bits(stream, bits, count), bits, size)
+            if positions.size != nnz:
+                raise SlimFormatError(f"sparse: gap stream gives {positions.size} positions, expected {nnz}")
+        out = np.zeros(size, dtype=dtype)
+        out[positions] = data.astype(dtype, copy=False)
+        return out.reshape(shape)

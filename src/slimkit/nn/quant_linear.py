@@ -1,0 +1,231 @@
+"""Quantized Linear layers that run on integer kernels or decode packed weights.
+
+- `Int8Linear`: int8 per-channel weights; each forward quantizes the input per token to int8
+  and multiplies with `torch._int_mm` (int8 x int8 -> int32), then rescales in fp32.
+- `QuantLinear`: 1-8-bit weight-only codes (bit-packed in the .slim file) with per-tensor,
+  per-channel or group-wise scales; the weight is decoded once and cached (keyed on the
+  buffers' versions), so it runs at fp32 speed.
+
+>>> q = Int8Linear.from_linear(nn.Linear(64, 32))
+>>> q(torch.randn(5, 64)).shape
+torch.Size([5, 32])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.io.artifact import set_codec
+from slimkit.quant.math import (
+    Granularity,
+    QuantizedWeight,
+    check_bits,
+    check_group,
+    group_view,
+    int8_matmul,
+    quantize_int8_rows,
+    quantize_per_token,
+    quantize_static,
+)
+from slimkit.quant.math import dequantize as dequantize_groups
+from slimkit.surgery.specs import register_module
+
+SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _flag(spec: dict, key: str) -> bool:
+    value = spec[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
+
+
+def _size(spec: dict, key: str) -> int:
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
+
+
+@register_module
+class Int8Linear(nn.Module):
+    """y = (q8(x) @ Wq^T) * s_x * s_w + b, with int8 weights and dynamic per-token int8 inputs."""
+
+    slim_type = "Int8Linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, static: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.static = in_features, out_features, static
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.register_buffer("input_scale", torch.ones(1) if static else None)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, input_scale: float | None = None) -> Int8Linear:
+        """Quantize `linear`; with `input_scale` (from calibration) activations use that fixed scale."""
+        w = linear.weight.detach()
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  static=input_scale is not None).to(w.device)
+        q, s = quantize_int8_rows(w)
+        new.qweight.copy_(q)
+        new.scale.copy_(s)
+        if input_scale is not None:
+            new.input_scale.fill_(input_scale)
+        if linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach().float())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.input_scale is not None:
+            acc = int8_matmul(quantize_static(x2, self.input_scale), self.qweight.t())
+            y = torch.mul(acc, self.scale * self.input_scale)
+        else:
+            xq, xs = quantize_per_token(x2)
+            y = torch.mul(int8_matmul(xq, self.qweight.t()), xs).mul_(self.scale)  # int32*fp32 -> fp32
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def extra_repr(self) -> str:
+        act = "per-tensor static" if self.static else "per-token dynamic"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, weight_bits=8 per-channel, act_bits=8 {act}")
+
+    def slim_spec(self) -> dict:
+        spec = {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None}
+        return {**spec, "static": True} if self.static else spec
+
+    @classmethod
+    def from_slim_spec(cls, spec: dict) -> Int8Linear:
+        static = _flag(spec, "static") if "static" in spec else False
+        return cls(_size(spec, "in"), _size(spec, "out"), _flag(spec, "bias"), static)
+
+
+class _DecodeCache:
+    """A dequantized copy of a module's weight, rebuilt when a source buffer changes."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def get(self, sources: list[torch.Tensor | None], build) -> torch.Tensor:
+        key = (torch.is_inference_mode_enabled(),
+               *[(t.data_ptr(), t._version, t.device) for t in sources if t is not None])
+        if key != self.key or self.value is None:
+            self.value, self.key = build(), key
+        return self.value
+
+
+class _CodesMixin:
+    """Shared layout of `QuantLinear` and `QuantEmbedding`: codes, scale, optional zero."""
+
+    def _init_codes(self, rows: int, cols: int, bits: int, symmetric: bool,
+                    granularity: Granularity | str, group_size: int, scale_dtype: str) -> None:
+        self.bits = check_bits(bits)
+        if symmetric and bits < 2:
+            raise ValueError("bits=1 needs symmetric=False")
+        self.symmetric = symmetric
+        self.granularity = Granularity(granularity)
+        self.group_size = check_group(cols, self.granularity, group_size)
+        if scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}, got {scale_dtype!r}")
+        self.scale_dtype = scale_dtype
+        r = 1 if self.granularity is Granularity.TENSOR else rows
+        g = cols // self.group_size if self.granularity is Granularity.GROUP else 1
+        self.register_buffer("qweight", torch.zeros(rows, cols, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(r, g, dtype=SCALE_DTYPES[scale_dtype]))
+        self.register_buffer("zero", None if symmetric else torch.zeros(r, g, dtype=torch.uint8))
+        if bits < 8:
+            set_codec(self, "qweight", [{"codec": "bitpack", "bits": bits}])
+            if not symmetric:
+                set_codec(self, "zero", [{"codec": "bitpack", "bits": bits}])
+        self._cache = _DecodeCache()
+
+    def _load_quantized(self, qw: QuantizedWeight) -> None:
+        self.qweight.copy_(qw.codes)
+        self.scale.copy_(qw.scale.reshape(self.scale.shape))
+        if self.zero is not None:
+            if qw.zero is None:
+                raise ValueError("asymmetric layer needs zero points")
+            self.zero.copy_(qw.zero.reshape(self.zero.shape))
+
+    def _codes_spec(self) -> dict:
+        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity.value,
+                "group_size": self.group_size, "scale_dtype": self.scale_dtype}
+
+    @staticmethod
+    def _codes_args(spec: dict) -> dict:
+        gran = spec["granularity"]
+        if gran not in {g.value for g in Granularity}:
+            raise ValueError(f"granularity {gran!r} is unknown")
+        return {"bits": spec["bits"], "symmetric": _flag(spec, "symmetric"), "granularity": gran,
+                "group_size": _size(spec, "group_size"), "scale_dtype": spec["scale_dtype"]}
+
+    def _codes_repr(self) -> str:
+        gran = f"group_size={self.group_size}" if self.granularity is Granularity.GROUP \
+            else f"per-{self.granularity.value}"
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {kind}, {gran}, scales={self.scale_dtype}"
+
+    def _decode_all(self) -> torch.Tensor:
+        return self._cache.get([self.qweight, self.scale, self.zero], self._decode_uncached)
+
+    def _decode_uncached(self) -> torch.Tensor:
+        cg = group_view(self.qweight, self.granularity, self.group_size)
+        return dequantize_groups(cg, self.scale.float(), self.zero, self.bits).reshape(self.qweight.shape)
+
+
+@register_module
+class QuantLinear(_CodesMixin, nn.Module):
+    """Weight-only quantized Linear: 1-8-bit codes, decoded once and cached for fp32 matmuls."""
+
+    slim_type = "QuantLinear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
+                 symmetric: bool = True, granularity: Granularity | str = Granularity.GROUP,
+                 group_size: int = 128, scale_dtype: str = "float16"):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_codes(out_features, in_features, bits, symmetric, granularity, group_size, scale_dtype)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None, symmetric: bool,
+                       scale_dtype: str = "float16") -> QuantLinear:
+        out_f, in_f = qw.codes.shape
+        new = cls(in_f, out_f, bias is not None, qw.bits, symmetric, qw.granularity, qw.group_size,
+                  scale_dtype).to(qw.codes.device)
+        new._load_quantized(qw)
+        if bias is not None:
+            new.bias.data.copy_(bias.detach().float())
+        return new
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self._decode_all()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._decode_all()
+        bias = self.bias
+        if x.dtype != w.dtype:
+            w, bias = w.to(x.dtype), None if bias is None else bias.to(x.dtype)
+        return F.linear(x, w, bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self._codes_repr()}")
+
+    def slim_spec(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
+                **self._codes_spec()}
+
+    @classmethod
+    def from_slim_spec(cls, spec: dict) -> QuantLinear:
+        return cls(_size(spec, "in"), _size(spec, "out"), _flag(spec, "bias"), **cls._codes_args(spec))

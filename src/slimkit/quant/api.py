@@ -1,0 +1,231 @@
+"""Quantization configs and their handlers (the math is in `math.py` and `gptq.py`).
+
+>>> import slimkit as sk
+>>> from slimkit.quant.api import Int8, WeightOnly
+>>> sk.quantize_(model, Int8())                                   # int8 linears + embeddings
+>>> sk.quantize_(model, WeightOnly(bits=4, group_size=32), data=task)
+>>> sk.quantize_(model, GPTQ(bits=4, group_size=128), data=task)  # needs calibration data
+
+Mixed precision: every config takes `targets` / `ignore` (exact names or `"re:"` regexes) and
+`filter_fn`; list several configs in a recipe, each with its own targets.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import field_validator, model_validator
+from torch import nn
+
+from slimkit.api import Family, MethodConfig, register_method
+from slimkit.eval.task import Task
+from slimkit.quant.convert import convert, note_skipped, select_targets
+from slimkit.quant.math import Granularity, check_bits, check_group, rtn_quantize
+from slimkit.select import FilterFn
+
+
+class ScaleDtype(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
+def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
+    from slimkit.nn.quant_linear import Int8Linear
+
+    return Int8Linear.from_linear(linear)
+
+
+@register_method
+class Int8(MethodConfig):
+    """Per-channel symmetric int8 weights, dynamic per-token int8 activations (`torch._int_mm`),
+    and row-wise int8 embeddings. No calibration needed."""
+
+    method: ClassVar[str] = "int8"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "int8 weights + dynamic int8 activations (integer matmul), int8 embeddings"
+    linear: bool = True
+    embeddings: bool = True
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ())
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
+        linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
+        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        convert(model, linears, _int8_linear, "int8 (w8a8 dynamic)", skipped)
+        convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
+        return model
+
+
+def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool):
+    from slimkit.nn.quant_embedding import QuantEmbedding
+
+    gran = Granularity.CHANNEL if group_size is None else Granularity.GROUP
+
+    def make(name: str, emb: nn.Module) -> nn.Module:
+        if group_size is not None:
+            check_group(emb.embedding_dim, gran, group_size, name)
+        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, group_size or 128, mse)
+
+    return make
+
+
+class _WeightQuant(MethodConfig):
+    """Options shared by the weight-only methods (round-to-nearest and GPTQ)."""
+
+    bits: int = 4
+    symmetric: bool = True
+    granularity: Granularity = Granularity.GROUP
+    group_size: int = 128
+    scale_dtype: ScaleDtype = ScaleDtype.FLOAT16
+    embedding_bits: int | None = None
+    embedding_group_size: int | None = None
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        return check_bits(v)
+
+    @field_validator("embedding_bits")
+    @classmethod
+    def _embedding_bits(cls, v: int | None) -> int | None:
+        return None if v is None else check_bits(v, "embedding_bits")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"group_size must be a positive integer, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _symmetric_bits(self):
+        if self.symmetric and self.bits < 2:
+            raise ValueError("bits=1 needs symmetric=False")
+        return self
+
+    def _select(self, model: nn.Module, filter_fn: FilterFn | None):
+        handled = (nn.Linear,) + ((nn.Embedding,) if self.embedding_bits else ())
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
+        linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
+        for name, m in linears:  # fail before changing anything
+            check_group(m.in_features, self.granularity, self.group_size, name)
+        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        return linears, embeddings, skipped
+
+    def _quantize_embeddings(self, model: nn.Module, embeddings: list) -> None:
+        if self.embedding_bits:
+            make = _embedding_factory(self.embedding_bits, True, self.embedding_group_size, True)
+            convert(model, embeddings, make, f"{self.embedding_bits}-bit embedding")
+
+    def _label(self, name: str) -> str:
+        where = self.granularity.value if self.granularity is not Granularity.GROUP else f"g{self.group_size}"
+        return f"{name} w{self.bits} {where}"
+
+
+def _quant_linear(linear: nn.Linear, qw, symmetric: bool, scale_dtype: str) -> nn.Module:
+    from slimkit.nn.quant_linear import QuantLinear
+
+    return QuantLinear.from_quantized(qw, linear.bias, symmetric, scale_dtype)
+
+
+@register_method
+class WeightOnly(_WeightQuant):
+    """Round-to-nearest weight-only quantization, 1-8 bits, stored bit-packed.
+
+    `mse=True` picks each group's clipping range by minimizing the rounding error."""
+
+    method: ClassVar[str] = "rtn"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "weight-only round-to-nearest 1-8 bits, bit-packed (group-wise scales)"
+    mse: bool = False
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        from slimkit.nn.quant_linear import SCALE_DTYPES
+
+        linears, embeddings, skipped = self._select(model, filter_fn)
+        dtype = SCALE_DTYPES[self.scale_dtype.value]
+
+        def make(_name: str, linear: nn.Module) -> nn.Module:
+            qw = rtn_quantize(linear.weight, self.bits, self.symmetric, self.granularity, self.group_size,
+                              self.mse, dtype)
+            return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
+
+        convert(model, linears, make, self._label("rtn"), skipped)
+        self._quantize_embeddings(model, embeddings)
+        return model
+
+    @classmethod
+    def example(cls) -> WeightOnly:
+        return cls(bits=4, granularity=Granularity.CHANNEL)
+
+
+@register_method
+class GPTQ(_WeightQuant):
+    """GPTQ weight-only quantization (arXiv 2210.17323), layer by layer on calibration data.
+
+    Layers the calibration forward never reaches fall back to round-to-nearest (reported)."""
+
+    method: ClassVar[str] = "gptq"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "GPTQ weight-only 1-8 bits with error compensation (needs calibration data)"
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    samples: int = 128
+
+    @field_validator("damp")
+    @classmethod
+    def _damp(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"damp must lie in (0, 1), got {v}")
+        return v
+
+    @field_validator("samples", "block_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be a positive integer, got {v}")
+        return v
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        from slimkit.errors import SlimError
+        from slimkit.nn.quant_linear import SCALE_DTYPES
+        from slimkit.quant.gptq import gptq_quantize, hessian_value
+        from slimkit.quant.math import check_calibration
+        from slimkit.quant.sequential import collect_hessians, linear_stages
+
+        linears, embeddings, skipped = self._select(model, filter_fn)
+        if task is None:
+            raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        batches = check_calibration(task.calibration(self.samples), "gptq calibration data")
+        dtype = SCALE_DTYPES[self.scale_dtype.value]
+        by_name = dict(linears)
+        was_training = model.training
+        model.eval()
+        stages, reused = linear_stages(model, task, batches[0], list(by_name))
+        for stage in stages:
+            hessians = collect_hessians(model, task, batches, stage, stop_early=not reused & set(stage))
+
+            def make(name: str, linear: nn.Module, hessians=hessians) -> nn.Module:
+                qw = gptq_quantize(linear.weight, hessian_value(hessians[name]), self.bits, self.symmetric,
+                                   self.granularity, self.group_size, self.act_order, self.damp,
+                                   self.block_size, dtype)
+                return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
+
+            convert(model, [(n, by_name.pop(n)) for n in stage], make, self._label("gptq"))
+        if by_name:  # never reached by the calibration forward
+            rtn = WeightOnly(**self.model_dump(include=set(_WeightQuant.model_fields)))
+            convert(model, list(by_name.items()),
+                    lambda _n, m: _quant_linear(m, rtn_quantize(
+                        m.weight, self.bits, self.symmetric, self.granularity, self.group_size, False,
+                        dtype), self.symmetric, self.scale_dtype.value),
+                    rtn._label("rtn") + " (not reached by calibration)")
+        note_skipped(model, skipped)
+        self._quantize_embeddings(model, embeddings)
+        model.train(was_training)
+        return model
+
+    @classmethod
+    def example(cls) -> GPTQ:
+        return cls(bits=4, granularity=Granularity.CHANNEL, samples=64)

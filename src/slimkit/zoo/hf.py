@@ -1,0 +1,170 @@
+"""Hugging Face model folders: load one offline, and rebuild its architecture from its config alone.
+
+`transformers` is imported only inside these functions, with the Hub switched offline first, so
+`import slimkit` stays light and nothing is ever downloaded. Weights load only from safetensors
+(never a pickled `.bin`), and never with remote code. Attention is always the "eager"
+implementation, in `load_hf_folder` and `build_from_base` alike, so a rebuilt model computes
+exactly what the loaded one did (and can return attention maps, which distillation may use).
+
+>>> from slimkit.zoo.hf import load_hf_folder, build_from_base
+>>> model = load_hf_folder("path/to/bert-folder")                 # doctest: +SKIP
+>>> twin = build_from_base(model.slimkit_base)                   # doctest: +SKIP
+>>> twin.load_state_dict(model.state_dict())                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimError
+from slimkit.zoo.registry import tag
+
+ATTN_IMPLEMENTATION = "eager"
+
+
+def transformers_offline() -> ModuleType:
+    """Import `transformers` with the Hugging Face Hub switched offline (no download, ever)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import transformers
+
+    return transformers
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[ModuleType]:
+    """`transformers`, with its progress bars and warnings silenced for the block."""
+    transformers = transformers_offline()
+    log = transformers.utils.logging
+    bars, verbosity = log.is_progress_bar_enabled(), log.get_verbosity()
+    log.disable_progress_bar()
+    log.set_verbosity_error()
+    try:
+        yield transformers
+    finally:
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_folder(path: str | Path) -> Path:
+    """The absolute path of a Hugging Face model folder, or `SlimError` saying what is missing."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.exists():
+        raise SlimError(f"Hugging Face model folder {str(path)!r} does not exist")
+    if not folder.is_dir():
+        raise SlimError(f"{str(path)!r} is a file; expected a Hugging Face model folder")
+    if not (folder / "config.json").is_file():
+        raise SlimError(f"{str(path)!r} is not a Hugging Face model folder (it has no config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise SlimError(f"{str(path)!r} has no *.safetensors weights (pickled .bin weights are not loaded)")
+    return folder
+
+
+def pretrained(folder: Path) -> nn.Module:
+    """The pretrained base model (AutoModel) in `folder`: fp32, eval mode, eager attention.
+
+    Raises `SlimError` if the checkpoint lacks weights the architecture needs (a pooler aside):
+    they would silently stay random. Extra tensors (a task head) are fine.
+    """
+    with quiet() as transformers:
+        try:
+            model, info = transformers.AutoModel.from_pretrained(
+                folder, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION,
+                use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise SlimError(f"cannot load the model in {str(folder)!r}: {first_line(exc)}") from None
+    bad = sorted(str(k) for k in (*info.get("missing_keys", ()), *info.get("mismatched_keys", ()))
+                 if not str(k).startswith("pooler."))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise SlimError(f"the weights in {str(folder)!r} do not fit the architecture in its config.json: "
+                        f"missing or mismatched {', '.join(bad[:3])}{more}")
+    return model.eval()
+
+
+def from_config(config: Any) -> nn.Module:
+    """A randomly initialised base model for a `transformers` config: fp32, eval mode, eager attention."""
+    with quiet() as transformers:
+        model = transformers.AutoModel.from_config(
+            config, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=False)
+    return model.eval()
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every dtype, tuple, set or other object turned into JSON types.
+
+    >>> json_safe({"dtype": torch.float16, "ids": (1, 2), 3: None})
+    {'dtype': 'float16', 'ids': [1, 2], '3': None}
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [json_safe(v) for v in items]
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def load_hf_folder(path: str | Path) -> nn.Module:
+    """The pretrained model in a Hugging Face folder (config.json + *.safetensors), offline.
+
+    `AutoModel` gives the base model (a task head in the checkpoint is dropped). The result is
+    tagged with base `{"kind": "hf", "path": <abs path>, "config": <config as JSON types>}`, from
+    which `build_from_base` rebuilds the architecture without the folder.
+
+    >>> model = load_hf_folder("path/to/bert-folder")                 # doctest: +SKIP
+    >>> model.slimkit_base["config"]["model_type"]                    # doctest: +SKIP
+    'bert'
+    """
+    folder = check_folder(path)
+    model = pretrained(folder)
+    config = json_safe(model.config.to_dict())
+    return tag(model, {"kind": "hf", "path": str(folder), "config": config})
+
+
+def build_from_base(base: dict) -> nn.Module:
+    """The architecture described by a `{"kind": "hf", "config": {...}}` base, randomly initialised.
+
+    Only the config dict is used (the folder need not exist any more); the model is fp32, in eval
+    mode, with eager attention, tagged with the same base.
+
+    >>> model = build_from_base({"kind": "hf", "path": "x", "config": {"model_type": "bert",
+    ...     "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    ...     "intermediate_size": 64, "vocab_size": 100}})
+    >>> sum(p.numel() for p in model.parameters()) > 0
+    True
+    """
+    config_dict = base.get("config") if isinstance(base, dict) else None
+    if not isinstance(config_dict, dict) or base.get("kind") != "hf":
+        raise SlimError("base model reference is not a Hugging Face config (expected kind 'hf' and a config)")
+    model_type = config_dict.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise SlimError("Hugging Face config has no model_type; cannot rebuild the architecture")
+    with quiet() as transformers:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING as mapping
+
+        if model_type not in mapping:
+            raise SlimError(f"Hugging Face model_type {model_type!r} is unknown to transformers "
+                            f"{transformers.__version__}")
+        try:
+            config = mapping[model_type].from_dict(config_dict)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SlimError(f"invalid Hugging Face config for {model_type!r}: {first_line(exc)}") from None
+    return tag(from_config(config), dict(base))

@@ -1,0 +1,43 @@
+"""Shared fixtures. Models are trained once per session into a temporary cache."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def lenet_trained():
+    import slimkit as sk
+
+    return sk.zoo.load("lenet-300-100")
+
+
+@pytest.fixture()
+def lenet(lenet_trained):
+    """A fresh copy of the trained lenet-300-100 (tests may modify it)."""
+    model = copy.deepcopy(lenet_trained)
+    model.__dict__["slimkit_base"] = dict(lenet_trained.__dict__["slimkit_base"])
+    model.__dict__.pop("slimkit_edits", None)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lenet5_trained():
+    import slimkit as sk
+
+    return sk.zoo.load("lenet5")
+
+
+@pytest.fixture(scope="session")
+def digits_task():
+    from slimkit.eval.digits_task import DigitsTask
+
+    return DigitsTask()

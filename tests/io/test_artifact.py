@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimkit as sk
+from slimkit.io.artifact import append_codec, set_codec
+from slimkit.io.safetensors_file import SafetensorsReader
+from slimkit.surgery import replace_module
+
+
+def test_round_trip_is_exact_for_builtin_models(lenet, lenet5_trained, tmp_path):
+    for model in (lenet, lenet5_trained):
+        path = tmp_path / "m.slim"
+        size = sk.save(model, path)
+        assert size == path.stat().st_size
+        loaded = sk.load(path)
+        assert type(loaded) is type(model)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), key
+        x = torch.rand(16, 64)
+        assert torch.equal(model(x), loaded(x))
+        decoded = sk.load_state_dict(path)
+        assert set(decoded) == set(model.state_dict())
+
+
+def test_file_is_safetensors_with_a_json_manifest(lenet, tmp_path):
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path, info={"note": "hello"})
+    with SafetensorsReader(path) as reader:
+        manifest = json.loads(reader.metadata["slimkit"])
+    assert manifest["format"] == "slimkit" and manifest["version"] == 1
+    assert manifest["base"] == {"kind": "zoo", "name": "lenet-300-100"}
+    assert manifest["info"] == {"note": "hello"}
+    assert manifest["tensors"]["fc1.weight"]["shape"] == [300, 64]
+
+
+def test_structural_edits_replay_on_load(lenet, tmp_path):
+    replace_module(lenet, "fc2", nn.Sequential(nn.Linear(300, 16, bias=False), nn.Linear(16, 100)))
+    replace_module(lenet, "fc2.0", nn.Linear(300, 16, bias=False))  # superseded spec is compacted
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path)
+    edits = sk.read_manifest(path).edits
+    assert [e["module"] for e in edits] == ["fc2"]
+    loaded = sk.load(path)
+    x = torch.rand(4, 64)
+    assert torch.equal(lenet(x), loaded(x))
+    assert loaded.fc2[0].out_features == 16
+
+
+def test_codec_chain_shrinks_file_and_survives_resave(lenet, tmp_path):
+    with torch.no_grad():
+        lenet.fc1.weight.copy_(torch.randint(0, 16, lenet.fc1.weight.shape).float())
+    plain = sk.save(lenet, tmp_path / "plain.slim")
+    set_codec(lenet.fc1, "weight", [{"codec": "cast", "to": "uint8"}])
+    append_codec(lenet.fc1, "weight", {"codec": "bitpack", "bits": 4})
+    smaller = sk.save(lenet, tmp_path / "a.slim")
+    assert plain - smaller > 0.85 * lenet.fc1.weight.numel() * 4
+    loaded = sk.load(tmp_path / "a.slim")
+    assert torch.equal(loaded.fc1.weight, lenet.fc1.weight)
+    again = sk.save(loaded, tmp_path / "b.slim")
+    assert again == smaller, "a loaded model must save with the same encoding"
+
+
+def test_tied_tensors_are_stored_once(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    model[1].weight = model[0].weight
+    sk.zoo.tag(model, {"kind": "user"})
+    path = tmp_path / "tied.slim"
+    sk.save(model, path)
+    manifest = sk.read_manifest(path)
+    assert manifest.aliases == {"1.weight": "0.weight"}
+    loaded = sk.load(path, model=nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)))
+    assert loaded[1].weight is loaded[0].weight
+
+
+def test_user_model_needs_architecture(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2))
+    path = tmp_path / "u.slim"
+    sk.save(model, path)
+    with pytest.raises(sk.SlimError, match="pass its architecture"):
+        sk.load(path)
+    fresh = nn.Sequential(nn.Linear(3, 2))
+    loaded = sk.load(path, model=fresh)
+    assert torch.equal(loaded[0].weight, model[0].weight)
+
+
+def test_random_and_truncated_files_get_one_line_errors(lenet, tmp_path):
+    good = tmp_path / "good.slim"
+    sk.save(lenet, good)
+    blob = good.read_bytes()
+    cases = {
+        "random": os.urandom(4096),
+        "truncated": blob[: len(blob) // 2],
+        "header-only": blob[:200],
+        "empty": b"",
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.slim"
+        path.write_bytes(data)
+        with pytest.raises(sk.SlimFormatError) as err:
+            sk.load(path)
+        assert "\n" not in str(err.value), name
+
+
+def test_manifest_lies_are_refused(lenet, tmp_path):
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path)
+    with SafetensorsReader(path) as reader:
+        arrays = {k: np.array(reader.get(k)) for k in reader.keys()}
+        manifest = json.loads(reader.metadata["slimkit"])
+    from slimkit.io.safetensors_file import atomic_write, serialize
+
+    def write(m):
+        atomic_write(path, serialize(arrays, {"slimkit": json.dumps(m)}))
+
+    bad = copy.deepcopy(manifest)
+    bad["tensors"]["fc1.weight"]["shape"] = [300, 65]
+    write(bad)
+    with pytest.raises(sk.SlimFormatError, match="fc1.weight"):
+        sk.load(path)
+    bad = copy.deepcopy(manifest)
+    bad["version"] = 99
+    write(bad)
+    with pytest.raises(sk.SlimFormatError, match="version 99"):
+        sk.load(path)
+    bad = copy.deepcopy(manifest)
+    bad["edits"] = [{"op": "replace", "module": "fc1", "spec": {"type": "os.system"}}]
+    write(bad)
+    with pytest.raises(sk.SlimFormatError, match="unknown module type"):
+        sk.load(path)
+    bad = copy.deepcopy(manifest)
+    bad["unexpected"] = 1
+    write(bad)
+    with pytest.raises(sk.SlimFormatError, match="invalid manifest"):
+        sk.load(path)
+    atomic_write(path, serialize(arrays, {}))
+    with pytest.raises(sk.SlimFormatError, match="not a .slim file"):
+        sk.load(path)

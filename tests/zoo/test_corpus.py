@@ -1,0 +1,112 @@
+"""The embedded English corpora and their deterministic calibration / evaluation parts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from slimkit.errors import SlimError
+from slimkit.zoo import corpus
+
+
+@pytest.mark.parametrize("domain, low, high", [("pydoc", 1500, 3000), ("other", 250, 600)])
+def test_corpus_is_english_prose(domain, low, high):
+    text = corpus.sentences(domain)
+    assert low <= len(text) <= high
+    assert len(set(text)) == len(text), "sentences are deduplicated"
+    assert sum(s.endswith(".") for s in text) >= 0.9 * len(text)
+    assert all(6 <= len(s.split()) <= 40 for s in text)
+    assert all(s[0].isupper() or s[0] == '"' for s in text)
+    assert not any(">>>" in s or "\t" in s for s in text)
+    prose = [re.sub(r'"[^"]*"', "Q", s) for s in text]       # quoted code such as "x ** y" is fine
+    for leftover in ("::", "`", ":func:", "**", ".. ", "http", "[", "_", "=", "|"):
+        assert not any(leftover in s for s in prose), leftover
+    assert all(s == s.strip() and "\n" not in s for s in text)
+
+
+def test_domains_differ_and_data_alias():
+    import slimkit.zoo as zoo
+
+    pydoc, other = corpus.sentences("pydoc"), corpus.sentences("other")
+    assert not set(pydoc) & set(other)
+    assert zoo.data("english") == pydoc
+    assert "The famous Iris database, first used by Sir R.A. Fisher." in other
+    with pytest.raises(ValueError, match="unknown corpus domain"):
+        corpus.sentences("klingon")
+
+
+def test_sentences_returns_a_copy():
+    text = corpus.sentences()
+    text.clear()
+    assert corpus.sentences()
+
+
+def test_split_is_disjoint_complete_and_sized():
+    text = corpus.sentences()
+    calib, held_out = corpus.split(text, "calib"), corpus.split(text, "eval")
+    assert len(held_out) == 512
+    assert not set(calib) & set(held_out)
+    assert set(calib) | set(held_out) == set(text)
+
+
+def test_split_is_by_content_not_position():
+    text = corpus.sentences()
+    held_out = corpus.split(text, "eval")
+    assert corpus.split(list(reversed(text)), "eval") == held_out
+    assert held_out != text[:512]
+    # dropping some calibration sentences leaves the evaluation part alone
+    calib = set(corpus.split(text, "calib"))
+    fewer = [s for i, s in enumerate(text) if s not in calib or i % 3]
+    assert corpus.split(fewer, "eval") == held_out
+
+
+def test_split_small_lists_and_bad_arguments():
+    small = ["a b c", "d e f", "g h i", "a b c"]
+    assert len(corpus.split(small, "eval")) == 1          # at most half of the 3 distinct ones
+    assert len(corpus.split(small, "calib")) == 2
+    assert corpus.split([], "eval") == []
+    with pytest.raises(ValueError, match="unknown corpus part"):
+        corpus.split(small, "test")
+    with pytest.raises(ValueError, match="n_eval"):
+        corpus.split(small, "eval", n_eval=-1)
+
+
+def test_read_sentences(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("First sentence here.\n\n   \n  Second one.  \n", encoding="utf-8")
+    assert corpus.read_sentences(path) == ["First sentence here.", "Second one."]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "blank", "folder", "binary"])
+def test_read_sentences_errors_are_one_line(tmp_path, case):
+    path = tmp_path / "text.txt"
+    if case == "empty":
+        path.write_text("", encoding="utf-8")
+    elif case == "blank":
+        path.write_text("\n  \n\n", encoding="utf-8")
+    elif case == "folder":
+        path.mkdir()
+    elif case == "binary":
+        path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(SlimError) as info:
+        corpus.read_sentences(path)
+    message = str(info.value)
+    assert "\n" not in message and "text.txt" in message
+
+
+def test_extract_script_reproduces_shipped_files():
+    """The shipped files come from tools/extract_corpus.py (same Python and package versions)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "tools" / "extract_corpus.py"
+    if sys.version_info[:2] != (3, 11) or not script.is_file():
+        pytest.skip("the corpus was extracted with CPython 3.11's pydoc_data")
+    spec = importlib.util.spec_from_file_location("extract_corpus", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.sentences_of(module.pydoc_texts()) == corpus.sentences("pydoc")
+    assert module.split_sentences("See e.g. the docs. Then stop.") == ["See e.g. the docs.", "Then stop."]
+    assert not module.is_prose("x = f(a, b) + 1 is code.")
