@@ -143,6 +143,13 @@ def test_palette_chain_round_trip_is_lossless(coder):
     assert np.array_equal(again["data"], stored["data"])
 
 
+def test_palette_is_bitwise_lossless():
+    values = np.array([0.0, -0.0, np.nan, 1.5, -0.0], np.float32)
+    stored, stages = encode_chain(values, [{"codec": "palette", "bits": 2}])
+    out = decode_chain(stored, stages)
+    assert out.tobytes() == values.tobytes()
+
+
 def test_palette_rejects_too_many_values_and_bad_files():
     with pytest.raises(SlimError, match="do not fit 2 bits"):
         encode_chain(np.arange(5, dtype=np.float32), [{"codec": "palette", "bits": 2}])
@@ -181,3 +188,16 @@ def test_entropy_report_of_a_shared_model():
     assert set(report) == {"0.weight"}
     r = report["0.weight"]
     assert r["symbols"] == 1200 and r["payload_bits"] >= r["shannon_bits"] > 0
+
+
+def test_both_decoders_agree(monkeypatch):
+    import slimkit.io.entropy as entropy
+
+    rng = np.random.default_rng(5)
+    symbols = np.minimum(rng.geometric(0.2, 2 * entropy.CHUNK + 99), 60).astype(np.uint8)
+    stream = encode_symbols(symbols)
+    assert np.array_equal(decode_symbols(stream, symbols.size), symbols)
+    monkeypatch.setattr(entropy, "DOUBLING_MAX", 0)  # force the lane decoder
+    assert np.array_equal(decode_symbols(stream, symbols.size), symbols)
+    with pytest.raises(SlimFormatError):
+        decode_symbols(stream[:-2], symbols.size)

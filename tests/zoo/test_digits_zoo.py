@@ -28,6 +28,10 @@ def test_builtin_models_reach_97_percent(lenet_trained, lenet5_trained):
 
 
 def test_cache_is_used_and_corruption_triggers_retraining(tmp_path, monkeypatch):
+    from slimkit.zoo import train
+
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda m, d, **kw: real_fit(m, d, **{**kw, "epochs": 2}))
     monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
     first = sk.zoo.load("lenet-300-100")
     path = tmp_path / "zoo" / "lenet-300-100-v1.safetensors"

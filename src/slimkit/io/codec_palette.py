@@ -29,7 +29,10 @@ class Palette(Codec):
         arr = np.asarray(data)
         if arr.dtype.kind != "f":
             raise SlimError(f"palette: expects a float array, got {arr.dtype}")
-        codebook, indices = np.unique(arr.reshape(-1), return_inverse=True)
+        # unique bit patterns, not values: -0.0 and NaN payloads survive exactly
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        patterns, indices = np.unique(flat.view(f"u{arr.dtype.itemsize}"), return_inverse=True)
+        codebook = patterns.view(arr.dtype)
         if bits is None:
             bits = max(1, math.ceil(math.log2(max(2, codebook.size))))
         if not isinstance(bits, int) or not 1 <= bits <= 8:

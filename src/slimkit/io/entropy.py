@@ -24,6 +24,7 @@ from slimkit.errors import SlimFormatError
 
 MAX_LEN = 15
 CHUNK = 4096  # symbols per independently decodable chunk (offsets stored for the rest)
+DOUBLING_MAX = 1 << 15  # streams up to this many symbols decode by pointer doubling (measured)
 
 
 def huffman_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
@@ -177,12 +178,55 @@ def decode_symbols(stream: np.ndarray, count: int) -> np.ndarray:
     total = 8 * payload.size
     if np.any(np.diff(starts) < CHUNK) or starts[-1] >= total:
         raise SlimFormatError("huffman: chunk offsets are inconsistent with the stream")
-    width, table_sym, table_len = _tables(lengths)
-    if chunks == 1:
-        return _decode_one_chunk(payload, count, width, table_sym, table_len)
-    # a 24-bit big-endian window at every byte; the padding covers the furthest a lane can run
+    tables = _tables(lengths)
+    decode = _decode_by_doubling if count <= DOUBLING_MAX else _decode_by_lanes
+    end, out = decode(payload, starts, count, tables)
+    ends = np.append(starts[1:], total)
+    if np.any(end[:-1] != ends[:-1]) or end[-1] > total:
+        raise SlimFormatError("huffman: stream ends inside a symbol or chunk offsets are wrong")
+    if (int(end[-1]) + 7) // 8 != payload.size:
+        raise SlimFormatError(f"huffman: {payload.size - (int(end[-1]) + 7) // 8} bytes of trailing data")
+    return out
+
+
+def _windows(payload: np.ndarray, width: int) -> np.ndarray:
+    """A 24-bit big-endian window at every byte (padded: a lane never runs off the end)."""
     buf = np.concatenate([payload, np.zeros(2 * CHUNK + 3, dtype=np.uint8)]).astype(np.int32)
-    words = (buf[:-2] << 16) | (buf[1:-1] << 8) | buf[2:]
+    return (buf[:-2] << 16) | (buf[1:-1] << 8) | buf[2:]
+
+
+def _decode_by_doubling(payload: np.ndarray, starts: np.ndarray, count: int,
+                        tables: tuple[int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every bit position at once, then follow each chunk's chain of codeword starts by
+    pointer doubling (log2(CHUNK) rounds of gathers): fast for small and medium streams.
+    Returns (bit position after each chunk's last symbol, symbols)."""
+    width, table_sym, table_len = tables
+    total = 8 * payload.size
+    words = _windows(payload, width)
+    bit = np.arange(total, dtype=np.int64)
+    window = (words[bit >> 3] >> (24 - width - (bit & 7))) & ((1 << width) - 1)
+    step = table_len[window]
+    jump = np.minimum(bit + step, total)
+    jump = np.append(jump, total)  # position `total` absorbs: a chain that runs off stays there
+    t = np.arange(count, dtype=np.int64) % CHUNK
+    pos = np.repeat(starts, np.diff(np.append(np.arange(0, count, CHUNK), count)))
+    for b in range(max(1, (CHUNK - 1).bit_length())):
+        sel = ((t >> b) & 1).astype(bool)
+        pos[sel] = jump[pos[sel]]
+        jump = jump[jump]
+    if pos.size and pos.max() >= total:
+        raise SlimFormatError("huffman: stream ends before the last symbol")
+    lasts = np.append(np.arange(CHUNK - 1, count - 1, CHUNK), count - 1)
+    end = pos[lasts] + step[pos[lasts]]
+    return end, table_sym[window[pos]]
+
+
+def _decode_by_lanes(payload: np.ndarray, starts: np.ndarray, count: int,
+                     tables: tuple[int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode all chunks side by side, one codeword per chunk per step: fast for long streams."""
+    width, table_sym, table_len = tables
+    words = _windows(payload, width)
+    chunks = starts.size
     out = np.empty((chunks, CHUNK), dtype=np.uint8)
     pos = starts.copy()
     last = count - (chunks - 1) * CHUNK
@@ -194,34 +238,7 @@ def decode_symbols(stream: np.ndarray, count: int) -> np.ndarray:
         window = (words[live >> 3] >> (base - (live & 7))) & mask
         out[: live.size, step] = table_sym[window]
         live += table_len[window]
-    ends = np.append(starts[1:], total)
-    if np.any(pos[:-1] != ends[:-1]) or pos[-1] > total:
-        raise SlimFormatError("huffman: stream ends inside a symbol or chunk offsets are wrong")
-    if (int(pos[-1]) + 7) // 8 != payload.size:
-        raise SlimFormatError(f"huffman: {payload.size - (int(pos[-1]) + 7) // 8} bytes of trailing data")
-    return out.reshape(-1)[:count]
-
-
-def _decode_one_chunk(payload: np.ndarray, count: int, width: int, table_sym: np.ndarray,
-                      table_len: np.ndarray) -> np.ndarray:
-    """Scalar decoding loop: faster than numpy steps when there is only one chunk."""
-    data = payload.tobytes() + bytes(3)
-    syms, lens = table_sym.tolist(), table_len.tolist()
-    total, mask, base = 8 * payload.size, (1 << width) - 1, 24 - width
-    out = bytearray(count)
-    p = 0
-    for t in range(count):
-        if p >= total:
-            raise SlimFormatError(f"huffman: stream ends after {t} of {count} symbols")
-        b = p >> 3
-        w = (((data[b] << 16) | (data[b + 1] << 8) | data[b + 2]) >> (base - (p & 7))) & mask
-        out[t] = syms[w]
-        p += lens[w]
-    if p > total:
-        raise SlimFormatError(f"huffman: stream ends inside symbol {count}")
-    if (p + 7) // 8 != payload.size:
-        raise SlimFormatError(f"huffman: {payload.size - (p + 7) // 8} bytes of trailing data")
-    return np.frombuffer(bytes(out), dtype=np.uint8).copy()
+    return pos, out.reshape(-1)[:count]
 
 
 def shannon_bits(symbols: np.ndarray) -> float:

@@ -57,15 +57,14 @@ class Int8(MethodConfig):
         return model
 
 
-def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool):
+def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool,
+                       scale_dtype: str = "float32"):
     from slimkit.nn.quant_embedding import QuantEmbedding
 
     gran = Granularity.CHANNEL if group_size is None else Granularity.GROUP
 
     def make(name: str, emb: nn.Module) -> nn.Module:
-        if group_size is not None:
-            check_group(emb.embedding_dim, gran, group_size, name)
-        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, group_size or 128, mse)
+        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, group_size or 128, mse, scale_dtype)
 
     return make
 
@@ -111,11 +110,15 @@ class _WeightQuant(MethodConfig):
         for name, m in linears:  # fail before changing anything
             check_group(m.in_features, self.granularity, self.group_size, name)
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        if self.embedding_group_size is not None:
+            for name, m in embeddings:
+                check_group(m.embedding_dim, Granularity.GROUP, self.embedding_group_size, name)
         return linears, embeddings, skipped
 
     def _quantize_embeddings(self, model: nn.Module, embeddings: list) -> None:
         if self.embedding_bits:
-            make = _embedding_factory(self.embedding_bits, True, self.embedding_group_size, True)
+            make = _embedding_factory(self.embedding_bits, True, self.embedding_group_size, True,
+                                      self.scale_dtype.value)
             convert(model, embeddings, make, f"{self.embedding_bits}-bit embedding")
 
     def _label(self, name: str) -> str:

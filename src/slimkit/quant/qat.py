@@ -33,7 +33,8 @@ def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return (x - x * factor).detach() + x * factor
 
 
-def fake_quantize_lsq(w: torch.Tensor, step: torch.Tensor, bits: int, grad_factor: float = 1.0) -> torch.Tensor:
+def fake_quantize_lsq(w: torch.Tensor, step: torch.Tensor, bits: int,
+                      grad_factor: float = 1.0) -> torch.Tensor:
     """Symmetric fake quantization round(clamp(w / step)) * step, differentiable in w and step."""
     qmax = 2 ** (bits - 1) - 1
     s = scale_grad(step, grad_factor)
