@@ -345,6 +345,10 @@ def write_results(new_cases: list[dict], out_dir: str | os.PathLike) -> tuple[Pa
         results["cases"][case["case"]] = case
     atomic_write(json_path, [json.dumps(results, indent=1, default=_json_default).encode() + b"\n"])
     atomic_write(md_path, [render(results).encode()])
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (json_path, md_path):   # the temporary file was private (0600); these are for git
+        os.chmod(path, 0o666 & ~umask)
     return md_path, json_path
 
 

@@ -84,7 +84,10 @@ def parse_recipe(doc: object, where: str, name: str) -> Recipe:
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"]) or method
-            raise SlimError(f"{where}: stage {i + 1} ({method}): {key}: {err['msg']}") from None
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            raise SlimError(f"{where}: stage {i + 1} ({method}): {key}: {msg}") from None
+        except (ValueError, TypeError, SlimError) as exc:
+            raise SlimError(f"{where}: stage {i + 1} ({method}): {exc}") from None
     return Recipe(name=name, description=str(doc.get("description", "")), stages=stages)
 
 

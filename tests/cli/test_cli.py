@@ -95,3 +95,15 @@ def test_console_script_is_installed():
     assert proc.returncode == 0
     for cmd in ("demo", "compress", "eval", "inspect", "recipes"):
         assert cmd in proc.stdout
+
+
+def test_inspect_apoz_and_plots(monkeypatch, capsys, lenet_trained, tmp_path):
+    code, out, _ = cli(monkeypatch, capsys, "-q", "inspect", "builtin:lenet-300-100", "--apoz",
+                       "--plot", str(tmp_path / "plots"), "--json")
+    assert code == 0
+    apoz = json.loads(out.strip().splitlines()[-1])["apoz"]
+    assert [r["layer"] for r in apoz] == ["fc1", "fc2"]
+    assert all(0.0 <= r["apoz_mean"] <= 1.0 and len(r["apoz"]) == r["channels"] for r in apoz)
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["apoz.png", "hist-fc1_weight.png", "hist-fc2_weight.png", "hist-fc3_weight.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

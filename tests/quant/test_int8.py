@@ -100,3 +100,18 @@ def test_int8_recipe_ships():
 def test_unknown_option_rejected():
     with pytest.raises(ValueError):
         Int8(bits=4)
+
+
+@pytest.mark.slow
+def test_compiled_int8_matches_eager():
+    from slimkit.nn.quant_linear import use_compiled_int8
+
+    q = Int8Linear.from_linear(nn.Linear(64, 32))
+    x = torch.randn(7, 64)
+    eager = q(x)
+    try:
+        use_compiled_int8(True)
+        compiled = q(x)
+    finally:
+        use_compiled_int8(False)
+    assert torch.allclose(eager, compiled, rtol=1e-2, atol=1e-2)

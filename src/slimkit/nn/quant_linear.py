@@ -49,6 +49,32 @@ def _size(spec: dict, key: str) -> int:
     return value
 
 
+def _w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """Dynamic per-token int8 linear written for `torch.compile` to fuse (same math as eager)."""
+    x = x.float()
+    amax = x.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    xq = torch.round(x * (127.0 / amax)).to(torch.int8)
+    y = torch._int_mm(xq, qweight.t()).float() * (amax / 127.0) * scale
+    return y if bias is None else y + bias
+
+
+_COMPILED: dict = {"fn": None}
+
+
+def use_compiled_int8(enable: bool = True) -> bool:
+    """Opt in to `torch.compile` fusion of `Int8Linear`'s activation quantization and rescaling
+    (CPU; compiles on first use, tens of seconds). Returns whether compiled kernels are active."""
+    if not enable:
+        _COMPILED["fn"] = None
+        return False
+    try:
+        _COMPILED["fn"] = torch.compile(_w8a8_linear, dynamic=True)
+    except Exception:  # noqa: BLE001 - no compiler available: stay eager
+        _COMPILED["fn"] = None
+    return _COMPILED["fn"] is not None
+
+
 @register_module
 class Int8Linear(nn.Module):
     """y = (q8(x) @ Wq^T) * s_x * s_w + b, with int8 weights and dynamic per-token int8 inputs."""
@@ -84,6 +110,13 @@ class Int8Linear(nn.Module):
         if self.input_scale is not None:
             acc = int8_matmul(quantize_static(x2, self.input_scale), self.qweight.t())
             y = torch.mul(acc, self.scale * self.input_scale)
+        elif _COMPILED["fn"] is not None and x2.device.type == "cpu":
+            try:
+                y = _COMPILED["fn"](x2, self.qweight, self.scale, self.bias)
+            except Exception:  # noqa: BLE001 - compilation failed at first call: go eager for good
+                _COMPILED["fn"] = None
+                return self.forward(x)
+            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         else:
             xq, xs = quantize_per_token(x2)
             y = torch.mul(int8_matmul(xq, self.qweight.t()), xs).mul_(self.scale)  # int32*fp32 -> fp32
