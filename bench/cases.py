@@ -20,7 +20,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -61,7 +61,6 @@ class CaseSpec:
     all_shipped: bool = False  # also try shipped recipes not listed (unless `models:` excludes us)
     seeds: int = 1             # baselines trained with seeds 0..seeds-1 (full run; digits only)
     second_score: tuple[str, Callable] | None = None   # (label, task factory)
-    fit: dict = field(default_factory=dict)            # how the zoo trains it (for other seeds)
     repeat_scale: int = 1      # more timed calls per round for models that run in microseconds
     min_recipe_s: float = 60   # recipes get at least this long, even past the deadline (--quick: 1/4)
 
@@ -70,14 +69,12 @@ DIGITS_RECIPES = ("int8", "prune-magnitude", "apoz", "kmeans", "lowrank", "hashe
                   "distill-mlp", "qat-int4")
 
 CASES: dict[str, CaseSpec] = {
-    # fit: the same settings as slimkit/zoo/builtin.py, so seed 0 reproduces the zoo model
     "lenet-300-100": CaseSpec("lenet-300-100", DIGITS_RECIPES, batch=32, weight=1.0,
                               recipe_timeout_s=120, reserve_s=15, batch_note=" images (8x8 digits)",
-                              all_shipped=True, seeds=5, repeat_scale=10,
-                              fit={"epochs": 100, "batch_size": 32, "lr": 2e-3}),
+                              all_shipped=True, seeds=5, repeat_scale=10),
     "lenet5": CaseSpec("lenet5", DIGITS_RECIPES, batch=32, weight=1.0, recipe_timeout_s=120,
                        reserve_s=15, batch_note=" images (1x8x8 digits)", all_shipped=True, seeds=5,
-                       repeat_scale=10, fit={"epochs": 60, "batch_size": 64, "lr": 2e-3}),
+                       repeat_scale=10),
     "minilm": CaseSpec("minilm", ("int8", "int4", "prune-structured", "distill-l3"), batch=32,
                        weight=2.5, recipe_timeout_s=300, reserve_s=90, min_recipe_s=120,
                        batch_note=" sentences x 40 tokens",
@@ -132,7 +129,7 @@ def baseline(spec: CaseSpec, seed: int) -> nn.Module:
             pass
     torch.manual_seed(seed)
     model = entry.build()
-    fit(model, load_digits(), seed=seed, **spec.fit)
+    fit(model, load_digits(), seed=seed, **entry.train_settings)
     save_cached(key, model.state_dict())
     return tag(model.eval(), base)
 

@@ -26,7 +26,7 @@ def plot_histograms(hists: dict[str, dict], out_dir: str | Path) -> list[Path]:
     for name, h in hists.items():
         fig, ax = plt.subplots(figsize=(5, 3))
         edges = h["edges"]
-        widths = [b - a for a, b in zip(edges, edges[1:])]
+        widths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
         ax.bar(edges[:-1], h["counts"], width=widths, align="edge", color="#4477aa")
         ax.set_title(f"{name}  (exact zeros: {h['sparsity']:.1%})", fontsize=9)
         ax.set_xlabel("weight value")
@@ -47,7 +47,7 @@ def plot_apoz(rows: list[dict], out_dir: str | Path) -> Path | None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(rows), 1, figsize=(6, 2.2 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
+    for ax, row in zip(axes[:, 0], rows, strict=True):
         values = sorted(row["apoz"], reverse=True)
         ax.bar(range(len(values)), values, width=1.0, color="#cc6677")
         ax.axhline(row["apoz_mean"] + row["apoz_std"], color="black", lw=0.8, ls="--")

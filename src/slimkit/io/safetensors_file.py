@@ -106,7 +106,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
         _check_entry(key, entry, data_len, name)
         spans.append((*entry["data_offsets"], key))
     spans.sort()
-    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:], strict=False):
         if begin < end:
             raise SlimFormatError(f"{name}: tensors {a!r} and {b!r} overlap")
     return header, meta, 8 + n

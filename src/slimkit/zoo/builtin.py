@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slimkit.zoo.lenet import LeNet300100, LeNet5
+from slimkit.zoo.lenet import LeNet5, LeNet300100
 from slimkit.zoo.registry import ZooEntry, register, tag, trained_digits_model
 
 CACHE_VERSION = "v1"
@@ -22,6 +22,7 @@ def _entry(name: str, cls, description: str, **fit_kwargs) -> ZooEntry:
         build=lambda: tag(cls(), base),
         load=lambda: tag(trained_digits_model(f"{name}-{CACHE_VERSION}", cls, **fit_kwargs), base),
         task=_digits_task,
+        train_settings=dict(fit_kwargs),
     ))
 
 

@@ -20,6 +20,7 @@ class ZooEntry:
     load: Callable[[], nn.Module]           # trained / pretrained weights
     task: Callable[[], Task]
     aliases: tuple[str, ...] = field(default=())
+    train_settings: dict = field(default_factory=dict)  # `zoo.train.fit` options (digits models)
 
 
 ZOO: dict[str, ZooEntry] = {}
