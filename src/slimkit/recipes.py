@@ -3,6 +3,7 @@
 A YAML recipe::
 
     description: prune to 92% then 5-bit k-means sharing
+    models: [lenet-300-100]          # optional: the builtin models it was made for
     stages:
       - method: magnitude
         sparsity: 0.92
@@ -34,6 +35,7 @@ class Recipe:
     name: str
     description: str
     stages: list[MethodConfig] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # builtin models it was made for (empty: any)
 
 
 def shipped() -> dict[str, Path]:
@@ -88,7 +90,13 @@ def parse_recipe(doc: object, where: str, name: str) -> Recipe:
             raise SlimError(f"{where}: stage {i + 1} ({method}): {key}: {msg}") from None
         except (ValueError, TypeError, SlimError) as exc:
             raise SlimError(f"{where}: stage {i + 1} ({method}): {exc}") from None
-    return Recipe(name=name, description=str(doc.get("description", "")), stages=stages)
+    models = doc.get("models", [])
+    if isinstance(models, str):
+        models = [models]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise SlimError(f"{where}: 'models' must be a list of builtin model names")
+    return Recipe(name=name, description=" ".join(str(doc.get("description", "")).split()), stages=stages,
+                  models=[m.removeprefix("builtin:") for m in models])
 
 
 def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,

@@ -15,7 +15,10 @@ def recipes_cmd() -> None:
 
     for name, path in sorted(shipped().items()):
         doc = yaml.safe_load(path.read_text()) or {}
-        common.out.print(f"{name:20s} {doc.get('description', '')}")
+        models = doc.get("models") or ["any"]
+        text = " ".join(str(doc.get("description", "")).split())
+        line = f"{name:18s} ({', '.join(models)}) {text}"
+        common.out.print(line if len(line) <= 150 else line[:149] + "…", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
