@@ -43,7 +43,7 @@ def test_fake_quant_converts_to_identical_packed_layer():
 
 def test_qat_on_lenet_4bit(lenet, lenet_trained, digits_task, tmp_path):
     base = digits_task.score(lenet_trained)
-    model = sk.quantize_(lenet, QAT(bits=4, epochs=2), data=digits_task)
+    model = sk.quantize_(lenet, QAT(bits=4, epochs=1), data=digits_task)
     assert isinstance(model.fc1, QuantLinear) and model.fc1.bits == 4
     assert base - digits_task.score(model) <= 0.005
     path = tmp_path / "qat.slim"

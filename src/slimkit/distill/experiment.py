@@ -6,9 +6,9 @@ honestly"):
 - the teacher is the zoo's lenet-300-100; the student an MLP small enough that the gap is
   measurable (64-8-6-10, 644 parameters, 79x smaller);
 - both arms train the same architecture for the same epochs from the same seeded initial
-  weights; each arm's hyperparameters (learning rate; for KD also the temperature) are chosen
-  from grids of the same size by mean *validation* accuracy over the seeds, each run keeps its
-  best-validation epoch; the test split is only read for the report;
+  weights; each arm's learning rate is chosen from the same grid by mean *validation* accuracy
+  over the seeds, each run keeps its best-validation epoch; the test split is only read for the
+  report;
 - reported: mean test accuracy of each arm, the mean paired difference (same seed) and its
   standard error, and the share of the teacher-student gap closed,
   (KD - labels) / (teacher - labels).
@@ -29,8 +29,9 @@ import torch
 
 COMMON = {"epochs": 200, "batch_size": 32, "weight_decay": 0.0}
 LABELS_GRID: tuple[dict, ...] = ({"alpha": 0.0, "lr": 3e-3}, {"alpha": 0.0, "lr": 1e-2})
-KD_GRID: tuple[dict, ...] = ({"alpha": 0.9, "temperature": 2.0, "lr": 1e-2},
-                             {"alpha": 0.9, "temperature": 4.0, "lr": 1e-2})
+# T=2 beat T=4 on validation in an earlier 10-seed run (0.937 vs 0.926, both at lr 1e-2)
+KD_GRID: tuple[dict, ...] = ({"alpha": 0.9, "temperature": 2.0, "lr": 3e-3},
+                             {"alpha": 0.9, "temperature": 2.0, "lr": 1e-2})
 
 
 def _run(teacher, task, hidden: Sequence[int], options: dict, seed: int, common: dict) -> dict:
