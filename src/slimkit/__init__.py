@@ -8,6 +8,7 @@
 
 from slimkit import zoo
 from slimkit.api import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
+from slimkit.distill.api import distill  # binds `slimkit.distill` to the function, not the package
 from slimkit.errors import SlimError, SlimFormatError
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
@@ -16,8 +17,18 @@ from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Method configs by class name (`sk.MagnitudePruning`, `sk.KMeansSharing`, ...), imported on
+    first use so that `import slimkit` stays light."""
+    for cls in methods().values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+
+
 __all__ = [
-    "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError", "apply_",
+    "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError", "apply_", "distill",
     "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
     "quantize_", "read_manifest", "resolve", "run_recipe", "save", "share_", "zoo",
 ]

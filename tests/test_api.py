@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+import slimkit as sk
+
+
+def test_configs_are_reachable_by_class_name_and_frozen():
+    cfg = sk.MagnitudePruning(sparsity=0.5)
+    assert isinstance(cfg, sk.MethodConfig) and cfg.family is sk.Family.PRUNE
+    with pytest.raises(Exception):
+        cfg.sparsity = 0.9  # frozen
+    with pytest.raises(ValueError):
+        sk.MagnitudePruning(sparsity=0.5, no_such_field=1)
+    assert callable(sk.distill)
+    with pytest.raises(AttributeError):
+        sk.NoSuchConfig  # noqa: B018
+
+
+def test_family_verbs_check_the_family(lenet):
+    with pytest.raises(TypeError, match="is not a quantization method"):
+        sk.quantize_(lenet, sk.MagnitudePruning(sparsity=0.5))
+    with pytest.raises(TypeError, match="expected a slimkit method config"):
+        sk.apply_(lenet, {"method": "magnitude"})
+
+
+def test_prune_verb_works_in_place_and_really_shrinks_the_file(lenet, digits_task):
+    before = sk.evaluate(lenet, digits_task, timing=False)
+    out = sk.prune_(lenet, sk.MagnitudePruning(sparsity=0.5, scope="global"), data=digits_task)
+    assert out is lenet
+    after = sk.evaluate(lenet, digits_task, timing=False)
+    assert after.nonzeros < 0.55 * before.nonzeros
+    assert after.bytes < 0.75 * before.bytes
+
+
+def test_make_config_by_name():
+    assert sk.make_config("kmeans", bits=4).bits == 4
+    with pytest.raises(sk.SlimError, match="unknown method 'teleport'"):
+        sk.make_config("teleport")
