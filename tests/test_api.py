@@ -8,8 +8,10 @@ import slimkit as sk
 def test_configs_are_reachable_by_class_name_and_frozen():
     cfg = sk.MagnitudePruning(sparsity=0.5)
     assert isinstance(cfg, sk.MethodConfig) and cfg.family is sk.Family.PRUNE
-    with pytest.raises(Exception):
-        cfg.sparsity = 0.9  # frozen
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.sparsity = 0.9
     with pytest.raises(ValueError):
         sk.MagnitudePruning(sparsity=0.5, no_such_field=1)
     assert callable(sk.distill)
