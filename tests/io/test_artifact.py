@@ -11,6 +11,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.io.artifact import append_codec, set_codec
+from slimkit.io.layout import PACK_LIMIT, manifest_json
 from slimkit.io.safetensors_file import SafetensorsReader
 from slimkit.surgery import replace_module
 
@@ -34,7 +35,7 @@ def test_file_is_safetensors_with_a_json_manifest(lenet, tmp_path):
     path = tmp_path / "m.slim"
     sk.save(lenet, path, info={"note": "hello"})
     with SafetensorsReader(path) as reader:
-        manifest = json.loads(reader.metadata["slimkit"])
+        manifest = json.loads(manifest_json(reader))
     assert manifest["format"] == "slimkit" and manifest["version"] == 1
     assert manifest["base"] == {"kind": "zoo", "name": "lenet-300-100"}
     assert manifest["info"] == {"note": "hello"}
@@ -110,15 +111,17 @@ def test_random_and_truncated_files_get_one_line_errors(lenet, tmp_path):
 
 
 def test_manifest_lies_are_refused(lenet, tmp_path):
-    path = tmp_path / "m.slim"
-    sk.save(lenet, path)
-    with SafetensorsReader(path) as reader:
-        arrays = {k: np.array(reader.get(k)) for k in reader.keys()}
-        manifest = json.loads(reader.metadata["slimkit"])
+    from slimkit.io.artifact import read_raw, write_raw
     from slimkit.io.safetensors_file import atomic_write, serialize
 
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path)
+    arrays, manifest = read_raw(path)
+    write_raw(path, arrays, manifest)
+    assert torch.equal(sk.load(path).fc1.weight, lenet.fc1.weight), "read_raw/write_raw round trip"
+
     def write(m):
-        atomic_write(path, serialize(arrays, {"slimkit": json.dumps(m)}))
+        write_raw(path, arrays, m)
 
     bad = copy.deepcopy(manifest)
     bad["tensors"]["fc1.weight"]["shape"] = [300, 65]
@@ -142,4 +145,58 @@ def test_manifest_lies_are_refused(lenet, tmp_path):
         sk.load(path)
     atomic_write(path, serialize(arrays, {}))
     with pytest.raises(sk.SlimFormatError, match="not a .slim file"):
+        sk.load(path)
+
+
+def test_small_files_are_packed_and_large_files_keep_named_tensors(lenet, tmp_path):
+    small = tmp_path / "small.slim"
+    sk.save(lenet, small)
+    with SafetensorsReader(small) as reader:
+        assert reader.keys() == ["payload"] and "slimkit.z" in reader.metadata
+    big_model = nn.Sequential(nn.Linear(600, 600))
+    assert big_model[0].weight.nbytes > PACK_LIMIT
+    big = tmp_path / "big.slim"
+    sk.save(big_model, big)
+    with SafetensorsReader(big) as reader:
+        assert sorted(reader.keys()) == ["0.bias", "0.weight"]
+        assert json.loads(reader.metadata["slimkit"])["tensors"]["0.weight"]["shape"] == [600, 600]
+    loaded = sk.load(big, model=nn.Sequential(nn.Linear(600, 600)))
+    assert torch.equal(loaded[0].weight, big_model[0].weight)
+
+
+def test_packed_index_and_compressed_manifest_are_validated(lenet, tmp_path):
+    import base64
+    import zlib
+
+    from slimkit.io.safetensors_file import atomic_write, serialize
+
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path)
+    with SafetensorsReader(path) as reader:
+        payload = np.array(reader.get("payload"))
+        manifest = json.loads(manifest_json(reader))
+
+    def write(meta):
+        atomic_write(path, serialize({"payload": payload}, meta))
+
+    def z(obj):
+        return base64.b64encode(zlib.compress(json.dumps(obj).encode())).decode()
+
+    first, second = sorted(manifest["packed"], key=lambda k: manifest["packed"][k][2])[:2]
+    bad = copy.deepcopy(manifest)
+    bad["packed"][second][2] = bad["packed"][first][2]
+    write({"slimkit.z": z(bad)})
+    with pytest.raises(sk.SlimFormatError, match="overlap"):
+        sk.load(path)
+    bad = copy.deepcopy(manifest)
+    bad["packed"][first][2] = len(payload) + 8
+    write({"slimkit.z": z(bad)})
+    with pytest.raises(sk.SlimFormatError, match="outside the file"):
+        sk.load(path)
+    write({"slimkit.z": "not base64 !!"})
+    with pytest.raises(sk.SlimFormatError, match="compressed manifest is corrupt"):
+        sk.load(path)
+    bomb = base64.b64encode(zlib.compress(b" " * (80 * 1024 * 1024))).decode()
+    write({"slimkit.z": bomb})
+    with pytest.raises(sk.SlimFormatError, match="truncated or too large"):
         sk.load(path)

@@ -44,10 +44,9 @@ def test_save_load_identical_and_packed(bits, symmetric, tmp_path):
     stored = sk.load_state_dict(path)
     assert torch.equal(stored["fc.qweight"], model.fc.qweight)
     # on disk: bits/8 bytes per weight
-    from slimkit.io.safetensors_file import SafetensorsReader
+    from slimkit.io.artifact import read_raw
 
-    with SafetensorsReader(path) as reader:
-        assert reader.nbytes("fc.qweight") == 64 * 32 * bits // 8
+    assert read_raw(path)[0]["fc.qweight"].nbytes == 64 * 32 * bits // 8
 
 
 def test_four_bit_file_is_about_an_eighth_of_fp32(tmp_path):
@@ -129,3 +128,22 @@ def test_unsupported_modules_listed():
     model = sk.quantize_(_Tiny(), WeightOnly(bits=4, group_size=32), data=None)
     assert quant_report(model)["skipped"] == {"conv": "Conv1d is not supported"}
     assert type(model.emb) is nn.Embedding               # embedding_bits not set: stays float
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "QuantLinear", "in": 64, "out": 8, "bias": True, "bits": 12, "symmetric": True,
+     "granularity": "group", "group_size": 32, "scale_dtype": "float16"},
+    {"type": "QuantLinear", "in": 64, "out": 8, "bias": True, "bits": 4, "symmetric": True,
+     "granularity": "group", "group_size": 48, "scale_dtype": "float16"},
+    {"type": "QuantLinear", "in": 64, "out": 8, "bias": True, "bits": 4, "symmetric": "yes",
+     "granularity": "group", "group_size": 32, "scale_dtype": "float16"},
+    {"type": "QuantEmbedding", "num": 10, "dim": 8, "padding_idx": None, "bits": 4, "symmetric": True,
+     "granularity": "blocks", "group_size": 8, "scale_dtype": "float16"},
+    {"type": "Int8Linear", "in": -1, "out": 8, "bias": True},
+])
+def test_bad_runtime_specs_are_format_errors(spec):
+    from slimkit.errors import SlimFormatError
+    from slimkit.surgery.specs import from_spec
+
+    with pytest.raises(SlimFormatError):
+        from_spec(spec)

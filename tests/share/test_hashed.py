@@ -83,21 +83,15 @@ def test_hash_budget_larger_than_the_layer_is_refused(lenet, digits_task):
 
 
 def test_lying_spec_is_a_format_error(lenet, digits_task, tmp_path):
-    import json
-
-    from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
+    from slimkit.io.artifact import read_raw, write_raw
 
     model = sk.share_(lenet, Hashed(targets="fc3", finetune_epochs=0), data=digits_task)
     path = tmp_path / "h.slim"
     sk.save(model, path)
-    with SafetensorsReader(path) as reader:
-        meta = dict(reader.metadata)
-        arrays = {k: np.array(reader.get(k)) for k in reader.keys()}
-    manifest = json.loads(meta["slimkit"])
+    arrays, manifest = read_raw(path)
     for edit in manifest["edits"]:
         edit["spec"]["buckets"] = 10**6
-    meta["slimkit"] = json.dumps(manifest)
-    atomic_write(path, serialize(arrays, meta))
+    write_raw(path, arrays, manifest)
     with pytest.raises(sk.SlimFormatError):
         sk.load(path)
 

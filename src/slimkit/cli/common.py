@@ -21,7 +21,8 @@ class _State:
 
 STATE = _State()
 console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Tables printed to a pipe or a CI log are not squeezed into 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> None:

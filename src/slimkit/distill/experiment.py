@@ -29,9 +29,10 @@ import torch
 
 COMMON = {"epochs": 200, "batch_size": 32, "weight_decay": 0.0}
 LABELS_GRID: tuple[dict, ...] = ({"alpha": 0.0, "lr": 3e-3}, {"alpha": 0.0, "lr": 1e-2})
-# T=2 beat T=4 on validation in an earlier 10-seed run (0.937 vs 0.926, both at lr 1e-2)
-KD_GRID: tuple[dict, ...] = ({"alpha": 0.9, "temperature": 2.0, "lr": 3e-3},
-                             {"alpha": 0.9, "temperature": 2.0, "lr": 1e-2})
+# Chosen on validation in earlier 10-seed runs (all at lr 1e-2): T=2 over T=4 (0.937 vs 0.926),
+# then alpha=1.0 (teacher only) over alpha=0.9 (0.944 vs 0.937) and over mixup 0.1 (0.926).
+KD_GRID: tuple[dict, ...] = ({"alpha": 1.0, "temperature": 2.0, "lr": 3e-3},
+                             {"alpha": 1.0, "temperature": 2.0, "lr": 1e-2})
 
 
 def _run(teacher, task, hidden: Sequence[int], options: dict, seed: int, common: dict) -> dict:

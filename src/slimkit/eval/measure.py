@@ -103,12 +103,10 @@ def artifact_bytes(model: nn.Module, path: str | os.PathLike | None = None) -> i
     if path is not None:
         return Path(path).stat().st_size
     from slimkit.io.artifact import encode_model
-    from slimkit.io.manifest import METADATA_KEY
-    from slimkit.io.safetensors_file import serialize
+    from slimkit.io.layout import file_chunks
 
     arrays, manifest = encode_model(model)
-    return sum(len(c) if isinstance(c, bytes) else c.nbytes
-               for c in serialize(arrays, {METADATA_KEY: manifest.to_json()}))
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in file_chunks(arrays, manifest))
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

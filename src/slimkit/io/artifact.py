@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 
 from slimkit.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import decode_chain, encode_chain
+from slimkit.io.layout import StoredArrays, file_chunks, manifest_json
 from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry, parse_manifest
 from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
 
@@ -95,19 +97,24 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
 def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> int:
     """Write `model` to `path` as a .slim file (atomically) and return its size in bytes."""
     arrays, manifest = encode_model(model, info)
-    atomic_write(path, serialize(arrays, {METADATA_KEY: manifest.to_json()}))
+    atomic_write(path, file_chunks(arrays, manifest))
     return Path(path).stat().st_size
 
 
-def _decode_all(reader: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
-    where = str(reader.path)
+def _read_manifest(reader: SafetensorsReader) -> Manifest:
+    return parse_manifest(manifest_json(reader), str(reader.path))
+
+
+def _decode_all(file: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
+    where = str(file.path)
+    reader = StoredArrays(file, manifest)
     by_tensor: dict[str, dict[str, np.ndarray]] = {k: {} for k in manifest.tensors}
     for key in reader.keys():
         name, _, side = key.partition(SIDE_SEP)
         if name not in by_tensor:
             raise SlimFormatError(f"{where}: stored array {key!r} belongs to no manifest tensor")
         by_tensor[name][side or "data"] = key
-    size = reader.path.stat().st_size
+    size = file.path.stat().st_size
     out: dict[str, torch.Tensor] = {}
     for name, entry in manifest.tensors.items():
         keys = by_tensor[name]
@@ -137,13 +144,32 @@ _DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """The validated manifest of a .slim file, without decoding any tensor."""
     with SafetensorsReader(path) as reader:
-        return parse_manifest(reader.metadata, str(path))
+        return _read_manifest(reader)
+
+
+def read_raw(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """The stored (still encoded) arrays by name and the manifest as a dict, whatever the layout.
+
+    For tools and tests that inspect or rewrite files; `write_raw` writes them back.
+    """
+    with SafetensorsReader(path) as reader:
+        manifest = _read_manifest(reader)
+        stored = StoredArrays(reader, manifest)
+        arrays = {k: np.array(stored.get(k)) for k in stored.keys()}
+    raw = manifest.model_dump()
+    raw.pop("packed")
+    return arrays, raw
+
+
+def write_raw(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """Write arrays and a manifest dict as-is (named layout, no validation): the inverse of `read_raw`."""
+    atomic_write(path, serialize(arrays, {METADATA_KEY: json.dumps(manifest, separators=(",", ":"))}))
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a .slim file, decoded (codes stay codes for runtime modules)."""
     with SafetensorsReader(path) as reader:
-        manifest = parse_manifest(reader.metadata, str(path))
+        manifest = _read_manifest(reader)
         return _decode_all(reader, manifest)
 
 
@@ -156,7 +182,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     from slimkit.zoo.resolve import build_base
 
     with SafetensorsReader(path) as reader:
-        manifest = parse_manifest(reader.metadata, str(path))
+        manifest = _read_manifest(reader)
         state = _decode_all(reader, manifest)
     net = build_base(manifest.base, model, manifest)
     replay_edits(net, manifest.edits)

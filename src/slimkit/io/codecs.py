@@ -150,7 +150,7 @@ def encode_chain(array: np.ndarray, chain: list[dict]) -> tuple[dict[str, np.nda
         data, side, params = codec().encode(data, **options)
         for key, value in side.items():
             stored[f"{i}.{key}"] = np.array(value, order="C", copy=None)
-        stages.append({"codec": codec.name, **params, "side": sorted(side)})
+        stages.append({"codec": codec.name, **params, **({"side": sorted(side)} if side else {})})
     stored["data"] = np.array(data, order="C", copy=None)
     return stored, stages
 

@@ -31,16 +31,18 @@ class Manifest(BaseModel):
     tensors: dict[str, TensorEntry]
     aliases: dict[str, str] = {}
     info: dict[str, Any] = {}
+    packed: dict[str, list] = {}  # packed layout: array name -> [dtype code, shape, offset]
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(), separators=(",", ":"))
+        dump = self.model_dump()
+        for key in ("edits", "aliases", "info", "packed"):  # empty defaults are left out
+            if not dump[key]:
+                del dump[key]
+        return json.dumps(dump, separators=(",", ":"))
 
 
-def parse_manifest(metadata: dict[str, str], where: str) -> Manifest:
-    """Validate the manifest; any problem is a one-line SlimFormatError naming `where`."""
-    raw = metadata.get(METADATA_KEY)
-    if raw is None:
-        raise SlimFormatError(f"{where}: not a .slim file (safetensors without a slimkit manifest)")
+def parse_manifest(raw: str, where: str) -> Manifest:
+    """Validate the manifest text; any problem is a one-line SlimFormatError naming `where`."""
     try:
         manifest = Manifest.model_validate_json(raw)
     except ValidationError as exc:

@@ -103,7 +103,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
     data_len = size - 8 - n
     spans = []
     for key, entry in header.items():
-        _check_entry(key, entry, data_len, name)
+        check_entry(key, entry, data_len, name)
         spans.append((*entry["data_offsets"], key))
     spans.sort()
     for (_, end, a), (begin, _, b) in zip(spans, spans[1:], strict=False):
@@ -112,7 +112,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
     return header, meta, 8 + n
 
 
-def _check_entry(key: str, entry: object, data_len: int, name: str) -> None:
+def check_entry(key: str, entry: object, data_len: int, name: str) -> None:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise SlimFormatError(f"{name}: tensor {key!r} has a malformed header entry")
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]

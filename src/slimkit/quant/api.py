@@ -207,6 +207,11 @@ class GPTQ(_WeightQuant):
         was_training = model.training
         model.eval()
         stages, reused = linear_stages(model, task, batches[0], list(by_name))
+        def rtn(_name: str, linear: nn.Module) -> nn.Module:
+            qw = rtn_quantize(linear.weight, self.bits, self.symmetric, self.granularity, self.group_size,
+                              False, dtype)
+            return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
+
         for stage in stages:
             hessians = collect_hessians(model, task, batches, stage, stop_early=not reused & set(stage))
 
@@ -216,14 +221,9 @@ class GPTQ(_WeightQuant):
                                    self.block_size, dtype)
                 return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
 
-            convert(model, [(n, by_name.pop(n)) for n in stage], make, self._label("gptq"))
-        if by_name:  # never reached by the calibration forward
-            rtn = WeightOnly(**self.model_dump(include=set(_WeightQuant.model_fields)))
-            convert(model, list(by_name.items()),
-                    lambda _n, m: _quant_linear(m, rtn_quantize(
-                        m.weight, self.bits, self.symmetric, self.granularity, self.group_size, False,
-                        dtype), self.symmetric, self.scale_dtype.value),
-                    rtn._label("rtn") + " (not reached by calibration)")
+            convert(model, [(n, by_name.pop(n)) for n in stage if n in hessians], make, self._label("gptq"))
+        # layers the calibration forward never reached: round-to-nearest, and say so
+        convert(model, list(by_name.items()), rtn, self._label("rtn") + " (not reached by calibration)")
         note_skipped(model, skipped)
         self._quantize_embeddings(model, embeddings)
         model.train(was_training)

@@ -18,7 +18,7 @@ from slimkit.api import Family, MethodConfig, register_method
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.quant.api import _embedding_factory
-from slimkit.quant.convert import convert, select_targets
+from slimkit.quant.convert import convert, note_skipped, select_targets
 from slimkit.quant.math import check_calibration
 from slimkit.quant.observers import Observer, ObserverKind
 from slimkit.select import FilterFn
@@ -76,7 +76,7 @@ class Int8Static(MethodConfig):
         convert(model, reached, lambda n, m: Int8Linear.from_linear(m, observers[n].scale()),
                 f"int8 static ({self.observer.value})", skipped)
         unreached = {n: "not reached by calibration" for n, _ in linears if not observers[n].count_}
-        convert(model, [], lambda n, m: m, "", unreached)
+        note_skipped(model, unreached)
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
         convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
         model.train(was_training)
