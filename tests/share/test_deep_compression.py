@@ -45,12 +45,4 @@ def test_deep_compression_round_trip_and_accuracy(compressed, lenet_trained, dig
         assert chain == ["sparse", "palette", "huffman"]
         assert (getattr(loaded, name).weight == 0).float().mean() > 0.8
     assert digits_task.score(loaded) >= digits_task.score(lenet_trained) - 0.005
-    assert FP32_BYTES / size >= 30, f"{size} B is only {FP32_BYTES / size:.1f}x"
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the safetensors header + manifest are ~2.8 KB of the "
-                   "~5.8 KB file; 50x needs a more compact header in slimkit.io")
-def test_deep_compression_reaches_50x(compressed):
-    _, _, size = compressed
-    assert FP32_BYTES / size >= 50, f"{size} B is only {FP32_BYTES / size:.1f}x"
+    assert FP32_BYTES / size >= 50, f"{size} B is only {FP32_BYTES / size:.1f}x (target: 50x)"
