@@ -81,17 +81,15 @@ def test_decoded_layer_not_slower_than_fp32():
     q = QuantLinear.from_quantized(rtn_quantize(lin.weight, 4, True, "group", 128), lin.bias, True)
     x = torch.randn(40, 384)
 
-    def best(fn, n=30):
-        fn()
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
+    times = {"q": [], "fp32": []}
     with torch.inference_mode():
-        assert best(lambda: q(x)) < 1.5 * best(lambda: lin(x)) + 2e-4
+        q(x)
+        for _ in range(40):                                  # interleaved: load spikes hit both
+            for key, fn in (("q", lambda: q(x)), ("fp32", lambda: lin(x))):
+                t = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t)
+    assert min(times["q"]) < 1.5 * min(times["fp32"]) + 5e-4
 
 
 def test_lenet_4bit_per_channel(lenet, digits_task):

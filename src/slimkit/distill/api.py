@@ -153,7 +153,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: object, config: Distil
     input batches, a list of sentences. `checkpoint` is a folder to save to and resume from;
     `on_epoch(EpochInfo)` is called after every epoch. Runs under torchrun (DDP) unchanged.
 
-    >>> student = distill(teacher, shrink_mlp(teacher, (8, 4)), sk.zoo.entry("lenet-300-100").task())
+    >>> student = distill(teacher, shrink_mlp(teacher, (8, 6)), sk.zoo.entry("lenet-300-100").task())
     """
     config = config or DistillConfig()
     if teacher is student:
