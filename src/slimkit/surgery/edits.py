@@ -101,6 +101,10 @@ def replay_edits(model: nn.Module, edits: list) -> None:
     if not isinstance(edits, list):
         raise SlimFormatError("manifest 'edits' must be a list")
     for i, edit in enumerate(edits):
+        if isinstance(edit, dict) and edit.get("op") not in EDIT_OPS:
+            from slimkit.plugins import load_all
+
+            load_all()  # ops registered by method packages (e.g. distillation's keep_layers)
         if not isinstance(edit, dict) or edit.get("op") not in EDIT_OPS:
             raise SlimFormatError(f"edit #{i} has an unknown op: {str(edit)[:80]}")
         try:
