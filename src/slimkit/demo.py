@@ -48,7 +48,7 @@ def run_demo(out_dir: str | Path = "slimkit-demo", model_name: str = "lenet-300-
     path = out / "baseline.slim"
     sk.save(base, path)
     ref = sk.evaluate(base, task, path=path)
-    rows = [Row("baseline", "fp32", ref.bytes, 1.0, ref.score, 0.0,
+    rows = [Row("baseline", "fp32", ref.bytes, round(ref.ratio, 2), ref.score, 0.0,
                 ref.latency_ms["batch1"], ref.latency_ms["batch32"])]
     for family, recipe_name in PLAN:
         try:
@@ -61,7 +61,7 @@ def run_demo(out_dir: str | Path = "slimkit-demo", model_name: str = "lenet-300-
         path = out / f"{recipe_name}.slim"
         sk.save(model, path, info={"recipe": recipe_name})
         m = sk.evaluate(sk.load(path), task, path=path)
-        rows.append(Row(family, recipe_name, m.bytes, round(ref.bytes / m.bytes, 2), m.score,
+        rows.append(Row(family, recipe_name, m.bytes, round(m.ratio, 2), m.score,
                         round((m.score - ref.score) * 100, 2), m.latency_ms["batch1"],
                         m.latency_ms["batch32"]))
     write_tables(rows, out, model_name)
@@ -72,6 +72,7 @@ def write_tables(rows: list[Row], out: Path, model_name: str) -> None:
     from slimkit.io.safetensors_file import atomic_write
 
     lines = [f"# slimkit demo on {model_name}", "",
+             "ratio = the model's fp32 safetensors size / this .slim file's size", "",
              "| family | method | bytes | ratio | accuracy | change (pt) | ms batch 1 | ms batch 32 | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
