@@ -14,6 +14,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                  out: Path = typer.Option(..., "--out", "-o", help="Output .slim file."),
                  force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+                 trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                                   help="Read a pickled .pt/.bin state dict (weights_only)."),
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact."""
     from slimkit.eval.measure import evaluate, task_for
@@ -24,7 +26,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     common.check_out_path(out, [model], force)
     plan = load_recipe(recipe)
     with common.status(f"loading {model}"):
-        net = resolve(model)
+        net = resolve(model, trust_pickle=trust_pickle)
     task = task_for(net)
     with common.status("measuring the original"):
         before = evaluate(net, task)

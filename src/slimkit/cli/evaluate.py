@@ -17,13 +17,15 @@ def measurement_row(m) -> dict:
 def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
              threads: int = typer.Option(0, "--threads", help="Torch threads for timing (0: default)."),
+             trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                               help="Read a pickled .pt/.bin state dict (weights_only)."),
              ) -> None:
     """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency."""
     from slimkit.eval.measure import evaluate
     from slimkit.zoo.resolve import resolve
 
     with common.status(f"loading {model}"):
-        net = resolve(model)
+        net = resolve(model, trust_pickle=trust_pickle)
     path = model if model.endswith(".slim") else None
     with common.status("measuring"):
         m = evaluate(net, path=path, threads=threads or None)

@@ -14,13 +14,15 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
                 as_json: bool = typer.Option(False, "--json", help="Print the rows as one JSON object."),
                 apoz: bool = typer.Option(False, "--apoz", help="Measure per-layer APoZ on the model's data."),
                 plot: Path | None = typer.Option(None, "--plot", help="Write PNG histograms (and APoZ) here."),
+                trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                                  help="Read a pickled .pt/.bin state dict (weights_only)."),
                 ) -> None:
     """Show where a model's bytes are, layer by layer."""
     from slimkit.eval.layers import layer_table
     from slimkit.zoo.resolve import resolve
 
     with common.status(f"loading {model}"):
-        net = resolve(model)
+        net = resolve(model, trust_pickle=trust_pickle)
     rows = layer_table(net)
     apoz_rows = _apoz_rows(net) if apoz else []
     if plot is not None:

@@ -54,6 +54,28 @@ def load_safetensors_checkpoint(path: str | os.PathLike) -> nn.Module:
     return tag(model, {"kind": "weights", "path": str(Path(path).resolve())})
 
 
+def load_pickled_weights(path: str | os.PathLike) -> nn.Module:
+    """A pickled state dict, read with `torch.load(weights_only=True)`: plain tensors only, never code."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # protocol notes from the restricted unpickler
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise SlimError(f"{path}: not a plain weights checkpoint ({first[:160]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise SlimError(f"{path}: expected a dict of tensors (a state dict)")
+    model = WeightsOnly({k: (list(v.shape), v.dtype) for k, v in state.items()}, device="meta")
+    model.load_state_dict(state, assign=True)
+    return tag(model, {"kind": "weights"})
+
+
 def resolve(ref: str, trust_pickle: bool = False) -> nn.Module:
     """Turn a model reference into a module (see module docstring)."""
     if ref.startswith("builtin:"):
@@ -75,8 +97,8 @@ def resolve(ref: str, trust_pickle: bool = False) -> nn.Module:
     if path.suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise SlimError(f"{ref}: pickled checkpoints can run code when loaded and are refused; "
-                            "convert it to .safetensors (or opt in with trust_pickle)")
-        raise SlimError(f"{ref}: pickled checkpoints are not supported yet; convert it to .safetensors")
+                            "convert it to .safetensors (or opt in with --trust-pickle / trust_pickle=True)")
+        return load_pickled_weights(path)
     raise SlimError(f"{ref}: unknown model file type {path.suffix!r} (expected .slim, .safetensors "
                     "or a Hugging Face folder)")
 
