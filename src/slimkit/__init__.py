@@ -9,7 +9,7 @@
 from slimkit import zoo
 from slimkit.api import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
 from slimkit.distill.api import distill  # binds `slimkit.distill` to the function, not the package
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.errors import ConfigError, SlimError, SlimFormatError
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
 from slimkit.recipes import Recipe, load_recipe, run_recipe
@@ -28,7 +28,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError", "apply_", "distill",
-    "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
+    "ConfigError", "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError",
+    "apply_", "distill", "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
     "quantize_", "read_manifest", "resolve", "run_recipe", "save", "share_", "zoo",
 ]

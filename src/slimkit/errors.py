@@ -9,3 +9,7 @@ class SlimError(Exception):
 
 class SlimFormatError(SlimError):
     """A file is not a valid .slim artifact (truncated, inconsistent, or not safetensors at all)."""
+
+
+class ConfigError(SlimError, ValueError):
+    """A method option out of range; the message names the method and the option, in one line."""

@@ -14,12 +14,12 @@ from pydantic import Field
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
-from slimkit.errors import SlimError
+from slimkit.errors import ConfigError, SlimError
 from slimkit.eval.task import Task
 from slimkit.select import FilterFn
 
 
-class PruneConfigError(SlimError, ValueError):
+class PruneConfigError(ConfigError):
     """An option outside its range (one line, naming the option)."""
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
-from slimkit.errors import SlimError
+from slimkit.errors import ConfigError
 from slimkit.eval.task import Task
 from slimkit.select import FilterFn, select_modules
 
@@ -37,7 +37,7 @@ class Coding(str, Enum):
     BITPACK = "bitpack"
 
 
-class ShareConfigError(SlimError, ValueError):
+class ShareConfigError(ConfigError):
     """An option outside its range (one line, naming the option)."""
 
 
