@@ -138,3 +138,18 @@ def test_load_hf_folder_errors(tmp_path, tiny_folder):
 def test_build_from_base_errors(base):
     with pytest.raises(SlimError):
         build_from_base(base)
+
+
+def test_minilm_slim_round_trip_is_exact_and_keeps_hf_inputs(minilm, tmp_path):
+    import slimkit as sk
+
+    path = tmp_path / "minilm.slim"
+    size = sk.save(minilm, path)
+    assert abs(size - 90_864_160) < 64 * 1024  # the fp32 weights plus a manifest
+    loaded = sk.load(path)
+    assert type(loaded) is type(minilm)
+    inputs = _inputs(minilm.config.vocab_size)
+    with torch.no_grad():
+        ours = loaded(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        theirs = minilm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert torch.equal(ours.last_hidden_state, theirs.last_hidden_state)
