@@ -10,10 +10,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.xfail(strict=False, reason="issue 6 open: on fresh seeds 100-119 KD led by +0.56 pt at 1.2 SE "
+                   "(seeds 0-19, used while choosing settings, gave 2.5 SE)")
 def test_distilled_student_beats_labels_only_by_two_standard_errors():
     from slimkit.distill.experiment import kd_vs_labels
 
-    result = kd_vs_labels(seeds=range(20))  # 10 seeds measured +0.69 pt at 1.6 SE: too few (~6 min)
+    # Seeds 0-19 were used while choosing T, alpha and the student; judge on seeds never looked at.
+    result = kd_vs_labels(seeds=range(100, 120))
     print(result["table"])
     assert result["teacher_accuracy"] - result["mean_labels_only"] > 0.02  # the gap is measurable
     assert result["student_params"] * 10 <= result["teacher_params"]
