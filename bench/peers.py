@@ -21,29 +21,11 @@ import torch
 from torch import nn
 
 from bench.harness import BASELINE, Candidate
-
-HF_OUTPUT = "last_hidden_state"
-
+from slimkit.io.onnx import HF_OUTPUT, OrtModule, _first_tensor, _rewrap, export_onnx  # noqa: F401
 
 # ----------------------------------------------------------------------------- helpers
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    """The main output of a model: the tensor itself, `.last_hidden_state`, or element 0."""
-    if isinstance(out, torch.Tensor):
-        return out
-    hidden = getattr(out, HF_OUTPUT, None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden
-    return out[0]
 
-
-def _rewrap(like: Any, tensor: torch.Tensor) -> Any:
-    """`tensor` in the same kind of output as `like` (a Hugging Face output keeps its type)."""
-    if isinstance(like, torch.Tensor):
-        return tensor
-    from transformers.modeling_outputs import BaseModelOutput
-
-    return BaseModelOutput(last_hidden_state=tensor)
 
 
 class CastModule(nn.Module):
@@ -63,51 +45,6 @@ class CastModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"
-
-
-class OrtModule(nn.Module):
-    """An ONNX Runtime session behind an `nn.Module` face: same keyword inputs as the torch model,
-    returns a tensor (classifiers) or an output with `.last_hidden_state` (encoders)."""
-
-    def __init__(self, path: str | Path, keys: list[str], hf_output: bool, threads: int):
-        super().__init__()
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.keys = keys
-        self.feeds = {i.name for i in self.session.get_inputs()}
-        self.hf_output = hf_output
-        self.path = str(path)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        named = dict(zip(self.keys, args, strict=False))
-        named.update(kwargs)
-        feed = {k: v.detach().cpu().numpy() for k, v in named.items() if k in self.feeds}
-        out = torch.from_numpy(self.session.run(None, feed)[0])
-        if self.hf_output:
-            from transformers.modeling_outputs import BaseModelOutput
-
-            return BaseModelOutput(last_hidden_state=out)
-        return out
-
-    def extra_repr(self) -> str:
-        return f"onnx={Path(self.path).name}"
-
-
-class _Export(nn.Module):
-    """Positional-argument face of a keyword-driven model, returning only its main tensor."""
-
-    def __init__(self, inner: nn.Module, keys: list[str]):
-        super().__init__()
-        self.inner = inner
-        self.keys = keys
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return _first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
 
 
 def _score(model: nn.Module, task: Any) -> float:
@@ -182,27 +119,6 @@ def torch_dynamic_int8(model: nn.Module, task: Any, workdir: Path) -> Candidate:
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
-
-def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> tuple[list[str], bool]:
-    """Export with the TorchScript exporter (dynamo=False, opset 17), dynamic batch (and sequence
-    for integer token inputs). Returns (input names, whether the output is a hidden state)."""
-    keys = list(example)
-    with torch.inference_mode():
-        hf_output = not isinstance(model(**example), torch.Tensor)
-    out_name = HF_OUTPUT if hf_output else "logits"
-    axes: dict[str, dict[int, str]] = {}
-    for key, t in example.items():
-        axes[key] = {0: "batch"}
-        if not t.is_floating_point() and t.dim() >= 2:
-            axes[key][1] = "sequence"
-    axes[out_name] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Export(model, keys).eval(), tuple(example.values()), str(path),
-                          dynamo=False, opset_version=17, input_names=keys, output_names=[out_name],
-                          dynamic_axes=axes, do_constant_folding=True, external_data=False)
-    return keys, hf_output
-
 
 def ort_peers(model: nn.Module, task: Any, workdir: Path, threads: int) -> list[Candidate]:
     """ONNX Runtime fp32 and ONNX Runtime `quantize_dynamic` per-channel int8 (QInt8 weights)."""

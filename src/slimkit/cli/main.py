@@ -21,9 +21,9 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _register() -> None:
-    from slimkit.cli import compress, demo, evaluate, inspect, recipes
+    from slimkit.cli import compress, demo, evaluate, export, inspect, recipes
 
-    for module in (demo, compress, evaluate, inspect, recipes):
+    for module in (demo, compress, evaluate, inspect, export, recipes):
         module.register(app)
 
 
