@@ -107,3 +107,12 @@ def test_inspect_apoz_and_plots(monkeypatch, capsys, lenet_trained, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["apoz.png", "hist-fc1_weight.png", "hist-fc2_weight.png", "hist-fc3_weight.png"]
     assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_recipe_for_another_model_warns_and_fails_cleanly(monkeypatch, capsys, tmp_path, lenet5_trained):
+    out = tmp_path / "x.slim"
+    code, _, err = cli(monkeypatch, capsys, "-q", "compress", "builtin:lenet5", "--recipe", "int4", "--out", str(out))
+    assert code == 2
+    assert "recipe int4 was made for minilm, not lenet5" in err
+    assert_one_line_error(err, "group_size=64 does not divide the input dimension 120 of fc2")
+    assert not out.exists()

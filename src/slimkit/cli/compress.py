@@ -21,6 +21,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     from slimkit.eval.measure import evaluate, task_for
     from slimkit.io.artifact import save
     from slimkit.recipes import load_recipe, run_recipe
+    from slimkit.zoo.registry import base_of
     from slimkit.zoo.resolve import resolve
 
     common.check_out_path(out, [model], force)
@@ -28,6 +29,10 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)
     task = task_for(net)
+    name = base_of(net).get("name")
+    if plan.models and name not in plan.models:
+        common.console.print(f"[yellow]warning:[/yellow] recipe {plan.name} was made for "
+                             f"{', '.join(plan.models)}, not {name or 'this model'}")
     with common.status("measuring the original"):
         before = evaluate(net, task)
 

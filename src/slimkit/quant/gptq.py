@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from slimkit._torch import num_threads
+from slimkit.errors import ConfigError
 from slimkit.quant.math import Granularity, QuantizedWeight, check_bits, check_group, qparams
 
 
@@ -32,7 +33,7 @@ def hessian_update(acc: dict, x: torch.Tensor) -> None:
 def hessian_value(acc: dict) -> torch.Tensor:
     """The averaged Hessian, float32 (raises ValueError when nothing was accumulated)."""
     if acc["n"] == 0:
-        raise ValueError("no calibration inputs reached this layer")
+        raise ConfigError("no calibration inputs reached this layer")
     return (2.0 * acc["h"] / acc["n"]).float()
 
 
@@ -47,7 +48,7 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
             return torch.linalg.cholesky(hinv, upper=True)
         except torch.linalg.LinAlgError:
             continue
-    raise ValueError("the Hessian is not positive definite even after dampening; use more calibration data")
+    raise ConfigError("the Hessian is not positive definite even after dampening; use more calibration data")
 
 
 def _params(w: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype):
@@ -73,7 +74,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmet
     rows, cols = weight.shape
     g = check_group(cols, granularity, group_size) if granularity is Granularity.GROUP else cols
     if hessian.shape != (cols, cols):
-        raise ValueError(f"hessian must be ({cols}, {cols}) for a weight with {cols} inputs, "
+        raise ConfigError(f"hessian must be ({cols}, {cols}) for a weight with {cols} inputs, "
                          f"got {tuple(hessian.shape)}")
     w = weight.detach().float().clone()
     h = hessian.detach().float().clone()

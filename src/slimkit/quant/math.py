@@ -21,7 +21,7 @@ from enum import Enum
 
 import torch
 
-from slimkit.errors import SlimError
+from slimkit.errors import ConfigError, SlimError
 
 
 class Granularity(str, Enum):
@@ -36,7 +36,7 @@ MSE_GRID = tuple(1.0 - 0.05 * i for i in range(11))  # clipping ratios tried by 
 def check_bits(bits: object, name: str = "bits") -> int:
     """`bits` as an int in 1..8, or ValueError naming the parameter."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"{name} must be an integer in 1..8, got {bits!r}")
+        raise ConfigError(f"{name} must be an integer in 1..8, got {bits!r}")
     return bits
 
 
@@ -46,10 +46,10 @@ def check_group(cols: int, granularity: Granularity | str, group_size: int, wher
     if granularity is not Granularity.GROUP:
         return cols
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+        raise ConfigError(f"group_size must be a positive integer, got {group_size!r}")
     if cols % group_size:
         at = f" of {where}" if where else ""
-        raise ValueError(f"group_size={group_size} does not divide the input dimension {cols}{at}")
+        raise ConfigError(f"group_size={group_size} does not divide the input dimension {cols}{at}")
     return group_size
 
 
@@ -91,7 +91,7 @@ def _qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric
     tiny = torch.finfo(torch.float32).tiny * 2**10
     if symmetric:
         if bits < 2:
-            raise ValueError("bits=1 needs symmetric=False (symmetric codes need at least 2 bits)")
+            raise ConfigError("bits=1 needs symmetric=False (symmetric codes need at least 2 bits)")
         qmax = 2 ** (bits - 1) - 1
         return (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp_min(tiny), None
     levels = 2**bits - 1

@@ -21,6 +21,8 @@ from enum import Enum
 import numpy as np
 import torch
 
+from slimkit.errors import ConfigError
+
 BINS = 2048
 LEVELS = 128  # positive int8 levels, 0..127
 
@@ -38,7 +40,7 @@ class Observer:
     def __init__(self, kind: ObserverKind | str = ObserverKind.MINMAX, percentile: float = 99.99):
         self.kind = ObserverKind(kind)
         if not 0 < percentile <= 100:
-            raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
+            raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
         self.percentile = percentile
         self.max_ = 0.0
         self.hist_ = torch.zeros(BINS, dtype=torch.float64)
@@ -66,7 +68,7 @@ class Observer:
 
     def threshold(self) -> float:
         if self.count_ == 0:
-            raise ValueError("observer saw no data: calibration data is empty")
+            raise ConfigError("observer saw no data: calibration data is empty")
         if self.max_ == 0 or self.kind is ObserverKind.MINMAX:
             return self.max_
         if self.kind is ObserverKind.PERCENTILE:
