@@ -14,6 +14,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                  out: Path = typer.Option(..., "--out", "-o", help="Output .slim file."),
                  force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+                 keep_stages: bool = typer.Option(False, "--keep-stages",
+                                                  help="Save and measure every stage in OUT.stages/."),
                  trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                                    help="Read a pickled .pt/.bin state dict (weights_only)."),
                  ) -> None:
@@ -40,7 +42,16 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
         common.info(f"stage {i + 1}/{len(plan.stages)} done: {config.method}")
 
     with common.status(f"compressing with {plan.name} ({len(plan.stages)} stages)"):
-        net = run_recipe(net, plan, task, on_stage=on_stage)
+        if keep_stages:
+            from slimkit.pipeline import run_pipeline
+
+            folder = out.with_name(out.name + ".stages")
+            try:
+                net, _ = run_pipeline(net, plan, task, folder)
+            finally:
+                common.info(f"stage artifacts and stages.json in {folder}/")
+        else:
+            net = run_recipe(net, plan, task, on_stage=on_stage)
     save(net, out, info={"recipe": plan.name, "source": model})
     with common.status("measuring the result"):
         after = evaluate(net, task, path=out)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import slimkit as sk
+from slimkit.pipeline import run_pipeline
+from slimkit.recipes import Recipe
+
+
+def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):
+    recipe = Recipe("two", "", [sk.MagnitudePruning(sparsity=0.5, scope="global"), sk.make_config("int8")])
+    model, stages = run_pipeline(lenet, recipe, digits_task, tmp_path, timing=False)
+    assert [s.method for s in stages] == ["magnitude", "int8"]
+    for s in stages:
+        assert s.bytes == (tmp_path / s.path.split("/")[-1]).stat().st_size and s.score > 0.9
+    assert stages[1].bytes < stages[0].bytes
+    assert json.loads((tmp_path / "stages.json").read_text())[1]["method"] == "int8"
+
+
+def test_a_failing_stage_keeps_the_earlier_artifacts(lenet, digits_task, tmp_path):
+    bad = sk.make_config("rtn", bits=4, granularity="group", group_size=128)  # 64 inputs: cannot divide
+    recipe = Recipe("fails", "", [sk.MagnitudePruning(sparsity=0.5), bad])
+    with pytest.raises(sk.SlimError):
+        run_pipeline(lenet, recipe, digits_task, tmp_path, timing=False)
+    stages = json.loads((tmp_path / "stages.json").read_text())
+    assert stages[0]["error"] is None and stages[1]["error"].startswith("ConfigError")
+    assert sk.load(stages[0]["path"]) is not None
