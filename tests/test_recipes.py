@@ -48,3 +48,16 @@ def test_unknown_option_in_a_stage_is_rejected(tmp_path):
     path.write_text(f"stages:\n  - method: {name}\n    no_such_option: 1\n")
     with pytest.raises(sk.SlimError, match="no_such_option"):
         load_recipe(str(path))
+
+
+def test_errors_point_at_the_yaml_line_of_the_bad_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("description: x\nstages:\n  - method: magnitude\n    sparsity: 0.5\n"
+                    "  - method: kmeans\n    bits: 4\n    colour: red\n")
+    with pytest.raises(sk.SlimError) as err:
+        load_recipe(str(path))
+    assert str(err.value).startswith(f"{path}:7: stage 2 (kmeans): colour")
+    path.write_text("stages:\n  - method: magnitude\n    sparsity: 1.5\n")
+    with pytest.raises(sk.SlimError) as err:
+        load_recipe(str(path))
+    assert str(err.value).startswith(f"{path}:3: stage 1 (magnitude)") and "sparsity" in str(err.value)

@@ -57,15 +57,43 @@ def load_recipe(name_or_path: str) -> Recipe:
                             "or give a .yaml file)")
         path = known[name_or_path]
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        doc = yaml.safe_load(text)
+        lines = _stage_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise SlimError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_recipe(doc, str(path), path.stem)
+    return parse_recipe(doc, str(path), path.stem, lines)
 
 
-def parse_recipe(doc: object, where: str, name: str) -> Recipe:
+def _stage_lines(text: str) -> dict[tuple[int, str], int]:
+    """(stage index, key) -> 1-based line of that key in the YAML text ("" = the stage itself)."""
+    out: dict[tuple[int, str], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for key, value in root.value:
+        if key.value == "stages" and isinstance(value, yaml.SequenceNode):
+            for i, stage in enumerate(value.value):
+                out[(i, "")] = stage.start_mark.line + 1
+                if isinstance(stage, yaml.MappingNode):
+                    for k, _ in stage.value:
+                        out[(i, str(k.value))] = k.start_mark.line + 1
+    return out
+
+
+def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str], int] | None = None) -> Recipe:
+    """Validate a recipe document; `lines` (from the YAML text) puts line numbers into errors."""
+    lines = lines or {}
+
+    def at(i: int, key: str = "") -> str:
+        line = lines.get((i, key)) or lines.get((i, ""))
+        return f"{where}:{line}" if line else where
+
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise SlimError(f"{where}: a recipe needs a non-empty 'stages' list")
     extra = set(doc) - {"description", "stages", "models"}
@@ -75,11 +103,11 @@ def parse_recipe(doc: object, where: str, name: str) -> Recipe:
     stages = []
     for i, stage in enumerate(doc["stages"]):
         if not isinstance(stage, dict) or "method" not in stage:
-            raise SlimError(f"{where}: stage {i + 1} needs a 'method' key")
+            raise SlimError(f"{at(i)}: stage {i + 1} needs a 'method' key")
         options = dict(stage)
         method = options.pop("method")
         if method not in known:
-            raise SlimError(f"{where}: stage {i + 1}: method {method!r} is not implemented "
+            raise SlimError(f"{at(i, 'method')}: stage {i + 1}: method {method!r} is not implemented "
                             f"(available: {', '.join(known) or 'none yet'})")
         try:
             stages.append(known[method](**options))
@@ -87,9 +115,11 @@ def parse_recipe(doc: object, where: str, name: str) -> Recipe:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"]) or method
             msg = str(err["msg"]).removeprefix("Value error, ")
-            raise SlimError(f"{where}: stage {i + 1} ({method}): {key}: {msg}") from None
+            first = str(err["loc"][0]) if err["loc"] else ""
+            raise SlimError(f"{at(i, first)}: stage {i + 1} ({method}): {key}: {msg}") from None
         except (ValueError, TypeError, SlimError) as exc:
-            raise SlimError(f"{where}: stage {i + 1} ({method}): {exc}") from None
+            bad = next((k for k in options if f"{k}" in str(exc)), "")
+            raise SlimError(f"{at(i, bad)}: stage {i + 1} ({method}): {exc}") from None
     models = doc.get("models", [])
     if isinstance(models, str):
         models = [models]
