@@ -6,10 +6,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+
+Hook = Callable[[nn.Module, object, torch.Tensor], None]
+
+
+@contextlib.contextmanager
+def hooked(model: nn.Module, sites: dict[str, str], make_hook: Callable[[str], Hook]) -> Iterator[None]:
+    """Run a block in eval mode with `make_hook(key)` on the output of each site module; the
+    hooks are removed and the training mode restored afterwards, whatever happens."""
+    handles = [model.get_submodule(site).register_forward_hook(make_hook(key)) for key, site in sites.items()]
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+
+
+def _run(model: nn.Module, batches: Iterable, forward: Callable[[nn.Module, object], object] | None) -> None:
+    for batch in batches:
+        forward(model, batch) if forward is not None else model(**batch)
 
 
 def weight_norm(weight: torch.Tensor, p: int = 1) -> torch.Tensor:
@@ -40,7 +63,6 @@ def apoz(model: nn.Module, batches: Iterable, sites: dict[str, str],
     """
     zeros: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(sites, 0)
-    handles = []
 
     def hook(key):
         def fn(_module, _inputs, output):
@@ -49,17 +71,8 @@ def apoz(model: nn.Module, batches: Iterable, sites: dict[str, str],
             counts[key] += n
         return fn
 
-    for key, site in sites.items():
-        handles.append(model.get_submodule(site).register_forward_hook(hook(key)))
-    was = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            forward(model, batch) if forward is not None else model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with hooked(model, sites, hook):
+        _run(model, batches, forward)
     return {k: zeros[k].double() / max(1, counts[k]) for k in zeros}
 
 
@@ -74,7 +87,6 @@ def activation_mean(model: nn.Module, batches: Iterable, sites: dict[str, str],
     """Mean ReLU(output) per channel of each site module (like `apoz`, which counts zeros)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(sites, 0)
-    handles = []
 
     def hook(key):
         def fn(_module, _inputs, output):
@@ -84,15 +96,6 @@ def activation_mean(model: nn.Module, batches: Iterable, sites: dict[str, str],
             counts[key] += flat.shape[0]
         return fn
 
-    for key, site in sites.items():
-        handles.append(model.get_submodule(site).register_forward_hook(hook(key)))
-    was = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            forward(model, batch) if forward is not None else model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with hooked(model, sites, hook):
+        _run(model, batches, forward)
     return {k: sums[k].double() / max(1, counts[k]) for k in sums}

@@ -18,7 +18,7 @@ from torch import nn
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.prune.finetune import finetune, training_data, validation
-from slimkit.prune.importance import above_mean_std, activation_mean, apoz, weight_norm
+from slimkit.prune.importance import above_mean_std, activation_mean, apoz, hooked, weight_norm
 from slimkit.select import FilterFn, matches
 from slimkit.surgery.edits import edit_log
 from slimkit.surgery.shrink import prune_groups_
@@ -84,7 +84,6 @@ def taylor_scores(task: Task, batches: int = 8) -> Scorer:
     def score(model, groups):
         sites = {g.producer: g.activation or g.producer for g in groups}
         sums: dict[str, torch.Tensor] = {}
-        handles = []
 
         def hook(key):
             def fn(_module, _inputs, output):
@@ -94,19 +93,13 @@ def taylor_scores(task: Task, batches: int = 8) -> Scorer:
                 output.register_hook(grad_hook)
             return fn
 
-        for key, site in sites.items():
-            handles.append(model.get_submodule(site).register_forward_hook(hook(key)))
-        was = model.training
-        model.eval()
         try:
-            for inputs, target in training_data(task, 64, 0)[:batches]:
-                model.zero_grad()
-                nn.functional.cross_entropy(task.forward(model, inputs), target).backward()
+            with hooked(model, sites, hook):
+                for inputs, target in training_data(task, 64, 0)[:batches]:
+                    model.zero_grad()
+                    nn.functional.cross_entropy(task.forward(model, inputs), target).backward()
         finally:
-            for h in handles:
-                h.remove()
             model.zero_grad()
-            model.train(was)
         return {k: -v for k, v in sums.items()}
     return score
 
