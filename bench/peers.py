@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bench.harness import BASELINE, Candidate
-from slimkit.io.onnx import HF_OUTPUT, OrtModule, _first_tensor, _rewrap, export_onnx  # noqa: F401
+from slimkit.io.onnx import OrtModule, export_onnx, first_tensor, rewrap
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -41,7 +41,7 @@ class CastModule(nn.Module):
             return t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
         out = self.inner(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
-        return _rewrap(out, _first_tensor(out).float())
+        return rewrap(out, first_tensor(out).float())
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"

@@ -26,7 +26,7 @@ from slimkit.errors import SlimError
 HF_OUTPUT = "last_hidden_state"
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
+def first_tensor(out: Any) -> torch.Tensor:
     """The main output of a model: the tensor itself, `.last_hidden_state`, or element 0."""
     if isinstance(out, torch.Tensor):
         return out
@@ -36,7 +36,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return out[0]
 
 
-def _rewrap(like: Any, tensor: torch.Tensor) -> Any:
+def rewrap(like: Any, tensor: torch.Tensor) -> Any:
     """`tensor` in the same kind of output as `like` (a Hugging Face output keeps its type)."""
     if isinstance(like, torch.Tensor):
         return tensor
@@ -87,7 +87,7 @@ class _Export(nn.Module):
         self.keys = keys
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return _first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
+        return first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
 
 
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> tuple[list[str], bool]:
@@ -174,8 +174,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None) -> dict:
     inputs = task.example_inputs(32)
     session = OrtModule(path, keys, hf_output, threads=1)
     with torch.inference_mode():
-        ours = _first_tensor(model(**inputs)).float().flatten()
-        theirs = _first_tensor(session(**inputs)).float().flatten()
+        ours = first_tensor(model(**inputs)).float().flatten()
+        theirs = first_tensor(session(**inputs)).float().flatten()
     cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
     return {"path": str(path), "bytes": path.stat().st_size,
             "max_abs_diff": float((ours - theirs).abs().max()), "cosine": cosine}
