@@ -12,6 +12,7 @@ are averaged, and all replicas end identical. Nothing in the caller changes.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -113,7 +114,21 @@ def init_distributed() -> bool:
         return False
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_group)
     return True
+
+
+def _leave_group() -> None:
+    """At exit, leave the group slimkit joined together with the other ranks: a rank that exits
+    while another still tears down gloo can make that one abort (SIGABRT)."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        pass
 
 
 class _Objective(nn.Module):
