@@ -196,7 +196,7 @@ class GPTQ(_WeightQuant):
         from slimkit.nn.quant_linear import SCALE_DTYPES
         from slimkit.quant.gptq import gptq_quantize, hessian_value
         from slimkit.quant.math import check_calibration
-        from slimkit.quant.sequential import collect_hessians, linear_stages
+        from slimkit.quant.sequential import hessian_stages
 
         linears, embeddings, skipped = self._select(model, filter_fn)
         if task is None:
@@ -206,15 +206,12 @@ class GPTQ(_WeightQuant):
         by_name = dict(linears)
         was_training = model.training
         model.eval()
-        stages, reused = linear_stages(model, task, batches[0], list(by_name))
         def rtn(_name: str, linear: nn.Module) -> nn.Module:
             qw = rtn_quantize(linear.weight, self.bits, self.symmetric, self.granularity, self.group_size,
                               False, dtype)
             return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
 
-        for stage in stages:
-            hessians = collect_hessians(model, task, batches, stage, stop_early=not reused & set(stage))
-
+        for stage, hessians in hessian_stages(model, task, batches, list(by_name)):
             def make(name: str, linear: nn.Module, hessians=hessians) -> nn.Module:
                 qw = gptq_quantize(linear.weight, hessian_value(hessians[name]), self.bits, self.symmetric,
                                    self.granularity, self.group_size, self.act_order, self.damp,

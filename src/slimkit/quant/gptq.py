@@ -30,6 +30,21 @@ def hessian_update(acc: dict, x: torch.Tensor) -> None:
     acc["n"] += x.shape[0]
 
 
+def hessian_all_reduce(acc: dict) -> dict:
+    """Sum the accumulator over all ranks of an initialised process group (no-op in one process):
+    the sum of x x^T and the row count, never the averages, so N ranks that each saw 1/N of the
+    calibration data end with the single-process Hessian.
+
+    >>> acc = hessian_all_reduce(acc)      # then hessian_value(acc) is the same on every rank
+    """
+    from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, is_distributed
+
+    if is_distributed():
+        all_reduce_sum(acc["h"])
+        acc["n"] = all_reduce_int(acc["n"])
+    return acc
+
+
 def hessian_value(acc: dict) -> torch.Tensor:
     """The averaged Hessian, float32 (raises ValueError when nothing was accumulated)."""
     if acc["n"] == 0:

@@ -2,25 +2,32 @@
 quantize it, and move on, so later layers see the already-quantized earlier ones (as GPTQ does).
 
 Linears that read the same input tensor (a block's q/k/v projections) form one stage and are
-calibrated by the same pass. Each pass stops (by an exception raised in a hook) as soon as the
-stage's inputs are collected, so a stage costs only the forward up to its depth.
+calibrated by the same pass. On a transformer (`slimkit.dist.blocks`) the driver works block by
+block: block i runs on its cached inputs for each of its stages, then once more to produce the
+inputs of block i+1, so the model's prefix is never re-run. Elsewhere each stage re-runs the
+model's forward, stopped (by an exception raised in a hook) as soon as the stage's inputs are in.
 
->>> stages = linear_stages(model, task, batches, names)        # [["l0.q", "l0.k", "l0.v"], ...]
->>> for stage in stages:
-...     hessians = collect_hessians(model, task, batches, stage)
+Under an initialised `torch.distributed` group each rank calibrates on its share of the batches
+(`slimkit.dist.collectives.shard`) and the Hessians are summed over ranks, so every rank
+quantizes with the single-process Hessians.
+
+>>> for stage, hessians in hessian_stages(model, task, batches, names):
+...     quantize(stage, hessians)        # replace the stage's layers before asking for the next
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import torch
 from torch import nn
 
+from slimkit.dist.blocks import BlockChain, StopForward, find_blocks
+from slimkit.dist.collectives import is_distributed, shard
 from slimkit.eval.task import Batch, Task
-from slimkit.quant.gptq import hessian_init, hessian_update
+from slimkit.quant.gptq import hessian_all_reduce, hessian_init, hessian_update
 
-
-class _Stop(Exception):
-    """Raised by a hook to end a calibration forward pass early."""
+_Stop = StopForward
 
 
 def _run(model: nn.Module, task: Task, batch: Batch) -> None:
@@ -68,14 +75,14 @@ def linear_stages(model: nn.Module, task: Task, batch: Batch, names: list[str]
     return stages, reused
 
 
-def collect_hessians(model: nn.Module, task: Task, batches: list[Batch], stage: list[str],
-                     stop_early: bool = True) -> dict[str, dict]:
-    """Hessian accumulators of the layers in `stage`, from the inputs they see on `batches`."""
-    acc = {name: None for name in stage}
+def _accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[], None]],
+                stop_early: bool) -> dict[str, dict]:
+    """Hessian accumulators of the layers in `stage` over `passes` (each runs one batch), summed
+    over ranks; a layer no rank reached is left out."""
+    acc: dict[str, dict | None] = dict.fromkeys(stage)
+    pending: set[str] = set()
     hooks = []
     for name in stage:
-        module = model.get_submodule(name)
-
         def hook(_m, args, name=name):
             x = args[0]
             if acc[name] is None:
@@ -85,12 +92,89 @@ def collect_hessians(model: nn.Module, task: Task, batches: list[Batch], stage: 
             if stop_early and not pending:
                 raise _Stop
 
-        hooks.append(module.register_forward_pre_hook(hook))
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        for batch in batches:
+        for run in passes:
             pending = set(stage)
-            _run(model, task, batch)
+            run()
     finally:
         for h in hooks:
             h.remove()
-    return {k: v for k, v in acc.items() if v is not None}
+    for name in stage:  # the same order on every rank; a layer this rank never reached adds zeros
+        if acc[name] is not None or is_distributed():
+            acc[name] = hessian_all_reduce(acc[name] or hessian_init(model.get_submodule(name).weight.shape[1]))
+    return {k: v for k, v in acc.items() if v is not None and v["n"]}
+
+
+def collect_hessians(model: nn.Module, task: Task, batches: list[Batch], stage: list[str],
+                     stop_early: bool = True) -> dict[str, dict]:
+    """Hessian accumulators of the layers in `stage`, from the inputs they see on `batches`
+    (summed over the ranks of an initialised process group)."""
+    return _accumulate(model, stage, [lambda b=b: _run(model, task, b) for b in batches], stop_early)
+
+
+def _block_of(stage: list[str], blocks: list[str]) -> int | None:
+    """Index of the block holding every layer of `stage`; None if not all in one block."""
+    found = {next((i for i, b in enumerate(blocks) if n.startswith(b + ".")), None) for n in stage}
+    return found.pop() if len(found) == 1 else None
+
+
+def _plan(stages: list[list[str]], blocks: list[str]) -> tuple[list, dict[int, list], list] | None:
+    """(stages before the blocks, stages of each block, stages after) when the stages run block
+    by block in order; None when they interleave otherwise."""
+    where = [_block_of(s, blocks) for s in stages]
+    inside = [i for i, w in enumerate(where) if w is not None]
+    if not inside:
+        return None
+    first, last = inside[0], inside[-1]
+    order = [where[i] for i in range(first, last + 1)]
+    if None in order or order != sorted(order):
+        return None
+    per_block: dict[int, list] = {}
+    for i in range(first, last + 1):
+        per_block.setdefault(where[i], []).append(stages[i])
+    return stages[:first], per_block, stages[last + 1:]
+
+
+def hessian_stages(model: nn.Module, task: Task, batches: list[Batch], names: list[str],
+                   blockwise: bool = True) -> Iterator[tuple[list[str], dict[str, dict]]]:
+    """(stage, Hessian accumulators) for the target layers `names`, in execution order. The caller
+    must replace the stage's layers (quantize them) before taking the next stage.
+
+    Layers the forward never reaches are in no stage (callers fall back to round-to-nearest).
+    With `blockwise` and a model whose repeated blocks form a chain, stages inside the blocks are
+    calibrated on cached block inputs; the result equals the full-forward driver's.
+
+    >>> for stage, hessians in hessian_stages(model, task, batches, ["l0.q", "l0.k", "l0.out"]):
+    ...     for name in stage: quantize(name, hessian_value(hessians[name]))
+    """
+    stages, reused = linear_stages(model, task, batches[0], names)
+    mine = shard(batches)
+
+    def full(stage: list[str]) -> dict[str, dict]:
+        return collect_hessians(model, task, mine, stage, stop_early=not reused & set(stage))
+
+    blocks = find_blocks(model) if blockwise else []
+    plan = _plan(stages, blocks) if blocks else None
+    if plan is None:
+        for stage in stages:
+            yield stage, full(stage)
+        return
+    before, per_block, after = plan
+    for stage in before:
+        yield stage, full(stage)
+    chain = BlockChain.trace(model, task, mine, blocks)
+    if chain is None:  # not a plain chain: the full forward for every stage
+        for stage in [s for i in sorted(per_block) for s in per_block[i]] + after:
+            yield stage, full(stage)
+        return
+    for index, (_name, block) in enumerate(chain.blocks()):
+        for stage in per_block.get(index, []):
+            yield stage, _accumulate(model, stage, chain.passes(block), not reused & set(stage))
+        if index < max(per_block):
+            chain.advance(block)
+        else:
+            break  # the blocks after the last target block need not run
+    del chain
+    for stage in after:
+        yield stage, full(stage)

@@ -1,0 +1,55 @@
+"""Layer-sequential (block by block) GPTQ equals the full-forward driver on a tiny BERT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimkit as sk
+from slimkit.dist.blocks import BlockChain, find_blocks
+from slimkit.nn.quant_linear import QuantLinear
+from slimkit.quant import sequential
+from slimkit.quant.api import GPTQ
+
+
+def _codes(model):
+    return {n: m.state_dict() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def test_finds_the_encoder_blocks_and_checks_they_chain(make_bert, tokens_task):
+    model, task = make_bert(), tokens_task
+    assert find_blocks(model) == [f"encoder.layer.{i}" for i in range(3)]
+    chain = BlockChain.trace(model, task, task.calibration())
+    assert chain is not None and len(chain.calls) == 4
+    # running the cached inputs through every block gives the model's last hidden states
+    for _name, block in chain.blocks():
+        chain.advance(block)
+    with torch.no_grad():
+        want = model(**task.calibration()[1]).last_hidden_state
+    torch.testing.assert_close(chain.calls[1].hidden, want)
+
+
+def test_no_chain_without_repeated_blocks():
+    from torch import nn
+
+    assert find_blocks(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == []
+
+
+@pytest.mark.parametrize("pooler", [True, False])
+def test_blockwise_gptq_equals_full_forward_driver(pooler, monkeypatch, make_bert, tokens_task):
+    task, config = tokens_task, GPTQ(bits=4, group_size=16, samples=32)
+
+    def quantize(model):
+        calls = []
+        model.embeddings.register_forward_hook(lambda *_: calls.append(1))
+        return sk.quantize_(model, config, data=task), len(calls)
+
+    blockwise, prefix_runs = quantize(make_bert(pooler=pooler))
+    monkeypatch.setattr(sequential, "find_blocks", lambda _model: [])
+    full, full_prefix_runs = quantize(make_bert(pooler=pooler))
+    assert prefix_runs * 4 < full_prefix_runs  # the model's prefix ran once per batch, not once per stage
+    a, b = _codes(blockwise), _codes(full)
+    assert a.keys() == b.keys() and len(a) == 6 * 3 + pooler
+    for name in a:
+        for key in a[name]:
+            torch.testing.assert_close(a[name][key], b[name][key], msg=f"{name}.{key}")
