@@ -8,7 +8,9 @@ values alone. Positions go into one side array, whichever is smaller:
 - ``gaps``: the run of zeros before each nonzero, as symbols of `gap_bits` bits (2..8) with an
   escape: the largest symbol ``2**bits - 1`` means "add that much and keep reading", so a gap ``g``
   is ``g // esc`` escapes and then ``g % esc``. With 8 bits the stream is plain uint8 symbols that
-  an entropy coder can take as they are (`gaps_to_symbols` / `symbols_to_positions`).
+  an entropy coder can take as they are (`gaps_to_symbols` / `symbols_to_positions`). The gap
+  symbols are either bit-packed or entropy-coded (`gap_coder` = "huffman" or "ans" in the params,
+  Deep Compression's coding of index differences), whichever is smaller.
 
 >>> stored, stages = encode_chain(weight, [{"codec": "sparse"}])
 >>> stored["data"]          # the nonzero values, float32
@@ -22,6 +24,7 @@ import math
 import numpy as np
 
 from slimkit.errors import SlimError, SlimFormatError
+from slimkit.io.codec_entropy import best_entropy_code, entropy_decode
 from slimkit.io.codecs import Codec, _dtype, _shape, pack_bits, register_codec, unpack_bits
 
 INDEX_KINDS = ("auto", "mask", "gaps")
@@ -71,7 +74,7 @@ class Sparse(Codec):
 
     name = "sparse"
 
-    def encode(self, data, index: str = "auto", gap_bits: int | None = None, **_):
+    def encode(self, data, index: str = "auto", gap_bits: int | None = None, entropy: bool = True, **_):
         if index not in INDEX_KINDS:
             raise SlimError(f"sparse: index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
         if gap_bits is not None and gap_bits not in GAP_BITS:
@@ -82,20 +85,25 @@ class Sparse(Codec):
         positions = np.flatnonzero(nonzero)
         values = flat[positions]
         mask = np.packbits(nonzero, bitorder="little")
-        options: list[tuple[int, str, np.ndarray, int]] = []
+        options: list[tuple[int, str, np.ndarray, int, str | None]] = []
         # an all-zero tensor always keeps the mask: its size bounds the decoded size honestly
         if index in ("auto", "mask") or not positions.size:
-            options.append((mask.size, "mask", mask, 0))
+            options.append((mask.size, "mask", mask, 0, None))
         if positions.size and index in ("auto", "gaps"):
             for bits in ([gap_bits] if gap_bits else GAP_BITS):
                 symbols = gaps_to_symbols(positions, bits)
                 packed = pack_bits(symbols, bits)
-                options.append((packed.size, "gaps", packed, bits))
-        _, kind, side, bits = min(options, key=lambda o: o[0])
+                options.append((packed.size, "gaps", packed, bits, None))
+                if entropy:
+                    stream, coder = best_entropy_code(symbols)
+                    options.append((stream.size, "gaps", stream, bits, coder))
+        _, kind, side, bits, coder = min(options, key=lambda o: o[0])
         params = {"shape": list(arr.shape), "dtype": str(arr.dtype), "nnz": int(positions.size),
                   "index": kind}
         if kind == "gaps":
             params.update(gap_bits=bits, symbols=int(gaps_to_symbols(positions, bits).size))
+            if coder:
+                params["gap_coder"] = coder
         return values, {kind: side}, params
 
     def side_keys(self, params):
@@ -126,9 +134,15 @@ class Sparse(Codec):
             bits, count = params.get("gap_bits"), params.get("symbols")
             if bits not in GAP_BITS or not isinstance(count, int) or count < nnz:
                 raise SlimFormatError(f"sparse: bad gap parameters (gap_bits={bits!r}, symbols={count!r})")
-            if count > size + nnz or stream.size != (count * bits + 7) // 8:
+            if count > size + nnz:
+                raise SlimFormatError(f"sparse: {count} gap symbols for a tensor of {size} elements")
+            if "gap_coder" in params:
+                symbols = entropy_decode(stream, count, params["gap_coder"])
+            elif stream.size != (count * bits + 7) // 8:
                 raise SlimFormatError(f"sparse: {stream.size} bytes cannot hold {count} gap symbols")
-            positions = symbols_to_positions(unpack_bits(stream, bits, count), bits, size)
+            else:
+                symbols = unpack_bits(stream, bits, count)
+            positions = symbols_to_positions(symbols, bits, size)
             if positions.size != nnz:
                 raise SlimFormatError(f"sparse: gap stream gives {positions.size} positions, expected {nnz}")
         out = np.zeros(size, dtype=dtype)

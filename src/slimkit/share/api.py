@@ -33,7 +33,11 @@ class KMeansSolver(str, Enum):
 
 
 class Coding(str, Enum):
+    """How cluster indices are stored: `auto` keeps the smaller of Huffman and ANS per tensor."""
+
+    AUTO = "auto"
     HUFFMAN = "huffman"
+    ANS = "ans"
     BITPACK = "bitpack"
 
 
@@ -66,7 +70,7 @@ class KMeansSharing(MethodConfig):
     init: KMeansInit = KMeansInit.LINEAR
     solver: KMeansSolver = KMeansSolver.LLOYD
     max_iter: int = 100
-    coding: Coding = Coding.HUFFMAN
+    coding: Coding = Coding.AUTO
     finetune_epochs: int = 0
     lr: float = 1e-3
     seed: int = 0

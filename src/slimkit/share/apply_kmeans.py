@@ -76,8 +76,9 @@ def cluster_tensor(module: nn.Module, name: str, attr: str, bits: int, init: str
 
 
 def set_storage(shared: SharedTensor, bits: int, coding: str) -> None:
-    """Palette (+ huffman or bitpack) after whatever chain is already there (e.g. sparse)."""
-    coder = {"codec": "huffman"} if coding == "huffman" else {"codec": "bitpack", "bits": bits}
+    """Palette (+ an entropy coder or bitpack) after whatever chain is already there (e.g. sparse)."""
+    coders = {"auto": {"codec": "entropy"}, "huffman": {"codec": "huffman"}, "ans": {"codec": "ans"}}
+    coder = coders.get(str(coding), {"codec": "bitpack", "bits": bits})
     stages = [{"codec": "palette", "bits": bits}, coder]
     set_codec(shared.module, shared.attr, _value_chain(codec_chain(shared.module, shared.attr)))
     for stage in stages:
