@@ -11,7 +11,7 @@ import pkgutil
 from functools import lru_cache
 
 PACKAGES = ("slimkit.io", "slimkit.nn", "slimkit.surgery", "slimkit.quant", "slimkit.prune",
-            "slimkit.share", "slimkit.distill")
+            "slimkit.share", "slimkit.distill", "slimkit.stream")
 
 
 @lru_cache(maxsize=1)

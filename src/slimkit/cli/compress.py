@@ -27,6 +27,10 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     from slimkit.zoo.resolve import resolve
 
     common.check_out_path(out, [model], force)
+    from slimkit.stream.console import stream_cmd, wants_streaming
+
+    if wants_streaming(model, recipe):  # a bare checkpoint: weight-only, tensor by tensor
+        return stream_cmd(model, recipe, out, as_json, keep_stages)
     plan = load_recipe(recipe)
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)

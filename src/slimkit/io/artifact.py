@@ -105,33 +105,43 @@ def _read_manifest(reader: SafetensorsReader) -> Manifest:
     return parse_manifest(manifest_json(reader), str(reader.path))
 
 
-def _decode_all(file: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
-    where = str(file.path)
-    reader = StoredArrays(file, manifest)
-    by_tensor: dict[str, dict[str, np.ndarray]] = {k: {} for k in manifest.tensors}
+def group_arrays(reader: StoredArrays, manifest: Manifest, where: str) -> dict[str, dict[str, str]]:
+    """Tensor name -> {"data" or side name: stored array key}; every stored array must belong to one."""
+    by_tensor: dict[str, dict[str, str]] = {k: {} for k in manifest.tensors}
     for key in reader.keys():
         name, _, side = key.partition(SIDE_SEP)
         if name not in by_tensor:
             raise SlimFormatError(f"{where}: stored array {key!r} belongs to no manifest tensor")
         by_tensor[name][side or "data"] = key
+    return by_tensor
+
+
+def decode_tensor(reader: StoredArrays, keys: dict[str, str], name: str, entry: TensorEntry, where: str,
+                  size: int) -> torch.Tensor:
+    """Decode one tensor (`keys` from `group_arrays`), checking sizes before any large allocation."""
+    if "data" not in keys:
+        raise SlimFormatError(f"{where}: tensor {name!r} has no stored data")
+    if entry.dtype not in _DTYPES:
+        raise SlimFormatError(f"{where}: tensor {name!r} has unsupported dtype {entry.dtype!r}")
+    stored_bytes = sum(reader.nbytes(k) for k in keys.values())
+    decoded_bytes = math.prod(entry.shape) * _DTYPES[entry.dtype]
+    if decoded_bytes > MAX_EXPANSION * stored_bytes + 4096 or decoded_bytes > 64 * size + 2**26:
+        raise SlimFormatError(f"{where}: tensor {name!r} claims {decoded_bytes} bytes from "
+                              f"{stored_bytes} stored bytes")
+    arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain)
+    if list(arr.shape) != entry.shape:
+        raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
+                              f"manifest says {entry.shape}")
+    return _to_torch(arr, entry.dtype)
+
+
+def _decode_all(file: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
+    where = str(file.path)
+    reader = StoredArrays(file, manifest)
+    by_tensor = group_arrays(reader, manifest, where)
     size = file.path.stat().st_size
-    out: dict[str, torch.Tensor] = {}
-    for name, entry in manifest.tensors.items():
-        keys = by_tensor[name]
-        if "data" not in keys:
-            raise SlimFormatError(f"{where}: tensor {name!r} has no stored data")
-        if entry.dtype not in _DTYPES:
-            raise SlimFormatError(f"{where}: tensor {name!r} has unsupported dtype {entry.dtype!r}")
-        stored_bytes = sum(reader.nbytes(k) for k in keys.values())
-        decoded_bytes = math.prod(entry.shape) * _DTYPES[entry.dtype]
-        if decoded_bytes > MAX_EXPANSION * stored_bytes + 4096 or decoded_bytes > 64 * size + 2**26:
-            raise SlimFormatError(f"{where}: tensor {name!r} claims {decoded_bytes} bytes from "
-                                  f"{stored_bytes} stored bytes")
-        arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain)
-        if list(arr.shape) != entry.shape:
-            raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
-                                  f"manifest says {entry.shape}")
-        out[name] = _to_torch(arr, entry.dtype)
+    out = {name: decode_tensor(reader, by_tensor[name], name, entry, where, size)
+           for name, entry in manifest.tensors.items()}
     for key, target in manifest.aliases.items():
         out[key] = out[target]
     return out
@@ -166,8 +176,16 @@ def write_raw(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: 
     atomic_write(path, serialize(arrays, {METADATA_KEY: json.dumps(manifest, separators=(",", ":"))}))
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a .slim file, decoded (codes stay codes for runtime modules)."""
+def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a .slim file, decoded (codes stay codes for runtime modules).
+
+    `lazy=True` returns a read-only mapping that decodes a tensor when it is looked up
+    (`slimkit.stream.lazy.LazyStateDict`; close it, or use it in a `with` block).
+    """
+    if lazy:
+        from slimkit.stream.lazy import LazyStateDict
+
+        return LazyStateDict(path)  # type: ignore[return-value]
     with SafetensorsReader(path) as reader:
         manifest = _read_manifest(reader)
         return _decode_all(reader, manifest)

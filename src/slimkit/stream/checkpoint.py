@@ -1,0 +1,265 @@
+"""Read a `.safetensors` checkpoint, or a sharded Hugging Face one, tensor by tensor from memory maps.
+
+Every header is validated before anything is mapped (the checks of
+`slimkit.io.safetensors_file`, plus bfloat16, the usual dtype of LLM checkpoints). Tensors come as
+zero-copy torch views of the map; `release` hands the pages of a range back to the kernel
+(`madvise(MADV_DONTNEED)`), so reading a whole checkpoint keeps only what is being worked on resident.
+
+>>> with open_checkpoint("model.safetensors.index.json") as ck:   # or a folder, or one .safetensors
+...     for item in ck.items():
+...         block = ck.rows(item, 0, 16)          # a torch view of rows 0..15
+...         ck.release(item)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimkit.errors import SlimError, SlimFormatError
+from slimkit.io.safetensors_file import MAX_HEADER
+
+INDEX_NAME = "model.safetensors.index.json"
+# safetensors dtype code -> (torch dtype name, itemsize)
+DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+          "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+          "U8": ("uint8", 1), "U16": ("uint16", 2), "U32": ("uint32", 4), "U64": ("uint64", 8),
+          "BOOL": ("bool", 1)}
+FLOATS = ("float64", "float32", "float16", "bfloat16")
+PAGE = mmap.PAGESIZE
+
+
+@dataclass(frozen=True)
+class Item:
+    """One tensor of the checkpoint: where it lies and what it is."""
+
+    name: str
+    shard: int          # index into the checkpoint's shards
+    dtype: str          # torch dtype name, e.g. "bfloat16"
+    shape: tuple[int, ...]
+    begin: int          # absolute byte offset in the shard file
+    nbytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return self.nbytes // max(1, math.prod(self.shape)) if self.nbytes else 0
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOATS
+
+
+def parse_header(fh, size: int, where: str) -> tuple[dict, int]:
+    """Validated tensor entries of an open safetensors file and the data section's start."""
+    if size < 8:
+        raise SlimFormatError(f"{where}: file is {size} bytes, too short to be safetensors")
+    n = int.from_bytes(fh.read(8), "little")
+    if n < 2 or n > min(size - 8, MAX_HEADER):
+        raise SlimFormatError(f"{where}: header length {n} does not fit the file size {size}")
+    try:
+        header = json.loads(fh.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlimFormatError(f"{where}: header is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise SlimFormatError(f"{where}: header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_len, spans = size - 8 - n, []
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise SlimFormatError(f"{where}: tensor {key!r} has a malformed header entry")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPES:
+            raise SlimFormatError(f"{where}: tensor {key!r} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+            raise SlimFormatError(f"{where}: tensor {key!r} has an invalid shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
+                or not 0 <= offs[0] <= offs[1] <= data_len):
+            raise SlimFormatError(f"{where}: tensor {key!r} lies outside the file (offsets {offs!r})")
+        if offs[1] - offs[0] != math.prod(shape) * DTYPES[dtype][1]:
+            raise SlimFormatError(f"{where}: tensor {key!r} byte count does not match its shape and dtype")
+        spans.append((offs[0], offs[1], key))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:], strict=False):
+        if begin < end:
+            raise SlimFormatError(f"{where}: tensors {a!r} and {b!r} overlap")
+    return header, 8 + n
+
+
+class _Shard:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.fh = open(path, "rb")
+        except OSError as exc:
+            raise SlimError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            self.size = os.fstat(self.fh.fileno()).st_size
+            self.header, self.start = parse_header(self.fh, self.size, str(path))
+            self.map = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+        except BaseException:
+            self.fh.close()
+            raise
+
+    def close(self) -> None:
+        if self.map is not None:
+            try:
+                self.map.close()
+            except BufferError:  # a caller still holds a view; the map goes with it
+                pass
+            self.map = None
+        self.fh.close()
+
+
+class Checkpoint:
+    """The tensors of one or more safetensors shards, in file order. Use as a context manager."""
+
+    def __init__(self, shard_paths: list[Path], names: dict[str, int] | None = None, source: str = ""):
+        self.source = source or str(shard_paths[0])
+        self.shards: list[_Shard] = []
+        try:
+            for p in shard_paths:
+                self.shards.append(_Shard(p))
+        except BaseException:
+            self.close()
+            raise
+        self._items: list[Item] = []
+        for i, shard in enumerate(self.shards):
+            for name, entry in sorted(shard.header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                if names is not None and names.get(name) != i:
+                    continue
+                begin, end = entry["data_offsets"]
+                dtype = DTYPES[entry["dtype"]][0]
+                self._items.append(Item(name, i, dtype, tuple(entry["shape"]), shard.start + begin, end - begin))
+        if names is not None:
+            found = {it.name for it in self._items}
+            missing = sorted(set(names) - found)
+            if missing:
+                shard = self.shards[names[missing[0]]].path.name
+                raise SlimFormatError(f"{self.source}: tensor {missing[0]!r} is not in its shard {shard}"
+                                      f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+
+    def items(self) -> list[Item]:
+        return list(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of the tensors (the checkpoint's size, less headers)."""
+        return sum(it.nbytes for it in self._items)
+
+    def rows(self, item: Item, r0: int, r1: int):
+        """Rows r0..r1-1 of `item` (its first dimension; a 0-/1-D tensor is one row) as a torch view
+        of the map, shape (r1 - r0, cols). Read-only: copy before writing into it."""
+        import torch
+
+        rows = item.shape[0] if len(item.shape) >= 2 else 1
+        cols = math.prod(item.shape[1:]) if len(item.shape) >= 2 else math.prod(item.shape)
+        if not 0 <= r0 <= r1 <= rows:
+            raise IndexError(f"rows {r0}..{r1} outside {rows}")
+        count = (r1 - r0) * cols
+        dtype = getattr(torch, item.dtype)
+        if count == 0:
+            return torch.empty((r1 - r0, cols), dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": we only read
+            flat = torch.frombuffer(self.shards[item.shard].map, dtype=dtype, count=count,
+                                    offset=item.begin + r0 * cols * item.itemsize)
+        return flat.reshape(r1 - r0, cols)
+
+    def tensor(self, item: Item):
+        """The whole tensor as a read-only torch view, in its own shape."""
+        rows = item.shape[0] if len(item.shape) >= 2 else 1
+        return self.rows(item, 0, rows).reshape(item.shape)
+
+    def raw(self, item: Item, begin: int = 0, end: int | None = None) -> memoryview:
+        """Bytes begin..end of the tensor's data, as a view of the map."""
+        end = item.nbytes if end is None else end
+        shard = self.shards[item.shard]
+        if shard.map is None:
+            return memoryview(b"")
+        return memoryview(shard.map)[item.begin + begin: item.begin + end]
+
+    def release(self, item: Item, begin: int = 0, end: int | None = None) -> None:
+        """Let the kernel drop the mapped pages of bytes begin..end of `item` (they are re-read from
+        the page cache if touched again): keeps resident memory at what is being worked on."""
+        shard = self.shards[item.shard]
+        end = item.nbytes if end is None else end
+        if shard.map is None or end <= begin or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        lo = (item.begin + begin) // PAGE * PAGE
+        hi = min(shard.size, -(-(item.begin + end) // PAGE) * PAGE)
+        shard.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`, or a folder
+    holding either; errors name the missing shard or the broken file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / INDEX_NAME).is_file():
+            path = path / INDEX_NAME
+        elif (path / "model.safetensors").is_file():
+            path = path / "model.safetensors"
+        else:
+            raise SlimError(f"{path}: no {INDEX_NAME} or model.safetensors in this folder")
+    if not path.is_file():
+        raise SlimError(f"no such checkpoint: {path}")
+    if path.name.endswith(".json"):
+        return _open_index(path)
+    return Checkpoint([path], source=str(path))
+
+
+def is_sharded(path: str | os.PathLike) -> bool:
+    """Whether `path` is a sharded checkpoint: an index json or a folder holding one."""
+    path = Path(path)
+    return (path.is_dir() and (path / INDEX_NAME).is_file()) or (path.is_file() and path.name.endswith(".index.json"))
+
+
+def _open_index(index: Path) -> Checkpoint:
+    try:
+        doc = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlimFormatError(f"{index}: not a valid index json ({exc.__class__.__name__})") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise SlimFormatError(f"{index}: 'weight_map' must map tensor names to shard files")
+    files = sorted(set(weight_map.values()))
+    folder = index.parent.resolve()
+    paths = []
+    for name in files:
+        p = (folder / name).resolve()
+        if p.parent != folder:
+            raise SlimFormatError(f"{index}: shard {name!r} lies outside the checkpoint folder")
+        if not p.is_file():
+            raise SlimError(f"{index}: shard {name} is missing (needed for {_first(weight_map, name)!r})")
+        paths.append(p)
+    order = {name: i for i, name in enumerate(files)}
+    return Checkpoint(paths, {k: order[v] for k, v in weight_map.items()}, source=str(index))
+
+
+def _first(weight_map: dict[str, str], shard: str) -> str:
+    return next(k for k, v in weight_map.items() if v == shard)
+
+
+def iter_row_blocks(rows: int, cols: int, itemsize: int, budget: int) -> Iterator[tuple[int, int]]:
+    """(r0, r1) blocks of about `budget` bytes, each a multiple of 8 rows except the last (so
+    that bit-packed codes of consecutive blocks concatenate byte-exactly)."""
+    step = max(8, budget // max(1, cols * itemsize) // 8 * 8)
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)

@@ -1,0 +1,219 @@
+"""Per-tensor streaming encoders: read one tensor from the checkpoint, append its stored arrays to
+the writer, return its manifest entry.
+
+- `affine` (int8 / int4 round-to-nearest): blocks of rows, so memory is one block, not the tensor;
+- `kmeans`: centroids fitted on (a sample of) the tensor, labels assigned block by block;
+- `magnitude` (+ `kmeans`): the whole tensor at once (a per-tensor threshold), `sparse` codec;
+- anything else is copied as it is, block by block.
+
+The arrays and chains are exactly what `slimkit.io.codecs.encode_chain` would give for the same
+tensor and chain, so `slimkit.load_state_dict` decodes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from slimkit.io.artifact import SIDE_SEP
+from slimkit.io.codecs import encode_chain, pack_bits
+from slimkit.io.manifest import TensorEntry
+from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
+from slimkit.stream.codec_affine import matrix_shape, quantize_block
+from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
+from slimkit.stream.writer import SlimWriter
+
+BLOCK_BYTES = 8 << 20   # input bytes read per block
+KMEANS_SAMPLE = 1 << 20  # values the centroids are fitted on (all of them in a smaller tensor)
+NUMPY_STORE = {"bfloat16": np.uint16, "bool": np.bool_}   # how artifact.py stores these dtypes
+
+
+def encode_item(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter,
+                block_bytes: int = BLOCK_BYTES) -> tuple[TensorEntry, str]:
+    """Encode one tensor into `writer`; returns its manifest entry and how it was stored."""
+    if plan.selected(item.name, item.shape, item.is_float):
+        if plan.sparsity is not None:
+            return encode_pruned(ck, item, plan, writer)
+        if plan.kmeans is not None:
+            return encode_kmeans(ck, item, plan.kmeans, writer, block_bytes)
+        spec = plan.quant_for(item.name)
+        if spec is not None:
+            return encode_affine(ck, item, spec, writer, block_bytes)
+    return copy_raw(ck, item, writer, block_bytes)
+
+
+def _key(name: str, side: str) -> str:
+    return name if side == "data" else f"{name}{SIDE_SEP}{side}"
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """`pack_bits` of uint8 codes, with a fast path for 4 bits (two codes per byte, low first)."""
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    if bits == 8:
+        return flat
+    if bits == 4:
+        if flat.size % 2:
+            flat = np.append(flat, np.uint8(0))
+        return flat[0::2] | (flat[1::2] << 4)
+    return pack_bits(flat, bits)
+
+
+def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWriter,
+                  block_bytes: int) -> tuple[TensorEntry, str]:
+    """Round-to-nearest codes block by block (per row, or group-wise when the group divides the row)."""
+    import torch
+
+    rows, cols = matrix_shape(item.shape)
+    group = spec.group_size if spec.group_size and cols % spec.group_size == 0 else cols
+    scales: list = []
+    zeros: list = []
+
+    def blocks() -> Iterator[np.ndarray]:
+        for r0, r1 in iter_row_blocks(rows, cols, item.itemsize, block_bytes):
+            codes, scale, zero = quantize_block(ck.rows(item, r0, r1), spec.bits, spec.symmetric, group,
+                                                spec.scale_dtype, spec.mse)
+            scales.append(scale)
+            zeros.append(zero)
+            yield pack_codes(codes.numpy(), spec.bits)
+            ck.release(item, r0 * cols * item.itemsize, r1 * cols * item.itemsize)
+
+    numel = rows * cols
+    data_shape = list(item.shape) if spec.bits == 8 else [(numel * spec.bits + 7) // 8]
+    writer.add(item.name, np.dtype(np.uint8), data_shape, blocks())
+    side = ["scale"] + ([] if spec.symmetric else ["zero"])
+    writer.add_array(_key(item.name, "0.scale"), torch.cat(scales).numpy())
+    if not spec.symmetric:
+        writer.add_array(_key(item.name, "0.zero"), torch.cat(zeros).numpy())
+    chain: list[dict] = [{"codec": "affine", "bits": spec.bits, "symmetric": spec.symmetric, "group_size": group,
+                          "shape": list(item.shape), "dtype": item.dtype, "side": side}]
+    if spec.bits < 8:
+        chain.append({"codec": "bitpack", "bits": spec.bits, "shape": list(item.shape), "dtype": "uint8"})
+    how = f"int{spec.bits} " + ("per-row" if group == cols else f"g{group}")
+    if spec.group_size and group != spec.group_size:
+        how += f" (group {spec.group_size} does not divide the row)"
+    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=chain), how
+
+
+def _float_blocks(ck: Checkpoint, item: Item, block_bytes: int) -> Callable[[], Iterator[np.ndarray]]:
+    """A factory of passes over the tensor as flat float32 numpy blocks (pages released behind)."""
+    rows, cols = matrix_shape(item.shape)
+
+    def blocks() -> Iterator[np.ndarray]:
+        for r0, r1 in iter_row_blocks(rows, cols, item.itemsize, block_bytes):
+            yield ck.rows(item, r0, r1).float().numpy().reshape(-1)
+            ck.release(item, r0 * cols * item.itemsize, r1 * cols * item.itemsize)
+    return blocks
+
+
+def _codebook_dtype(dtype: str) -> np.dtype:
+    return np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.dtype(np.float32)
+
+
+def fit_codebook(sample: np.ndarray, spec: KMeansSpec, dtype: np.dtype) -> np.ndarray:
+    """Sorted distinct centroids (in `dtype`) of a 1-D k-means fit, by `slimkit.share.kmeans`."""
+    from slimkit.share.kmeans import cluster_1d
+
+    fit = cluster_1d(sample, 2**spec.bits, init=spec.init, solver=spec.solver, max_iter=spec.max_iter,
+                     seed=spec.seed)
+    return np.unique(fit.centroids.astype(dtype))
+
+
+def palette_stages(labels: np.ndarray, centroids: np.ndarray, spec: KMeansSpec, stage: int,
+                   shape: list[int]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Stored arrays and chain of `palette` (+ `huffman` or `bitpack`) for nearest-centroid labels,
+    laid out as the palette codec does (codebook = the used values in bit-pattern order)."""
+    used = np.flatnonzero(np.bincount(labels, minlength=centroids.size))
+    book = centroids[used]
+    order = np.argsort(book.view(f"u{book.dtype.itemsize}"), kind="stable")
+    remap = np.zeros(centroids.size, dtype=np.uint8)
+    remap[used[order]] = np.arange(used.size, dtype=np.uint8)
+    indices = remap[labels].reshape(shape)
+    coder = {"codec": "huffman"} if spec.coding == "huffman" else {"codec": "bitpack", "bits": spec.bits}
+    stored, stages = encode_chain(indices, [coder])   # huffman and bitpack keep no side arrays
+    arrays = {f"{stage}.codebook": book[order], "data": stored["data"]}
+    return arrays, [{"codec": "palette", "bits": spec.bits, "side": ["codebook"]}, *stages]
+
+
+def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest sorted centroid of each value (uint8)."""
+    bounds = (centroids[1:].astype(np.float64) + centroids[:-1]) / 2
+    return np.searchsorted(bounds, values, side="right").astype(np.uint8)
+
+
+def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWriter,
+                  block_bytes: int) -> tuple[TensorEntry, str]:
+    """k-means sharing of one tensor: fit on up to `KMEANS_SAMPLE` values, label every value."""
+    import torch
+
+    numel = math.prod(item.shape)
+    flat = ck.tensor(item).reshape(-1)
+    if numel > KMEANS_SAMPLE:
+        idx = np.sort(np.random.default_rng(spec.seed).integers(0, numel, KMEANS_SAMPLE))
+        sample = flat[torch.from_numpy(idx)].float().numpy()
+    else:
+        sample = flat.float().numpy()
+    del flat
+    ck.release(item)
+    dtype = _codebook_dtype(item.dtype)
+    centroids = fit_codebook(sample, spec, dtype)
+    labels = np.concatenate([nearest(b, centroids) for b in _float_blocks(ck, item, block_bytes)()])
+    arrays, chain = palette_stages(labels, centroids, spec, 0, list(item.shape))
+    for key, arr in arrays.items():
+        writer.add_array(_key(item.name, key), arr)
+    return TensorEntry(dtype=dtype.name, shape=list(item.shape), chain=chain), \
+        f"kmeans {spec.bits}-bit {spec.coding}"
+
+
+def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter) -> tuple[TensorEntry, str]:
+    """Per-tensor magnitude pruning (`slimkit.prune.masks`), stored by the `sparse` codec; the kept
+    values then go through k-means when the plan has it, else a float16 `cast` if asked."""
+    import torch
+
+    from slimkit.prune.masks import magnitude_masks
+
+    w = ck.tensor(item)
+    keep = magnitude_masks({item.name: w.float()}, plan.sparsity)[item.name]
+    pruned = torch.where(keep, w, torch.zeros((), dtype=w.dtype))
+    del w, keep
+    ck.release(item)
+    arr = pruned.view(torch.uint16).numpy() if item.dtype == "bfloat16" else pruned.numpy()
+    chain: list[dict] = [{"codec": "sparse", "entropy": False}]   # entropy-coded gaps: too slow at this size
+    if plan.kmeans is None and plan.value_dtype != "float32" and item.dtype in ("float32", "float64"):
+        chain.append({"codec": "cast", "to": plan.value_dtype})
+    stored, stages = encode_chain(arr, chain)
+    del arr, pruned
+    dtype = item.dtype
+    how = f"magnitude {plan.sparsity:g}"
+    if plan.kmeans is not None:
+        values = stored.pop("data")
+        if item.dtype == "bfloat16":
+            values = torch.from_numpy(values).view(torch.bfloat16).float().numpy()
+        dtype = _codebook_dtype(item.dtype).name
+        stages[0]["dtype"] = dtype
+        if values.size:
+            centroids = fit_codebook(values, plan.kmeans, np.dtype(dtype))
+            more, palette = palette_stages(nearest(values, centroids), centroids, plan.kmeans, 1, [values.size])
+            stored |= more
+            stages += palette
+            how += f" + kmeans {plan.kmeans.bits}-bit"
+        else:
+            stored["data"] = values.astype(dtype)
+    for key, arr in stored.items():
+        writer.add_array(_key(item.name, key), arr)
+    return TensorEntry(dtype=dtype, shape=list(item.shape), chain=stages), how
+
+
+def copy_raw(ck: Checkpoint, item: Item, writer: SlimWriter, block_bytes: int) -> tuple[TensorEntry, str]:
+    """Store the tensor as it is (bfloat16 as uint16 bit patterns, as `slimkit.save` does)."""
+    dtype = np.dtype(NUMPY_STORE.get(item.dtype, item.dtype))
+
+    def blocks() -> Iterator[memoryview]:
+        for begin in range(0, item.nbytes, block_bytes):
+            end = min(item.nbytes, begin + block_bytes)
+            yield ck.raw(item, begin, end)
+            ck.release(item, begin, end)
+
+    writer.add(item.name, dtype, list(item.shape), blocks())
+    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=[]), "copied"
