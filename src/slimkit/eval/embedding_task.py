@@ -82,9 +82,14 @@ def _load_tokenizer(folder: Path) -> Any:
         raise SlimError(f"{str(folder)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     with quiet() as transformers:
         try:
-            return transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError, TypeError) as exc:
             raise SlimError(f"cannot load the tokenizer in {str(folder)!r}: {first_line(exc)}") from None
+    if tokenizer.pad_token is None:  # decoder tokenizers (GPT-2, Llama): padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+    if tokenizer.pad_token is None:
+        raise SlimError(f"the tokenizer in {str(folder)!r} has no pad, eos, unk or bos token to pad with")
+    return tokenizer
 
 
 class EmbeddingTask(Task):

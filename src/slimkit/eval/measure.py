@@ -48,9 +48,13 @@ def task_for(model: nn.Module) -> Task | None:
     if base.get("kind") == "zoo" and base.get("name") in ZOO:
         return ZOO[base["name"]].task()
     if base.get("kind") == "hf" and base.get("path") and Path(base["path"]).is_dir():
-        from slimkit.eval.embedding_task import hf_task
+        from slimkit.eval.embedding_task import TOKENIZER_FILES, hf_task
+        from slimkit.eval.token_task import token_task
 
-        return hf_task(base["path"])
+        folder = Path(base["path"])
+        if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
+            return token_task(folder)  # no tokenizer (random or weights-only folder): byte-level ids
+        return hf_task(folder)
     return None
 
 

@@ -5,6 +5,7 @@
 (never a pickled `.bin`), and never with remote code. Attention is always the "eager"
 implementation, in `load_hf_folder` and `build_from_base` alike, so a rebuilt model computes
 exactly what the loaded one did (and can return attention maps, which distillation may use).
+GPT-2-style `Conv1D` layers become the equivalent `nn.Linear` in both, so Linear methods apply.
 
 >>> from slimkit.zoo.hf import load_hf_folder, build_from_base
 >>> model = load_hf_folder("path/to/bert-folder")                 # doctest: +SKIP
@@ -93,7 +94,32 @@ def pretrained(folder: Path) -> nn.Module:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise SlimError(f"the weights in {str(folder)!r} do not fit the architecture in its config.json: "
                         f"missing or mismatched {', '.join(bad[:3])}{more}")
-    return model.eval()
+    return linears_for_conv1d(model).eval()
+
+
+def linears_for_conv1d(model: nn.Module) -> nn.Module:
+    """Replace every `transformers` `Conv1D` (GPT-2 family: a Linear with a transposed weight) by the
+    equivalent `nn.Linear`, in place, so that every Linear method (int8, GPTQ, pruning, k-means)
+    applies. Outputs are unchanged; the stored weight is the transpose of the checkpoint's.
+
+    >>> model = load_hf_folder("path/to/gpt2-folder")                # calls it  # doctest: +SKIP
+    >>> type(model.h[0].attn.c_attn).__name__                        # doctest: +SKIP
+    'Linear'
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        if type(module) is not Conv1D:
+            continue
+        weight, bias = module.weight, module.bias
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
+        if bias is not None:
+            linear.bias = bias
+        linear.train(module.training)
+        model.set_submodule(name, linear)
+    return model
 
 
 def from_config(config: Any) -> nn.Module:
@@ -101,7 +127,7 @@ def from_config(config: Any) -> nn.Module:
     with quiet() as transformers:
         model = transformers.AutoModel.from_config(
             config, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=False)
-    return model.eval()
+    return linears_for_conv1d(model).eval()
 
 
 def json_safe(value: Any) -> Any:
