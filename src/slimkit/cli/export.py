@@ -13,8 +13,13 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
                onnx: Path = typer.Option(..., "--onnx", help="Output .onnx file."),
                force: bool = typer.Option(False, "--force", help="Replace --onnx if it exists."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+               plain_float: bool = typer.Option(False, "--float",
+                                                help="Write every layer as decoded fp32 (no int8 ops)."),
                ) -> None:
-    """Export to ONNX and print ONNX Runtime's parity with slimkit (max abs diff, cosine)."""
+    """Export to ONNX and print ONNX Runtime's parity with slimkit (max abs diff, cosine).
+
+    int8 linears and quantized embeddings stay integer in the graph (MatMulInteger, uint8 Gather)
+    unless --float is given; other codecs are written as decoded fp32 weights."""
     from slimkit.io.onnx import export
     from slimkit.zoo.resolve import resolve
 
@@ -22,11 +27,13 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
     with common.status(f"loading {model}"):
         net = resolve(model)
     with common.status("exporting and checking in ONNX Runtime"):
-        report = export(net, onnx)
+        report = export(net, onnx, integer=not plain_float)
     if as_json:
         common.emit_json(report)
         return
-    common.out.print(f"wrote {onnx} ({common.fmt_bytes(report['bytes'])}); ONNX Runtime vs slimkit: "
+    layers = report["integer_layers"]
+    ints = f", {layers} layer{'s' * (layers != 1)} as integer ops" if layers else ""
+    common.out.print(f"wrote {onnx} ({common.fmt_bytes(report['bytes'])}{ints}); ONNX Runtime vs slimkit: "
                      f"max abs diff {report['max_abs_diff']:.3g}, cosine {report['cosine']:.6f}")
 
 

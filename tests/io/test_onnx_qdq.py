@@ -1,0 +1,126 @@
+"""Integer ONNX export of int8 layers and quantized embeddings, run in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import slimkit as sk
+from slimkit.io.onnx import OrtModule, export, export_onnx, float_copy
+from slimkit.io.onnx_qdq import quantize_graph
+from slimkit.nn.quant_embedding import QuantEmbedding
+from slimkit.nn.quant_linear import Int8Linear
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-static"])
+def test_lenet_int8_exports_integer_ops_bit_exact(method, lenet, digits_task, tmp_path):
+    model = sk.apply_(lenet, sk.make_config(method), digits_task)
+    sk.save(model, tmp_path / "m.slim")
+    model = sk.load(tmp_path / "m.slim")
+    ints = export(model, tmp_path / "int.onnx", digits_task)
+    flt = export(model, tmp_path / "float.onnx", digits_task, integer=False)
+    assert ints["integer_layers"] == 3 and flt["integer_layers"] == 0
+    assert ints["max_abs_diff"] <= 1e-4 and ints["cosine"] >= 0.9999, ints
+    assert ints["bytes"] < 0.35 * flt["bytes"], (ints, flt)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int.onnx")).graph.node}
+    assert "MatMulInteger" in ops and "Gemm" not in ops
+    weights = _weights(tmp_path / "int.onnx")
+    assert np.array_equal(weights["fc2.qweight_t"], model.fc2.qweight.numpy().T)
+    assert not any(w.dtype == np.float32 and w.ndim == 2 for w in weights.values())
+
+
+def test_lenet5_int8_exports_with_float_convs(lenet5_trained, digits_task, tmp_path):
+    import copy
+
+    model = copy.deepcopy(lenet5_trained)
+    model.__dict__["slimkit_base"] = dict(lenet5_trained.__dict__["slimkit_base"])
+    model = sk.apply_(model, sk.make_config("int8"), digits_task)
+    n_int8 = sum(isinstance(m, Int8Linear) for m in model.modules())
+    report = export(model, tmp_path / "m.onnx", digits_task)
+    assert n_int8 >= 1 and report["integer_layers"] == n_int8
+    assert report["cosine"] >= 0.999, report
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "Conv" in ops and ops.count("MatMulInteger") == n_int8
+
+
+class _Encoder(nn.Module):
+    """Token ids -> embedding -> 3-D linears (exported as MatMul, not Gemm) -> one plain linear."""
+
+    def __init__(self, emb: nn.Module):
+        super().__init__()
+        self.emb = emb
+        self.q = Int8Linear.from_linear(nn.Linear(32, 48))
+        self.k = Int8Linear.from_linear(nn.Linear(32, 48, bias=False))
+        self.static = Int8Linear.from_linear(nn.Linear(48, 16), input_scale=0.02)
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids)
+        return self.head(self.static(torch.relu(self.q(h) + self.k(h))))
+
+
+@pytest.mark.parametrize("emb_args", [dict(bits=8), dict(bits=4, symmetric=False, granularity="group", group_size=8)],
+                         ids=["int8-rows", "int4-groups-asym"])
+def test_encoder_matmul_and_gather_paths_match_slimkit(emb_args, tmp_path):
+    torch.manual_seed(0)
+    model = _Encoder(QuantEmbedding.from_embedding(nn.Embedding(50, 32), **emb_args)).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    path = tmp_path / "e.onnx"
+    keys, hf_output = export_onnx(float_copy(model), {"input_ids": ids}, path)
+    proto = onnx.load(str(path))
+    replaced = quantize_graph(proto, model)
+    assert replaced == {"emb": "QuantEmbedding", "q": "Int8Linear", "k": "Int8Linear", "static": "Int8Linear"}
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulInteger") == 3 and ops.count("ReduceMax") == 1  # q and k share one quantized input
+    ort_model = OrtModule(path, keys, hf_output, threads=1)
+    other = torch.randint(0, 50, (5, 11))  # dynamic batch and sequence
+    with torch.inference_mode():
+        for x in (ids, other):
+            assert torch.allclose(ort_model(x), model(x), atol=1e-5, rtol=1e-5)
+    codes = next(i for i in proto.graph.initializer if i.name == "emb.codes")
+    assert codes.data_type == onnx.TensorProto.UINT8
+
+
+def test_no_integer_layers_leaves_graph_alone(lenet, digits_task, tmp_path):
+    model = sk.apply_(lenet, sk.make_config("int8", targets=["fc2"]), digits_task)
+    report = export(model, tmp_path / "m.onnx", digits_task)
+    assert report["integer_layers"] == 1 and report["cosine"] >= 0.9999
+    assert quantize_graph(onnx.load(str(tmp_path / "m.onnx")), lenet.__class__()) == {}
+
+
+def test_export_cli_float_flag(lenet, digits_task, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from slimkit.cli.main import run
+
+    sk.save(sk.apply_(lenet, sk.make_config("int8"), digits_task), tmp_path / "m.slim")
+    sizes = {}
+    for name, extra in (("int", []), ("float", ["--float"])):
+        out = tmp_path / f"{name}.onnx"
+        monkeypatch.setattr(sys, "argv", ["slimkit", "export", str(tmp_path / "m.slim"), "--onnx", str(out), *extra])
+        run()  # a failure would exit with code 2
+        sizes[name] = out.stat().st_size
+        printed = capsys.readouterr().out
+        assert ("3 layers as integer ops" in printed) == (name == "int"), printed
+        assert "cosine" in printed
+    assert sizes["int"] < 0.35 * sizes["float"]
+
+
+@pytest.mark.slow
+def test_minilm_int8_exports_integer_onnx(tmp_path):
+    model = sk.apply_(sk.zoo.load("minilm"), sk.make_config("int8"))
+    ints = export(model, tmp_path / "int.onnx")
+    flt = export(model, tmp_path / "float.onnx", integer=False)
+    assert ints["integer_layers"] == 39  # 36 encoder linears + 3 embeddings (the unused pooler is not exported)
+    assert ints["cosine"] >= 0.999, ints
+    assert ints["bytes"] < 0.3 * flt["bytes"], (ints, flt)
