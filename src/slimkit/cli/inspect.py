@@ -1,4 +1,6 @@
-"""`slimkit inspect MODEL_OR_FILE`: the per-layer table (type, shape, params, nonzeros, bytes, encoding)."""
+"""`slimkit inspect MODEL_OR_FILE`: the per-layer table (type, shape, params, nonzeros, bytes, encoding)
+and the pre-flight: what each family can do to each layer, the coupled groups of structured
+pruning, and the expected size under each shipped recipe (estimated, nothing is run)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
                 plot: Path | None = typer.Option(None, "--plot", help="Write PNG histograms (and APoZ) here."),
                 trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                                   help="Read a pickled .pt/.bin state dict (weights_only)."),
+                recipe: list[str] | None = typer.Option(None, "--recipe",
+                                                        help="Estimate only this recipe (repeatable)."),
+                preflight: bool = typer.Option(True, "--preflight/--no-preflight",
+                                               help="Add what each family can do and the recipe size estimates."),
                 ) -> None:
-    """Show where a model's bytes are, layer by layer."""
+    """Show where a model's bytes are, layer by layer, and what each recipe would make of it."""
     from slimkit.eval.layers import layer_table
     from slimkit.zoo.resolve import resolve
 
@@ -27,8 +33,9 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
     apoz_rows = _apoz_rows(net) if apoz else []
     if plot is not None:
         _plots(net, apoz_rows, plot)
+    report = _preflight(net, recipe) if preflight else None
     if as_json:
-        common.emit_json({"model": model, "layers": rows, "apoz": apoz_rows})
+        common.emit_json({"model": model, "layers": rows, "apoz": apoz_rows, "preflight": report})
         return
     if apoz_rows:
         _print_apoz(apoz_rows)
@@ -42,6 +49,16 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
     table.add_row("total", "", "", str(sum(r["params"] for r in rows)),
                   str(sum(r["nonzeros"] for r in rows)), str(total), "")
     common.out.print(table)
+    if report is not None:
+        _print_preflight(report)
+
+
+def _preflight(net, recipes: list[str] | None) -> dict:
+    from slimkit.eval.measure import task_for
+    from slimkit.eval.preflight import preflight
+
+    with common.status("pre-flight: tracing groups, estimating recipe sizes"):
+        return preflight(net, task_for(net), recipes or None)
 
 
 def _apoz_rows(net) -> list[dict]:
@@ -73,6 +90,41 @@ def _plots(net, apoz_rows: list[dict], folder: Path) -> None:
     paths = plot_histograms(weight_histograms(net), folder)
     apoz_path = plot_apoz(apoz_rows, folder)
     common.info(f"wrote {len(paths) + (apoz_path is not None)} plots to {folder}/")
+
+
+def _print_preflight(report: dict) -> None:
+    table = Table(title="What each family can do (pre-flight)")
+    for col in ("layer", "type", "quantization", "pruning", "sharing"):
+        table.add_column(col, overflow="fold")
+    for r in report["capabilities"]:
+        quant = r["quantization"] if not r["float_reason"] else f"stays float: {r['float_reason']}"
+        table.add_row(r["layer"], r["type"], quant, r["pruning"], r["sharing"])
+    common.out.print(table)
+    groups = report["groups"]
+    common.out.print("[bold]Structured pruning: coupled groups (cut together)[/bold]")
+    for g in groups["groups"]:
+        relu = f", ReLU after {g['relu_after']}" if g["relu_after"] else ""
+        common.out.print(f"  {g['text']}  ({g['channels']} channels{relu})", markup=False)
+    for name, why in groups["unprunable"].items():
+        common.out.print(f"  {name}: not prunable ({why})", markup=False)
+    if groups["blocks"]:
+        common.out.print(f"  transformer blocks (heads and FFN neurons): {', '.join(groups['blocks'])}", markup=False)
+    if groups["error"] and not groups["blocks"]:
+        common.out.print(f"  not traced: {groups['error']}", markup=False)
+    base = report["baseline_bytes"]
+    table = Table(title=f"Expected size under each shipped recipe (ESTIMATES from shapes and configs; "
+                        f"nothing was trained or run; fp32 file now {common.fmt_bytes(base)})")
+    for col in ("recipe", "made for", "estimated size", "smaller", "basis / why not"):
+        table.add_column(col, justify="right" if col in ("estimated size", "smaller") else "left", overflow="fold")
+    for r in report["recipes"]:
+        made_for = ", ".join(r["made_for"]) or "any"
+        if r["bytes"] is None:
+            table.add_row(r["recipe"], made_for, "-", "-", f"cannot apply: {r['error']}")
+            continue
+        approx = "" if r["exact"] else "~"
+        basis = "; ".join(f"{s['method']}: {s['basis']}" for s in r["stages"])
+        table.add_row(r["recipe"], made_for, approx + common.fmt_bytes(r["bytes"]), f"{r['ratio']:.1f}x", basis)
+    common.out.print(table)
 
 
 def register(app: typer.Typer) -> None:
