@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from slimkit.errors import SlimError
@@ -63,10 +62,4 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
         common.info(f"  {count:5d} tensor(s) {how}")
     common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
                      f"checkpoint's {common.fmt_bytes(report.input_bytes)}); {report.tensors} tensors in "
-                     f"{report.seconds:.1f} s, {report.throughput_mb_s:.0f} MB/s on {_threads()} thread(s)")
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads() or os.cpu_count() or 1
+                     f"{report.seconds:.1f} s, {report.throughput_mb_s:.0f} MB/s")

@@ -25,7 +25,7 @@ from slimkit.stream.codec_affine import matrix_shape, quantize_block
 from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
 from slimkit.stream.writer import SlimWriter
 
-BLOCK_BYTES = 8 << 20   # input bytes read per block
+BLOCK_BYTES = 4 << 20   # input bytes per block: peak memory is about 5 blocks (temporaries of the math)
 KMEANS_SAMPLE = 1 << 20  # values the centroids are fitted on (all of them in a smaller tensor)
 NUMPY_STORE = {"bfloat16": np.uint16, "bool": np.bool_}   # how artifact.py stores these dtypes
 
