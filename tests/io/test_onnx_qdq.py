@@ -11,9 +11,11 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.io.onnx import OrtModule, export, export_onnx, float_copy
+from slimkit.io.onnx_codes import compact_weights
 from slimkit.io.onnx_qdq import quantize_graph
 from slimkit.nn.quant_embedding import QuantEmbedding
-from slimkit.nn.quant_linear import Int8Linear
+from slimkit.nn.quant_linear import Int8Linear, QuantLinear
+from slimkit.quant.math import rtn_quantize
 
 
 def _weights(path) -> dict[str, np.ndarray]:
@@ -52,19 +54,21 @@ def test_lenet5_int8_exports_with_float_convs(lenet5_trained, digits_task, tmp_p
 
 
 class _Encoder(nn.Module):
-    """Token ids -> embedding -> 3-D linears (exported as MatMul, not Gemm) -> one plain linear."""
+    """Token ids -> embedding -> 3-D linears (exported as MatMul, not Gemm) -> 4-bit and plain linears."""
 
     def __init__(self, emb: nn.Module):
         super().__init__()
         self.emb = emb
         self.q = Int8Linear.from_linear(nn.Linear(32, 48))
         self.k = Int8Linear.from_linear(nn.Linear(32, 48, bias=False))
-        self.static = Int8Linear.from_linear(nn.Linear(48, 16), input_scale=0.02)
-        self.head = nn.Linear(16, 8)
+        self.static = Int8Linear.from_linear(nn.Linear(48, 64), input_scale=0.02)
+        w4 = rtn_quantize(torch.randn(40, 64), 4, symmetric=False, granularity="group", group_size=16)
+        self.int4 = QuantLinear.from_quantized(w4, torch.randn(40), symmetric=False)
+        self.head = nn.Linear(40, 8)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         h = self.emb(input_ids)
-        return self.head(self.static(torch.relu(self.q(h) + self.k(h))))
+        return self.head(self.int4(self.static(torch.relu(self.q(h) + self.k(h)))))
 
 
 @pytest.mark.parametrize("emb_args", [dict(bits=8), dict(bits=4, symmetric=False, granularity="group", group_size=8)],
@@ -78,6 +82,7 @@ def test_encoder_matmul_and_gather_paths_match_slimkit(emb_args, tmp_path):
     proto = onnx.load(str(path))
     replaced = quantize_graph(proto, model)
     assert replaced == {"emb": "QuantEmbedding", "q": "Int8Linear", "k": "Int8Linear", "static": "Int8Linear"}
+    assert list(compact_weights(proto, model).values()) == ["codes"]  # int4's weight, transposed for MatMul
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     ops = [n.op_type for n in proto.graph.node]
@@ -89,6 +94,21 @@ def test_encoder_matmul_and_gather_paths_match_slimkit(emb_args, tmp_path):
             assert torch.allclose(ort_model(x), model(x), atol=1e-5, rtol=1e-5)
     codes = next(i for i in proto.graph.initializer if i.name == "emb.codes")
     assert codes.data_type == onnx.TensorProto.UINT8
+
+
+@pytest.mark.parametrize("method,args,coded,ratio", [
+    ("kmeans", dict(bits=4, finetune_epochs=0), 2, 0.35),  # fc3 (1,000 weights) is too small for a codebook
+    ("rtn", dict(bits=4, granularity="group", group_size=4, symmetric=False), 3, 0.65),
+    ("rtn", dict(bits=3, granularity="tensor"), 3, 0.35),
+], ids=["kmeans", "rtn4-group-asym", "rtn3-tensor"])
+def test_coded_weights_export_small_and_exact(method, args, coded, ratio, lenet, digits_task, tmp_path):
+    sk.save(sk.apply_(lenet, sk.make_config(method, **args), digits_task), tmp_path / "m.slim")
+    model = sk.load(tmp_path / "m.slim")
+    small = export(model, tmp_path / "small.onnx", digits_task)
+    full = export(model, tmp_path / "full.onnx", digits_task, integer=False)
+    assert small["coded_weights"] == coded and full["coded_weights"] == 0
+    assert small["max_abs_diff"] <= 1e-4 and small["cosine"] >= 0.9999, small
+    assert small["bytes"] < ratio * full["bytes"], (small, full)
 
 
 def test_no_integer_layers_leaves_graph_alone(lenet, digits_task, tmp_path):

@@ -18,7 +18,8 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
                ) -> None:
     """Export to ONNX and print ONNX Runtime's parity with slimkit (max abs diff, cosine).
 
-    int8 linears and quantized embeddings stay integer in the graph (MatMulInteger, uint8 Gather)
+    int8 linears and quantized embeddings stay integer in the graph (MatMulInteger, uint8 Gather),
+    weight-only codes and k-means / hashed weights are stored as uint8 codes decoded in the graph,
     unless --float is given; other codecs are written as decoded fp32 weights."""
     from slimkit.io.onnx import export
     from slimkit.zoo.resolve import resolve
@@ -31,8 +32,9 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
     if as_json:
         common.emit_json(report)
         return
-    layers = report["integer_layers"]
+    layers, coded = report["integer_layers"], report["coded_weights"]
     ints = f", {layers} layer{'s' * (layers != 1)} as integer ops" if layers else ""
+    ints += f", {coded} weight{'s' * (coded != 1)} stored as codes" if coded else ""
     common.out.print(f"wrote {onnx} ({common.fmt_bytes(report['bytes'])}{ints}); ONNX Runtime vs slimkit: "
                      f"max abs diff {report['max_abs_diff']:.3g}, cosine {report['cosine']:.6f}")
 

@@ -1,10 +1,12 @@
 """ONNX export of slimkit models, and ONNX Runtime sessions behind an `nn.Module` face.
 
-Structurally pruned and low-rank layers are plain modules and export as smaller ops; int8
-linears and quantized embeddings export as integer ops on int8 / uint8 initializers
-(`onnx_qdq.quantize_graph`, unless `integer=False`); other runtime modules (packed codes, hashed
-weights) are exported as their decoded float weights. `export` checks ONNX Runtime's outputs
-against slimkit's own on the task's inputs and reports the max abs diff and cosine.
+Structurally pruned and low-rank layers are plain modules and export as smaller ops. Unless
+`integer=False`: int8 linears and quantized embeddings export as integer ops on int8 / uint8
+initializers (`onnx_qdq.quantize_graph`), and weight-only codes (QuantLinear) and weights with few
+distinct values (k-means, hashed) are stored as uint8/uint16 codes that the graph decodes from
+constants (`onnx_codes.compact_weights`; ONNX Runtime folds them at load). Anything else is
+exported as decoded float weights. `export` checks ONNX Runtime's outputs against slimkit's own
+on the task's inputs and reports the max abs diff and cosine.
 
 >>> report = export(sk.load("lenet.slim"), "lenet.onnx")
 >>> report["cosine"] >= 0.999
@@ -152,9 +154,10 @@ def _plain(module: nn.Module) -> nn.Module:
 def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer: bool = True) -> dict:
     """Export `model` to ONNX at `path` (atomically) and check ONNX Runtime against slimkit.
 
-    With `integer` (the default) int8 layers and quantized embeddings stay integer in the graph;
-    `integer=False` writes every layer as decoded fp32. Returns {"path", "bytes", "max_abs_diff",
-    "cosine", "integer_layers"} measured on the task's example inputs.
+    With `integer` (the default) int8 layers and quantized embeddings stay integer in the graph and
+    coded weights stay coded; `integer=False` writes every layer as decoded fp32. Returns {"path",
+    "bytes", "max_abs_diff", "cosine", "integer_layers", "coded_weights"} measured on the task's
+    example inputs.
 
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
@@ -170,7 +173,7 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     tmp = path.with_name(f".{path.name}.export")
     try:
         keys, hf_output = export_onnx(plain, task.example_inputs(2), tmp)
-        data, replaced = _integer_bytes(tmp, model) if integer else (tmp.read_bytes(), {})
+        data, replaced, coded = _integer_bytes(tmp, model) if integer else (tmp.read_bytes(), {}, {})
         atomic_write(path, [data])
     except SlimError:
         raise
@@ -186,18 +189,20 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
     return {"path": str(path), "bytes": path.stat().st_size,
             "max_abs_diff": float((ours - theirs).abs().max()), "cosine": cosine,
-            "integer_layers": len(replaced)}
+            "integer_layers": len(replaced), "coded_weights": len(coded)}
 
 
-def _integer_bytes(float_onnx: Path, model: nn.Module) -> tuple[bytes, dict[str, str]]:
-    """The float export rewritten with integer ops for `model`'s int8 layers, and what was rewritten."""
+def _integer_bytes(float_onnx: Path, model: nn.Module) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The float export rewritten with integer ops and coded weights for `model`, and what was rewritten."""
     import onnx
 
+    from slimkit.io.onnx_codes import compact_weights
     from slimkit.io.onnx_qdq import quantize_graph
 
     proto = onnx.load(str(float_onnx))
     replaced = quantize_graph(proto, model)
-    if not replaced:
-        return float_onnx.read_bytes(), replaced
+    coded = compact_weights(proto, model)
+    if not replaced and not coded:
+        return float_onnx.read_bytes(), replaced, coded
     onnx.checker.check_model(proto)
-    return proto.SerializeToString(), replaced
+    return proto.SerializeToString(), replaced, coded

@@ -36,7 +36,7 @@ UINT8, FLOAT = 2, 1  # onnx.TensorProto data types
 
 
 @dataclass
-class _Plan:
+class WeightPlan:
     """One slimkit module to write as integer ops: its name, kind and float weight (as exported)."""
 
     name: str
@@ -45,7 +45,7 @@ class _Plan:
 
 
 @dataclass
-class _Builder:
+class GraphBuilder:
     """New nodes and initializers for one graph, with unique names."""
 
     prefix: str = "slimkit_q"
@@ -73,7 +73,7 @@ class _Builder:
         return out
 
 
-def integer_plans(model: nn.Module) -> list[_Plan]:
+def integer_plans(model: nn.Module) -> list[WeightPlan]:
     """The modules of `model` that have an integer ONNX pattern, with their decoded float weights."""
     from slimkit.nn.quant_embedding import QuantEmbedding
     from slimkit.nn.quant_linear import Int8Linear
@@ -87,7 +87,7 @@ def integer_plans(model: nn.Module) -> list[_Plan]:
                 weight = module.weight
             else:
                 continue
-            plans.append(_Plan(name, module, weight.detach().float().cpu().numpy()))
+            plans.append(WeightPlan(name, module, weight.detach().float().cpu().numpy()))
     return plans
 
 
@@ -95,15 +95,26 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _index(plans: list[_Plan]) -> dict[tuple, tuple[_Plan, bool]]:
-    """(shape, digest) of each weight and of its transpose -> (plan, transposed)."""
-    out: dict[tuple, tuple[_Plan, bool]] = {}
+def find_weights(graph: Any, plans: list[WeightPlan]) -> dict[str, tuple[WeightPlan, bool]]:
+    """{initializer name: (plan, transposed)} for the float initializers of `graph` that hold a
+    plan's weight exactly, or its transpose (as a folded MatMul weight does)."""
+    from onnx import numpy_helper
+
+    index: dict[tuple, tuple[WeightPlan, bool]] = {}
     for plan in plans:
         w = plan.weight
-        out.setdefault((w.shape, _digest(w)), (plan, False))
+        index.setdefault((w.shape, _digest(w)), (plan, False))
         if w.ndim == 2:
-            out.setdefault((w.T.shape, _digest(w.T)), (plan, True))
-    return out
+            index.setdefault((w.T.shape, _digest(w.T)), (plan, True))
+    shapes = {shape for shape, _ in index}
+    found = {}
+    for init in graph.initializer:
+        if init.data_type == FLOAT and tuple(init.dims) in shapes:
+            arr = numpy_helper.to_array(init)
+            hit = index.get((arr.shape, _digest(arr)))
+            if hit is not None:
+                found[init.name] = hit
+    return found
 
 
 def quantize_graph(proto: Any, model: nn.Module) -> dict[str, str]:
@@ -114,22 +125,12 @@ def quantize_graph(proto: Any, model: nn.Module) -> dict[str, str]:
     >>> quantize_graph(proto, model)
     {'fc1': 'Int8Linear', 'fc2': 'Int8Linear', 'fc3': 'Int8Linear'}
     """
-    from onnx import numpy_helper
-
     plans = integer_plans(model)
     if not plans:
         return {}
     graph = proto.graph
-    shapes = {p.weight.shape for p in plans} | {p.weight.T.shape for p in plans}
-    inits = {i.name: i for i in graph.initializer if tuple(i.dims) in shapes and i.data_type == FLOAT}
-    index = _index(plans)
-    found: dict[str, tuple[_Plan, bool]] = {}
-    for name, init in inits.items():
-        arr = numpy_helper.to_array(init)
-        hit = index.get((arr.shape, _digest(arr)))
-        if hit is not None:
-            found[name] = hit
-    b = _Builder()
+    found = find_weights(graph, plans)
+    b = GraphBuilder()
     replaced: dict[str, str] = {}
     new_nodes = []
     for node in graph.node:
@@ -149,7 +150,7 @@ def quantize_graph(proto: Any, model: nn.Module) -> dict[str, str]:
     return replaced
 
 
-def _rewrite(node: Any, found: dict, b: _Builder) -> _Plan | None:
+def _rewrite(node: Any, found: dict, b: GraphBuilder) -> WeightPlan | None:
     """Emit into `b` the integer form of `node` when it uses a found weight; return its plan."""
     from slimkit.nn.quant_embedding import QuantEmbedding
     from slimkit.nn.quant_linear import Int8Linear
@@ -180,7 +181,7 @@ def _rewrite(node: Any, found: dict, b: _Builder) -> _Plan | None:
     return plan
 
 
-def _linear(plan: _Plan, x: str, bias: str | None, out: str, b: _Builder) -> None:
+def _linear(plan: WeightPlan, x: str, bias: str | None, out: str, b: GraphBuilder) -> None:
     """x (..., K) -> MatMulInteger(q8(x), Wq^T) * s_x * s_w (+ bias), as `Int8Linear.forward`."""
     m = plan.module
     p = plan.name or "model"
@@ -203,7 +204,7 @@ def _linear(plan: _Plan, x: str, bias: str | None, out: str, b: _Builder) -> Non
         b.op("Add", [y, bias], out)
 
 
-def _quantize_per_token(x: str, b: _Builder) -> tuple[str, str]:
+def _quantize_per_token(x: str, b: GraphBuilder) -> tuple[str, str]:
     """(uint8 codes + 128, token scale) of x, as `quantize_per_token`; once per tensor (q, k, v share it)."""
     key = (x, "token")
     if key not in b.memo:
@@ -215,7 +216,7 @@ def _quantize_per_token(x: str, b: _Builder) -> tuple[str, str]:
     return b.memo[key]
 
 
-def _quantize_static(x: str, inv: np.ndarray, b: _Builder) -> tuple[str, None]:
+def _quantize_static(x: str, inv: np.ndarray, b: GraphBuilder) -> tuple[str, None]:
     """uint8 codes + 128 of x with a fixed scale (1 / `inv`), as `quantize_static`; once per tensor and scale."""
     key = (x, inv.tobytes())
     if key not in b.memo:
@@ -226,14 +227,14 @@ def _quantize_static(x: str, inv: np.ndarray, b: _Builder) -> tuple[str, None]:
     return b.memo[key]
 
 
-def _to_uint8(rounded: str, b: _Builder) -> str:
+def _to_uint8(rounded: str, b: GraphBuilder) -> str:
     """Float-held integers in [-127, 127] as uint8 + 128: with zero point 128, `MatMulInteger` gives
     exactly the int8 products, and ONNX Runtime's u8 x s8 kernel is ~40x faster than its s8 x s8."""
     c128 = b.const("slimkit.128", np.array(128.0, np.float32))
     return b.op("Cast", [b.op("Add", [rounded, c128])], to=UINT8)
 
 
-def _embedding(plan: _Plan, ids: str, out: str, b: _Builder) -> None:
+def _embedding(plan: WeightPlan, ids: str, out: str, b: GraphBuilder) -> None:
     """Gather(codes) -> float -> minus zero -> times scale, as `QuantEmbedding.forward`."""
     m = plan.module
     p = plan.name or "model"
