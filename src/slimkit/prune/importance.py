@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from slimkit.dist.collectives import reduce_keyed, shard
+
 Hook = Callable[[nn.Module, object, torch.Tensor], None]
 
 
@@ -60,6 +62,8 @@ def apoz(model: nn.Module, batches: Iterable, sites: dict[str, str],
 
     `sites` maps a key (the producer) to the module whose output enters the ReLU; a forward hook
     there counts outputs <= 0 per channel over all `batches` (and spatial positions for convs).
+    Under an initialised `torch.distributed` group each rank counts on its share of the batches
+    and the counts are summed over ranks, so every rank gets the single-process values.
     """
     zeros: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(sites, 0)
@@ -72,7 +76,8 @@ def apoz(model: nn.Module, batches: Iterable, sites: dict[str, str],
         return fn
 
     with hooked(model, sites, hook):
-        _run(model, batches, forward)
+        _run(model, shard(batches), forward)
+    reduce_keyed(list(sites), zeros, counts)  # zero counts and totals summed over ranks
     return {k: zeros[k].double() / max(1, counts[k]) for k in zeros}
 
 
@@ -97,5 +102,6 @@ def activation_mean(model: nn.Module, batches: Iterable, sites: dict[str, str],
         return fn
 
     with hooked(model, sites, hook):
-        _run(model, batches, forward)
+        _run(model, shard(batches), forward)
+    reduce_keyed(list(sites), sums, counts)
     return {k: sums[k].double() / max(1, counts[k]) for k in sums}

@@ -66,6 +66,27 @@ class Observer:
             self.hist_ = torch.zeros(BINS, dtype=torch.float64).index_add_(0, idx, self.hist_)
         self.max_ = new_max
 
+    def all_reduce(self) -> Observer:
+        """Merge with the other ranks of an initialised process group (no-op in one process).
+
+        max |x| is reduced with MAX; each rank re-bins its histogram to that common range (as
+        `update` does when the max grows), then histograms and counts are summed. Every rank ends
+        with the same observer, hence the same scale. `minmax` equals the single-process result
+        exactly; the histogram kinds do whenever the re-binning is the same (e.g. each rank's first
+        batch holds the global max), and otherwise differ by at most the usual re-binning error.
+
+        >>> obs.all_reduce().scale()          # the same on every rank
+        """
+        from slimkit.dist.collectives import all_reduce_float_max, all_reduce_int, all_reduce_sum, is_distributed
+
+        if is_distributed():
+            top = all_reduce_float_max(self.max_)
+            if top > self.max_:
+                self._rebin(top)
+            all_reduce_sum(self.hist_)
+            self.count_ = all_reduce_int(self.count_)
+        return self
+
     def threshold(self) -> float:
         if self.count_ == 0:
             raise ConfigError("observer saw no data: calibration data is empty")

@@ -15,6 +15,7 @@ from pydantic import field_validator
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
+from slimkit.dist.collectives import shard
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.quant.api import _embedding_factory
@@ -32,11 +33,13 @@ def observe_inputs(model: nn.Module, task: Task, batches: list, names: list[str]
         lambda _m, args, n=n: observers[n].update(args[0])) for n in names]
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in shard(batches):  # under torch.distributed: this rank's share
                 task.forward(model, batch)
     finally:
         for h in hooks:
             h.remove()
+    for obs in observers.values():  # merged over ranks (no-op in one process)
+        obs.all_reduce()
     return observers
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, shard
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.share.lowrank import (
@@ -61,7 +62,8 @@ def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, nn.Module]],
                          samples: int) -> dict[str, torch.Tensor]:
-    """E[x x^T] of each layer's input rows (patches for convolutions) over calibration data."""
+    """E[x x^T] of each layer's input rows (patches for convolutions) over calibration data
+    (split over the ranks of an initialised process group, sums and counts all-reduced)."""
     sums = {name: torch.zeros(_matrix(m).shape[1], _matrix(m).shape[1], dtype=torch.float64)
             for name, m in layers}
     counts = dict.fromkeys(sums, 0)
@@ -75,12 +77,15 @@ def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, n
     was_training = model.training
     model.eval()
     try:
-        for batch in task.calibration(samples):
+        for batch in shard(task.calibration(samples)):  # under torch.distributed: this rank's share
             task.forward(model, batch)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
+    for name in sums:  # sums and counts over ranks (no-op in one process)
+        all_reduce_sum(sums[name])
+        counts[name] = all_reduce_int(counts[name])
     return {name: sums[name] / max(1, counts[name]) for name in sums}
 
 
