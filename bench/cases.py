@@ -39,6 +39,7 @@ from bench.harness import (
     time_limit,
 )
 from bench.peers import build_peers
+from bench.stream_case import run_stream_case
 
 
 def _other_text_task():
@@ -63,6 +64,7 @@ class CaseSpec:
     second_score: tuple[str, Callable] | None = None   # (label, task factory)
     repeat_scale: int = 1      # more timed calls per round for models that run in microseconds
     min_recipe_s: float = 60   # recipes get at least this long, even past the deadline (--quick: 1/4)
+    runner: Callable | None = None   # a case with its own runner (no model, peers or recipes)
 
 
 DIGITS_RECIPES = ("int8", "prune-magnitude", "apoz", "kmeans", "lowrank", "hashed", "deep-compression",
@@ -80,7 +82,9 @@ CASES: dict[str, CaseSpec] = {
                        batch_note=" sentences x 40 tokens",
                        second_score=("fidelity on other English text", _other_text_task)),
 }
-ORDER = ("lenet-300-100", "lenet5", "minilm")   # cheap cases first; MiniLM takes what is left
+CASES["stream"] = CaseSpec("stream", (), batch=1, weight=0.3, recipe_timeout_s=0, reserve_s=0,
+                           runner=run_stream_case)
+ORDER = ("lenet-300-100", "lenet5", "minilm", "stream")   # cheap cases first; MiniLM takes what is left
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,8 @@ def run_case(spec: CaseSpec, opts: RunOptions, deadline: float,
 
     import slimkit as sk
 
+    if spec.runner is not None:
+        return spec.runner(spec, opts, deadline, progress)
     protocol = (QUICK if opts.quick else FULL).scaled(spec.repeat_scale)
     seeds = opts.seeds if opts.seeds is not None else (1 if opts.quick else spec.seeds)
     clock = _Clock(deadline, spec.reserve_s * (0.3 if opts.quick else 1.0), opts.quick,
