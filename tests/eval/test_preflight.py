@@ -127,3 +127,13 @@ def test_minilm_preflight(digits_task):
     assert sizes["prune-structured"]["stages"][0]["touched"]["encoder.layer.0"] == "768/1536 FFN neurons, 12/12 heads"
     assert sizes["distill-l3"]["exact"] and sizes["distill-l3"]["bytes"] < report["baseline_bytes"]
     assert sizes["apoz"]["bytes"] is None and "cannot trace" in sizes["apoz"]["error"]
+
+
+def test_compressed_model_reports_layers_as_stored_and_recipes_as_no_op(lenet, digits_task):
+    from slimkit.quant.api import Int8
+
+    model = sk.quantize_(lenet, Int8())
+    rows = {r["layer"]: r for r in capabilities(model, digits_task)}
+    assert rows["fc1"]["float_reason"] == "already compressed (Int8Linear)"
+    est = estimate_recipe(model, sk.load_recipe("int8"), digits_task)
+    assert est["bytes"] is None and "touches no layer" in est["error"]

@@ -97,7 +97,7 @@ def _print_preflight(report: dict) -> None:
     for col in ("layer", "type", "quantization", "pruning", "sharing"):
         table.add_column(col, overflow="fold")
     for r in report["capabilities"]:
-        quant = r["quantization"] if not r["float_reason"] else f"stays float: {r['float_reason']}"
+        quant = r["quantization"] if not r["float_reason"] else f"{r['quantization']}: {r['float_reason']}"
         table.add_row(r["layer"], r["type"], quant, r["pruning"], r["sharing"])
     common.out.print(table)
     groups = report["groups"]
@@ -113,7 +113,7 @@ def _print_preflight(report: dict) -> None:
         common.out.print(f"  not traced: {groups['error']}", markup=False)
     base = report["baseline_bytes"]
     table = Table(title=f"Expected size under each shipped recipe (ESTIMATES from shapes and configs; "
-                        f"nothing was trained or run; fp32 file now {common.fmt_bytes(base)})")
+                        f"nothing was trained or run; the file now: {common.fmt_bytes(base)})")
     for col in ("recipe", "made for", "estimated size", "smaller", "basis / why not"):
         table.add_column(col, justify="right" if col in ("estimated size", "smaller") else "left", overflow="fold")
     for r in report["recipes"]:

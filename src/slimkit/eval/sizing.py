@@ -10,7 +10,7 @@ records; `Plan.total()` adds the file's header.
 >>> plan.tensors["fc1.weight"].nbytes
 76800
 >>> sparse_index_bytes(model.fc1.weight.abs() > 0.1)    # positions, coded by the real codec
-1077.0
+2060.0
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def file_size(model: nn.Module) -> int:
     """The exact size `slimkit.save(model, ...)` would write, computed in memory.
 
     >>> file_size(sk.zoo.load("lenet-300-100"))
-    202856
+    202669
     """
     from slimkit.io.artifact import encode_model
     from slimkit.io.layout import file_chunks
