@@ -351,8 +351,6 @@ def _hashed(plan: Plan, cfg, task) -> Note:
 @estimates("distill")
 def _distill(plan: Plan, cfg, task) -> Note:
     student = cfg.make_student(plan.model)
-    plan.model, plan._owned = student, True
-    plan.tensors = {}
-    plan.refresh()
+    plan.replace_model(student)
     touched = {"(model)": f"student of {sum(p.numel() for p in student.parameters()):,} parameters"}
     return _note(touched, {}, "exact: the student's float32 parameters")

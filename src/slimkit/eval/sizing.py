@@ -102,6 +102,11 @@ class Plan:
             self._owned = True
         return self.model
 
+    def replace_model(self, model: nn.Module) -> None:
+        """A new model altogether (a distilled student): every tensor is raw again."""
+        self.model, self._owned, self.tensors = model, True, {}
+        self.refresh()
+
     def refresh(self) -> None:
         """After a structural edit: tensors that changed shape or appeared are raw again."""
         state = self.model.state_dict()
