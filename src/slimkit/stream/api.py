@@ -19,7 +19,7 @@ from pathlib import Path
 from slimkit.errors import SlimError
 from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.stream.checkpoint import Item, open_checkpoint
-from slimkit.stream.encode import BLOCK_BYTES, encode_item
+from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
 from slimkit.stream.writer import SlimWriter
 
@@ -81,7 +81,14 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
         tensors: dict[str, TensorEntry] = {}
         counts: Counter[str] = Counter()
         done = 0
+        base = {"kind": "weights", "path": str(Path(source).resolve())}
+        info = {"recipe": plan.name, "source": str(source), "streamed": True}
         with SlimWriter(out) as writer:
+            layouts = [known_layout(item, plan) for item in items]
+            known = [lay for lay in layouts if lay is not None]
+            if len(known) == len(items):   # sizes follow from shapes: header first, payloads written once
+                entries = {it.name: lay[0] for it, lay in zip(items, known, strict=True)}
+                writer.reserve([a for lay in known for a in lay[2]], Manifest(base=base, tensors=entries, info=info))
             for item in items:
                 try:
                     entry, how = encode_item(ck, item, plan, writer, block_bytes)
@@ -92,7 +99,5 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
                 done += item.nbytes
                 if on_tensor is not None:
                     on_tensor(item, done, total)
-            base = {"kind": "weights", "path": str(Path(source).resolve())}
-            info = {"recipe": plan.name, "source": str(source), "streamed": True}
             size = writer.finish(Manifest(base=base, tensors=tensors, info=info))
     return StreamReport(str(out), size, total, len(items), time.perf_counter() - start, dict(counts))

@@ -60,13 +60,55 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return pack_bits(flat, bits)
 
 
+Layout = list[tuple[str, np.dtype, list[int]]]   # stored arrays: (key, dtype, shape), in writing order
+
+
+def known_layout(item: Item, plan: StreamPlan) -> tuple[TensorEntry, str, Layout] | None:
+    """Manifest entry, description and stored arrays of `item` when they follow from its shape alone
+    (affine codes and raw copies); None when they depend on the values (k-means, pruning)."""
+    if plan.selected(item.name, item.shape, item.is_float):
+        if plan.sparsity is not None or plan.kmeans is not None:
+            return None
+        spec = plan.quant_for(item.name)
+        if spec is not None:
+            return affine_layout(item, spec)
+    return raw_layout(item)
+
+
+def affine_layout(item: Item, spec: QuantSpec) -> tuple[TensorEntry, str, Layout]:
+    rows, cols = matrix_shape(item.shape)
+    group = spec.group_size if spec.group_size and cols % spec.group_size == 0 else cols
+    numel = rows * cols
+    data_shape = list(item.shape) if spec.bits == 8 else [(numel * spec.bits + 7) // 8]
+    arrays: Layout = [(item.name, np.dtype(np.uint8), data_shape),
+                      (_key(item.name, "0.scale"), np.dtype(spec.scale_dtype), [rows, cols // group])]
+    if not spec.symmetric:
+        arrays.append((_key(item.name, "0.zero"), np.dtype(np.uint8), [rows, cols // group]))
+    chain: list[dict] = [{"codec": "affine", "bits": spec.bits, "symmetric": spec.symmetric, "group_size": group,
+                          "shape": list(item.shape), "dtype": item.dtype,
+                          "side": ["scale"] + ([] if spec.symmetric else ["zero"])}]
+    if spec.bits < 8:
+        chain.append({"codec": "bitpack", "bits": spec.bits, "shape": list(item.shape), "dtype": "uint8"})
+    how = f"int{spec.bits} " + ("per-row" if group == cols else f"g{group}")
+    if spec.group_size and group != spec.group_size:
+        how += f" (group {spec.group_size} does not divide the row)"
+    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=chain), how, arrays
+
+
+def raw_layout(item: Item) -> tuple[TensorEntry, str, Layout]:
+    dtype = np.dtype(NUMPY_STORE.get(item.dtype, item.dtype))
+    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=[]), "copied", \
+        [(item.name, dtype, list(item.shape))]
+
+
 def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWriter,
                   block_bytes: int) -> tuple[TensorEntry, str]:
     """Round-to-nearest codes block by block (per row, or group-wise when the group divides the row)."""
     import torch
 
+    entry, how, arrays = affine_layout(item, spec)
     rows, cols = matrix_shape(item.shape)
-    group = spec.group_size if spec.group_size and cols % spec.group_size == 0 else cols
+    group = entry.chain[0]["group_size"]
     scales: list = []
     zeros: list = []
 
@@ -79,21 +121,11 @@ def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWrite
             yield pack_codes(codes.numpy(), spec.bits)
             ck.release(item, r0 * cols * item.itemsize, r1 * cols * item.itemsize)
 
-    numel = rows * cols
-    data_shape = list(item.shape) if spec.bits == 8 else [(numel * spec.bits + 7) // 8]
-    writer.add(item.name, np.dtype(np.uint8), data_shape, blocks())
-    side = ["scale"] + ([] if spec.symmetric else ["zero"])
-    writer.add_array(_key(item.name, "0.scale"), torch.cat(scales).numpy())
+    writer.add(item.name, arrays[0][1], arrays[0][2], blocks())
+    writer.add_array(arrays[1][0], torch.cat(scales).numpy())
     if not spec.symmetric:
-        writer.add_array(_key(item.name, "0.zero"), torch.cat(zeros).numpy())
-    chain: list[dict] = [{"codec": "affine", "bits": spec.bits, "symmetric": spec.symmetric, "group_size": group,
-                          "shape": list(item.shape), "dtype": item.dtype, "side": side}]
-    if spec.bits < 8:
-        chain.append({"codec": "bitpack", "bits": spec.bits, "shape": list(item.shape), "dtype": "uint8"})
-    how = f"int{spec.bits} " + ("per-row" if group == cols else f"g{group}")
-    if spec.group_size and group != spec.group_size:
-        how += f" (group {spec.group_size} does not divide the row)"
-    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=chain), how
+        writer.add_array(arrays[2][0], torch.cat(zeros).numpy())
+    return entry, how
 
 
 def _float_blocks(ck: Checkpoint, item: Item, block_bytes: int) -> Callable[[], Iterator[np.ndarray]]:
@@ -207,7 +239,7 @@ def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWrit
 
 def copy_raw(ck: Checkpoint, item: Item, writer: SlimWriter, block_bytes: int) -> tuple[TensorEntry, str]:
     """Store the tensor as it is (bfloat16 as uint16 bit patterns, as `slimkit.save` does)."""
-    dtype = np.dtype(NUMPY_STORE.get(item.dtype, item.dtype))
+    entry, how, [(_, dtype, shape)] = raw_layout(item)
 
     def blocks() -> Iterator[memoryview]:
         for begin in range(0, item.nbytes, block_bytes):
@@ -215,5 +247,5 @@ def copy_raw(ck: Checkpoint, item: Item, writer: SlimWriter, block_bytes: int) -
             yield ck.raw(item, begin, end)
             ck.release(item, begin, end)
 
-    writer.add(item.name, dtype, list(item.shape), blocks())
-    return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=[]), "copied"
+    writer.add(item.name, dtype, shape, blocks())
+    return entry, how

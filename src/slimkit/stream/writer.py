@@ -7,6 +7,10 @@ data section has no holes) into a second temporary file, fsyncs it and renames i
 Memory stays at one chunk; an error or a kill at any point leaves no partial output, and `abort`
 (or leaving the `with` block by an exception) removes the temporary files.
 
+When every array's size is known in advance (int8/int4 and raw copies: sizes follow from shapes),
+`reserve` writes the header first and `add` then writes each array at its final offset, so the
+payload is written once instead of twice.
+
 >>> with SlimWriter("ck.slim") as w:
 ...     w.add("fc.weight", np.dtype("uint8"), [4, 8], [codes_block_1, codes_block_2])
 ...     w.finish(manifest)
@@ -57,6 +61,9 @@ class SlimWriter:
         self._names: set[str] = set()
         self._size = 0
         self.done = False
+        self._reserved: dict[str, tuple[int, int]] | None = None   # name -> (file offset, bytes)
+        self._final: tuple[int, str] | None = None                 # (fd, path) of the output's temp file
+        self._manifest_json = ""
 
     @property
     def payload_bytes(self) -> int:
@@ -71,11 +78,16 @@ class SlimWriter:
         if name in self._names:
             raise SlimError(f"array {name!r} written twice")
         expected = math.prod(shape) * dtype.itemsize
+        if self._reserved is not None and self._reserved.get(name, (0, -1))[1] != expected:
+            raise SlimError(f"array {name!r} ({list(shape)} of {dtype}) was not reserved")
         written = 0
         for chunk in chunks:
             view = memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
                               if isinstance(chunk, np.ndarray) else chunk).cast("B")
-            self._payload.write(view)
+            if self._final is not None and self._reserved is not None:
+                _pwrite_all(self._final[0], view, self._reserved[name][0] + written, expected - written)
+            else:
+                self._payload.write(view)
             written += view.nbytes
         if written != expected:
             raise SlimError(f"array {name!r}: wrote {written} bytes, shape {shape} of {dtype} needs {expected}")
@@ -89,9 +101,25 @@ class SlimWriter:
         arr = np.asarray(arr)
         return self.add(name, arr.dtype, list(arr.shape), [arr])
 
-    def header(self, manifest: Manifest) -> tuple[bytes, list[_Array]]:
+    def reserve(self, arrays: list[tuple[str, np.dtype, list[int]]], manifest: Manifest) -> None:
+        """Write the header for exactly these arrays now; each `add` then writes at its final place."""
+        planned = [_Array(n, _CODES[np.dtype(d)], list(s), 0, math.prod(s) * np.dtype(d).itemsize,
+                          np.dtype(d).itemsize) for n, d, s in arrays]
+        head, ordered = self.header(manifest, planned)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
+        self._final = (fd, tmp)
+        self._manifest_json = manifest.to_json()
+        _pwrite_all(fd, memoryview(head), 0, len(head))
+        offset, self._reserved = len(head), {}
+        for a in ordered:
+            self._reserved[a.name] = (offset, a.nbytes)
+            offset += a.nbytes
+        os.ftruncate(fd, offset)
+
+    def header(self, manifest: Manifest, arrays: list[_Array] | None = None) -> tuple[bytes, list[_Array]]:
         """The header bytes (length prefix included) and the arrays in file order."""
-        ordered = sorted(self._arrays, key=lambda a: -a.itemsize)   # stable: encoding order within a width
+        arrays = self._arrays if arrays is None else arrays
+        ordered = sorted(arrays, key=lambda a: -a.itemsize)   # stable: encoding order within a width
         head: dict[str, object] = {"__metadata__": {METADATA_KEY: manifest.to_json()}}
         offset = 0
         for a in ordered:
@@ -103,6 +131,8 @@ class SlimWriter:
 
     def finish(self, manifest: Manifest) -> int:
         """Write the .slim file (header, then the payloads) atomically; returns its size in bytes."""
+        if self._final is not None:
+            return self._finish_reserved(manifest)
         head, ordered = self.header(manifest)
         self._payload.flush()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
@@ -123,11 +153,31 @@ class SlimWriter:
         _fsync_dir(self.folder)
         return len(head) + self._size
 
+    def _finish_reserved(self, manifest: Manifest) -> int:
+        assert self._final is not None and self._reserved is not None
+        missing = sorted(set(self._reserved) - self._names)
+        if missing or manifest.to_json() != self._manifest_json:
+            raise SlimError(f"cannot finish {self.path}: arrays {missing[:3]} not written or the manifest changed")
+        fd, tmp = self._final
+        size = os.fstat(fd).st_size
+        os.fsync(fd)
+        os.close(fd)
+        self._final = None
+        os.replace(tmp, self.path)
+        self.done = True
+        self.close()
+        _fsync_dir(self.folder)
+        return size
+
     def close(self) -> None:
-        """Remove the payload file (the output, if finished, stays)."""
+        """Remove the temporary files (the output, if finished, stays)."""
         if not self._payload.closed:
             self._payload.close()
         _unlink(self._payload_path)
+        if self._final is not None:
+            os.close(self._final[0])
+            _unlink(Path(self._final[1]))
+            self._final = None
 
     abort = close
 
@@ -158,6 +208,15 @@ def _copy_range(src: int, dst: int, offset: int, nbytes: int) -> None:
         while view:
             view = view[os.write(dst, view):]
         offset += len(data)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int, room: int) -> None:
+    """Write all of `view` at `offset` of file `fd`, refusing to write more than `room` bytes."""
+    if view.nbytes > room:
+        raise SlimError("an array is larger than the space reserved for it")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _unlink(path: Path) -> None:
