@@ -51,3 +51,25 @@ def test_blockwise_gptq_equals_full_forward_driver(monkeypatch, make_bert, token
     for name in a:
         for key in a[name]:
             torch.testing.assert_close(a[name][key], b[name][key], msg=f"{name}.{key}")
+
+
+def test_blockwise_lowrank_pca_equals_one_pass(monkeypatch, make_bert, tokens_task):
+    from slimkit.share import apply_lowrank
+    from slimkit.share.api import LowRank
+
+    config = LowRank(energy=0.9, mode="pca", calibration_samples=32)
+    bert = make_bert()
+    linears = [(n, m) for n, m in bert.named_modules() if isinstance(m, torch.nn.Linear)]
+    groups = list(apply_lowrank.second_moments_by_block(bert, tokens_task, linears, 32))
+    assert [len(g) for g in groups] == [6, 6, 6, 1]  # one group per block, then the pooler
+    query = "encoder.layer.0.attention.self.query"
+    one_pass = apply_lowrank.input_second_moments(bert, tokens_task, linears, 32)
+    torch.testing.assert_close(groups[0][query], one_pass[query])
+    blockwise = sk.share_(make_bert(), config, data=tokens_task)
+    monkeypatch.setattr(apply_lowrank, "find_blocks", lambda _model: [])
+    one_pass = sk.share_(make_bert(), config, data=tokens_task)
+    assert blockwise.slimkit_ranks == one_pass.slimkit_ranks and len(one_pass.slimkit_ranks) > 10
+    a, b = blockwise.state_dict(), one_pass.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

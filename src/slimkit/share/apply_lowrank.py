@@ -9,12 +9,14 @@ edit, so a .slim file replays it on the base architecture and stores just the tw
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, shard
+from slimkit.dist.blocks import BlockChain, find_blocks
+from slimkit.dist.collectives import all_reduce_int, all_reduce_min, all_reduce_sum, shard
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.share.lowrank import (
@@ -59,11 +61,8 @@ def _patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-@torch.no_grad()
-def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, nn.Module]],
-                         samples: int) -> dict[str, torch.Tensor]:
-    """E[x x^T] of each layer's input rows (patches for convolutions) over calibration data
-    (split over the ranks of an initialised process group, sums and counts all-reduced)."""
+def _moment_hooks(layers: list[tuple[str, nn.Module]]) -> tuple[dict, dict, list]:
+    """(sums of x x^T, row counts, hook handles) filled by forward pre-hooks on `layers`."""
     sums = {name: torch.zeros(_matrix(m).shape[1], _matrix(m).shape[1], dtype=torch.float64)
             for name, m in layers}
     counts = dict.fromkeys(sums, 0)
@@ -74,6 +73,25 @@ def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, n
             sums[name] += x.T @ x
             counts[name] += x.shape[0]
         hooks.append(module.register_forward_pre_hook(hook))
+    return sums, counts, hooks
+
+
+def _moments(sums: dict, counts: dict) -> dict[str, torch.Tensor]:
+    for name in sums:  # sums and counts over ranks (no-op in one process)
+        all_reduce_sum(sums[name])
+        counts[name] = all_reduce_int(counts[name])
+    return {name: sums[name] / max(1, counts[name]) for name in sums}
+
+
+@torch.no_grad()
+def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, nn.Module]],
+                         samples: int) -> dict[str, torch.Tensor]:
+    """E[x x^T] of each layer's input rows (patches for convolutions) over calibration data
+    (split over the ranks of an initialised process group, sums and counts all-reduced).
+
+    >>> covs = input_second_moments(model, task, [("fc1", model.fc1)], samples=256)
+    """
+    sums, counts, hooks = _moment_hooks(layers)
     was_training = model.training
     model.eval()
     try:
@@ -83,10 +101,47 @@ def input_second_moments(model: nn.Module, task: Task, layers: list[tuple[str, n
         for h in hooks:
             h.remove()
         model.train(was_training)
-    for name in sums:  # sums and counts over ranks (no-op in one process)
-        all_reduce_sum(sums[name])
-        counts[name] = all_reduce_int(counts[name])
-    return {name: sums[name] / max(1, counts[name]) for name in sums}
+    return _moments(sums, counts)
+
+
+@torch.no_grad()
+def second_moments_by_block(model: nn.Module, task: Task, layers: list[tuple[str, nn.Module]],
+                            samples: int) -> Iterator[dict[str, torch.Tensor]]:
+    """`input_second_moments` in groups, so that only one block's matrices are held at a time:
+    each repeated block's layers (`slimkit.dist.blocks`), measured on the block's cached inputs
+    while they are carried to the next block, then the layers outside the blocks. The moments are
+    those of the unchanged model, even when the caller replaces each group's layers at once.
+
+    >>> for covs in second_moments_by_block(model, task, layers, 256): factorize(covs)
+    """
+    blocks = find_blocks(model)
+    inside = {i: [(n, m) for n, m in layers if n.startswith(b + ".")] for i, b in enumerate(blocks)}
+    outside = [(n, m) for n, m in layers if not any(n in dict(g) for g in inside.values())]
+    was_training = model.training
+    model.eval()
+    try:
+        chain = BlockChain.trace(model, task, shard(task.calibration(samples)), blocks) \
+            if any(inside.values()) else None
+        if all_reduce_min(torch.tensor([chain is not None], dtype=torch.int64))[0] == 0:
+            yield input_second_moments(model, task, layers, samples)  # every rank takes this path
+            return
+        late = input_second_moments(model, task, outside, samples) if outside else {}
+        last = max(i for i, group in inside.items() if group)
+        for index, (_name, block) in enumerate(chain.blocks()):
+            sums, counts, hooks = _moment_hooks(inside[index])
+            try:
+                chain.advance(block)  # the hooks see the block's inputs on the way
+            finally:
+                for h in hooks:
+                    h.remove()
+            if sums:
+                yield _moments(sums, counts)
+            if index == last:
+                break
+        if late:
+            yield late
+    finally:
+        model.train(was_training)
 
 
 def choose_rank(name: str, layer: nn.Module, rule: RankRule, cov: torch.Tensor | None, damp: float) -> int:
@@ -135,22 +190,23 @@ def factorize_model(model: nn.Module, layers: list[tuple[str, nn.Module]], task:
                     seed: int) -> dict[str, int]:
     """Factorize `layers` in place; returns {layer: rank} for the layers that got smaller."""
     chosen = [(n, m) for n, m in layers if isinstance(m, FACTORABLE)]
-    covs: dict[str, torch.Tensor] = {}
+    groups: Iterable[dict[str, torch.Tensor]] = [{}]
     if aware:
         if task is None:
             raise SlimError("lowrank: mode 'pca' needs calibration data (pass data=...) or use mode 'svd'")
-        covs = input_second_moments(model, task, chosen, samples)
+        groups = second_moments_by_block(model, task, chosen, samples)
     ranks: dict[str, int] = {}
     new_params: list[torch.Tensor] = []
-    for name, layer in chosen:
-        rank = choose_rank(name, layer, rule, covs.get(name), damp)
-        out, fan_in = _matrix(layer).shape
-        if rule.rank is None and rank * (fan_in + out) >= out * fan_in:
-            continue  # no saving at this rank: keep the dense layer
-        seq = factorize(layer, rank, covs.get(name), damp)
-        replace_module(model, name, seq)
-        ranks[name] = rank
-        new_params += list(seq.parameters())
+    for covs in groups:  # pca: one block's layers at a time; svd: all at once
+        for name, layer in [(n, m) for n, m in chosen if not aware or n in covs]:
+            rank = choose_rank(name, layer, rule, covs.get(name), damp)
+            out, fan_in = _matrix(layer).shape
+            if rule.rank is None and rank * (fan_in + out) >= out * fan_in:
+                continue  # no saving at this rank: keep the dense layer
+            seq = factorize(layer, rank, covs.get(name), damp)
+            replace_module(model, name, seq)
+            ranks[name] = rank
+            new_params += list(seq.parameters())
     if epochs > 0 and new_params:
         fine_tune(model, task, new_params, epochs, lr=lr, seed=seed)
     model.__dict__["slimkit_ranks"] = {**model.__dict__.get("slimkit_ranks", {}), **ranks}
