@@ -152,7 +152,7 @@ def test_small_files_are_packed_and_large_files_keep_named_tensors(lenet, tmp_pa
     small = tmp_path / "small.slim"
     sk.save(lenet, small)
     with SafetensorsReader(small) as reader:
-        assert reader.keys() == ["payload"] and "slimkit.z" in reader.metadata
+        assert reader.keys() == ["payload"] and "slimkit.zb" in reader.metadata
     big_model = nn.Sequential(nn.Linear(600, 600))
     assert big_model[0].weight.nbytes > PACK_LIMIT
     big = tmp_path / "big.slim"
@@ -199,4 +199,47 @@ def test_packed_index_and_compressed_manifest_are_validated(lenet, tmp_path):
     bomb = base64.b64encode(zlib.compress(b" " * (80 * 1024 * 1024))).decode()
     write({"slimkit.z": bomb})
     with pytest.raises(sk.SlimFormatError, match="truncated or too large"):
+        sk.load(path)
+
+
+def test_tail_manifest_is_validated_and_old_base64_files_still_load(lenet, tmp_path):
+    import base64
+    import zlib
+
+    from slimkit.io.safetensors_file import atomic_write, serialize
+
+    path = tmp_path / "m.slim"
+    sk.save(lenet, path)
+    with SafetensorsReader(path) as reader:
+        payload = np.array(reader.get("payload"))
+        tail = int(reader.metadata["slimkit.zb"])
+        manifest = json.loads(manifest_json(reader))
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        expected = lenet(x)
+
+    def write(arr, meta):
+        atomic_write(path, serialize({"payload": arr}, meta))
+
+    # the pre-dictionary layout: same arrays, manifest zlib + base64 in the metadata
+    legacy = base64.b64encode(zlib.compress(json.dumps(manifest).encode())).decode()
+    write(payload[:-tail].copy(), {"slimkit.z": legacy})
+    with torch.no_grad():
+        assert torch.equal(sk.load(path)(x), expected)
+    for bad_length in ("0", "-3", "x", str(payload.size + 1)):
+        write(payload, {"slimkit.zb": bad_length})
+        with pytest.raises(sk.SlimFormatError, match="does not fit the payload"):
+            sk.load(path)
+    write(payload, {"slimkit.zb": str(tail - 1)})       # the stream is cut: not a whole manifest
+    with pytest.raises(sk.SlimFormatError, match="compressed manifest"):
+        sk.load(path)
+    garbled = payload.copy()
+    garbled[-tail:] ^= np.uint8(0x5A)
+    write(garbled, {"slimkit.zb": str(tail)})
+    with pytest.raises(sk.SlimFormatError):
+        sk.load(path)
+    # an array may not reach into the manifest bytes
+    cut = payload[:-1].copy()
+    write(cut, {"slimkit.zb": str(tail)})
+    with pytest.raises(sk.SlimFormatError):
         sk.load(path)

@@ -42,7 +42,7 @@ def test_deep_compression_round_trip_and_accuracy(compressed, lenet_trained, dig
         assert torch.equal(model(x), loaded(x))
     for name in ("fc1", "fc2", "fc3"):
         chain = [s["codec"] for s in codec_chain(getattr(loaded, name), "weight")]
-        assert chain == ["sparse", "palette", "entropy"]
+        assert chain == ["sparse", "cast", "palette", "entropy"]
         assert (getattr(loaded, name).weight == 0).float().mean() > 0.8
     assert digits_task.score(loaded) >= digits_task.score(lenet_trained) - 0.005
     assert FP32_BYTES / size >= 50, f"{size} B is only {FP32_BYTES / size:.1f}x (target: 50x)"

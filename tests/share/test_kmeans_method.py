@@ -22,7 +22,7 @@ def test_weights_equal_centroids_and_round_trip(lenet, digits_task, tmp_path):
         layer = getattr(lenet, name)
         assert layer.weight.unique().numel() <= 8
         assert layer.bias.unique().numel() <= 16
-        assert [s["codec"] for s in codec_chain(layer, "weight")] == ["palette", "entropy"]
+        assert [s["codec"] for s in codec_chain(layer, "weight")] == ["cast", "palette", "entropy"]
     size, loaded = _save_load(lenet, tmp_path)
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_pruned_weights_cluster_only_nonzeros(lenet, digits_task, tmp_path):
     assert torch.equal(lenet.fc1.weight == 0, zeros)
     assert lenet.fc1.weight[~zeros].unique().numel() <= 16
     chain = [s["codec"] for s in codec_chain(lenet.fc1, "weight")]
-    assert chain == ["sparse", "palette", "entropy"]
+    assert chain == ["sparse", "cast", "palette", "entropy"]
     size, loaded = _save_load(lenet, tmp_path)
     x = digits_task.example_inputs(32)["x"]
     with torch.no_grad():

@@ -5,9 +5,12 @@
   JSON in `__metadata__["slimkit"]`, readable by any safetensors tool.
 - *packed* layout (artifacts whose arrays total at most `PACK_LIMIT` bytes): all arrays are
   concatenated into one uint8 tensor `payload`, the manifest's `packed` index gives each array's
-  dtype, shape and offset, and the manifest is stored zlib-compressed (base64) in
-  `__metadata__["slimkit.z"]`. At tens of kilobytes, per-array headers and JSON escaping were
-  half of a Deep-Compression file; packing removes that overhead.
+  dtype, shape and offset, and the manifest is stored raw-deflate-compressed with a fixed preset
+  dictionary (`ZDICT`, the manifest's usual vocabulary) as the payload's last N bytes, with
+  `__metadata__["slimkit.zb"] = "N"`. At tens of kilobytes, per-array headers and JSON escaping
+  were half of a Deep-Compression file; packing removes that overhead. (Files from before the
+  dictionary hold the manifest zlib-compressed, base64, in `__metadata__["slimkit.z"]`; they
+  still load.)
 
 Both are validated the same way before anything is allocated.
 """
@@ -28,6 +31,23 @@ from slimkit.io.safetensors_file import _CODES, _DTYPES, SafetensorsReader, chec
 PACK_LIMIT = 1 << 20
 PAYLOAD = "payload"
 COMPRESSED_KEY = f"{METADATA_KEY}.z"
+TAIL_KEY = f"{METADATA_KEY}.zb"
+# The preset dictionary of the tail manifest: frozen (changing it breaks every packed file).
+ZDICT = (
+    b'{"format":"slimkit","version":1,"base":{"kind":"zoo","name":"lenet-300-100"},"kind":"user"'
+    b'"kind":"hf","edits":[{"op":"replace","module":"fc1","spec":{"type":"Int8Linear","in":64,"out":300,'
+    b'"bias":true}},{"op":"shrink_out","module":"fc2","keep":[{"op":"factorize","rank":'
+    b'"info":{"recipe":"deep-compression","source":"builtin:lenet-300-100"},"aliases":{'
+    b'"packed":{"fc1.weight":["U8",[300,64],0],"fc1.bias::0.codebook":["F16",[16],'
+    b'"tensors":{"fc1.qweight":{"dtype":"int8","shape":[300,64],"chain":[]},"fc1.scale":{"dtype":'
+    b'"float32","shape":[300],"chain":[{"codec":"bitpack","bits":4,"dtype":"uint8"},'
+    b'{"codec":"palette","bits":4,"side":["codebook"]},{"codec":"entropy","shape":[1577],"coder":"ans"}]},'
+    b'"fc2.weight":{"dtype":"float32","shape":[100,300],"chain":[{"codec":"sparse","shape":[100,300],'
+    b'"dtype":"float32","nnz":753,"index":"mask","side":["mask"]},{"codec":"sparse","shape":[300,64],'
+    b'"dtype":"float32","nnz":1577,"index":"gaps","gap_bits":4,"symbols":2206,"gap_coder":"huffman",'
+    b'"side":["gaps"]},{"codec":"cast","to":"float16","shape":[1577],"dtype":"float32"},'
+    b'{"codec":"palette","bits":4,"side":["codebook"]},{"codec":"entropy","shape":[300],"coder":"huffman"}]}'
+)
 MAX_MANIFEST = 64 * 1024 * 1024
 
 
@@ -44,10 +64,33 @@ def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
         index[name] = [_CODES[arr.dtype], list(arr.shape), offset]
         parts.append(np.array(arr, order="C").tobytes())
         offset += arr.nbytes
-    payload = np.frombuffer(b"".join(parts), dtype=np.uint8)
     packed = manifest.model_copy(update={"packed": index})
-    blob = base64.b64encode(zlib.compress(packed.to_json().encode(), 9)).decode()
-    return serialize({PAYLOAD: payload}, {COMPRESSED_KEY: blob})
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=ZDICT)
+    tail = deflate.compress(packed.to_json().encode()) + deflate.flush()
+    payload = np.frombuffer(b"".join(parts) + tail, dtype=np.uint8)
+    return serialize({PAYLOAD: payload}, {TAIL_KEY: str(len(tail))})
+
+
+def _tail_length(reader: SafetensorsReader) -> int:
+    """N of a file whose manifest is the payload's last N bytes (0 for other layouts)."""
+    text = reader.metadata.get(TAIL_KEY)
+    if text is None:
+        return 0
+    if PAYLOAD not in reader.keys() or reader.entries[PAYLOAD]["dtype"] != "U8":
+        raise SlimFormatError(f"{reader.path}: '{TAIL_KEY}' without a uint8 '{PAYLOAD}' tensor")
+    if not (isinstance(text, str) and text.isdigit() and 0 < int(text) <= reader.nbytes(PAYLOAD)):
+        raise SlimFormatError(f"{reader.path}: manifest length {text!r} does not fit the payload")
+    return int(text)
+
+
+def _inflate(raw: bytes, where: object, inflater) -> str:
+    try:
+        text = inflater.decompress(raw, MAX_MANIFEST)
+        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+            raise SlimFormatError(f"{where}: compressed manifest is truncated or too large")
+        return text.decode()
+    except (zlib.error, UnicodeDecodeError) as exc:
+        raise SlimFormatError(f"{where}: compressed manifest is corrupt ({exc.__class__.__name__})") from None
 
 
 def manifest_json(reader: SafetensorsReader) -> str:
@@ -55,17 +98,17 @@ def manifest_json(reader: SafetensorsReader) -> str:
     meta = reader.metadata
     if METADATA_KEY in meta:
         return meta[METADATA_KEY]
+    tail = _tail_length(reader)
+    if tail:
+        raw = reader.get(PAYLOAD).reshape(-1)[-tail:].tobytes()
+        return _inflate(raw, reader.path, zlib.decompressobj(-15, zdict=ZDICT))
     if COMPRESSED_KEY not in meta:
         raise SlimFormatError(f"{reader.path}: not a .slim file (safetensors without a slimkit manifest)")
     try:
         raw = base64.b64decode(meta[COMPRESSED_KEY], validate=True)
-        inflater = zlib.decompressobj()
-        text = inflater.decompress(raw, MAX_MANIFEST)
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise SlimFormatError(f"{reader.path}: compressed manifest is truncated or too large")
-        return text.decode()
-    except (binascii.Error, zlib.error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:
         raise SlimFormatError(f"{reader.path}: compressed manifest is corrupt ({exc.__class__.__name__})") from None
+    return _inflate(raw, reader.path, zlib.decompressobj())
 
 
 class StoredArrays:
@@ -79,7 +122,7 @@ class StoredArrays:
             return
         if set(reader.keys()) != {PAYLOAD} or reader.entries[PAYLOAD]["dtype"] != "U8":
             raise SlimFormatError(f"{where}: a packed .slim file must hold exactly one uint8 '{PAYLOAD}' tensor")
-        size = reader.nbytes(PAYLOAD)
+        size = reader.nbytes(PAYLOAD) - _tail_length(reader)  # arrays never reach into the manifest
         self._payload = reader.get(PAYLOAD).reshape(-1)
         self._index = {}
         spans = []

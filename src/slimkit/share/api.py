@@ -41,6 +41,13 @@ class Coding(str, Enum):
     BITPACK = "bitpack"
 
 
+class CodebookDtype(str, Enum):
+    """Storage type of the centroids: float16 halves the codebooks (centroids are rounded to it)."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
 class ShareConfigError(ConfigError):
     """An option outside its range (one line, naming the option)."""
 
@@ -60,6 +67,7 @@ class KMeansSharing(MethodConfig):
     `solver="optimal"` uses the exact 1-D dynamic programme instead of Lloyd's iterations;
     `finetune_epochs` > 0 trains the centroids (each gets the summed gradient of its cluster).
     `bias_bits` also clusters the biases (they are a large part of a tiny model's file).
+    `codebook="float16"` (default) rounds the centroids to float16 and stores them so.
     """
 
     method: ClassVar[str] = "kmeans"
@@ -71,6 +79,7 @@ class KMeansSharing(MethodConfig):
     solver: KMeansSolver = KMeansSolver.LLOYD
     max_iter: int = 100
     coding: Coding = Coding.AUTO
+    codebook: CodebookDtype = CodebookDtype.FLOAT16
     finetune_epochs: int = 0
     lr: float = 1e-3
     seed: int = 0
@@ -89,7 +98,8 @@ class KMeansSharing(MethodConfig):
         layers = select_modules(model, self.targets, WEIGHTED, filter_fn, self.ignore)
         share_kmeans(model, layers, task, bits=self.bits, bias_bits=self.bias_bits,
                      init=self.init.value, solver=self.solver.value, max_iter=self.max_iter,
-                     coding=self.coding.value, epochs=self.finetune_epochs, lr=self.lr, seed=self.seed)
+                     coding=self.coding.value, codebook=self.codebook.value, epochs=self.finetune_epochs,
+                     lr=self.lr, seed=self.seed)
         return model
 
     @classmethod

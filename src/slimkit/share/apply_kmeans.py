@@ -75,11 +75,14 @@ def cluster_tensor(module: nn.Module, name: str, attr: str, bits: int, init: str
     return SharedTensor(module, f"{name}.{attr}" if name else attr, attr, centroids, labels, mask)
 
 
-def set_storage(shared: SharedTensor, bits: int, coding: str) -> None:
-    """Palette (+ an entropy coder or bitpack) after whatever chain is already there (e.g. sparse)."""
+def set_storage(shared: SharedTensor, bits: int, coding: str, codebook: str = "float32") -> None:
+    """Palette (+ an entropy coder or bitpack) after whatever chain is already there (e.g. sparse);
+    a float16 codebook adds an exact `cast` stage first (the centroids are already float16 values)."""
     coders = {"auto": {"codec": "entropy"}, "huffman": {"codec": "huffman"}, "ans": {"codec": "ans"}}
     coder = coders.get(str(coding), {"codec": "bitpack", "bits": bits})
     stages = [{"codec": "palette", "bits": bits}, coder]
+    if codebook == "float16":
+        stages.insert(0, {"codec": "cast", "to": "float16"})
     set_codec(shared.module, shared.attr, _value_chain(codec_chain(shared.module, shared.attr)))
     for stage in stages:
         append_codec(shared.module, shared.attr, stage)
@@ -87,7 +90,7 @@ def set_storage(shared: SharedTensor, bits: int, coding: str) -> None:
 
 def share_kmeans(model: nn.Module, layers: list[tuple[str, nn.Module]], task: Task | None, *,
                  bits: int, bias_bits: int | None, init: str, solver: str, max_iter: int,
-                 coding: str, epochs: int, lr: float, seed: int) -> list[SharedTensor]:
+                 coding: str, epochs: int, lr: float, seed: int, codebook: str = "float32") -> list[SharedTensor]:
     """Cluster the weights (and biases when `bias_bits`) of `layers`, fine-tune, set codecs."""
     shared: list[SharedTensor] = []
     for name, module in layers:
@@ -111,8 +114,11 @@ def share_kmeans(model: nn.Module, layers: list[tuple[str, nn.Module]], task: Ta
         fine_tune(model, task, [s.centroids for s in shared] + free, epochs, lr=lr, seed=seed,
                   overrides=overrides, commit=commit)
     for s in shared:
+        if codebook == "float16":
+            with torch.no_grad():
+                s.centroids.copy_(s.centroids.half().float())
         s.write()
-        set_storage(s, bias_bits if s.attr == "bias" and bias_bits is not None else bits, coding)
+        set_storage(s, bias_bits if s.attr == "bias" and bias_bits is not None else bits, coding, codebook)
         s.module.__dict__.setdefault("slim_shared", {})[s.attr] = {
             "bits": bias_bits if s.attr == "bias" else bits, "clusters": int(s.centroids.numel())}
     return shared
