@@ -157,7 +157,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     With `integer` (the default) int8 layers and quantized embeddings stay integer in the graph and
     coded weights stay coded; `integer=False` writes every layer as decoded fp32. Returns {"path",
     "bytes", "max_abs_diff", "cosine", "integer_layers", "coded_weights"} measured on the task's
-    example inputs.
+    example inputs against slimkit's outputs in fp32 (the graph's activations are fp32, even for a
+    model set to compute in bf16).
 
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
@@ -183,8 +184,9 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
         tmp.unlink(missing_ok=True)
     inputs = task.example_inputs(32)
     session = OrtModule(path, keys, hf_output, threads=1)
+    reference = copy.deepcopy(model).float().eval()  # the graph computes in fp32, whatever the model's compute dtype
     with torch.inference_mode():
-        ours = first_tensor(model(**inputs)).float().flatten()
+        ours = first_tensor(reference(**inputs)).float().flatten()
         theirs = first_tensor(session(**inputs)).float().flatten()
     cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
     return {"path": str(path), "bytes": path.stat().st_size,
