@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
 from slimkit.stream.writer import SlimWriter
 
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
 OnTensor = Callable[[Item, int, int], None]   # (tensor just done, bytes done, bytes in all)
 
 
@@ -44,6 +47,18 @@ class StreamReport:
     @property
     def throughput_mb_s(self) -> float:
         return self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _large_blocks_to_os() -> None:
+    """Have glibc map every allocation of 1 MiB or more and unmap it when freed. Its default dynamic
+    threshold grows to the block size, after which freed blocks stay in a fragmenting heap: resident
+    memory crept up by ~200 MB over a 6 GiB checkpoint, and stays flat with this (process-wide)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
@@ -70,6 +85,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     """
     from slimkit._torch import num_threads
 
+    _large_blocks_to_os()
     plan = _plan(recipe)
     start = time.perf_counter()
     out = Path(out)

@@ -85,8 +85,8 @@ class Affine(Codec):
         w = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(rows, cols))
         codes, scale, zero = quantize_block(w, bits, symmetric, group, scale_dtype, mse)
         side = {"scale": scale.numpy()} | ({} if zero is None else {"zero": zero.numpy()})
-        params = {"bits": bits, "symmetric": symmetric, "group_size": group, "shape": list(arr.shape),
-                  "dtype": arr.dtype.name}
+        params = {"bits": bits, "symmetric": symmetric, "group_size": group, "scale_dtype": scale_dtype,
+                  "shape": list(arr.shape), "dtype": arr.dtype.name}   # scale_dtype: re-saving keeps it
         return codes.numpy().reshape(arr.shape), side, params
 
     def side_keys(self, params):

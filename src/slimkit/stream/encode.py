@@ -85,7 +85,7 @@ def affine_layout(item: Item, spec: QuantSpec) -> tuple[TensorEntry, str, Layout
     if not spec.symmetric:
         arrays.append((_key(item.name, "0.zero"), np.dtype(np.uint8), [rows, cols // group]))
     chain: list[dict] = [{"codec": "affine", "bits": spec.bits, "symmetric": spec.symmetric, "group_size": group,
-                          "shape": list(item.shape), "dtype": item.dtype,
+                          "scale_dtype": spec.scale_dtype, "shape": list(item.shape), "dtype": item.dtype,
                           "side": ["scale"] + ([] if spec.symmetric else ["zero"])}]
     if spec.bits < 8:
         chain.append({"codec": "bitpack", "bits": spec.bits, "shape": list(item.shape), "dtype": "uint8"})
