@@ -21,9 +21,9 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _register() -> None:
-    from slimkit.cli import compress, demo, evaluate, export, inspect, recipes
+    from slimkit.cli import compress, demo, evaluate, export, inspect, recipes, search
 
-    for module in (demo, compress, evaluate, inspect, export, recipes):
+    for module in (demo, compress, evaluate, inspect, export, recipes, search):
         module.register(app)
 
 

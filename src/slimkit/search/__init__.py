@@ -1,1 +1,10 @@
-"""slimkit.search"""
+"""Accuracy-budgeted search over recipes of every family, with a Pareto front and a report.
+
+>>> from slimkit.search import search
+>>> result = search("builtin:lenet-300-100", max_drop=0.5, out="lenet-search", budget_s=1200)
+>>> result.best["ratio"], result.best["test_drop_pts"], result.report
+"""
+
+from slimkit.search.run import Progress, SearchResult, search
+
+__all__ = ["Progress", "SearchResult", "search"]

@@ -1,0 +1,97 @@
+"""`slimkit search MODEL --max-drop PTS [--budget MINUTES] --out DIR`: the smallest artifact
+within an accuracy budget, a Pareto front and an HTML report. Rerun to resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slimkit.cli import common
+
+
+def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folder"),
+               max_drop: float = typer.Option(..., "--max-drop", help="Largest allowed drop of the validation "
+                                                                      "score, in points (0.5 = half a point)."),
+               budget: float = typer.Option(20.0, "--budget", help="Time budget in minutes."),
+               out: Path = typer.Option(Path("slimkit-search"), "--out", "-o",
+                                        help="Output folder (an existing search folder is resumed)."),
+               trials: int | None = typer.Option(None, "--trials", help="Stop after this many candidates."),
+               effort: float = typer.Option(1.0, "--effort", help="Scale of the training epochs (0.2 = 5x fewer)."),
+               seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+               as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+               ) -> None:
+    """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
+    from slimkit.errors import SlimError
+    from slimkit.search import search
+
+    if not budget > 0 or budget != budget:
+        raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")
+    with _Display(budget * 60) as display:
+        result = search(model, max_drop=max_drop, out=out, budget_s=budget * 60, max_trials=trials, seed=seed,
+                        effort=effort, on_trial=display.update)
+    summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
+               "front": len(result.front), "report": str(result.report) if result.report else None,
+               "interrupted": result.interrupted}
+    if as_json:
+        common.emit_json(summary)
+    else:
+        _print(result)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _print(result) -> None:
+    best, base = result.best, result.baseline
+    if best:
+        common.out.print(
+            f"best: {result.folder / 'best.slim'}: {common.fmt_bytes(best['bytes'])}, {best['ratio']}x smaller "
+            f"than fp32 {common.fmt_bytes(base['bytes'])}; validation {best['val_score']:.4f} "
+            f"({-best['drop_pts']:+.2f} pt), test {best['test_score']:.4f} ({-best['test_drop_pts']:+.2f} pt)")
+    for note in result.notes:
+        common.out.print(f"note: {note}")
+    common.out.print(f"{len(result.trials)} candidates, Pareto front of {len(result.front)}; "
+                     f"report: {result.report}")
+
+
+class _Display:
+    """A progress bar over the time budget, with the trial count and the best so far; one line per
+    candidate above it. Silent with --quiet; plain lines when stderr is not a terminal."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _Display:
+        if not common.STATE.quiet and common.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                     console=common.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("searching (per-layer sensitivity first)", total=self.budget_s)
+        else:
+            common.info("searching (per-layer sensitivity first)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, p) -> None:
+        r = p.record
+        ratio = f"{p.baseline_bytes / r.bytes:.1f}x" if r.bytes else "-"
+        drop = f"{-r.drop_pts:+.2f} pt" if r.drop_pts is not None else "-"
+        what = {"complete": f"{ratio}, val {drop}", "pruned": f"stopped after stage {r.stopped_after}, val {drop}",
+                "failed": f"failed: {r.error}"}[r.state]
+        best = (f"best {p.baseline_bytes / p.best.bytes:.1f}x ({common.fmt_bytes(p.best.bytes)}, "
+                f"val {-p.best.drop_pts:+.2f} pt)") if p.best else "no candidate within budget yet"
+        common.info(f"[dim]trial {r.number}: {what} in {r.seconds:.1f} s[/dim]")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=min(p.elapsed_s, self.budget_s),
+                                 description=f"trial {p.total} | {best}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search_cmd)

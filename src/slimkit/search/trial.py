@@ -1,0 +1,125 @@
+"""One candidate: apply its stages to a fresh copy of the model, stop early when the held-out
+score already fell too far, save the artifact and measure it (real bytes on disk, held-out score,
+latency).
+
+>>> rec = run_candidate(model, stages, task, score, budget, out / "trials" / "0003.slim")
+>>> rec.state, rec.bytes, rec.val_score
+('complete', 4109, 0.988827)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from slimkit.api import MethodConfig, apply_
+from slimkit.eval.task import Task
+from slimkit.search.guide import fresh_copy
+
+
+class OutOfTime(Exception):
+    """The search's time budget ran out in the middle of a candidate."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy budget and the clock a candidate runs under."""
+
+    base_score: float                 # held-out score of the original model
+    max_drop: float                   # points (100 x score)
+    deadline: float                   # time.monotonic() after which no stage starts
+    abort_drop: float                 # points: stop a candidate after a stage that lost more
+
+    def drop(self, score: float) -> float:
+        return round((self.base_score - score) * 100, 4)
+
+
+@dataclass
+class TrialRecord:
+    """Everything measured about one candidate (kept in search.json, shown in the report)."""
+
+    number: int
+    params: dict
+    stages: list[dict]
+    distributions: dict = field(default_factory=dict)   # optuna's, as JSON, to rebuild the study
+    state: str = "complete"           # complete | pruned | failed
+    bytes: int | None = None
+    val_score: float | None = None
+    drop_pts: float | None = None
+    latency_ms: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    path: str | None = None           # artifact, relative to the search folder, while it is kept
+    error: str | None = None
+    stopped_after: int | None = None  # stage index after which a pruned candidate stopped
+
+    @property
+    def measured(self) -> bool:
+        return self.state == "complete" and self.bytes is not None and self.val_score is not None
+
+    def feasible(self, max_drop: float) -> bool:
+        return self.measured and self.drop_pts is not None and self.drop_pts <= max_drop + 1e-9
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialRecord:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def stage_dict(config: MethodConfig) -> dict:
+    """A config as a recipe stage: `{"method": ..., options that differ from the defaults}`."""
+    return {"method": config.method, **config.model_dump(mode="json", exclude_defaults=True)}
+
+
+def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
+                  budget: Budget, path: Path, record: TrialRecord) -> TrialRecord:
+    """Fill `record` by running `stages` on a copy of `model`; the artifact is written to `path`.
+
+    Raises `OutOfTime` if the deadline passes before a stage starts; any other exception of a
+    method is recorded as a failed candidate (the search goes on).
+    """
+    from slimkit.eval.measure import latency
+    from slimkit.io.artifact import save
+
+    start = time.monotonic()
+    net = fresh_copy(model)
+    try:
+        for i, config in enumerate(stages):
+            left = budget.deadline - time.monotonic()
+            if left <= 0:
+                raise OutOfTime(f"out of time before stage {i + 1} ({config.method})")
+            if "time_limit" in type(config).model_fields:
+                config = config.model_copy(update={"time_limit": max(1.0, left)})
+            net = apply_(net, config, task)
+            if i < len(stages) - 1:
+                value = score(net)
+                if budget.drop(value) > budget.abort_drop:
+                    record.state, record.val_score = "pruned", round(value, 6)
+                    record.drop_pts, record.stopped_after = budget.drop(value), i + 1
+                    return _timed(record, start)
+        net.eval()
+        value = score(net)
+        save(net, path, info={"search_trial": record.number})
+        record.bytes = path.stat().st_size
+        record.val_score, record.drop_pts = round(value, 6), budget.drop(value)
+        record.latency_ms = latency(net, task, threads=1)
+        record.path = f"{path.parent.name}/{path.name}"
+    except (OutOfTime, KeyboardInterrupt):
+        path.unlink(missing_ok=True)
+        raise
+    except Exception as exc:   # a candidate the methods refuse (e.g. a combination that does not compose)
+        path.unlink(missing_ok=True)
+        record.state = "failed"
+        record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    return _timed(record, start)
+
+
+def _timed(record: TrialRecord, start: float) -> TrialRecord:
+    record.seconds = round(time.monotonic() - start, 3)
+    return record

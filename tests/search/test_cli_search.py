@@ -1,0 +1,46 @@
+"""`slimkit search` flags: bad values are one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from slimkit.cli.main import run
+
+
+def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["slimkit", *args])
+    code = 0
+    try:
+        run()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-drop", "-1"], "max_drop (--max-drop) must be a number of points >= 0, got -1.0"),
+    (["--max-drop", "0.5", "--budget", "0"], "--budget must be a positive number of minutes, got 0"),
+    (["--max-drop", "0.5", "--trials", "0"], "max_trials (--trials) must be a positive integer, got 0"),
+    (["--max-drop", "0.5", "--effort", "0"], "effort (--effort) must be in (0, 10], got 0.0"),
+    (["--max-drop", "0.5", "--out", "afile.txt"], "--out afile.txt is a file; give a folder"),
+    (["--max-drop", "0.5", "--out", "full"], "--out full exists and is not a slimkit search folder"),
+])
+def test_bad_flags_are_one_line_errors(monkeypatch, capsys, tmp_path, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    code, out, err = cli(monkeypatch, capsys, "search", "builtin:lenet-300-100", *flags)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err
+    assert lines[-1].startswith("slimkit: error:") and message in lines[-1]
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_unknown_model_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(monkeypatch, capsys, "search", "builtin:nope", "--max-drop", "1")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("slimkit: error: unknown builtin model 'nope'")
