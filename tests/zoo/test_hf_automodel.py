@@ -153,3 +153,21 @@ def test_cli_compress_hf_folder(folders, tmp_path, arch):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ratio"] > 3 and result["score"] > 0.99
     assert sk.load(out).slimkit_base["config"]["model_type"] == arch
+
+
+def test_manifest_config_cannot_force_a_huge_allocation(folders, tmp_path):
+    """A .slim whose HF config was edited to describe a 10 GB model is refused before anything is built."""
+    from slimkit.io.artifact import read_raw, write_raw
+
+    model = sk.apply_(sk.resolve(str(folders["bert"])), sk.make_config("int8"))
+    sk.save(model, tmp_path / "ok.slim")
+    arrays, manifest = read_raw(tmp_path / "ok.slim")
+    manifest["base"]["config"]["vocab_size"] = 40_000_000
+    write_raw(tmp_path / "bomb.slim", arrays, manifest)
+    with pytest.raises(sk.SlimFormatError, match="bytes of weights"):
+        sk.load(tmp_path / "bomb.slim")
+    manifest["base"]["config"]["num_attention_heads"] = 0
+    manifest["base"]["config"]["vocab_size"] = 128
+    write_raw(tmp_path / "bad.slim", arrays, manifest)
+    with pytest.raises(sk.SlimFormatError):
+        sk.load(tmp_path / "bad.slim")

@@ -131,7 +131,7 @@ class StoredArrays:
                 raise SlimFormatError(f"{where}: packed entry {name!r} is malformed")
             code, shape, offset = item
             nbytes = math.prod(shape) * np.dtype(_DTYPES[code]).itemsize if (
-                code in _DTYPES and isinstance(shape, list)
+                isinstance(code, str) and code in _DTYPES and isinstance(shape, list)
                 and all(type(d) is int and d >= 0 for d in shape)) else -1
             entry = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + max(nbytes, 0)]}
             check_entry(name, entry, size, where)

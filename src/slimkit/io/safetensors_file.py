@@ -93,7 +93,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
         raise SlimFormatError(f"{name}: header length {n} does not fit the file size {size}")
     try:
         header = json.loads(fh.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SlimFormatError(f"{name}: header is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise SlimFormatError(f"{name}: header is not a JSON object")
@@ -116,7 +116,7 @@ def check_entry(key: str, entry: object, data_len: int, name: str) -> None:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise SlimFormatError(f"{name}: tensor {key!r} has a malformed header entry")
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise SlimFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
         raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")

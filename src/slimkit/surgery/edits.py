@@ -101,17 +101,26 @@ def replay_edits(model: nn.Module, edits: list) -> None:
     if not isinstance(edits, list):
         raise SlimFormatError("manifest 'edits' must be a list")
     for i, edit in enumerate(edits):
-        if isinstance(edit, dict) and edit.get("op") not in EDIT_OPS:
+        op = edit.get("op") if isinstance(edit, dict) else None
+        if isinstance(op, str) and op not in EDIT_OPS:
             from slimkit.plugins import load_all
 
             load_all()  # ops registered by method packages (e.g. distillation's keep_layers)
-        if not isinstance(edit, dict) or edit.get("op") not in EDIT_OPS:
+        if not isinstance(op, str) or op not in EDIT_OPS:
             raise SlimFormatError(f"edit #{i} has an unknown op: {str(edit)[:80]}")
         try:
-            EDIT_OPS[edit["op"]](model, edit)
+            EDIT_OPS[op](model, edit)
         except SlimError as exc:
-            raise SlimFormatError(f"edit #{i} ({edit['op']}): {exc}") from None
+            raise SlimFormatError(f"edit #{i} ({op}): {_first_line(exc)}") from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, RuntimeError) as exc:
+            # the edit comes from a file: any failure to apply it is a malformed file, in one line
+            raise SlimFormatError(f"edit #{i} ({op}) is invalid: {type(exc).__name__}: {_first_line(exc)}") from None
     model.__dict__["slimkit_edits"] = [dict(e) for e in edits]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @register_op("replace")

@@ -165,11 +165,17 @@ def load_hf_folder(path: str | Path) -> nn.Module:
     return tag(model, {"kind": "hf", "path": str(folder), "config": config})
 
 
-def build_from_base(base: dict) -> nn.Module:
+BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, RuntimeError,
+                AssertionError)  # what transformers raises for configs it cannot build
+
+
+def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
     """The architecture described by a `{"kind": "hf", "config": {...}}` base, randomly initialised.
 
     Only the config dict is used (the folder need not exist any more); the model is fp32, in eval
-    mode, with eager attention, tagged with the same base.
+    mode, with eager attention, tagged with the same base. With `max_bytes`, the architecture is
+    first built on the meta device (no memory) and refused if its tensors would take more bytes:
+    a config read from a file cannot make slimkit allocate without bound.
 
     >>> model = build_from_base({"kind": "hf", "path": "x", "config": {"model_type": "bert",
     ...     "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -193,4 +199,15 @@ def build_from_base(base: dict) -> nn.Module:
             config = mapping[model_type].from_dict(config_dict)
         except (TypeError, ValueError, KeyError) as exc:
             raise SlimError(f"invalid Hugging Face config for {model_type!r}: {first_line(exc)}") from None
-    return tag(from_config(config), dict(base))
+    try:
+        if max_bytes is not None:
+            with torch.device("meta"):
+                probe = from_config(config)
+            nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+            if nbytes > max_bytes:
+                raise SlimError(f"the {model_type!r} config describes {nbytes} bytes of weights, more than "
+                                f"the {max_bytes} bytes its file can hold")
+        return tag(from_config(config), dict(base))
+    except BUILD_ERRORS as exc:
+        raise SlimError(f"cannot build the {model_type!r} architecture: {type(exc).__name__}: "
+                        f"{first_line(exc)[:200]}") from None

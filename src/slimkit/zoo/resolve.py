@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.errors import SlimError, SlimFormatError
 from slimkit.zoo.registry import ZOO, entry, tag
 
 if TYPE_CHECKING:
@@ -109,11 +110,22 @@ def build_base(base: dict, model: nn.Module | None, manifest: Manifest | None = 
     if model is not None:
         return model
     if kind == "zoo":
-        return entry(str(base.get("name"))).build()
+        name = base.get("name")
+        if not isinstance(name, str) or name not in ZOO:
+            raise SlimFormatError(f"the manifest names an unknown builtin model {str(name)[:80]!r}")
+        return entry(name).build()
     if kind == "hf":
         from slimkit.zoo.hf import build_from_base
 
-        return build_from_base(base)
+        if manifest is None:
+            return build_from_base(base)
+        stored = sum(math.prod(t.shape) * 8 for t in manifest.tensors.values())
+        try:  # the architecture may not outgrow what the file holds (64x, as for decoded tensors)
+            return build_from_base(base, max_bytes=64 * stored + (1 << 26))
+        except SlimFormatError:
+            raise
+        except SlimError as exc:
+            raise SlimFormatError(f"the manifest's Hugging Face base: {exc}") from None
     if kind == "weights" and manifest is not None:
         shapes = {k: (v.shape, getattr(torch, v.dtype)) for k, v in manifest.tensors.items()}
         shapes.update({k: shapes[t] for k, t in manifest.aliases.items()})
@@ -121,4 +133,4 @@ def build_base(base: dict, model: nn.Module | None, manifest: Manifest | None = 
     if kind == "user":
         raise SlimError("this .slim file was made from a user model: pass its architecture, "
                         "load(path, model=...)")
-    raise SlimError(f"unknown base model kind {kind!r} in the manifest")
+    raise SlimFormatError(f"unknown base model kind {str(kind)[:80]!r} in the manifest")
