@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from bench.decode_case import run_decode_case
 from bench.harness import (
     BASELINE,
     FULL,
@@ -84,7 +85,9 @@ CASES: dict[str, CaseSpec] = {
 }
 CASES["stream"] = CaseSpec("stream", (), batch=1, weight=0.3, recipe_timeout_s=0, reserve_s=0,
                            runner=run_stream_case)
-ORDER = ("lenet-300-100", "lenet5", "minilm", "stream")   # cheap cases first; MiniLM takes what is left
+CASES["decode"] = CaseSpec("decode", (), batch=1, weight=0.2, recipe_timeout_s=0, reserve_s=0,
+                           runner=run_decode_case)
+ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode")   # cheap cases first; MiniLM takes what is left
 
 
 @dataclass(frozen=True)
