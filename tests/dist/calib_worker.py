@@ -174,10 +174,10 @@ def results() -> dict[str, torch.Tensor]:
 if __name__ == "__main__":
     from safetensors.torch import save_file
 
-    from slimkit.dist.collectives import world
-    from slimkit.distill.loop import init_distributed
+    from slimkit.dist.collectives import init, world
 
     torch.set_num_threads(1)
-    init_distributed()
+    if not init():
+        sys.exit("not launched by torchrun")
     stats = results()
     save_file(stats, f"{sys.argv[1]}/rank{world()[0]}.safetensors")

@@ -18,6 +18,7 @@ from slimkit.dist.collectives import (
     all_reduce_max,
     all_reduce_sum,
     is_distributed,
+    is_main,
     reduce_keyed,
     shard,
     world,
@@ -26,7 +27,7 @@ from slimkit.dist.collectives import (
 
 def test_helpers_are_no_ops_in_one_process():
     t = torch.tensor([1.0, -2.0])
-    assert world() == (0, 1) and not is_distributed()
+    assert world() == (0, 1) and not is_distributed() and is_main()
     assert all_reduce_sum(t) is t and torch.equal(all_reduce_max(t), torch.tensor([1.0, -2.0]))
     assert all_reduce_int(5) == 5 and shard([1, 2, 3]) == [1, 2, 3]
     sums, counts = {"a": torch.ones(2)}, {"a": 3}

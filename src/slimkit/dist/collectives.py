@@ -12,6 +12,7 @@ result on N ranks that each saw 1/N of the data equals the single-process result
 Under an initialised process group (torchrun), `shard(batches)` keeps every world-size-th
 calibration batch starting at this rank, so the data set is split across processes.
 
+>>> init()                                 # under torchrun: join the group (gloo / NCCL)
 >>> h = all_reduce_sum(h)                  # in place; returns the same tensor
 >>> n = all_reduce_int(n)                  # a Python int summed over ranks
 >>> mine = shard(task.calibration(512))    # batch i goes to rank i % world_size
@@ -38,6 +39,32 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init() -> bool:
+    """Join the process group torchrun describes (its environment: RANK, WORLD_SIZE, MASTER_ADDR,
+    ...), with NCCL and this rank's GPU (LOCAL_RANK) when CUDA is available, else gloo; at exit
+    all ranks leave together. False (and nothing done) when not launched by torchrun. Idempotent.
+
+    >>> init()                                  # a plain `python script.py`
+    False
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    from slimkit.distill.loop import init_distributed
+
+    return init_distributed()
+
+
+def is_main() -> bool:
+    """True on rank 0 (or without a process group): the process that should write files.
+
+    >>> is_main()
+    True
+    """
+    return world()[0] == 0
 
 
 def is_distributed() -> bool:
