@@ -3,7 +3,8 @@
 `results()` returns every statistic (GPTQ Hessians and codes, APoZ, activation means, observer
 scales, low-rank second moments and factors) as tensors. The tests call it in-process on all the
 data; run as a script under `torchrun --nproc_per_node 2 calib_worker.py OUT`, each rank
-calibrates on half the batches (slimkit all-reduces) and writes OUT/rank<k>.safetensors.
+calibrates on half the batches (slimkit all-reduces) and writes OUT/rank<k>.safetensors; keys
+starting "one." come from a single batch, so that rank 1 calibrates on nothing.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ class VectorsTask(Task):
         return out
 
 
-def results() -> dict[str, torch.Tensor]:
-    """Every calibration statistic on the tiny models, keyed "<what>.<layer>"."""
+def results(batches: int = 4) -> dict[str, torch.Tensor]:
+    """Every calibration statistic on the tiny models from `batches` calibration batches, keyed
+    "<what>.<layer>". With fewer batches than ranks some ranks calibrate on nothing."""
     import slimkit as sk
     from slimkit.dist.collectives import world
     from slimkit.nn.quant_linear import QuantLinear
@@ -129,14 +131,14 @@ def results() -> dict[str, torch.Tensor]:
     from slimkit.quant.gptq import hessian_value
     from slimkit.quant.sequential import hessian_stages
     from slimkit.quant.static import observe_inputs
-    from slimkit.share.apply_lowrank import input_second_moments
+    from slimkit.share.apply_lowrank import input_second_moments, second_moments_by_block
     from slimkit.share.lowrank import whitened_factors
 
     _rank, size = world()
     out: dict[str, torch.Tensor] = {"world": torch.tensor([size])}
 
     # GPTQ: Hessians of every Linear of a small transformer (block by block), then the quantized model
-    tokens = TokensTask()
+    tokens = TokensTask(batches)
     blocks = TinyBlocks()
     names = [n for n, m in blocks.named_modules() if isinstance(m, torch.nn.Linear)]
     for stage, hessians in hessian_stages(blocks, tokens, tokens.calibration(), names):
@@ -149,7 +151,7 @@ def results() -> dict[str, torch.Tensor]:
                 out[f"gptq.{name}.{key}"] = value
 
     # APoZ and activation means after the ReLUs of an MLP
-    vectors, mlp = VectorsTask(), TinyMLP()
+    vectors, mlp = VectorsTask(batches), TinyMLP()
     sites = {"fc1": "fc1", "fc2": "fc2"}
     for key, value in apoz(mlp, vectors.calibration(), sites).items():
         out[f"apoz.{key}"] = value
@@ -168,6 +170,11 @@ def results() -> dict[str, torch.Tensor]:
         out[f"cov.{name}"] = cov
         a, b = whitened_factors(mlp.get_submodule(name).weight, cov, rank=4)
         out[f"lowrank.{name}"] = b @ a
+    # the same, one transformer block at a time
+    linears = [(n, m) for n, m in blocks.named_modules() if isinstance(m, torch.nn.Linear)]
+    for group in second_moments_by_block(blocks, tokens, linears, samples=128):
+        for name, cov in group.items():
+            out[f"blockcov.{name}"] = cov
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -179,5 +186,5 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if not init():
         sys.exit("not launched by torchrun")
-    stats = results()
+    stats = {**results(4), **{f"one.{k}": v for k, v in results(1).items()}}
     save_file(stats, f"{sys.argv[1]}/rank{world()[0]}.safetensors")
