@@ -1,9 +1,12 @@
 """Quantized Linear layers that run on integer kernels or decode packed weights.
 
-- `Int8Linear`: int8 per-channel weights; each forward quantizes the input per token to int8
-  and multiplies with `torch._int_mm` (int8 x int8 -> int32), then rescales in fp32 (or, after
-  `use_compiled_int8()`, the same math fused by `torch.compile`). With a calibrated
-  `input_scale` (static) the activation scale is fixed per tensor instead.
+- `Int8Linear`: int8 per-channel weights. On fp32 inputs each forward quantizes the input per
+  token to int8 and multiplies with `torch._int_mm` (int8 x int8 -> int32), then rescales in fp32
+  (or, after `use_compiled_int8()`, the same math fused by `torch.compile`). With a calibrated
+  `input_scale` (static) the activation scale is fixed per tensor instead. On bf16 / fp16 inputs
+  (a model running in `compute_dtype="bfloat16"`, see `resolve_compute_dtype`) it multiplies in
+  the input's dtype with the int8 weight dequantized once and cached (W8A16): on CPUs with
+  AMX / AVX-512 BF16 a bf16 matmul is faster than `_int_mm` plus activation quantization.
 - `QuantLinear`: 1-8-bit weight-only codes (bit-packed in the .slim file) with per-tensor,
   per-channel or group-wise scales; the weight is decoded once and cached (keyed on the
   buffers' versions), so it runs at fp32 speed.
@@ -15,6 +18,7 @@ torch.Size([5, 32])
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -37,6 +41,58 @@ from slimkit.quant.math import dequantize as dequantize_groups
 from slimkit.surgery.specs import register_module
 
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+COMPUTE_ENV = "SLIMKIT_COMPUTE_DTYPE"
+
+
+@functools.lru_cache(maxsize=1)
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX-512 BF16), read once from
+    torch's CPU feature flags (deterministic: no timing involved).
+
+    >>> fast_bf16() in (True, False)
+    True
+    """
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for probe in probes:
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except (AttributeError, RuntimeError):
+            continue
+    return False
+
+
+def check_compute_dtype(value: object, where: str = "compute_dtype") -> str:
+    """`value` if it is one of COMPUTE_DTYPES, else ValueError naming it."""
+    if value not in COMPUTE_DTYPES:
+        raise ValueError(f"{where} must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
+    return str(value)
+
+
+def resolve_compute_dtype(mode: str) -> torch.dtype:
+    """The dtype a model runs its activations in for `mode`: "auto" is bfloat16 where the CPU has
+    fast bf16 (`fast_bf16()`), else float32; the environment variable SLIMKIT_COMPUTE_DTYPE
+    (float32 / bfloat16 / float16) overrides "auto" (e.g. to pick the fp32 path at load time).
+
+    >>> resolve_compute_dtype("float32")
+    torch.float32
+    """
+    if mode == "auto":
+        env = os.environ.get(COMPUTE_ENV, "auto")
+        mode = env if env in COMPUTE_DTYPES and env != "auto" else ("bfloat16" if fast_bf16() else "float32")
+    return SCALE_DTYPES[mode]
+
+
+def cast_of(fn) -> str | None:
+    """The float dtype name a `Module._apply` function casts every float tensor to
+    (`model.to(torch.bfloat16)`, `.float()`, `.half()`), or None for moves that keep dtypes."""
+    try:
+        a, b = fn(torch.zeros(1)), fn(torch.zeros(1, dtype=torch.bfloat16))
+    except Exception:  # noqa: BLE001 - an _apply function we cannot probe: assume no cast
+        return None
+    names = {v: k for k, v in SCALE_DTYPES.items()}
+    return names.get(a.dtype) if a.dtype == b.dtype else None
 
 
 def _flag(spec: dict, key: str) -> bool:
@@ -115,6 +171,8 @@ class Int8Linear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return self._forward_low(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
@@ -134,13 +192,29 @@ class Int8Linear(nn.Module):
             y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def _forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        """W8A16: a matmul in `x.dtype` with the weight dequantized once (cached, 2 bytes/weight)."""
+        if not hasattr(self, "_low_cache"):
+            self._low_cache = _DecodeCache()
+        weight, bias = self._low_cache.get([self.qweight, self.scale, self.bias],
+                                           lambda: self._low_weights(x.dtype), x.dtype, x.device)
+        if self.bias is not None and self.bias.requires_grad and torch.is_grad_enabled():
+            bias = self.bias.to(x.dtype)  # keep the bias gradient
+        return F.linear(x, weight, bias)
+
+    def _low_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            weight = self.dequantized_weight().to(dtype)
+            return weight, None if self.bias is None else self.bias.detach().to(dtype)
+
     def dequantized_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale[:, None]
+        return self.qweight.float() * self.scale.float()[:, None]
 
     def extra_repr(self) -> str:
         act = "per-tensor static" if self.static else "per-token dynamic"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight_bits=8 per-channel, act_bits=8 {act}")
+                f"bias={self.bias is not None}, weight_bits=8 per-channel, act_bits=8 {act} on fp32 inputs "
+                f"(bf16/fp16 inputs: W8A16, weight dequantized once)")
 
     def slim_spec(self) -> dict:
         spec = {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None}
@@ -159,8 +233,8 @@ class _DecodeCache:
         self.key: tuple | None = None
         self.value: torch.Tensor | None = None
 
-    def get(self, sources: list[torch.Tensor | None], build) -> torch.Tensor:
-        key = (torch.is_inference_mode_enabled(),
+    def get(self, sources: list[torch.Tensor | None], build, *extra: object):
+        key = (torch.is_inference_mode_enabled(), *extra,
                *[(t.data_ptr(), t._version, t.device) for t in sources if t is not None])
         if key != self.key or self.value is None:
             self.value, self.key = build(), key

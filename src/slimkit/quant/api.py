@@ -30,6 +30,14 @@ class ScaleDtype(str, Enum):
     FLOAT16 = "float16"
 
 
+class ComputeDtype(str, Enum):
+    """The dtype an int8 model computes its activations in (see `Int8.compute_dtype`)."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
 def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
     from slimkit.nn.quant_linear import Int8Linear
 
@@ -39,13 +47,22 @@ def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
 @register_method
 class Int8(MethodConfig):
     """Per-channel symmetric int8 weights, dynamic per-token int8 activations (`torch._int_mm`),
-    and row-wise int8 embeddings. No calibration needed."""
+    and row-wise int8 embeddings. No calibration needed.
+
+    `compute_dtype` chooses the runtime, never the file (same codes and scales either way):
+    "float32" runs the integer path above with fp32 activations; "bfloat16" runs LayerNorm,
+    attention and GELU in bf16 and each int8 Linear as a bf16 matmul on its weight dequantized
+    once (W8A16, bf16 outputs); "auto" (default) is bfloat16 on CPUs with AMX / AVX-512 BF16 and
+    float32 elsewhere, decided when the model runs (so also at load), and stays float32 when a
+    module that cannot take bf16 inputs remains (or, with `data`, a trial forward fails).
+    """
 
     method: ClassVar[str] = "int8"
     family: ClassVar[Family] = Family.QUANTIZE
     summary: ClassVar[str] = "int8 weights + dynamic int8 activations (integer matmul), int8 embeddings"
     linear: bool = True
     embeddings: bool = True
+    compute_dtype: ComputeDtype = ComputeDtype.AUTO
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ())
@@ -54,7 +71,63 @@ class Int8(MethodConfig):
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
         convert(model, linears, _int8_linear, "int8 (w8a8 dynamic)", skipped)
         convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
+        set_compute_dtype(model, [model.get_submodule(n) for n, _ in embeddings], self.compute_dtype, task)
         return model
+
+
+def set_compute_dtype(model: nn.Module, entries: list[nn.Module], mode: ComputeDtype,
+                      task: Task | None = None) -> str:
+    """Give the quantized embeddings in `entries` (where activations start) the compute dtype
+    `mode`; "auto" falls back to "float32" when `low_precision_blockers` finds a module that
+    cannot take bf16 inputs, or when a bf16 trial forward on `task`'s example inputs fails.
+    Returns the mode set.
+
+    >>> set_compute_dtype(model, [model.embeddings.word_embeddings], ComputeDtype.AUTO, task)
+    'auto'
+    """
+    from slimkit.quant.convert import log, low_precision_blockers
+
+    mode = ComputeDtype(mode).value
+    if not entries:
+        if mode == "bfloat16":
+            log.warning("compute_dtype=bfloat16 acts through quantized embeddings and there are none: "
+                        "the model computes in its input dtype")
+        return mode
+    if mode == "auto":
+        blockers = low_precision_blockers(model)
+        if blockers:
+            log.info("compute_dtype auto -> float32: %s take no bf16 inputs",
+                     ", ".join(f"{n} ({t})" for n, t in list(blockers.items())[:3]))
+            mode = "float32"
+        elif task is not None and not _bf16_trial(model, entries, task):
+            mode = "float32"
+    for module in entries:
+        module.compute_dtype = mode
+    return mode
+
+
+def _bf16_trial(model: nn.Module, entries: list[nn.Module], task: Task) -> bool:
+    """Whether one forward pass on 2 example inputs runs with bf16 activations."""
+    import torch
+
+    from slimkit.quant.convert import log
+
+    flags = {m: m.training for m in model.modules()}
+    for module in entries:
+        module.compute_dtype = "bfloat16"
+    try:
+        with torch.inference_mode():
+            task.forward(model.eval(), task.example_inputs(2))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep the fp32 runtime
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        log.warning("compute_dtype auto -> float32: a bf16 forward failed (%s)", first)
+        return False
+    finally:
+        for module, training in flags.items():
+            module.training = training
+        for module in model.modules():
+            module.__dict__.pop("_low_cache", None)  # the trial's bf16 weights: built again when used
 
 
 def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool,

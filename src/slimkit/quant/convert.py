@@ -59,6 +59,27 @@ def convert(model: nn.Module, picked: list[tuple[str, nn.Module]], factory: Fact
     return note_skipped(model, skipped or {})
 
 
+# modules that take bf16 activations as they are (LayerNorm's CPU kernel takes bf16 inputs with
+# fp32 weights); checked by type name so that this file imports no runtime module
+LOW_PRECISION_OK = {"Int8Linear", "QuantLinear", "QuantEmbedding", "LayerNorm"}
+
+
+def low_precision_blockers(model: nn.Module) -> dict[str, str]:
+    """Modules that hold float weights or buffers and are not known to take bf16 activations
+    (a float `nn.Linear` left out of quantization, a Conv, a custom layer): {name: type}.
+    An empty dict means the model can run in bf16 with its stored fp32 tensors unchanged.
+
+    >>> low_precision_blockers(model)
+    {'classifier': 'Linear'}
+    """
+    out = {}
+    for name, module in model.named_modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if type(module).__name__ not in LOW_PRECISION_OK and any(t.is_floating_point() for t in own):
+            out[name or "(model)"] = type(module).__name__
+    return out
+
+
 def note_skipped(model: nn.Module, skipped: dict[str, str]) -> nn.Module:
     """List modules that stay float (and say so once in the log)."""
     report = quant_report(model)
