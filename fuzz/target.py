@@ -27,8 +27,9 @@ SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm"
 
 
 def decoded_budget(file_size: int) -> int:
-    """The most bytes all decoded tensors of a file of `file_size` bytes may take together."""
-    return 64 * file_size + (1 << 26)
+    """The most bytes all decoded tensors of a file of `file_size` bytes may take together
+    (the loader's own promise, `slimkit.io.artifact.decoded_budget`: 256x the file, plus 64 MiB)."""
+    return 256 * file_size + (1 << 26)
 
 
 def user_architecture() -> nn.Module:

@@ -26,6 +26,13 @@ from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, seriali
 
 SIDE_SEP = "::"
 MAX_EXPANSION = 4096  # decoded bytes per stored byte, at most (1-bit packing of fp32 is 32)
+MAX_TOTAL_EXPANSION = 256  # all tensors together, decoded bytes per byte of the file (plus 64 MiB)
+
+
+def decoded_budget(file_size: int) -> int:
+    """The most bytes all decoded tensors of a `file_size`-byte .slim file may take together: without
+    it, thousands of tiny tensors each within its own bound could still expand a file 1000x."""
+    return MAX_TOTAL_EXPANSION * file_size + (1 << 26)
 
 
 def codec_chains(model: nn.Module) -> dict[str, list[dict]]:
@@ -140,6 +147,10 @@ def _decode_all(file: SafetensorsReader, manifest: Manifest) -> dict[str, torch.
     reader = StoredArrays(file, manifest)
     by_tensor = group_arrays(reader, manifest, where)
     size = file.path.stat().st_size
+    claimed = sum(math.prod(e.shape) * _DTYPES.get(e.dtype, 0) for e in manifest.tensors.values())
+    if claimed > decoded_budget(size):
+        raise SlimFormatError(f"{where}: {len(manifest.tensors)} tensors claim {claimed} decoded bytes in all, "
+                              f"more than {decoded_budget(size)} for a file of {size} bytes")
     out = {name: decode_tensor(reader, by_tensor[name], name, entry, where, size)
            for name, entry in manifest.tensors.items()}
     for key, target in manifest.aliases.items():

@@ -83,9 +83,15 @@ def _tail_length(reader: SafetensorsReader) -> int:
     return int(text)
 
 
+def manifest_limit(compressed: int) -> int:
+    """The longest manifest text `compressed` bytes may inflate to. Real manifests compress 5-8x;
+    a deflate bomb (1000x) of tiny JSON objects would otherwise cost ~35 bytes of RAM per byte."""
+    return min(MAX_MANIFEST, (1 << 20) + 64 * compressed)
+
+
 def _inflate(raw: bytes, where: object, inflater) -> str:
     try:
-        text = inflater.decompress(raw, MAX_MANIFEST)
+        text = inflater.decompress(raw, manifest_limit(len(raw)))
         if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
             raise SlimFormatError(f"{where}: compressed manifest is truncated or too large")
         return text.decode()
