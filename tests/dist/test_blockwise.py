@@ -73,3 +73,38 @@ def test_blockwise_lowrank_pca_equals_one_pass(monkeypatch, make_bert, tokens_ta
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+class _Residual(torch.nn.Module):
+    """Blocks whose outputs are added outside them: not a chain, so the full forward is used."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+                                          for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def test_blocks_that_do_not_chain_fall_back_to_the_full_forward():
+    from slimkit.eval.task import Task
+
+    class _Task(Task):
+        def example_inputs(self, batch_size):
+            return {"x": torch.randn(batch_size, 8)}
+
+        def score(self, model):
+            return 1.0
+
+        def calibration(self, n=256):
+            return [{"x": torch.randn(16, 8, generator=torch.Generator().manual_seed(i))} for i in range(2)]
+
+    model, task = _Residual(), _Task()
+    assert find_blocks(model) == ["layers.0", "layers.1"]
+    assert BlockChain.trace(model, task, task.calibration()) is None
+    quantized = sk.quantize_(model, GPTQ(bits=4, group_size=8), data=task)
+    assert all(isinstance(quantized.layers[i][0], QuantLinear) for i in range(2))
