@@ -26,9 +26,14 @@ lint: install
 test: lint
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install
+bench: install chromium
 	$(PY) -m pytest -q -m slow
 	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) slimkit-demo .pytest_cache .ruff_cache
+
+# Headless Chromium for the report screenshot test (tests/search, slow): apt only if it is missing.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)

@@ -61,5 +61,5 @@ def protect_order(rows: list[dict]) -> list[str]:
 
 
 def _label(config: MethodConfig) -> str:
-    options = config.model_dump(exclude_defaults=True, exclude={"targets", "ignore"})
+    options = config.model_dump(exclude_unset=True, exclude={"targets", "ignore"})
     return config.method + "(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"

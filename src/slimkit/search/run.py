@@ -100,8 +100,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
             left = deadline - time.monotonic()
             if left <= 0 or (times and left < 0.3 * statistics.median(times)):
                 break
-            trial = study.ask()
-            stages = space.suggest(trial)
+            trial, stages = _ask_new(study, space, records)
             rec = TrialRecord(len(records), dict(trial.params), [stage_dict(c) for c in stages],
                               distributions=_dists(trial.distributions))
             try:
@@ -215,6 +214,27 @@ def _study(space, records: list[TrialRecord], state: dict, max_drop: float, seed
         if not any(all(p.get(k) == v for k, v in params.items()) for p in tried):
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def _ask_new(study, space, records: list[TrialRecord], tries: int = 5):
+    """(trial, stages) for a candidate not measured before: a repeat is dropped (told as failed,
+    which the sampler ignores) and asked again; after `tries` repeats one candidate is drawn at random."""
+    import optuna
+
+    seen = [r.params for r in records]
+    for attempt in range(tries + 1):
+        if attempt == tries:
+            sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler(seed=len(records))
+        try:
+            trial = study.ask()
+            stages = space.suggest(trial)
+        finally:
+            if attempt == tries:
+                study.sampler = sampler
+        if trial.params not in seen or attempt == tries:
+            return trial, stages
+        _tell_fail(study, trial)
+    raise AssertionError("unreachable")
 
 
 def _dists(distributions: dict) -> dict:

@@ -96,7 +96,7 @@ class DigitsSpace(Space):
         return max(1, round(n * self.effort))
 
     def seeds(self) -> list[dict]:
-        prune = {"structure": "dense", "prune": True, "prune_epochs": 60, "prune_lr": 0.002}
+        prune = {"structure": "dense", "prune": True, "prune_epochs": 60, "prune_lr": 0.002}  # as prune-magnitude
         kmeans = {"quant": "kmeans", "bits": 4, "bias_bits": 4, "kmeans_epochs": 10, "protect": 0}
         out = [{**prune, "sparsity": 0.95, **kmeans},                       # ~ deep-compression
                {**prune, "sparsity": 0.96, **kmeans, "protect": min(1, max(0, len(self.protect_order) - 1))},
@@ -122,13 +122,17 @@ class DigitsSpace(Space):
             budget = trial.suggest_float("lowrank_budget", 0.08, 0.5, log=True)
             stages.append(make_config("lowrank", targets=self.weighted[:-1], budget=round(budget, 4),
                                       finetune_epochs=self.epochs(10)))
-        if trial.suggest_categorical("prune", [True, False]):
+        pruned = trial.suggest_categorical("prune", [True, False])
+        if pruned:
             stages.append(make_config(
                 "magnitude", sparsity=round(trial.suggest_float("sparsity", 0.5, 0.985), 4), scope="global",
                 schedule="gradual", epochs=self.epochs(trial.suggest_int("prune_epochs", 20, 80, step=20)),
                 lr=round(trial.suggest_float("prune_lr", 3e-4, 5e-3, log=True), 6),
                 value_dtype="float16", bias_dtype="float16"))
-        quant = trial.suggest_categorical("quant", ["none", "kmeans", "rtn"])
+        if stages:
+            quant = trial.suggest_categorical("quant", ["none", "kmeans", "rtn"])
+        else:   # nothing compressed yet: a quantization stage is not optional
+            quant = trial.suggest_categorical("quant_only", ["kmeans", "rtn"])
         if quant == "kmeans":
             stages.extend(self._kmeans(trial, structure))
         elif quant == "rtn":
@@ -161,8 +165,14 @@ class EmbeddingSpace(Space):
     name = "embedding"
 
     def seeds(self) -> list[dict]:
-        return [{"structured": False, "quant": "int8"},
-                {"structured": False, "quant": "gptq", "gptq_bits": 4, "group_size": 64, "embedding_bits": 4},
+        # Spread along the size / fidelity trade-off, from the shipped int8 and int4 recipes down.
+        gptq = {"quant_only": "gptq", "group_size": 64, "embedding_bits": 4}
+        return [{"structured": False, "quant_only": "int8"},
+                {"structured": False, **gptq, "gptq_bits": 4},
+                {"structured": False, "quant_only": "rtn", "rtn_bits": 8, "group_size": 128, "embedding_bits": 8},
+                {"structured": False, **gptq, "gptq_bits": 3},
+                {"structured": True, "ffn_ratio": 0.3, "head_ratio": 0.0, "quant": "gptq", "gptq_bits": 4,
+                 "group_size": 64, "embedding_bits": 4},
                 {"structured": True, "ffn_ratio": 0.5, "head_ratio": 0.0, "quant": "int8"}]
 
     def suggest(self, trial: Any) -> list[MethodConfig]:
@@ -171,7 +181,9 @@ class EmbeddingSpace(Space):
             stages.append(make_config(
                 "structured", ratio=round(trial.suggest_float("ffn_ratio", 0.1, 0.7), 3),
                 head_ratio=trial.suggest_categorical("head_ratio", [0.0, 0.25]), samples=128, refit=True))
-        quant = trial.suggest_categorical("quant", ["none", "int8", "rtn", "gptq"])
+            quant = trial.suggest_categorical("quant", ["none", "int8", "rtn", "gptq"])
+        else:   # nothing compressed yet: a quantization stage is not optional
+            quant = trial.suggest_categorical("quant_only", ["int8", "rtn", "gptq"])
         if quant == "int8":
             stages.append(make_config("int8"))
         elif quant in ("rtn", "gptq"):
