@@ -16,7 +16,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.io.artifact import load_state_dict, read_manifest
 from slimkit.nn.quant_embedding import QuantEmbedding
-from slimkit.nn.quant_linear import Int8Linear, fast_bf16, resolve_compute_dtype
+from slimkit.nn.quant_linear import Int8Linear, fast_bf16, forced_compute_dtype, resolve_compute_dtype
 from slimkit.quant.api import Int8
 from slimkit.quant.convert import low_precision_blockers
 
@@ -147,6 +147,8 @@ def test_tiny_bert_bf16_compute_is_close_to_fp32_compute(attn):
     q32, q16 = quantized(model, "float32"), quantized(model, "bfloat16")
     out32, out16 = hidden(q32, x), hidden(q16, x)
     assert out32.dtype == torch.float32 and out16.dtype == torch.bfloat16
+    with forced_compute_dtype("float32"):
+        assert torch.equal(hidden(q16, x), out32), "forced fp32 runs the integer path of the same weights"
     assert token_cosine(out16, out32).min() > 0.995
     assert token_cosine(out16, ref).mean() > 0.995 and token_cosine(out32, ref).mean() > 0.995
     assert "compute_dtype=bfloat16" in repr(q16.embeddings.word_embeddings)

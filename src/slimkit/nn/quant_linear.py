@@ -18,8 +18,10 @@ torch.Size([5, 32])
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +72,34 @@ def check_compute_dtype(value: object, where: str = "compute_dtype") -> str:
     return str(value)
 
 
+_FORCED: list[str] = []
+
+
+@contextlib.contextmanager
+def forced_compute_dtype(mode: str = "float32") -> Iterator[None]:
+    """Run every quantized model in `mode` inside the block, whatever its own compute dtype, e.g.
+    to compare the fp32 integer path with an export of it.
+
+    >>> with forced_compute_dtype("float32"):
+    ...     out = model(**inputs)          # fp32 activations, int8 matmuls
+    """
+    _FORCED.append(check_compute_dtype(mode))
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
 def resolve_compute_dtype(mode: str) -> torch.dtype:
     """The dtype a model runs its activations in for `mode`: "auto" is bfloat16 where the CPU has
     fast bf16 (`fast_bf16()`), else float32; the environment variable SLIMKIT_COMPUTE_DTYPE
-    (float32 / bfloat16 / float16) overrides "auto" (e.g. to pick the fp32 path at load time).
+    (float32 / bfloat16 / float16) overrides "auto" (e.g. to pick the fp32 path at load time),
+    and `forced_compute_dtype` overrides every mode.
 
     >>> resolve_compute_dtype("float32")
     torch.float32
     """
+    mode = _FORCED[-1] if _FORCED else mode
     if mode == "auto":
         env = os.environ.get(COMPUTE_ENV, "auto")
         mode = env if env in COMPUTE_DTYPES and env != "auto" else ("bfloat16" if fast_bf16() else "float32")
