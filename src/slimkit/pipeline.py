@@ -16,8 +16,9 @@ from pathlib import Path
 from torch import nn
 
 from slimkit.api import apply_
+from slimkit.context import original_model
 from slimkit.eval.task import Task
-from slimkit.recipes import Recipe
+from slimkit.recipes import Recipe, keep_original
 
 
 @dataclass
@@ -47,16 +48,17 @@ def run_pipeline(model: nn.Module, recipe: Recipe, task: Task | None, folder: st
     def record() -> None:
         atomic_write(out / "stages.json", [json.dumps([asdict(r) for r in results], indent=1).encode()])
 
-    for i, config in enumerate(recipe.stages, start=1):
-        try:
-            model = apply_(model, config, task)
-        except BaseException as exc:
-            results.append(StageResult(i, config.method, None, None, None, {}, f"{type(exc).__name__}: {exc}"))
+    with original_model(keep_original(model, recipe)):
+        for i, config in enumerate(recipe.stages, start=1):
+            try:
+                model = apply_(model, config, task)
+            except BaseException as exc:
+                results.append(StageResult(i, config.method, None, None, None, {}, f"{type(exc).__name__}: {exc}"))
+                record()
+                raise
+            path = out / f"{i:02d}-{config.method}.slim"
+            save(model, path, info={"recipe": recipe.name, "stage": i})
+            m = evaluate(model, task, path=path, timing=timing)
+            results.append(StageResult(i, config.method, str(path), m.bytes, m.score, m.latency_ms))
             record()
-            raise
-        path = out / f"{i:02d}-{config.method}.slim"
-        save(model, path, info={"recipe": recipe.name, "stage": i})
-        m = evaluate(model, task, path=path, timing=timing)
-        results.append(StageResult(i, config.method, str(path), m.bytes, m.score, m.latency_ms))
-        record()
     return model, results

@@ -16,6 +16,7 @@ A YAML recipe::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from slimkit.api import MethodConfig, apply_, methods
+from slimkit.context import original_model
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 
@@ -131,9 +133,22 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
 
 def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
                on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None) -> nn.Module:
-    """Apply the stages in order; `on_stage(i, config, model)` is called after each one."""
-    for i, config in enumerate(recipe.stages):
-        model = apply_(model, config, task)
-        if on_stage is not None:
-            on_stage(i, config, model)
+    """Apply the stages in order; `on_stage(i, config, model)` is called after each one.
+
+    A copy of the input model is kept as the teacher of `recover` stages, if there are any."""
+    with original_model(keep_original(model, recipe)):
+        for i, config in enumerate(recipe.stages):
+            model = apply_(model, config, task)
+            if on_stage is not None:
+                on_stage(i, config, model)
     return model
+
+
+def keep_original(model: nn.Module, recipe: Recipe) -> nn.Module | None:
+    """A frozen copy of `model` when a stage of `recipe` needs the uncompressed model."""
+    if not any(getattr(config, "needs_original", False) for config in recipe.stages):
+        return None
+    original = copy.deepcopy(model).eval()
+    for p in original.parameters():
+        p.requires_grad_(False)
+    return original
