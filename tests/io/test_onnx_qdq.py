@@ -96,19 +96,53 @@ def test_encoder_matmul_and_gather_paths_match_slimkit(emb_args, tmp_path):
     assert codes.data_type == onnx.TensorProto.UINT8
 
 
-@pytest.mark.parametrize("method,args,coded,ratio", [
-    ("kmeans", dict(bits=4, finetune_epochs=0), 2, 0.35),  # fc3 (1,000 weights) is too small for a codebook
-    ("rtn", dict(bits=4, granularity="group", group_size=4, symmetric=False), 3, 0.65),
-    ("rtn", dict(bits=3, granularity="tensor"), 3, 0.35),
-], ids=["kmeans", "rtn4-group-asym", "rtn3-tensor"])
-def test_coded_weights_export_small_and_exact(method, args, coded, ratio, lenet, digits_task, tmp_path):
-    sk.save(sk.apply_(lenet, sk.make_config(method, **args), digits_task), tmp_path / "m.slim")
+@pytest.mark.parametrize("stages,kinds,ratio", [
+    ([("kmeans", dict(bits=4, finetune_epochs=0))], {"codebook"}, 0.3),
+    ([("rtn", dict(bits=4, granularity="group", group_size=4, symmetric=False))], {"codes"}, 0.65),
+    ([("rtn", dict(bits=3, granularity="tensor"))], {"codes"}, 0.3),
+    ([("magnitude", dict(sparsity=0.8, scope="global"))], {"sparse"}, 0.35),
+    ([("magnitude", dict(sparsity=0.94, scope="global")), ("kmeans", dict(bits=3, finetune_epochs=0))],
+     {"sparse"}, 0.1),
+], ids=["kmeans", "rtn4-group-asym", "rtn3-tensor", "magnitude", "deep-compression"])
+def test_coded_weights_export_small_and_exact(stages, kinds, ratio, lenet, digits_task, tmp_path):
+    model = lenet
+    for method, args in stages:
+        model = sk.apply_(model, sk.make_config(method, **args), digits_task)
+    sk.save(model, tmp_path / "m.slim")
     model = sk.load(tmp_path / "m.slim")
     small = export(model, tmp_path / "small.onnx", digits_task)
     full = export(model, tmp_path / "full.onnx", digits_task, integer=False)
-    assert small["coded_weights"] == coded and full["coded_weights"] == 0
+    assert small["coded_weights"] == 3 and full["coded_weights"] == 0
     assert small["max_abs_diff"] <= 1e-4 and small["cosine"] >= 0.9999, small
     assert small["bytes"] < ratio * full["bytes"], (small, full)
+    proto = onnx.load(str(tmp_path / "full.onnx"))
+    assert set(compact_weights(proto, model).values()) == kinds
+
+
+def test_coded_float_tensors_are_bit_exact(tmp_path):
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    sparse = np.where(rng.random((40, 30)) < 0.1, rng.standard_normal((40, 30)), 0).astype(np.float32)
+    sparse[1:20], sparse[0, 0], sparse[-1, -1] = 0, -0.0, 7.0  # a gap over 255 (uint16 gaps), a negative zero
+    few = rng.choice(np.array([-0.5, 0.0, 0.25, 3.0], np.float32), size=(30, 20))
+    dense = rng.standard_normal((20, 10)).astype(np.float32)
+    weights = {"sparse": sparse, "few": few, "dense": dense}
+    nodes = [helper.make_node("MatMul", ["x", "sparse"], ["h1"]), helper.make_node("MatMul", ["h1", "few"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "dense"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 40])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 10])],
+                              [numpy_helper.from_array(w, k) for k, w in weights.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert compact_weights(proto, nn.Identity()) == {"sparse": "sparse", "few": "codebook"}
+    proto.graph.output.extend([helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, weights[k].shape)
+                               for k in ("sparse", "few")])
+    onnx.checker.check_model(proto)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    _, got_sparse, got_few = session.run(None, {"x": np.ones((2, 40), np.float32)})
+    assert got_sparse.tobytes() == sparse.tobytes() and got_few.tobytes() == few.tobytes()
 
 
 def test_no_integer_layers_leaves_graph_alone(lenet, digits_task, tmp_path):

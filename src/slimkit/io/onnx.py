@@ -2,11 +2,12 @@
 
 Structurally pruned and low-rank layers are plain modules and export as smaller ops. Unless
 `integer=False`: int8 linears and quantized embeddings export as integer ops on int8 / uint8
-initializers (`onnx_qdq.quantize_graph`), and weight-only codes (QuantLinear) and weights with few
-distinct values (k-means, hashed) are stored as uint8/uint16 codes that the graph decodes from
-constants (`onnx_codes.compact_weights`; ONNX Runtime folds them at load). Anything else is
-exported as decoded float weights. `export` checks ONNX Runtime's outputs against slimkit's own
-on the task's inputs and reports the max abs diff and cosine.
+initializers (`onnx_qdq.quantize_graph`), and weight-only codes (QuantLinear), weights with few
+distinct values (k-means) and mostly-zero weights (pruned) are stored as small integer codes that
+the graph decodes from constants (`onnx_codes.compact_weights`; ONNX Runtime folds them at load,
+so they run at fp32 speed). Anything else is exported as decoded float weights. `export` checks
+ONNX Runtime's outputs against slimkit's own on the task's inputs and reports the max abs diff
+and cosine.
 
 >>> report = export(sk.load("lenet.slim"), "lenet.onnx")
 >>> report["cosine"] >= 0.999

@@ -6,8 +6,13 @@ speed while the file holds only the codes:
 
 - `QuantLinear` (1-8-bit, per tensor / channel / group, symmetric or not): uint8 codes, float
   scales and uint8 zero points; `(code - zero) * scale`, as slimkit decodes them.
-- any other weight with few distinct values (k-means shared, hashed): a uint8 (<= 256 values) or
-  uint16 index into a codebook of the distinct values (bit-exact), `Gather(codebook, index)`.
+- any other weight with few distinct values (k-means shared): a uint8 (<= 256 values) or uint16
+  index into a codebook of the distinct values, `Gather(codebook, index)`.
+- any other weight that is at least half zeros (pruned): the gaps between nonzero positions
+  (uint8/16/32, `CumSum`) and the nonzero values (themselves a codebook lookup when few, as after
+  Deep Compression), `ScatterElements` into zeros.
+
+Whichever is smallest is used, if it is under 60% of the fp32 bytes; all are bit-exact.
 
 >>> coded = compact_weights(proto, sk.load("lenet-kmeans.slim"))
 >>> sorted(set(coded.values()))
@@ -24,9 +29,9 @@ from torch import nn
 
 from slimkit.io.onnx_qdq import FLOAT, GraphBuilder, WeightPlan, find_weights
 
-INT32 = 6  # onnx.TensorProto.INT32
-MIN_ELEMENTS = 1024  # smaller tensors are not worth a codebook
-UINT16_SAVING = 0.6  # a uint16 index must bring the tensor under 60% of its fp32 size
+INT32, INT64 = 6, 7  # onnx.TensorProto data types
+MIN_ELEMENTS = 256  # smaller tensors are not worth coding
+MAX_CODED = 0.6  # a coded tensor must be under 60% of its fp32 size
 
 
 def code_plans(model: nn.Module) -> list[WeightPlan]:
@@ -41,7 +46,7 @@ def code_plans(model: nn.Module) -> list[WeightPlan]:
 def compact_weights(proto: Any, model: nn.Module) -> dict[str, str]:
     """Replace float initializers of `proto` in place by codes decoded in the graph.
 
-    Returns {initializer name: "codes" (a `QuantLinear`'s) or "codebook"}.
+    Returns {initializer name: "codes" (a `QuantLinear`'s), "codebook" or "sparse"}.
 
     >>> compact_weights(proto, model)
     {'inner.fc1.weight': 'codebook', 'inner.fc2.weight': 'codebook', ...}
@@ -60,8 +65,10 @@ def compact_weights(proto: Any, model: nn.Module) -> dict[str, str]:
             plan, transposed = found[init.name]
             _decode_codes(plan, transposed, init.name, b)
             done[init.name] = "codes"
-        elif _numel(init) >= MIN_ELEMENTS and _codebook(numpy_helper.to_array(init), init.name, b):
-            done[init.name] = "codebook"
+        elif _numel(init) >= MIN_ELEMENTS:
+            kind = _encode_float(numpy_helper.to_array(init), init.name, b)
+            if kind:
+                done[init.name] = kind
     if not done:
         return done
     keep = [i for i in graph.initializer if i.name not in done]
@@ -99,19 +106,58 @@ def _decode_codes(plan: WeightPlan, transposed: bool, out: str, b: GraphBuilder)
         b.op("Reshape", [w, shape], out)
 
 
-def _codebook(arr: np.ndarray, out: str, b: GraphBuilder) -> bool:
-    """Emit `out` = Gather(codebook, index) when `arr` has few distinct values; False otherwise."""
-    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)  # exact: -0.0 and 0.0 stay apart
-    if len(np.unique(bits.ravel()[:4096])) > 65535:
-        return False
-    values, index = np.unique(bits, return_inverse=True)
-    if len(values) <= 256:
-        index = index.astype(np.uint8)
-    elif len(values) <= 65535 and len(values) * 4 + arr.size * 2 <= UINT16_SAVING * arr.size * 4:
-        index = index.astype(np.uint16)
+def _index_dtype(count: int) -> type | None:
+    """The smallest unsigned dtype that indexes `count` items (None above 65,536)."""
+    return np.uint8 if count <= 256 else np.uint16 if count <= 65536 else None
+
+
+def _encode_float(arr: np.ndarray, out: str, b: GraphBuilder) -> str | None:
+    """Emit `out` as a codebook lookup or a sparse scatter when that is much smaller than fp32;
+    return which ("codebook" / "sparse"), or None (the tensor stays as it is)."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32).ravel()  # exact: -0.0 stays -0.0
+    options = {}
+    sample = len(np.unique(bits[:4096]))
+    if sample <= 256 or sample <= min(len(bits), 4096) // 2:
+        values, index = np.unique(bits, return_inverse=True)
+        dtype = _index_dtype(len(values))
+        if dtype is not None:
+            options["codebook"] = (len(bits) * np.dtype(dtype).itemsize + 4 * len(values), values, index, dtype)
+    nonzero = np.flatnonzero(bits)
+    if len(nonzero) <= len(bits) // 2:
+        gaps = np.diff(nonzero, prepend=0)
+        gap_dtype = np.uint8 if len(gaps) == 0 or gaps.max() < 256 else np.uint16 if gaps.max() < 65536 else np.uint32
+        values, index = np.unique(bits[nonzero], return_inverse=True)
+        dtype = _index_dtype(len(values))
+        if dtype is not None and len(nonzero) * np.dtype(dtype).itemsize + 4 * len(values) >= 4 * len(nonzero):
+            dtype = None  # a codebook would not be smaller than the raw values
+        size = len(nonzero) * np.dtype(gap_dtype).itemsize + (
+            4 * len(nonzero) if dtype is None else len(nonzero) * np.dtype(dtype).itemsize + 4 * len(values))
+        options["sparse"] = (size, gaps.astype(gap_dtype), values, index, dtype)
+    if not options:
+        return None
+    kind = min(options, key=lambda k: options[k][0])
+    if options[kind][0] > MAX_CODED * len(bits) * 4:
+        return None
+    if kind == "codebook":
+        _, values, index, dtype = options[kind]
+        _lookup(values, index.astype(dtype).reshape(arr.shape), out, b)
+        return kind
+    _, gaps, values, index, dtype = options[kind]
+    if dtype is None:
+        nz = b.const(f"{out}.values", values.view(np.float32)[index])
     else:
-        return False
-    codebook = b.const(f"{out}.codebook", values.view(np.float32))
-    idx = b.op("Cast", [b.const(f"{out}.index", index.reshape(arr.shape))], to=INT32)
-    b.op("Gather", [codebook, idx], out)
-    return True
+        nz = _lookup(values, index.astype(dtype), None, b, out)
+    positions = b.op("CumSum", [b.op("Cast", [b.const(f"{out}.gaps", gaps)], to=INT64),
+                                b.const("slimkit.axis0", np.array(0, np.int64))])
+    zeros = b.op("ConstantOfShape", [b.const(f"{out}.numel", np.array([len(bits)], np.int64))])
+    flat = b.op("ScatterElements", [zeros, positions, nz], axis=0)
+    b.op("Reshape", [flat, b.const(f"{out}.shape", np.array(arr.shape, np.int64))], out)
+    return kind
+
+
+def _lookup(values: np.ndarray, index: np.ndarray, out: str | None, b: GraphBuilder, name: str = "") -> str:
+    """Gather(codebook of float32 bit patterns `values`, `index`) into `out`."""
+    name = name or out or ""
+    codebook = b.const(f"{name}.codebook", values.view(np.float32))
+    idx = b.op("Cast", [b.const(f"{name}.index", index)], to=INT32)
+    return b.op("Gather", [codebook, idx], out)
