@@ -37,3 +37,15 @@ clean:
 .PHONY: chromium
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# Fuzz the .slim loader with atheris (installed here if missing): FUZZ_RUNS mutated artifacts
+# (measured: ~190/s, 100k in ~9 min on one core); failing inputs land in fuzz/corpus/regression/.
+FUZZ_RUNS ?= 100000
+.PHONY: fuzz check-safety
+fuzz: install
+	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) atheris
+	OMP_NUM_THREADS=1 $(PY) fuzz/fuzz_load.py --runs $(FUZZ_RUNS)
+
+# Issue 8's safety targets in one table (pickles, fuzzing, kill -9 during save, ONNX parity).
+check-safety: install
+	OMP_NUM_THREADS=1 $(PY) tools/check_safety.py

@@ -44,3 +44,17 @@ def test_deflate_bomb_manifest_is_refused_before_parsing(tmp_path):
     assert path.stat().st_size < 20_000
     with pytest.raises(sk.SlimFormatError, match="too large"):
         sk.read_manifest(path)
+
+
+def test_intermediate_stage_sizes_are_bounded(tmp_path):
+    """A chain whose *inner* stage declares 2**40 elements (the final shape looks harmless) is refused
+    before numpy is asked for the memory (the fuzzer's first ValueError: 'Maximum allowed dimension')."""
+    from slimkit.io.codecs import decode_chain
+
+    stored = {"data": np.zeros(4, np.float32), "0.mask": np.zeros(1, np.uint8)}
+    stages = [{"codec": "sparse", "shape": [2**40], "dtype": "float32", "nnz": 4, "index": "mask", "side": ["mask"]}]
+    with pytest.raises(sk.SlimFormatError, match="declares"):
+        decode_chain(stored, stages, max_bytes=1 << 20)
+    stages[0]["shape"] = [8]
+    with pytest.raises(sk.SlimFormatError, match="bitmask"):
+        decode_chain(stored, stages, max_bytes=1 << 20)

@@ -132,10 +132,14 @@ def decode_tensor(reader: StoredArrays, keys: dict[str, str], name: str, entry: 
         raise SlimFormatError(f"{where}: tensor {name!r} has unsupported dtype {entry.dtype!r}")
     stored_bytes = sum(reader.nbytes(k) for k in keys.values())
     decoded_bytes = math.prod(entry.shape) * _DTYPES[entry.dtype]
-    if decoded_bytes > MAX_EXPANSION * stored_bytes + 4096 or decoded_bytes > 64 * size + 2**26:
+    limit = min(MAX_EXPANSION * stored_bytes + 4096, 64 * size + 2**26)
+    if decoded_bytes > limit:
         raise SlimFormatError(f"{where}: tensor {name!r} claims {decoded_bytes} bytes from "
                               f"{stored_bytes} stored bytes")
-    arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain)
+    try:
+        arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain, max_bytes=limit)
+    except SlimFormatError as exc:
+        raise SlimFormatError(f"{where}: tensor {name!r}: {exc}") from None
     if list(arr.shape) != entry.shape:
         raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
                               f"manifest says {entry.shape}")

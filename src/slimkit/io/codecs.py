@@ -155,12 +155,36 @@ def encode_chain(array: np.ndarray, chain: list[dict]) -> tuple[dict[str, np.nda
     return stored, stages
 
 
-def decode_chain(stored: dict[str, np.ndarray], stages: list[dict]) -> np.ndarray:
-    """Invert `encode_chain`. Raises SlimFormatError on any inconsistency."""
+DECODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
+
+
+def _declared_bytes(params: dict) -> int:
+    """Bytes a stage says it decodes to (its "shape" x "dtype", 1 byte per item if no dtype); 0 if unsaid."""
+    shape = params.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return 0
+    try:
+        itemsize = np.dtype(str(params["dtype"])).itemsize if "dtype" in params else 1
+    except TypeError:
+        itemsize = 1
+    return math.prod(shape) * itemsize
+
+
+def decode_chain(stored: dict[str, np.ndarray], stages: list[dict], max_bytes: int | None = None) -> np.ndarray:
+    """Invert `encode_chain`. Raises SlimFormatError on any inconsistency.
+
+    With `max_bytes`, no stage may declare or produce more bytes than that (the intermediate arrays
+    of a chain from a file are bounded, not only its final tensor).
+    """
     data = stored["data"]
     for i in reversed(range(len(stages))):
         params = stages[i]
+        if not isinstance(params, dict):
+            raise SlimFormatError(f"codec stage {i} is not an object")
         codec = get_codec(params.get("codec"))
+        if max_bytes is not None and _declared_bytes(params) > max_bytes:
+            raise SlimFormatError(f"codec {codec.name} (stage {i}) declares {_declared_bytes(params)} decoded "
+                                  f"bytes, more than the {max_bytes} its stored bytes allow")
         side_names = params.get("side", [])
         if not isinstance(side_names, list):
             raise SlimFormatError(f"codec stage {i}: 'side' must be a list")
@@ -168,5 +192,15 @@ def decode_chain(stored: dict[str, np.ndarray], stages: list[dict]) -> np.ndarra
         if missing:
             raise SlimFormatError(f"codec {codec.name}: missing side arrays {missing}")
         side = {k: stored[f"{i}.{k}"] for k in side_names}
-        data = codec.decode(data, side, params)
+        try:
+            data = codec.decode(data, side, params)
+        except SlimFormatError:
+            raise
+        except DECODE_ERRORS as exc:  # numpy refusing a malformed stage: a format error, in one line
+            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise SlimFormatError(f"codec {codec.name} (stage {i}) cannot decode: "
+                                  f"{type(exc).__name__}: {text}") from None
+        if max_bytes is not None and np.asarray(data).nbytes > max_bytes:
+            raise SlimFormatError(f"codec {codec.name} (stage {i}) decoded {np.asarray(data).nbytes} bytes, "
+                                  f"more than the {max_bytes} its stored bytes allow")
     return data

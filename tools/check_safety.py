@@ -1,0 +1,210 @@
+"""The safety targets of issue 8 in one table; exits 1 if any check fails (`make check-safety`).
+
+- pickles executed: a malicious pickle (unpickling it would create a marker file) given to
+  `slimkit compress` with and without `--trust-pickle`, and to `resolve(trust_pickle=True)`, is
+  refused with a one-line error, and the marker never appears;
+- fuzzed artifacts: N mutated seed artifacts (`fuzz/`, pure-Python structure-aware mutator, in
+  process, data segment capped) all load or fail with a one-line `SlimFormatError`; the
+  coverage-guided 100k-case atheris run is `make fuzz`;
+- kill -9 during save: a process replacing a .slim file in a loop, killed at random moments,
+  always leaves a loadable file holding one whole write, never a mixture;
+- ONNX parity: `slimkit export X.slim --onnx Y.onnx --json` on lenet-300-100 int8 and lenet5 int8
+  reports ONNX Runtime outputs with cosine >= 0.999 to slimkit's.
+
+    .venv/bin/python tools/check_safety.py                 # all checks (~1 min on 2 busy cores)
+    .venv/bin/python tools/check_safety.py --fuzz-runs 20000 --kills 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MIN_COSINE = 0.999
+
+Result = tuple[bool, str]   # (passed, detail)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run `slimkit ARGS...` through the CLI's real entry point, in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from slimkit.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["slimkit", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+class _Payload:
+    """Unpickling this calls `open(marker, "w")`: the file appears iff pickle code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def check_pickles(work: Path) -> Result:
+    import torch
+
+    import slimkit as sk
+
+    marker = work / "PICKLE-CODE-RAN"
+    tries, refused = [], 0
+    for suffix in (".pt", ".bin"):
+        evil = work / f"evil{suffix}"
+        with open(evil, "wb") as fh:
+            pickle.dump({"fc.weight": torch.zeros(2, 2), "boom": _Payload(marker)}, fh, protocol=2)
+        for extra in ([], ["--trust-pickle"]):
+            code, _, err = cli("compress", str(evil), "--recipe", "int8", "--out", str(work / "evil.slim"), *extra)
+            tries.append(f"compress {evil.name} {' '.join(extra)}".strip())
+            refused += code == 2 and err.strip().splitlines()[-1].startswith("slimkit: error:")
+        try:
+            sk.resolve(str(evil), trust_pickle=True)
+        except sk.SlimError:
+            refused += 1
+        tries.append(f"resolve({evil.name}, trust_pickle=True)")
+    executed = int(marker.exists())
+    ok = executed == 0 and refused == len(tries)
+    return ok, f"{executed} pickles executed; {refused}/{len(tries)} attempts refused with a one-line error"
+
+
+def check_fuzz(runs: int) -> Result:
+    from fuzz.fuzz_load import run_pure
+
+    with tempfile.TemporaryDirectory() as findings:
+        report = run_pure(runs, seed=int(time.time()), quiet=True, regression=Path(findings))
+        for line in report["finding_files"][:3]:
+            print(f"  finding: {line}", file=sys.stderr)
+    crashes = report["findings"]
+    return crashes == 0, (f"{report['runs']} fuzzed artifacts, {crashes} crashes ({report['rejected']} refused "
+                          f"with SlimFormatError, {report['loaded']} loaded; peak RSS {report['max_rss_mb']} MB)")
+
+
+WRITER = """
+import sys, torch
+from torch import nn
+import slimkit as sk
+torch.set_num_threads(1)
+model = nn.Sequential(nn.Linear(1024, 2048))   # 8 MB: a write takes long enough to be interrupted
+print("ready", flush=True)
+i = 0
+while True:
+    with torch.no_grad():
+        model[0].bias.fill_(float(i))
+    sk.save(model, sys.argv[1])
+    i += 1
+"""
+
+
+def check_kill(work: Path, kills: int) -> Result:
+    import torch
+
+    import slimkit as sk
+
+    path = work / "m.slim"
+    arch = torch.nn.Sequential(torch.nn.Linear(1024, 2048))
+    with torch.no_grad():
+        arch[0].bias.fill_(-1.0)
+    sk.save(arch, path)
+    rng = random.Random(0)
+    good, values = 0, set()
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            return False, "the writer process did not start"
+        time.sleep(rng.uniform(0.05, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        try:
+            bias = sk.load(path, model=torch.nn.Sequential(torch.nn.Linear(1024, 2048)))[0].bias
+        except sk.SlimError as exc:
+            return False, f"after kill -9 the file does not load: {exc}"
+        good += bool(torch.all(bias == bias[0]))
+        values.add(float(bias[0]))
+    return good == kills, (f"{kills} kill -9 during save: previous file loadable {good}/{kills} times "
+                           f"({len(values)} distinct versions seen)")
+
+
+def check_onnx(work: Path) -> Result:
+    import slimkit as sk
+
+    rows, ok = [], True
+    for name in ("lenet-300-100", "lenet5"):
+        model = sk.apply_(sk.zoo.load(name), sk.make_config("int8"))
+        slim = work / f"{name}-int8.slim"
+        sk.save(model, slim)
+        code, out, err = cli("export", str(slim), "--onnx", str(work / f"{name}.onnx"), "--json")
+        if code != 0:
+            return False, f"slimkit export {slim.name} failed: {(err.strip().splitlines() or ['no output'])[-1]}"
+        report = json.loads(out.strip().splitlines()[-1])
+        ok &= report["cosine"] >= MIN_COSINE
+        rows.append(f"{name} int8 cosine {report['cosine']:.6f} (max abs diff {report['max_abs_diff']:.2g})")
+    return ok, "; ".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="slimkit safety checks (issue 8)")
+    parser.add_argument("--fuzz-runs", type=int, default=2000, help="mutated artifacts to load (default 2000)")
+    parser.add_argument("--kills", type=int, default=3, help="kill -9 during save, how many times (default 3)")
+    args = parser.parse_args(argv)
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        checks: list[tuple[str, Callable[[], Result]]] = [
+            ("pickles executed", lambda: check_pickles(work)),
+            ("fuzzed artifacts", lambda: check_fuzz(args.fuzz_runs)),
+            ("kill -9 during save", lambda: check_kill(work, args.kills)),
+            ("ONNX parity", lambda: check_onnx(work)),
+        ]
+        rows = []
+        for name, run in checks:
+            start = time.perf_counter()
+            try:
+                ok, detail = run()
+            except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check
+                ok, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            rows.append((name, "PASS" if ok else "FAIL", f"{time.perf_counter() - start:.1f}s", detail))
+            print(f"{name}: {rows[-1][1]} ({rows[-1][2]})", file=sys.stderr, flush=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'check':<{width}}  result  time    detail")
+    for name, result, took, detail in rows:
+        print(f"{name:<{width}}  {result:<6}  {took:<6}  {detail}")
+    failed = [r[0] for r in rows if r[1] != "PASS"]
+    print(f"{len(rows) - len(failed)}/{len(rows)} safety checks passed" + (f"; failed: {', '.join(failed)}"
+                                                                           if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
