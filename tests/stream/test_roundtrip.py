@@ -147,3 +147,28 @@ def test_load_rebuilds_a_weights_only_module(tmp_path, ckpt, tensors):
     assert math.isclose(float(state["lm_head.weight"].float().std()), float(tensors["lm_head.weight"].std()),
                         rel_tol=0.02)
     assert sk.read_manifest(tmp_path / "q.slim").info["streamed"] is True
+
+
+def test_keep_largest_matches_magnitude_masks_with_ties():
+    from slimkit.prune.masks import magnitude_masks
+    from slimkit.stream.encode import keep_largest
+
+    w = torch.randint(-4, 5, (37, 29)).float()   # many exact ties
+    for sparsity in (0.0, 0.3, 0.5, 0.77, 0.95):
+        expected = magnitude_masks({"w": w}, sparsity)["w"]
+        assert torch.equal(keep_largest(w, round(sparsity * w.numel())), expected), sparsity
+
+
+@pytest.mark.parametrize("coding", ["auto", "ans"])
+def test_kmeans_entropy_coders_and_the_size_cap(tmp_path, ckpt, tensors, coding, monkeypatch):
+    import slimkit.stream.encode as enc
+
+    compress_checkpoint(ckpt, StreamPlan(kmeans=KMeansSpec(3, coding=coding)), tmp_path / "a.slim")
+    monkeypatch.setattr(enc, "ENTROPY_MAX_VALUES", 100)   # every tensor is over the cap: bit-packed
+    compress_checkpoint(ckpt, StreamPlan(kmeans=KMeansSpec(3, coding=coding)), tmp_path / "b.slim")
+    a, b = sk.load_state_dict(tmp_path / "a.slim"), sk.load_state_dict(tmp_path / "b.slim")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    chains = {k: [s["codec"] for s in e.chain] for k, e in sk.read_manifest(tmp_path / "b.slim").tensors.items()}
+    assert chains["lm_head.weight"] == ["palette", "bitpack"]
+    first = [s["codec"] for s in sk.read_manifest(tmp_path / "a.slim").tensors["lm_head.weight"].chain]
+    assert first[0] == "palette" and first[1] in ("huffman", "ans")
