@@ -37,8 +37,8 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
         common.emit_json(summary)
     else:
         _print(result)
-    if result.interrupted:
-        raise typer.Exit(130)
+    if result.interrupted:   # the outputs so far are written; 130 as for any command stopped by Ctrl-C
+        raise SystemExit(130)
 
 
 def _print(result) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from slimkit.search.pareto import PARETO, write_json
 from slimkit.search.run import BEST, SearchResult, _best, pareto_doc, points
-from slimkit.search.trial import TrialRecord
+from slimkit.search.trial import TrialRecord, quick_latency
 
 
 def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialRecord],
@@ -31,7 +31,8 @@ def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialR
     final, best_model, notes = None, None, []
     if best is not None and (folder / BEST).is_file():
         best_model = load(folder / BEST)
-        m = evaluate(best_model, task, path=folder / BEST, threads=1)
+        m = evaluate(best_model, task, path=folder / BEST, timing=False)
+        m.latency_ms = quick_latency(best_model, task)
         final = {**next(p for p in pts if p["trial"] == best.number), "path": BEST, "bytes": m.bytes,
                  "ratio": round(m.ratio, 2), "test_score": m.score,
                  "test_drop_pts": round((base["test_score"] - m.score) * 100, 4) if m.score is not None else None,

@@ -66,17 +66,29 @@ def plot_pareto(points: list[dict], baseline: dict, max_drop: float, best: int |
     return Path(path)
 
 
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
+def _weighted(module: nn.Module) -> bool:
+    """A layer with a weight matrix: a torch one, or a slimkit runtime module (it has `slim_spec`)."""
+    return isinstance(module, WEIGHTED) or hasattr(module, "slim_spec")
+
+
 @torch.no_grad()
 def dense_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Each weight layer's weight as a float tensor (runtime modules dequantized)."""
+    """Each weight layer's weight as a flat float tensor (runtime modules decoded)."""
     out = {}
     for name, m in model.named_modules():
-        if not name:
+        if not name or not _weighted(m):
             continue
-        if hasattr(m, "dequantized_weight"):
-            out[name] = m.dequantized_weight().detach().float().reshape(-1)
-        elif isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Embedding):
-            out[name] = m.weight.detach().float().reshape(-1)
+        for getter in ("dequantized_weight", "virtual_weight"):
+            if hasattr(m, getter):
+                out[name] = getattr(m, getter)().detach().float().reshape(-1)
+                break
+        else:
+            weight = getattr(m, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                out[name] = weight.detach().float().reshape(-1)
     return out
 
 
@@ -117,7 +129,7 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
 
 
 def bits_per_layer(model: nn.Module) -> dict[str, float]:
-    """Stored bits per parameter of each module that owns tensors, in the .slim encoding."""
+    """Stored bits per parameter of each weight layer (weights and bias), in the .slim encoding."""
     from slimkit.io.artifact import SIDE_SEP, encode_model
 
     arrays, _ = encode_model(model)
@@ -126,6 +138,8 @@ def bits_per_layer(model: nn.Module) -> dict[str, float]:
         stored[key.split(SIDE_SEP)[0]] += arr.nbytes
     out = {}
     for name, m in model.named_modules():
+        if not _weighted(m):
+            continue
         own = [(k, t) for k, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
                if t is not None]
         params = sum(t.numel() for k, t in own if t.is_floating_point() or "weight" in k)

@@ -25,7 +25,7 @@ from torch import nn
 
 from slimkit.errors import SlimError
 from slimkit.search.pareto import PARETO, STATE, VERSION, front, read_state, write_json
-from slimkit.search.trial import Budget, OutOfTime, TrialRecord, run_candidate, stage_dict
+from slimkit.search.trial import Budget, OutOfTime, TrialRecord, quick_latency, run_candidate, stage_dict
 
 BEST = "best.slim"
 TRIALS = "trials"
@@ -113,6 +113,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
             times.append(rec.seconds)
             done += 1
             _persist(folder, state, records, max_drop)
+            _step_from_best(study, records, max_drop, seed)
             if on_trial is not None:
                 on_trial(Progress(rec, done, len(records), _best(records, max_drop), state["baseline"]["bytes"],
                                   time.monotonic() - started, budget_s))
@@ -163,14 +164,14 @@ def _model_and_task(model: str | nn.Module):
 
 
 def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: float) -> dict:
-    from slimkit.eval.measure import baseline_bytes, latency
+    from slimkit.eval.measure import baseline_bytes
     from slimkit.search.guide import layer_sensitivity, protect_order
     from slimkit.search.space import space_for
 
     t = time.monotonic()
     val = score(net)
     score_s = time.monotonic() - t
-    base = {"bytes": baseline_bytes(net), "val_score": round(val, 6), "latency_ms": latency(net, task, threads=1)}
+    base = {"bytes": baseline_bytes(net), "val_score": round(val, 6), "latency_ms": quick_latency(net, task)}
     space = space_for(net, task)
     layers, probes = space.layers(), space.probes()
     cost = len(layers) * len(probes) * (score_s + 0.05)
@@ -235,6 +236,21 @@ def _ask_new(study, space, records: list[TrialRecord], tries: int = 5):
             return trial, stages
         _tell_fail(study, trial)
     raise AssertionError("unreachable")
+
+
+def _step_from_best(study, records: list[TrialRecord], max_drop: float, seed: int) -> None:
+    """Every other candidate (once the seeds are done) is a local step from the best so far."""
+    import random
+
+    import optuna
+
+    from slimkit.search.mutate import mutate
+
+    best = _best(records, max_drop)
+    if best is None or len(records) % 2 or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        return
+    dists = {k: optuna.distributions.json_to_distribution(v) for k, v in best.distributions.items()}
+    study.enqueue_trial(mutate(best.params, dists, random.Random(seed * 7919 + len(records))))
 
 
 def _dists(distributions: dict) -> dict:

@@ -84,7 +84,6 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
     Raises `OutOfTime` if the deadline passes before a stage starts; any other exception of a
     method is recorded as a failed candidate (the search goes on).
     """
-    from slimkit.eval.measure import latency
     from slimkit.io.artifact import save
 
     start = time.monotonic()
@@ -108,7 +107,7 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
         save(net, path, info={"search_trial": record.number})
         record.bytes = path.stat().st_size
         record.val_score, record.drop_pts = round(value, 6), budget.drop(value)
-        record.latency_ms = latency(net, task, threads=1)
+        record.latency_ms = quick_latency(net, task)
         record.path = f"{path.parent.name}/{path.name}"
     except (OutOfTime, KeyboardInterrupt):
         path.unlink(missing_ok=True)
@@ -118,6 +117,29 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
         record.state = "failed"
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     return _timed(record, start)
+
+
+def quick_latency(model: nn.Module, task: Task, seconds: float = 2.0) -> dict[str, float]:
+    """Median ms at batch 1 and 32 on one thread, with fewer repeats for slow models (about
+    `seconds` per batch size, 3 to 20 runs), so that measuring never dominates a search."""
+    import torch
+
+    from slimkit.eval.latency import median_ms
+
+    out = {}
+    for batch in (1, 32):
+        inputs = task.example_inputs(batch)
+
+        def call(inputs=inputs):
+            return task.forward(model, inputs)
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            call()
+        first = time.perf_counter() - start
+        repeats = int(min(20, max(3, seconds / max(first, 1e-6))))
+        out[f"batch{batch}"] = round(median_ms(call, repeats=repeats, warmup=1, threads=1), 4)
+    return out
 
 
 def _timed(record: TrialRecord, start: float) -> TrialRecord:
