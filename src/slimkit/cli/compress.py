@@ -32,6 +32,9 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     if wants_streaming(model, recipe):  # a bare checkpoint: weight-only, tensor by tensor
         return stream_cmd(model, recipe, out, as_json, keep_stages)
     plan = load_recipe(recipe)
+    from slimkit.dist.collectives import init, is_main
+
+    init()  # under torchrun: calibration and training are split across ranks; rank 0 writes
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)
     task = task_for(net)
@@ -56,6 +59,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                 common.info(f"stage artifacts and stages.json in {folder}/")
         else:
             net = run_recipe(net, plan, task, on_stage=on_stage)
+    if not is_main():
+        return
     save(net, out, info={"recipe": plan.name, "source": model})
     with common.status("measuring the result"):
         after = evaluate(net, task, path=out)
