@@ -26,7 +26,7 @@ from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
 from slimkit.stream.writer import SlimWriter
 
 BLOCK_BYTES = 4 << 20   # input bytes per block: peak memory is about 5 blocks (temporaries of the math)
-KMEANS_SAMPLE = 1 << 20  # values the centroids are fitted on (all of them in a smaller tensor)
+KMEANS_SAMPLE = 1 << 18  # values the centroids are fitted on (all of them in a smaller tensor)
 ENTROPY_MAX_VALUES = 2 << 20   # larger index streams are bit-packed (entropy coders hold ~85 B/value)
 NUMPY_STORE = {"bfloat16": np.uint16, "bool": np.bool_}   # how artifact.py stores these dtypes
 
@@ -179,9 +179,12 @@ def palette_stages(labels: np.ndarray, centroids: np.ndarray, spec: KMeansSpec, 
 
 
 def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest sorted centroid of each value (uint8)."""
-    bounds = (centroids[1:].astype(np.float64) + centroids[:-1]) / 2
-    return np.searchsorted(bounds, values, side="right").astype(np.uint8)
+    """Index of the nearest sorted centroid of each value (uint8): how many midpoints lie at or below it."""
+    import torch
+
+    v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    bounds = torch.from_numpy(((centroids[1:].astype(np.float64) + centroids[:-1]) / 2).astype(np.float32))
+    return torch.bucketize(v, bounds, right=True).to(torch.uint8).numpy()
 
 
 def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWriter,
