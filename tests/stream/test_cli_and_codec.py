@@ -85,3 +85,16 @@ def test_affine_codec_refuses_a_wrong_scale_shape():
     stored["0.scale"] = stored["0.scale"][:2]
     with pytest.raises(SlimFormatError, match="scale"):
         decode_chain(stored, stages)
+
+
+def test_routing(tmp_path, ckpt, tensors):
+    from slimkit.stream.console import wants_streaming
+
+    assert wants_streaming(str(ckpt), "int4")                 # a bare file: always (errors name the stage)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    write_sharded(folder, tensors)
+    assert wants_streaming(str(folder), "int8") and wants_streaming(str(folder), "int4")
+    (folder / "config.json").write_text("{}")                 # an architecture: data-dependent recipes use it
+    assert wants_streaming(str(folder), "int8") and not wants_streaming(str(folder), "int4")
+    assert not wants_streaming("builtin:lenet-300-100", "int8")
