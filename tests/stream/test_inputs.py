@@ -135,3 +135,17 @@ def test_unsupported_dtype_is_named(tmp_path):
     path.write_bytes(raw)
     with pytest.raises(SlimFormatError, match="'w' has unsupported dtype 'F8X'"):
         compress_checkpoint(path, "int8", tmp_path / "out.slim")
+
+
+@pytest.mark.parametrize("plan", ["int8", "kmeans0", "magnitude"])
+def test_empty_and_scalar_tensors_are_copied(tmp_path, plan):
+    from slimkit.stream import StreamPlan
+    from slimkit.stream.plan import KMeansSpec
+
+    plans = {"int8": "int8", "kmeans0": StreamPlan(kmeans=KMeansSpec(2)), "magnitude": StreamPlan(sparsity=0.5)}
+    tensors = {"empty": torch.zeros(0, 64), "scalar": torch.tensor(3.5), "w": torch.randn(64, 64)}
+    save_file(tensors, str(tmp_path / "c.safetensors"))
+    report = compress_checkpoint(tmp_path / "c.safetensors", plans[plan], tmp_path / "c.slim")
+    back = sk.load_state_dict(tmp_path / "c.slim")
+    assert back["empty"].shape == (0, 64) and torch.equal(back["scalar"], tensors["scalar"])
+    assert report.stored["copied"] == 2 and not torch.equal(back["w"], tensors["w"])
