@@ -178,3 +178,26 @@ def test_minilm_int8_exports_integer_onnx(tmp_path):
     assert ints["integer_layers"] == 39  # 36 encoder linears + 3 embeddings (the unused pooler is not exported)
     assert ints["cosine"] >= 0.999, ints
     assert ints["bytes"] < 0.3 * flt["bytes"], (ints, flt)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_packed_codes_unpack_in_onnx_runtime(bits):
+    import onnxruntime as ort
+    from onnx import helper
+
+    from slimkit.io.onnx_pack import pack_last_axis, packed_bytes, unpack_last_axis
+    from slimkit.io.onnx_qdq import GraphBuilder
+
+    codes = np.random.default_rng(bits).integers(0, 2**bits, size=(5, 13), dtype=np.uint8)  # 13: padded
+    packed = pack_last_axis(codes, bits)
+    assert packed.shape == (5, packed_bytes(13, bits)) and packed.dtype == np.uint8
+    b = GraphBuilder()
+    rows = b.op("Gather", [b.const("table", packed), "ids"])  # leading shape known only at run time
+    out = unpack_last_axis(b, rows, bits, 13)
+    graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, None)],
+                              [helper.make_tensor_value_info(out, onnx.TensorProto.INT32, None)],
+                              list(b.inits.values()))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[4, 0], [2, 2]], np.int64)
+    assert np.array_equal(session.run(None, {"ids": ids})[0], codes[ids])

@@ -4,10 +4,11 @@ A float initializer is replaced by a few nodes that compute exactly the same ten
 integer initializers; ONNX Runtime folds them at session creation, so the model runs at fp32
 speed while the file holds only the codes:
 
-- `QuantLinear` (1-8-bit, per tensor / channel / group, symmetric or not): uint8 codes, float
-  scales and uint8 zero points; `(code - zero) * scale`, as slimkit decodes them.
-- any other weight with few distinct values (k-means shared): a uint8 (<= 256 values) or uint16
-  index into a codebook of the distinct values, `Gather(codebook, index)`.
+- `QuantLinear` (1-8-bit, per tensor / channel / group, symmetric or not): codes (packed 2, 4 or 8
+  per byte at 4 bits or fewer, `onnx_pack`), float scales and uint8 zero points;
+  `(code - zero) * scale`, as slimkit decodes them.
+- any other weight with few distinct values (k-means shared): an index into a codebook of the
+  distinct values (packed when <= 16 values, uint8 <= 256, uint16), `Gather(codebook, index)`.
 - any other weight that is at least half zeros (pruned): the gaps between nonzero positions
   (uint8/16/32, `CumSum`) and the nonzero values (themselves a codebook lookup when few, as after
   Deep Compression), `ScatterElements` into zeros.
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.io.onnx_pack import pack_last_axis, packed_bytes, unpack_last_axis
 from slimkit.io.onnx_qdq import FLOAT, GraphBuilder, WeightPlan, find_weights
 
 INT32, INT64 = 6, 7  # onnx.TensorProto data types
@@ -91,7 +93,8 @@ def _decode_codes(plan: WeightPlan, transposed: bool, out: str, b: GraphBuilder)
     m = plan.module
     p = plan.name or "model"
     codes = group_view(m.qweight.detach().cpu(), m.granularity, m.group_size).numpy()
-    x = b.op("Cast", [b.const(f"{p}.codes", codes)], to=FLOAT)
+    packed = b.const(f"{p}.codes", pack_last_axis(codes, m.bits))
+    x = b.op("Cast", [unpack_last_axis(b, packed, m.bits, codes.shape[-1])], to=FLOAT)
     zero = zero_point(m.zero, m.bits)
     if isinstance(zero, float):
         z = b.const(f"slimkit.zero_{m.bits}bit", np.array(zero, np.float32))
@@ -121,17 +124,19 @@ def _encode_float(arr: np.ndarray, out: str, b: GraphBuilder) -> str | None:
         values, index = np.unique(bits, return_inverse=True)
         dtype = _index_dtype(len(values))
         if dtype is not None:
-            options["codebook"] = (len(bits) * np.dtype(dtype).itemsize + 4 * len(values), values, index, dtype)
+            options["codebook"] = (_index_bytes(arr.shape, len(values)) + 4 * len(values), values, index, dtype)
     nonzero = np.flatnonzero(bits)
     if len(nonzero) <= len(bits) // 2:
         gaps = np.diff(nonzero, prepend=0)
         gap_dtype = np.uint8 if len(gaps) == 0 or gaps.max() < 256 else np.uint16 if gaps.max() < 65536 else np.uint32
         values, index = np.unique(bits[nonzero], return_inverse=True)
         dtype = _index_dtype(len(values))
-        if dtype is not None and len(nonzero) * np.dtype(dtype).itemsize + 4 * len(values) >= 4 * len(nonzero):
+        value_bytes = 4 * len(nonzero)
+        if dtype is not None and _index_bytes((len(nonzero),), len(values)) + 4 * len(values) < value_bytes:
+            value_bytes = _index_bytes((len(nonzero),), len(values)) + 4 * len(values)
+        else:
             dtype = None  # a codebook would not be smaller than the raw values
-        size = len(nonzero) * np.dtype(gap_dtype).itemsize + (
-            4 * len(nonzero) if dtype is None else len(nonzero) * np.dtype(dtype).itemsize + 4 * len(values))
+        size = len(nonzero) * np.dtype(gap_dtype).itemsize + value_bytes
         options["sparse"] = (size, gaps.astype(gap_dtype), values, index, dtype)
     if not options:
         return None
@@ -155,9 +160,27 @@ def _encode_float(arr: np.ndarray, out: str, b: GraphBuilder) -> str | None:
     return kind
 
 
+def _code_bits(count: int) -> int:
+    """Bits of an index into `count` values."""
+    return max(1, int(count - 1).bit_length())
+
+
+def _index_bytes(shape: tuple, count: int) -> int:
+    """Bytes of an index tensor of `shape` into `count` values (packed below 5 bits, else uint8/uint16)."""
+    if count > 256:
+        return int(np.prod(shape)) * 2
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * packed_bytes(shape[-1], _code_bits(count))
+
+
 def _lookup(values: np.ndarray, index: np.ndarray, out: str | None, b: GraphBuilder, name: str = "") -> str:
-    """Gather(codebook of float32 bit patterns `values`, `index`) into `out`."""
+    """Gather(codebook of float32 bit patterns `values`, `index`) into `out`; an index into 16 or
+    fewer values is stored packed (`onnx_pack`)."""
     name = name or out or ""
     codebook = b.const(f"{name}.codebook", values.view(np.float32))
-    idx = b.op("Cast", [b.const(f"{name}.index", index)], to=INT32)
+    if index.dtype == np.uint8:
+        bits = _code_bits(len(values))
+        idx = unpack_last_axis(b, b.const(f"{name}.index", pack_last_axis(index, bits)), bits, index.shape[-1])
+    else:
+        idx = b.op("Cast", [b.const(f"{name}.index", index)], to=INT32)
     return b.op("Gather", [codebook, idx], out)

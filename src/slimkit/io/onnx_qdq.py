@@ -11,7 +11,8 @@ gave it) and replaces the node that uses it with the integer pattern of the slim
   weight scale (the same fp32 operations, in the same order, as `Int8Linear.forward`).
 - `Int8Linear`, static: a fixed activation scale (Mul, Clip to +-127, QuantizeLinear) and the same
   `MatMulInteger` path.
-- `QuantEmbedding` (1-8 bits): a uint8 code table, `Gather` of codes and scales, `(code - zero) * scale`.
+- `QuantEmbedding` (1-8 bits): a uint8 code table (2-8 codes per byte at 4 bits or fewer), `Gather`
+  of codes and scales, `(code - zero) * scale`.
 
 Standard opsets have no per-token QuantizeLinear (and ORT's `MatMulIntegerToFloat` has no
 per-row activation scale), hence the explicit ops; the graph uses standard ops only (opset 17).
@@ -62,7 +63,11 @@ class GraphBuilder:
         return f"/{self.prefix}/{hint}_{self.count}"
 
     def const(self, name: str, value: np.ndarray) -> str:
+        """An initializer named `name` (shared constants, "slimkit.*", are named after the builder)."""
         from onnx import numpy_helper
+
+        if name.startswith("slimkit."):
+            name = f"{self.prefix}.{name.removeprefix('slimkit.')}"
 
         if name not in self.inits:
             self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
@@ -239,12 +244,15 @@ def _to_uint8(v: str, b: GraphBuilder) -> str:
 
 
 def _embedding(plan: WeightPlan, ids: str, out: str, b: GraphBuilder) -> None:
-    """Gather(codes) -> float -> minus zero -> times scale, as `QuantEmbedding.forward`."""
+    """Gather(codes) -> float -> minus zero -> times scale, as `QuantEmbedding.forward` (codes of 4
+    bits or fewer stay packed in the table; only the looked-up rows are unpacked)."""
+    from slimkit.io.onnx_pack import pack_last_axis, unpack_last_axis
+
     m = plan.module
     p = plan.name or "model"
     groups = m.scale.shape[1]
-    codes = b.op("Cast", [b.op("Gather", [b.const(f"{p}.codes", m.qweight.detach().cpu().numpy()), ids])],
-                 to=FLOAT)
+    table = b.const(f"{p}.codes", pack_last_axis(m.qweight.detach().cpu().numpy(), m.bits))
+    codes = b.op("Cast", [unpack_last_axis(b, b.op("Gather", [table, ids]), m.bits, m.embedding_dim)], to=FLOAT)
     expand = None
     if groups > 1:  # per-group params: repeat each group's value over its columns
         expand = b.const(f"{p}.group_of_column",
