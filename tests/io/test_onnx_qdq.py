@@ -201,3 +201,30 @@ def test_packed_codes_unpack_in_onnx_runtime(bits):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ids = np.array([[4, 0], [2, 2]], np.int64)
     assert np.array_equal(session.run(None, {"ids": ids})[0], codes[ids])
+
+
+@pytest.mark.slow  # ~8-12 s each (transformers import, tiny model build, two exports)
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_hf_folder_int8_exports_integer_onnx(arch, tmp_path):
+    import transformers as tf
+
+    from slimkit.eval.token_task import token_task
+
+    config = {
+        "bert": lambda: tf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=64),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0),
+        "llama": lambda: tf.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        bos_token_id=0, eos_token_id=0),
+    }[arch]()
+    torch.manual_seed(0)
+    tf.AutoModel.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
+    task = token_task(tmp_path, sentences=[f"Sentence {i} is about compression." for i in range(16)])
+    model = sk.apply_(sk.resolve(str(tmp_path)), sk.make_config("int8"), data=task)
+    n_int8 = sum(isinstance(m, (Int8Linear, QuantEmbedding)) for m in model.modules())
+    ints = export(model, tmp_path / "int.onnx", task)
+    flt = export(model, tmp_path / "float.onnx", task, integer=False)
+    assert n_int8 - 1 <= ints["integer_layers"] <= n_int8  # BERT's pooler is not in the exported graph
+    assert ints["cosine"] >= 0.999 and ints["bytes"] < 0.5 * flt["bytes"], (ints, flt)
