@@ -189,3 +189,21 @@ def test_auto_stays_float32_when_the_bf16_trial_forward_fails():
     assert not any(hasattr(m, "_low_cache") for m in q.modules()), "trial caches are dropped"
     ok = quantized(tiny_bert(), "auto", data=_Tokens())
     assert ok.embeddings.word_embeddings.compute_dtype == "auto"
+
+
+@pytest.mark.slow
+def test_minilm_int8_fidelity_in_both_compute_dtypes(tmp_path):
+    """Real MiniLM, held-out pydoc sentences: both runtimes of one int8 file stay >= 0.995."""
+    from slimkit.eval.embedding_task import minilm_task
+
+    task = minilm_task()
+    model = sk.zoo.load("minilm")
+    sk.quantize_(model, Int8(compute_dtype="bfloat16"), data=task)
+    sk.save(model, tmp_path / "m.slim")
+    loaded = sk.load(tmp_path / "m.slim")
+    assert loaded.embeddings.word_embeddings.compute_dtype == "bfloat16"
+    with torch.inference_mode():
+        low = task.score(loaded)
+        with forced_compute_dtype("float32"):
+            full = task.score(loaded)
+    assert low >= 0.995 and full >= 0.995, (low, full)
