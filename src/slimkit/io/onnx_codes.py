@@ -58,7 +58,7 @@ def compact_weights(proto: Any, model: nn.Module) -> dict[str, str]:
     graph = proto.graph
     graph_inputs = {i.name for i in graph.input}
     found = find_weights(graph, code_plans(model))
-    b = GraphBuilder(prefix="slimkit_codes")
+    b = GraphBuilder(prefix="slimkit_c")
     done: dict[str, str] = {}
     for init in graph.initializer:
         if init.name in graph_inputs or init.data_type != FLOAT:

@@ -60,7 +60,7 @@ class GraphBuilder:
 
     def name(self, hint: str) -> str:
         self.count += 1
-        return f"/{self.prefix}/{hint}_{self.count}"
+        return f"{self.prefix}/{hint}{self.count}"
 
     def const(self, name: str, value: np.ndarray) -> str:
         """An initializer named `name` (shared constants, "slimkit.*", are named after the builder)."""
@@ -77,7 +77,7 @@ class GraphBuilder:
         from onnx import helper
 
         out = output or self.name(op_type)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type + "_node"), **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))  # unnamed: names cost bytes
         return out
 
 
