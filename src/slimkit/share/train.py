@@ -39,12 +39,14 @@ def fine_tune(model: nn.Module, task: Task | None, params: list[torch.Tensor], e
               lr: float = 1e-3, seed: int = 0,
               overrides: Callable[[], dict[str, torch.Tensor]] | None = None,
               commit: Callable[[], None] | None = None,
-              teacher: nn.Module | None = None, keep_best: bool = True) -> float | None:
+              teacher: nn.Module | None = None, keep_best: bool = True,
+              penalty: Callable[[], torch.Tensor] | None = None) -> float | None:
     """Train `params` for `epochs`; return the best validation score (None if the task has none).
 
     With a `teacher`, classification losses add its softened outputs (knowledge distillation).
     `keep_best=False` keeps the last epoch (training from scratch with the cosine schedule,
-    where a small validation split picks epochs by noise).
+    where a small validation split picks epochs by noise). `penalty()` is added to every step's
+    loss (a regulariser on the weights, e.g. Deep k-Means').
     """
     if epochs <= 0 or not params:
         return None
@@ -83,7 +85,10 @@ def fine_tune(model: nn.Module, task: Task | None, params: list[torch.Tensor], e
                 if teacher is not None:
                     with torch.no_grad():
                         soft = task.forward(teacher, batch)
-                _loss(out, target, soft).backward()
+                loss = _loss(out, target, soft)
+                if penalty is not None:
+                    loss = loss + penalty()
+                loss.backward()
                 opt.step()
             sched.step()
             if validate:
