@@ -68,7 +68,6 @@ class GraphBuilder:
 
         if name.startswith("slimkit."):
             name = f"{self.prefix}.{name.removeprefix('slimkit.')}"
-
         if name not in self.inits:
             self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
         return name
@@ -151,8 +150,8 @@ def quantize_graph(proto: Any, model: nn.Module) -> dict[str, str]:
         replaced[emitted.name] = type(emitted.module).__name__
     del graph.node[:]
     graph.node.extend(new_nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name not in found or i.name in used]  # drop replaced weights
     del graph.initializer[:]
     graph.initializer.extend(keep + list(b.inits.values()))
     return replaced
