@@ -185,7 +185,7 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
         tmp.unlink(missing_ok=True)
     inputs = task.example_inputs(32)
     session = OrtModule(path, keys, hf_output, threads=1)
-    reference = copy.deepcopy(model).float().eval()  # the graph computes in fp32, whatever the model's compute dtype
+    reference = _fp32_reference(model)
     with torch.inference_mode():
         ours = first_tensor(reference(**inputs)).float().flatten()
         theirs = first_tensor(session(**inputs)).float().flatten()
@@ -193,6 +193,15 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     return {"path": str(path), "bytes": path.stat().st_size,
             "max_abs_diff": float((ours - theirs).abs().max()), "cosine": cosine,
             "integer_layers": len(replaced), "coded_weights": len(coded)}
+
+
+def _fp32_reference(model: nn.Module) -> nn.Module:
+    """`model` computing in fp32, as the exported graph does: the model itself, or a `.float()` copy
+    when it holds low-precision floats or is set to compute in another dtype."""
+    low = any(t.is_floating_point() and t.dtype != torch.float32
+              for t in (*model.parameters(), *(b for b in model.buffers() if b is not None)))
+    low = low or any(getattr(m, "compute_dtype", "float32") != "float32" for m in model.modules())
+    return copy.deepcopy(model).float().eval() if low else model
 
 
 def _integer_bytes(float_onnx: Path, model: nn.Module) -> tuple[bytes, dict[str, str], dict[str, str]]:
