@@ -169,6 +169,15 @@ BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, Ari
                 AssertionError)  # what transformers raises for configs it cannot build
 
 
+def _strict_errors() -> tuple[type[Exception], ...]:
+    """huggingface_hub's config validation error (a bare Exception subclass), where it exists."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
 def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
     """The architecture described by a `{"kind": "hf", "config": {...}}` base, randomly initialised.
 
@@ -197,8 +206,8 @@ def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
                             f"{transformers.__version__}")
         try:
             config = mapping[model_type].from_dict(config_dict)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise SlimError(f"invalid Hugging Face config for {model_type!r}: {first_line(exc)}") from None
+        except (*BUILD_ERRORS, *_strict_errors()) as exc:
+            raise SlimError(f"invalid Hugging Face config for {model_type!r}: {first_line(exc)[:200]}") from None
     try:
         if max_bytes is not None:
             with torch.device("meta"):
@@ -208,6 +217,6 @@ def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
                 raise SlimError(f"the {model_type!r} config describes {nbytes} bytes of weights, more than "
                                 f"the {max_bytes} bytes its file can hold")
         return tag(from_config(config), dict(base))
-    except BUILD_ERRORS as exc:
+    except (*BUILD_ERRORS, *_strict_errors()) as exc:
         raise SlimError(f"cannot build the {model_type!r} architecture: {type(exc).__name__}: "
                         f"{first_line(exc)[:200]}") from None
