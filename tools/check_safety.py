@@ -92,15 +92,16 @@ def check_pickles(work: Path) -> Result:
     return ok, f"{executed} pickles executed; {refused}/{len(tries)} attempts refused with a one-line error"
 
 
-def check_fuzz(runs: int) -> Result:
+def check_fuzz(runs: int, seed: int) -> Result:
     from fuzz.fuzz_load import run_pure
 
     with tempfile.TemporaryDirectory() as findings:
-        report = run_pure(runs, seed=int(time.time()), quiet=True, regression=Path(findings))
+        report = run_pure(runs, seed=seed, quiet=True, regression=Path(findings))
         for line in report["finding_files"][:3]:
             print(f"  finding: {line}", file=sys.stderr)
     crashes = report["findings"]
-    return crashes == 0, (f"{report['runs']} fuzzed artifacts, {crashes} crashes ({report['rejected']} refused "
+    return crashes == 0, (f"{report['runs']} fuzzed artifacts (seed {seed}), {crashes} crashes "
+                          f"({report['rejected']} refused "
                           f"with SlimFormatError, {report['loaded']} loaded; peak RSS {report['max_rss_mb']} MB)")
 
 
@@ -171,6 +172,7 @@ def check_onnx(work: Path) -> Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="slimkit safety checks (issue 8)")
     parser.add_argument("--fuzz-runs", type=int, default=2000, help="mutated artifacts to load (default 2000)")
+    parser.add_argument("--fuzz-seed", type=int, default=None, help="mutator seed (default: the clock)")
     parser.add_argument("--kills", type=int, default=3, help="kill -9 during save, how many times (default 3)")
     args = parser.parse_args(argv)
     import warnings
@@ -179,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    seed = args.fuzz_seed if args.fuzz_seed is not None else int(time.time())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         checks: list[tuple[str, Callable[[], Result]]] = [
             ("pickles executed", lambda: check_pickles(work)),
-            ("fuzzed artifacts", lambda: check_fuzz(args.fuzz_runs)),
+            ("fuzzed artifacts", lambda: check_fuzz(args.fuzz_runs, seed)),
             ("kill -9 during save", lambda: check_kill(work, args.kills)),
             ("ONNX parity", lambda: check_onnx(work)),
         ]

@@ -143,6 +143,8 @@ def decode_tensor(reader: StoredArrays, keys: dict[str, str], name: str, entry: 
     if list(arr.shape) != entry.shape:
         raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
                               f"manifest says {entry.shape}")
+    if arr.dtype.kind not in "biuf" or arr.dtype.itemsize != _DTYPES[entry.dtype]:
+        raise SlimFormatError(f"{where}: tensor {name!r} decodes to {arr.dtype}, manifest says {entry.dtype}")
     return _to_torch(arr, entry.dtype)
 
 

@@ -55,10 +55,14 @@ def _shape(params: dict, what: str) -> tuple[int, ...]:
 
 
 def _dtype(params: dict, what: str) -> np.dtype:
+    """The numeric (or bool) numpy dtype named by `params["dtype"]`; strings, objects, dates are refused."""
     try:
-        return np.dtype(str(params.get("dtype")))
-    except TypeError as exc:
-        raise SlimFormatError(f"{what}: unknown dtype {params.get('dtype')!r}") from exc
+        dtype = np.dtype(str(params.get("dtype")))
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise SlimFormatError(f"{what}: unknown or non-numeric dtype {str(params.get('dtype'))[:40]!r}")
+    return dtype
 
 
 @register_codec
