@@ -58,7 +58,8 @@ def plot_pareto(points: list[dict], baseline: dict, max_drop: float, best: int |
         ax.set_xlabel(label)
         ax.set_ylabel(f"validation {score_name} (%)")
         lows = [p["val_score"] * 100 for p in edge] or [floor]
-        ax.set_ylim(max(min(lows) - 1, floor - 5), baseline["val_score"] * 100 + 0.5)
+        top = max([baseline["val_score"]] + [p["val_score"] for p in pts]) * 100
+        ax.set_ylim(max(min(lows) - 1, floor - 5), top + 0.5)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -98,6 +99,8 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
     from matplotlib import ticker
 
     a, b = dense_weights(before), dense_weights(after)
+    parts = {name: [k for k in b if k.startswith(name + ".")] for name in a if name not in b}
+    b.update({name: torch.cat([b[k] for k in keys]) for name, keys in parts.items() if keys})
     names = sorted(a, key=lambda n: -a[n].numel())[:MAX_LAYERS]
     names = [n for n in a if n in names]
     if not names:
@@ -109,7 +112,7 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
         for col, (weights, title) in enumerate(((a.get(name), "original"), (b.get(name), "best"))):
             ax = axes[row, col]
             if weights is None:
-                ax.text(0.5, 0.5, "not in the best model (replaced by a structural stage)", ha="center",
+                ax.text(0.5, 0.5, "not in the best model (removed by a structural stage)", ha="center",
                         va="center", fontsize=8, transform=ax.transAxes)
                 ax.set_axis_off()
                 continue
@@ -119,6 +122,8 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
                       color="#4477aa" if col == 0 else "#228833")
             ax.set_yscale("log")
             ax.yaxis.set_minor_locator(ticker.NullLocator())   # log minor ticks make drawing slow
+            if col == 1 and parts.get(name):
+                title = "best, " + " + ".join(k.removeprefix(name) for k in parts[name])
             ax.set_title(f"{name} ({title}): {weights.numel()} weights, {zeros:.1%} zero", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.35 / len(names) / 1.9, bottom=0.25 / len(names) / 1.9 + 0.02,
@@ -170,7 +175,8 @@ def plot_bits(before: dict[str, float], after: dict[str, float], path: str | Pat
     ax.bar([i - 0.2 for i in x], [before.get(n, 0) for n in shown], width=0.4, color="#bbbbbb", label="original")
     ax.bar([i + 0.2 for i in x], [after.get(n, 0) for n in shown], width=0.4, color="#228833", label="best")
     for i, n in enumerate(shown):
-        ax.text(i + 0.2, after.get(n, 0), f"{after.get(n, 0):.2f}", ha="center", va="bottom", fontsize=7)
+        if n in after:
+            ax.text(i + 0.2, after[n], f"{after[n]:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(x))
     ax.set_xticklabels(shown, rotation=60 if len(shown) > 6 else 0, ha="right" if len(shown) > 6 else "center",
                        fontsize=7)
