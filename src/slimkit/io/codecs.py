@@ -58,7 +58,7 @@ def _dtype(params: dict, what: str) -> np.dtype:
     """The numeric (or bool) numpy dtype named by `params["dtype"]`; strings, objects, dates are refused."""
     try:
         dtype = np.dtype(str(params.get("dtype")))
-    except TypeError:
+    except (TypeError, ValueError):
         dtype = None
     if dtype is None or dtype.kind not in "biuf":
         raise SlimFormatError(f"{what}: unknown or non-numeric dtype {str(params.get('dtype'))[:40]!r}")
@@ -169,7 +169,7 @@ def _declared_bytes(params: dict) -> int:
         return 0
     try:
         itemsize = np.dtype(str(params["dtype"])).itemsize if "dtype" in params else 1
-    except TypeError:
+    except (TypeError, ValueError):
         itemsize = 1
     return math.prod(shape) * itemsize
 
