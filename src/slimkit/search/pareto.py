@@ -33,11 +33,11 @@ def dominated(p: dict, q: dict, cost: str, score: str = "val_score") -> bool:
     return (q[cost] <= p[cost] and q[score] >= p[score]) and (q[cost] < p[cost] or q[score] > p[score])
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict, indent: int | None = 1) -> None:
     """Write `obj` as JSON via a temporary file and a rename (never a half-written file)."""
     from slimkit.io.safetensors_file import atomic_write
 
-    atomic_write(path, [json.dumps(obj, indent=1).encode()])
+    atomic_write(path, [json.dumps(obj, indent=indent).encode()])
 
 
 def read_state(folder: Path) -> dict | None:

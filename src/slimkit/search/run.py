@@ -318,7 +318,7 @@ def _persist(folder: Path, state: dict, records: list[TrialRecord], max_drop: fl
             (folder / r.path).unlink(missing_ok=True)
             r.path = None
     state["trials"] = [r.to_dict() for r in records]
-    write_json(folder / STATE, state)
+    write_json(folder / STATE, state, indent=None)   # rewritten after every candidate: kept compact
     write_json(folder / PARETO, pareto_doc(state, points(records, base_bytes, max_drop), best))
 
 

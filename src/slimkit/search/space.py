@@ -158,29 +158,42 @@ class DigitsSpace(Space):
 class EmbeddingSpace(Space):
     """Transformer sentence encoders (MiniLM, BERT folders), scored by fidelity to the original.
 
-    Choices: structured pruning of FFN neurons (and optionally attention heads) with refit, then
-    int8, round-to-nearest or GPTQ weight quantization (bits, group size, embedding bits).
+    Choices: structured pruning of FFN neurons with refit (in steps of 128 neurons, so that every
+    group size still divides the layer), then int8, round-to-nearest or GPTQ weight quantization
+    (bits, group size, embedding bits).
     """
 
     name = "embedding"
+    STEP = 128
+
+    def __init__(self, model: nn.Module):
+        config = getattr(model, "config", None)
+        self.ffn = int(getattr(config, "intermediate_size", 0) or 0)
+        self.max_cut = int(0.7 * self.ffn) // self.STEP
+
+    def _cut(self, fraction: float) -> int:
+        return max(1, min(self.max_cut, round(fraction * self.ffn / self.STEP)))
 
     def seeds(self) -> list[dict]:
         # Spread along the size / fidelity trade-off, from the shipped int8 and int4 recipes down.
         gptq = {"quant_only": "gptq", "group_size": 64, "embedding_bits": 4}
-        return [{"structured": False, "quant_only": "int8"},
-                {"structured": False, **gptq, "gptq_bits": 4},
-                {"structured": False, "quant_only": "rtn", "rtn_bits": 8, "group_size": 128, "embedding_bits": 8},
-                {"structured": False, **gptq, "gptq_bits": 3},
-                {"structured": True, "ffn_ratio": 0.3, "head_ratio": 0.0, "quant": "gptq", "gptq_bits": 4,
-                 "group_size": 64, "embedding_bits": 4},
-                {"structured": True, "ffn_ratio": 0.5, "head_ratio": 0.0, "quant": "int8"}]
+        out = [{"structured": False, "quant_only": "int8"},
+               {"structured": False, **gptq, "gptq_bits": 4},
+               {"structured": False, "quant_only": "rtn", "rtn_bits": 8, "group_size": 128, "embedding_bits": 8},
+               {"structured": False, **gptq, "gptq_bits": 3},
+               {"structured": False, **gptq, "gptq_bits": 4, "embedding_bits": 8}]
+        if self.max_cut:
+            out += [{"structured": True, "ffn_cut": self._cut(0.25), "quant": "gptq", "gptq_bits": 4,
+                     "group_size": 64, "embedding_bits": 4},
+                    {"structured": True, "ffn_cut": self._cut(0.5), "quant": "int8"}]
+        return out
 
     def suggest(self, trial: Any) -> list[MethodConfig]:
         stages: list[MethodConfig] = []
-        if trial.suggest_categorical("structured", [True, False]):
-            stages.append(make_config(
-                "structured", ratio=round(trial.suggest_float("ffn_ratio", 0.1, 0.7), 3),
-                head_ratio=trial.suggest_categorical("head_ratio", [0.0, 0.25]), samples=128, refit=True))
+        if self.max_cut and trial.suggest_categorical("structured", [True, False]):
+            cut = trial.suggest_int("ffn_cut", 1, self.max_cut) * self.STEP
+            # keep_top removes int(ratio * n) neurons: half a neuron more keeps that exact
+            stages.append(make_config("structured", ratio=(cut + 0.5) / self.ffn, samples=128, refit=True))
             quant = trial.suggest_categorical("quant", ["none", "int8", "rtn", "gptq"])
         else:   # nothing compressed yet: a quantization stage is not optional
             quant = trial.suggest_categorical("quant_only", ["int8", "rtn", "gptq"])
@@ -205,6 +218,6 @@ def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = No
     if isinstance(task, DigitsTask):
         return DigitsSpace(model, protect_order, effort)
     if hasattr(task, "calib_sentences") and hasattr(task, "encode"):
-        return EmbeddingSpace()
+        return EmbeddingSpace(model)
     raise SlimError(f"search has no search space for the task {getattr(task, 'name', type(task).__name__)!r} "
                     "(supported: digits classifiers and sentence encoders)")
