@@ -39,6 +39,9 @@ def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialR
                  "baseline_test_score": base["test_score"], "latency_ms": m.latency_ms.get("batch1"),
                  "latency_batched_ms": m.latency_ms.get("batch32")}
         _write_recipe(folder / "best.yaml", state, best, final)
+    elif not pts:
+        notes.append("no candidate finished within the time budget; best.slim was not written (give a longer "
+                     "--budget, or run the same command again to continue)")
     else:
         notes.append(f"no candidate kept the validation {state['score_name']} within {max_drop:g} points "
                      "of the original; best.slim was not written")
