@@ -88,8 +88,11 @@ def check_pickles(work: Path) -> Result:
             refused += 1
         tries.append(f"resolve({evil.name}, trust_pickle=True)")
     executed = int(marker.exists())
-    ok = executed == 0 and refused == len(tries)
-    return ok, f"{executed} pickles executed; {refused}/{len(tries)} attempts refused with a one-line error"
+    control = work / "CONTROL"   # the payload is live: a plain pickle.loads does run it
+    pickle.loads(pickle.dumps(_Payload(control))).close()
+    ok = executed == 0 and refused == len(tries) and control.exists()
+    return ok, (f"{executed} pickles executed; {refused}/{len(tries)} attempts refused with a one-line error "
+                f"(control: plain pickle.loads {'runs' if control.exists() else 'does NOT run'} the payload)")
 
 
 def check_fuzz(runs: int, seed: int) -> Result:

@@ -86,3 +86,13 @@ def test_short_pure_run_finds_nothing(tmp_path):
     assert report["loaded"] + report["rejected"] == 300
     assert report["rejected"] > 100 and report["loaded"] > 10, "mutants reach both outcomes"
     assert not list(tmp_path.iterdir())
+
+
+def test_check_safety_pickle_check(tmp_path):
+    """tools/check_safety.py's pickle check: its payload is live, and slimkit never runs it."""
+    from tools.check_safety import check_pickles
+
+    ok, detail = check_pickles(tmp_path)
+    assert ok, detail
+    assert detail.startswith("0 pickles executed; 6/6") and (tmp_path / "CONTROL").exists()
+    assert not (tmp_path / "PICKLE-CODE-RAN").exists()
