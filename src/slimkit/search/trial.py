@@ -55,6 +55,7 @@ class TrialRecord:
     path: str | None = None           # artifact, relative to the search folder, while it is kept
     error: str | None = None
     stopped_after: int | None = None  # stage index after which a pruned candidate stopped
+    confirm_drop_pts: float | None = None   # drop of a second run with other training seeds
 
     @property
     def measured(self) -> bool:
@@ -62,6 +63,15 @@ class TrialRecord:
 
     def feasible(self, max_drop: float) -> bool:
         return self.measured and self.drop_pts is not None and self.drop_pts <= max_drop + 1e-9
+
+    def confirmed(self, max_drop: float) -> bool:
+        """Within the budget in its own run and in a second run with other training seeds."""
+        return self.feasible(max_drop) and self.confirm_drop_pts is not None and \
+            self.confirm_drop_pts <= max_drop + 1e-9
+
+    def worst_drop(self) -> float | None:
+        drops = [d for d in (self.drop_pts, self.confirm_drop_pts) if d is not None]
+        return max(drops) if drops else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +127,41 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
         record.state = "failed"
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     return _timed(record, start)
+
+
+def reseeded(stages: list[MethodConfig], offset: int = 1) -> list[MethodConfig] | None:
+    """The stages with every training seed moved by `offset`; None if no stage has a seed (the
+    recipe is deterministic: a second run would give the same artifact)."""
+    out, any_seed = [], False
+    for config in stages:
+        if "seed" in type(config).model_fields:
+            config, any_seed = config.model_copy(update={"seed": config.seed + offset}), True
+        out.append(config)
+    return out if any_seed else None
+
+
+def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
+                 budget: Budget) -> float | None:
+    """The held-out drop of a second run of `stages` with other training seeds (the drop of the
+    first run if the recipe has no seed); None if the budget ran out or a stage failed.
+
+    A small held-out set lets some candidates pass by luck; among hundreds, the smallest that
+    passes is often one of them. A second, independent run rarely is lucky twice."""
+    again = reseeded(stages)
+    if again is None:
+        return 0.0
+    net = fresh_copy(model)
+    try:
+        for config in again:
+            if time.monotonic() > budget.deadline:
+                return None
+            net = apply_(net, config, task)
+        net.eval()
+        return budget.drop(score(net))
+    except (KeyboardInterrupt, OutOfTime):
+        raise
+    except Exception:   # counted as not confirmed
+        return None
 
 
 def quick_latency(model: nn.Module, task: Task, seconds: float = 2.0) -> dict[str, float]:
