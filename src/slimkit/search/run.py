@@ -247,7 +247,7 @@ def _confirm(net, stages, task, score, budget: Budget, rec: TrialRecord, records
     best = _best(records, budget.max_drop)
     if rec.feasible(budget.max_drop) and (best is None or rec.bytes < best.bytes):
         start = time.monotonic()
-        drop = confirm_drop(net, stages, task, score, budget)
+        drop = confirm_drop(net, stages, task, score, budget, rec.drop_pts)
         rec.seconds = round(rec.seconds + time.monotonic() - start, 3)
         rec.confirm_drop_pts = drop
         if drop is None:

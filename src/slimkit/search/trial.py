@@ -141,15 +141,15 @@ def reseeded(stages: list[MethodConfig], offset: int = 1) -> list[MethodConfig] 
 
 
 def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
-                 budget: Budget) -> float | None:
-    """The held-out drop of a second run of `stages` with other training seeds (the drop of the
-    first run if the recipe has no seed); None if the budget ran out or a stage failed.
+                 budget: Budget, first_drop: float) -> float | None:
+    """The held-out drop of a second run of `stages` with other training seeds (`first_drop`, that
+    of the first run, if the recipe has no seed); None if the budget ran out or a stage failed.
 
     A small held-out set lets some candidates pass by luck; among hundreds, the smallest that
     passes is often one of them. A second, independent run rarely is lucky twice."""
     again = reseeded(stages)
     if again is None:
-        return 0.0
+        return first_drop
     net = fresh_copy(model)
     try:
         for config in again:
