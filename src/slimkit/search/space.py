@@ -51,7 +51,8 @@ def _linear_names(model: nn.Module, kinds: tuple[type, ...] = (nn.Linear,)) -> l
 class DigitsSpace(Space):
     """Small classifiers (LeNet-300-100, LeNet-5): every family, fine-tuned on the training split.
 
-    Choices: structure (dense, distill into a narrower MLP, low-rank, HashedNets), magnitude pruning
+    Choices: structure (dense, distill into a narrower MLP, low-rank with optional distillation
+    recovery from the original, HashedNets), magnitude pruning
     (sparsity, epochs, lr), then k-means sharing (bits, bias bits, fine-tuning, and how many of the
     most sensitive layers get 2 more bits) or round-to-nearest weight quantization.
     """
@@ -122,6 +123,9 @@ class DigitsSpace(Space):
             budget = trial.suggest_float("lowrank_budget", 0.08, 0.5, log=True)
             stages.append(make_config("lowrank", targets=self.weighted[:-1], budget=round(budget, 4),
                                       finetune_epochs=self.epochs(10)))
+            if trial.suggest_categorical("recover", [False, True]):   # distil from the original
+                stages.append(make_config("recover", epochs=self.epochs(trial.suggest_int("recover_epochs", 10, 40,
+                                                                                          step=10))))
         pruned = trial.suggest_categorical("prune", [True, False])
         if pruned:
             stages.append(make_config(

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from slimkit.api import MethodConfig, apply_
+from slimkit.context import original_model
 from slimkit.eval.task import Task
 from slimkit.search.guide import fresh_copy
 
@@ -97,21 +98,11 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
     from slimkit.io.artifact import save
 
     start = time.monotonic()
-    net = fresh_copy(model)
     try:
-        for i, config in enumerate(stages):
-            left = budget.deadline - time.monotonic()
-            if left <= 0:
-                raise OutOfTime(f"out of time before stage {i + 1} ({config.method})")
-            if "time_limit" in type(config).model_fields:
-                config = config.model_copy(update={"time_limit": max(1.0, left)})
-            net = apply_(net, config, task)
-            if i < len(stages) - 1:
-                value = score(net)
-                if budget.drop(value) > budget.abort_drop:
-                    record.state, record.val_score = "pruned", round(value, 6)
-                    record.drop_pts, record.stopped_after = budget.drop(value), i + 1
-                    return _timed(record, start)
+        with original_model(_teacher(model, stages)):
+            net = _apply_stages(fresh_copy(model), stages, task, score, budget, record)
+        if net is None:   # stopped early: too far below the budget after a stage
+            return _timed(record, start)
         net.eval()
         value = score(net)
         save(net, path, info={"search_trial": record.number})
@@ -127,6 +118,36 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
         record.state = "failed"
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     return _timed(record, start)
+
+
+def _apply_stages(net: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
+                  budget: Budget, record: TrialRecord) -> nn.Module | None:
+    """Apply the stages; None (and `record` marked "pruned") if one leaves the model too far below
+    the budget for the later stages to bring it back."""
+    for i, config in enumerate(stages):
+        left = budget.deadline - time.monotonic()
+        if left <= 0:
+            raise OutOfTime(f"out of time before stage {i + 1} ({config.method})")
+        if "time_limit" in type(config).model_fields:
+            config = config.model_copy(update={"time_limit": max(1.0, left)})
+        net = apply_(net, config, task)
+        if i < len(stages) - 1:
+            value = score(net)
+            if budget.drop(value) > budget.abort_drop:
+                record.state, record.val_score = "pruned", round(value, 6)
+                record.drop_pts, record.stopped_after = budget.drop(value), i + 1
+                return None
+    return net
+
+
+def _teacher(model: nn.Module, stages: list[MethodConfig]) -> nn.Module | None:
+    """A frozen copy of the original for stages that distil from it (`recover`), else None."""
+    if not any(getattr(config, "needs_original", False) for config in stages):
+        return None
+    teacher = fresh_copy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def reseeded(stages: list[MethodConfig], offset: int = 1) -> list[MethodConfig] | None:
@@ -152,10 +173,11 @@ def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score
         return first_drop
     net = fresh_copy(model)
     try:
-        for config in again:
-            if time.monotonic() > budget.deadline:
-                return None
-            net = apply_(net, config, task)
+        with original_model(_teacher(model, again)):
+            for config in again:
+                if time.monotonic() > budget.deadline:
+                    return None
+                net = apply_(net, config, task)
         net.eval()
         return budget.drop(score(net))
     except (KeyboardInterrupt, OutOfTime):
