@@ -74,3 +74,44 @@ def test_qat_needs_labels(lenet):
 def test_qat_recipe_ships():
     stage = sk.load_recipe("qat-int4").stages[0]
     assert stage.method == "qat" and stage.bits == 4
+
+
+def test_interrupted_qat_resumes_to_the_uninterrupted_result(lenet_trained, digits_task, tmp_path):
+    import copy
+
+    def fresh():
+        model = copy.deepcopy(lenet_trained)
+        model.__dict__["slimkit_base"] = dict(lenet_trained.__dict__["slimkit_base"])
+        return model
+
+    straight = sk.quantize_(fresh(), QAT(bits=4, epochs=3), data=digits_task)
+    folder = tmp_path / "ckpt"
+    calls = {"n": 0}
+    forward = type(digits_task).forward
+
+    def dies_in_epoch_two(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] > len(digits_task.train_batches(64, 0)) + 3:   # a few steps into epoch 2
+            raise KeyboardInterrupt
+        return forward(self, model, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(digits_task), "forward", dies_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            sk.quantize_(fresh(), QAT(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
+    assert (folder / "checkpoint.safetensors").is_file()
+    steps = {"n": 0}
+
+    def counted(self, model, batch):
+        steps["n"] += 1
+        return forward(self, model, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(digits_task), "forward", counted)
+        resumed = sk.quantize_(fresh(), QAT(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
+    assert steps["n"] == 2 * len(digits_task.train_batches(64, 0))     # epochs 2 and 3 only
+    for name in ("fc1", "fc2", "fc3"):
+        assert torch.equal(getattr(resumed, name).qweight, getattr(straight, name).qweight)
+        assert torch.equal(getattr(resumed, name).scale, getattr(straight, name).scale)
+    with pytest.raises(sk.SlimError, match="other bits/lsq"):
+        sk.quantize_(fresh(), QAT(bits=3, epochs=3, checkpoint=str(folder)), data=digits_task)

@@ -324,3 +324,8 @@ def _load_checkpoint(path: Path, objective: nn.Module, opt: torch.optim.Optimize
     torch.set_rng_state(arrays["rng"])
     best = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")}
     return copy.deepcopy(header["state"]), best
+
+
+# public names for other training loops (QAT) that checkpoint the same way
+save_checkpoint = _save_checkpoint
+load_checkpoint = _load_checkpoint

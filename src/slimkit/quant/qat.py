@@ -8,6 +8,7 @@ then converted to the same packed `QuantLinear` the post-training methods produc
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -96,6 +97,7 @@ class QAT(MethodConfig):
     lr: float = 5e-4
     batch_size: int = 64
     seed: int = 0
+    checkpoint: str | None = None  # folder: save after every epoch, resume from it when run again
 
     @field_validator("bits")
     @classmethod
@@ -134,19 +136,36 @@ class QAT(MethodConfig):
         return model
 
     def train(self, model: nn.Module, task: Task) -> None:
-        """The fine-tuning loop (Adam, cross-entropy); BatchNorm statistics stay frozen."""
+        """The fine-tuning loop (Adam, cross-entropy); BatchNorm statistics stay frozen.
+
+        With `checkpoint`, the model, optimizer and RNG are saved (pickle-free, atomically) after
+        every epoch, and a later run with the same settings resumes after the last saved epoch."""
+        from slimkit.distill.loop import CHECKPOINT, LoopSettings, load_checkpoint, save_checkpoint
+
         was_training = model.training
         model.train()
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
-        for epoch in range(self.epochs):
+        settings = LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=0.0, schedule="constant",
+                                seed=self.seed)
+        path = Path(self.checkpoint) / CHECKPOINT if self.checkpoint else None
+        first = 0
+        if path is not None and path.is_file():
+            state, _ = load_checkpoint(path, model, opt, settings)
+            if state.get("bits") != self.bits or state.get("lsq") != self.lsq:
+                raise SlimError(f"{path} was written by qat with other bits/lsq; use a new checkpoint folder")
+            first = int(state["epoch"])
+        for epoch in range(first, self.epochs):
             for inputs, target in task.train_batches(self.batch_size, self.seed + epoch):
                 opt.zero_grad()
                 loss = F.cross_entropy(task.forward(model, inputs), target)
                 loss.backward()
                 opt.step()
+            if path is not None:
+                save_checkpoint(path, model, opt, {}, {"epoch": epoch + 1, "bits": self.bits, "lsq": self.lsq},
+                                settings)
         model.train(was_training)
 
     @classmethod
