@@ -13,6 +13,7 @@ from slimkit.errors import ConfigError, SlimError, SlimFormatError
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
 from slimkit.recipes import Recipe, load_recipe, run_recipe
+from slimkit.search import search  # binds `slimkit.search` to the function (optuna loads on first use)
 from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"
@@ -30,5 +31,5 @@ def __getattr__(name: str):
 __all__ = [
     "ConfigError", "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError",
     "apply_", "distill", "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
-    "quantize_", "read_manifest", "resolve", "run_recipe", "save", "share_", "zoo",
+    "quantize_", "read_manifest", "resolve", "run_recipe", "save", "search", "share_", "zoo",
 ]

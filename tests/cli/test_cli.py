@@ -116,3 +116,9 @@ def test_recipe_for_another_model_warns_and_fails_cleanly(monkeypatch, capsys, t
     assert "recipe int4 was made for minilm, not lenet5" in err
     assert_one_line_error(err, "group_size=64 does not divide the input dimension 120 of fc2")
     assert not out.exists()
+
+
+def test_missing_option_is_a_usage_error_with_exit_code_2(monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "compress", "builtin:lenet-300-100")
+    assert code == 2
+    assert "Missing option '--recipe'" in err and "internal error" not in err and "Traceback" not in err

@@ -35,7 +35,9 @@ def run() -> None:
     from slimkit.errors import SlimError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)   # typer.Exit(n) comes back as a return value here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SlimError as exc:
         if common.STATE.debug:
             raise
@@ -47,15 +49,27 @@ def run() -> None:
     except typer.Abort:
         common.fail("aborted")
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if _usage_error(exc):
             exc.show()
             sys.exit(2)
         if common.STATE.debug:
             raise
         common.fail(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for details)",
                     code=1)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """A click usage error (missing option, bad value): typer >= 0.29 vendors its own click."""
+    import click
+
+    kinds: tuple[type, ...] = (click.ClickException,)
+    try:
+        from typer._click import ClickException as VendoredClickException
+
+        kinds += (VendoredClickException,)
+    except ImportError:
+        pass
+    return isinstance(exc, kinds) and hasattr(exc, "show")
 
 
 if __name__ == "__main__":
