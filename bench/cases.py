@@ -39,6 +39,7 @@ from bench.harness import (
     time_candidates,
     time_limit,
 )
+from bench.hashed_case import run_hashed_case
 from bench.peers import build_peers
 from bench.stream_case import run_stream_case
 
@@ -87,7 +88,10 @@ CASES["stream"] = CaseSpec("stream", (), batch=1, weight=0.3, recipe_timeout_s=0
                            runner=run_stream_case)
 CASES["decode"] = CaseSpec("decode", (), batch=1, weight=0.2, recipe_timeout_s=0, reserve_s=0,
                            runner=run_decode_case)
-ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode")   # cheap cases first; MiniLM takes what is left
+CASES["hashed-vs-dense"] = CaseSpec("hashed-vs-dense", (), batch=1, weight=0.4, recipe_timeout_s=0, reserve_s=0,
+                                    runner=run_hashed_case)
+# cheap cases first; MiniLM takes what is left
+ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense")
 
 
 @dataclass(frozen=True)
