@@ -40,6 +40,7 @@ from bench.harness import (
     time_limit,
 )
 from bench.hashed_case import run_hashed_case
+from bench.lowrank_case import run_lowrank_case
 from bench.peers import build_peers
 from bench.stream_case import run_stream_case
 
@@ -90,8 +91,10 @@ CASES["decode"] = CaseSpec("decode", (), batch=1, weight=0.2, recipe_timeout_s=0
                            runner=run_decode_case)
 CASES["hashed-vs-dense"] = CaseSpec("hashed-vs-dense", (), batch=1, weight=0.4, recipe_timeout_s=0, reserve_s=0,
                                     runner=run_hashed_case)
+CASES["minilm-lowrank"] = CaseSpec("minilm-lowrank", (), batch=32, weight=0.6, recipe_timeout_s=0, reserve_s=0,
+                                   runner=run_lowrank_case)
 # cheap cases first; MiniLM takes what is left
-ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense")
+ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense", "minilm-lowrank")
 
 
 @dataclass(frozen=True)
