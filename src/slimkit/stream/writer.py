@@ -154,7 +154,8 @@ class SlimWriter:
         return len(head) + self._size
 
     def _finish_reserved(self, manifest: Manifest) -> int:
-        assert self._final is not None and self._reserved is not None
+        if self._final is None or self._reserved is None:
+            raise RuntimeError("internal: finishing a reserved layout that was never reserved")
         missing = sorted(set(self._reserved) - self._names)
         if missing or manifest.to_json() != self._manifest_json:
             raise SlimError(f"cannot finish {self.path}: arrays {missing[:3]} not written or the manifest changed")
