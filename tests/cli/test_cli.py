@@ -9,20 +9,9 @@ import sys
 import pytest
 
 import slimkit as sk
-from slimkit.cli.main import run
+from cli_runner import cli
 
 EVAL_KEYS = {"bytes", "baseline_bytes", "ratio", "score", "latency_ms"}
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["slimkit", *args])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(err: str, message: str) -> None:

@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from slimkit.cli.main import run
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["slimkit", *args])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_runner import cli
 
 
 def test_inspect_json_has_the_preflight(monkeypatch, capsys, lenet_trained):

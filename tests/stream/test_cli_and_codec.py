@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import slimkit as sk
-from slimkit.cli.main import run
+from cli_runner import cli
 from slimkit.errors import SlimFormatError
 from slimkit.io.codecs import decode_chain, encode_chain
 
 from .conftest import write_sharded
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["slimkit", *args])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_streams_a_safetensors_file(monkeypatch, capsys, tmp_path, ckpt, tensors):
