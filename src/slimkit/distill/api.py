@@ -6,8 +6,11 @@
 >>> student = distill(teacher, shrink_mlp(teacher, (32, 16)), task, DistillConfig(epochs=60))
 
 As a recipe stage (`method: distill`), the model being compressed is the teacher and the
-config derives the student: `student: [32, 16]` shrinks an MLP's hidden widths, `keep: [1, 3, 5]`
-(or `every: 2`) keeps some transformer layers with the teacher's weights.
+config derives the student: `student: [32, 16]` shrinks an MLP's hidden widths,
+`student: {prune: 0.75, criterion: l2}` (or `{widths: [8, 6]}`) cuts the teacher down by structured
+pruning keeping its most important units with their weights (any model the pruner supports, e.g.
+lenet5), `student: builtin:lenet5` takes a smaller zoo model, `keep: [1, 3, 5]` (or `every: 2`)
+keeps some transformer layers with the teacher's weights.
 """
 
 from __future__ import annotations
@@ -16,22 +19,23 @@ from collections.abc import Callable
 from enum import Enum
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
-from slimkit.distill.data import Source, as_source, read_text, text_source
+from slimkit.distill.data import Source, as_source, text_task_source
 from slimkit.distill.loop import EpochInfo, FitResult, LoopSettings, fit, init_distributed
 from slimkit.distill.objective import Objective, Weights
-from slimkit.distill.students import keep_layers, shrink_mlp
+from slimkit.distill.students import keep_layers, pruned_student, reinitialise_, shrink_mlp, zoo_student
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.select import FilterFn
 
 
 class StudentInit(str, Enum):
-    RANDOM = "random"
-    TEACHER = "teacher"
+    RANDOM = "random"      # fresh weights (seeded)
+    TEACHER = "teacher"    # the teacher's most important units, with their weights
+    TRAINED = "trained"    # a zoo student's own trained weights
 
 
 class FeatureLoss(str, Enum):
@@ -45,6 +49,24 @@ class Schedule(str, Enum):
     CONSTANT = "constant"
 
 
+class PruneCriterion(str, Enum):
+    L1 = "l1"
+    L2 = "l2"
+    ACTIVATION = "activation"
+    TAYLOR = "taylor"
+
+
+class PrunedStudent(BaseModel):
+    """A student cut from the teacher by structured pruning (`students.pruned_student`):
+    `prune` = fraction of units removed from every prunable layer, or `widths` = units kept per
+    layer group; the kept units keep the teacher's weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prune: float | None = Field(None, gt=0, lt=1, description="fraction of units removed per layer")
+    widths: list[int] | None = Field(None, description="units kept in each prunable layer group")
+    criterion: PruneCriterion = PruneCriterion.L2
+
+
 @register_method
 class DistillConfig(MethodConfig):
     """Train a smaller student to imitate the model (its teacher)."""
@@ -53,10 +75,13 @@ class DistillConfig(MethodConfig):
     family: ClassVar[Family] = Family.DISTILL
     summary: ClassVar[str] = "knowledge distillation into a smaller student (KD, hints, attention)"
 
-    student: list[int] | None = Field(None, description="hidden widths of an MLP student")
+    student: list[int] | PrunedStudent | str | None = Field(
+        None, description="MLP hidden widths [32, 16]; {prune: 0.75, criterion: l2} (structured pruning "
+        "of the teacher); or a smaller zoo model, builtin:NAME")
     keep: list[int] | None = Field(None, description="transformer layers to keep")
     every: int | None = Field(None, ge=1, description="keep every k-th transformer layer")
-    init: StudentInit = StudentInit.RANDOM
+    init: StudentInit | None = Field(None, description="student weights: random (default for MLP widths and zoo "
+                                     "models), teacher (default for a pruned student), trained (a zoo model's own)")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term")
     hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state hints")
@@ -64,6 +89,10 @@ class DistillConfig(MethodConfig):
     attention_weight: float = Field(0.0, ge=0, description="weight of attention transfer")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) on float inputs; 0 = off")
     text: str | None = Field(None, description="extra training text file, one sentence per line")
+    corpora: list[str] = Field(default_factory=list, description="embedded corpora added to a text task's "
+                               "training text (e.g. [libdocs]); their held-out part joins validation")
+    augment: float = Field(0.0, ge=0, le=1, description="fraction of sentences augmented each epoch (text)")
+    bf16: bool = Field(False, description="forward passes under bfloat16 autocast (faster on CPUs with AMX)")
     epochs: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
@@ -84,19 +113,36 @@ class DistillConfig(MethodConfig):
                             schedule=self.schedule.value, warmup=self.warmup, patience=self.patience,
                             seed=self.seed, progress=self.progress, time_limit=self.time_limit)
 
-    def make_student(self, teacher: nn.Module) -> nn.Module:
-        """The student this config derives from `teacher`."""
+    def make_student(self, teacher: nn.Module, data: object | None = None) -> nn.Module:
+        """The student this config derives from `teacher` (`data`: the task a pruned student's
+        importance is measured on; by default the zoo model's own)."""
         if self.student is not None and (self.keep is not None or self.every is not None):
             raise SlimError("give either student (MLP widths) or keep/every (transformer layers)")
+        init = self.init.value if self.init is not None else None
+        if isinstance(self.student, PrunedStudent):
+            if init not in (None, "teacher", "random"):
+                raise SlimError(f"init: {init} does not apply to a pruned student (teacher or random)")
+            spec = self.student
+            student = pruned_student(teacher, spec.prune, spec.widths, spec.criterion.value,
+                                     data if isinstance(data, Task) else None)
+            return reinitialise_(student, self.seed) if init == "random" else student
+        if isinstance(self.student, str):
+            if not self.student.startswith("builtin:"):
+                raise SlimError(f"student {self.student!r}: name a zoo model as builtin:NAME")
+            if init not in (None, "random", "trained"):
+                raise SlimError(f"init: {init} does not apply to a zoo student (random or trained)")
+            return zoo_student(self.student, init or "random", self.seed)
         if self.student is not None:
-            return shrink_mlp(teacher, self.student, init=self.init.value, seed=self.seed)
+            if init == "trained":
+                raise SlimError("init: trained applies to a zoo student (student: builtin:NAME) only")
+            return shrink_mlp(teacher, self.student, init=init or "random", seed=self.seed)
         if self.keep is not None or self.every is not None:
             return keep_layers(teacher, self.keep, self.every)
         raise SlimError("distill needs a student: student: [widths] for an MLP, or keep: [layers] / "
                         "every: k for a transformer")
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        student = self.make_student(model)
+        student = self.make_student(model, task)
         return distill(model, student, task, self)
 
 
@@ -116,7 +162,8 @@ def _heads(model: nn.Module) -> int:
 def build_objective(teacher: nn.Module, student: nn.Module, config: DistillConfig) -> Objective:
     weights = Weights(temperature=config.temperature, alpha=config.alpha,
                       hidden=config.hidden_weight, hidden_kind=config.hidden_loss.value,
-                      attention=config.attention_weight, heads=_heads(teacher), mixup=config.mixup)
+                      attention=config.attention_weight, heads=_heads(teacher), mixup=config.mixup,
+                      bf16=config.bf16)
     objective = Objective(teacher, weights)
     pairs = _layer_pairs(student)
     if pairs is not None and (config.hidden_weight or config.attention_weight):
@@ -135,10 +182,10 @@ def _source(data: object, config: DistillConfig) -> Source:
     encode = getattr(data, "encode", None)
     calib = getattr(data, "calib_sentences", None)
     if isinstance(data, Task) and encode is not None and calib is not None:
-        texts = list(calib) + (read_text(config.text) if config.text else [])
-        source = text_source(texts, encode, config.batch_size, config.seed)
-        source.validate = data.score
-        return source
+        return text_task_source(data, config.corpora, config.text, config.batch_size, config.seed,
+                                config.augment)
+    if config.corpora or config.augment:
+        raise SlimError("corpora: / augment: are only used with a text task (e.g. builtin:minilm)")
     if config.text is not None:
         raise SlimError("text: is only used with a text task (e.g. builtin:minilm)")
     return as_source(data, config.batch_size, config.seed)
@@ -172,4 +219,5 @@ def distill(teacher: nn.Module, student: nn.Module, data: object, config: Distil
     return student
 
 
-__all__ = ["DistillConfig", "EpochInfo", "FitResult", "FeatureLoss", "StudentInit", "distill"]
+__all__ = ["DistillConfig", "EpochInfo", "FitResult", "FeatureLoss", "PruneCriterion", "PrunedStudent",
+           "StudentInit", "distill"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimError
+from slimkit.eval.task import Task
 from slimkit.surgery import get_submodule, register_op, replace_module
 
 
@@ -162,3 +163,98 @@ def _replay_keep_layers(model: nn.Module, edit: dict) -> None:
     if not isinstance(name, str) or not isinstance(keep, list) or not all(isinstance(i, int) for i in keep):
         raise SlimError("keep_layers edit needs a module name and a list of layer indices")
     _keep(model, name, sorted(keep))
+
+
+PRUNE_CRITERIA = ("l1", "l2", "activation", "taylor")
+
+
+def pruned_student(teacher: nn.Module, ratio: float | None = None, widths: Sequence[int] | None = None,
+                   criterion: str = "l2", data: object | None = None) -> nn.Module:
+    """A student cut from the teacher by structured pruning, keeping its most important units.
+
+    Every prunable layer group the pruner traces (Linear neurons, conv filters with their
+    BatchNorm entries; never the layer that feeds the output) loses the fraction `ratio` of its
+    units, or keeps `widths[i]` units of the i-th group (in model order). Importance
+    (`criterion`): the unit's weight norm `l1` / `l2`, or, measured on `data` (a Task, by
+    default the zoo model's own), `activation` (mean |activation| x outgoing weight norm) or
+    `taylor` (|activation x gradient|). The kept units keep their weights, so the student starts
+    where the teacher's most important units are. Works for any model `slimkit.prune_` can cut
+    (MLPs, CNNs such as lenet5); saves and loads like any pruned model.
+
+    >>> student = pruned_student(sk.zoo.load("lenet5"), ratio=0.75, criterion="l2")
+    >>> student = pruned_student(sk.zoo.load("lenet-300-100"), widths=[8, 6], criterion="activation")
+    """
+    from slimkit.api import apply_
+    from slimkit.eval.measure import task_for
+    from slimkit.surgery.trace import trace_groups
+
+    if criterion not in PRUNE_CRITERIA:
+        raise SlimError(f"unknown pruning criterion {criterion!r} (known: {', '.join(PRUNE_CRITERIA)})")
+    if (ratio is None) == (widths is None):
+        raise SlimError("give exactly one of ratio=<fraction to remove> or widths=[units per layer]")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise SlimError(f"student ratio (fraction of units removed) must be in (0, 1), got {ratio}")
+    task = data if data is not None else task_for(teacher)
+    if not isinstance(task, Task):
+        raise SlimError("pruned_student needs data=<a Task> (example inputs and calibration data) "
+                        f"for a {type(teacher).__name__} that is not a zoo model")
+    student = fresh_copy(teacher)
+    if ratio is not None:
+        apply_(student, _prune_config(criterion, ratio, None), task)
+        return student
+    groups, problems = trace_groups(student, task.example_inputs(2))
+    widths = [int(w) for w in widths]
+    if len(widths) != len(groups):
+        names = ", ".join(g.producer for g in groups) or "none"
+        raise SlimError(f"{type(teacher).__name__} has {len(groups)} prunable layer group(s) ({names}); "
+                        f"got {len(widths)} widths: {widths}")
+    for group, width in zip(groups, widths, strict=True):
+        if not 1 <= width <= group.channels:
+            raise SlimError(f"width for {group.producer} must be in 1..{group.channels}, got {width}")
+        if width < group.channels:  # keep exactly `width`: floor(ratio * n) = n - width
+            ratio_here = (group.channels - width + 0.5) / group.channels
+            apply_(student, _prune_config(criterion, ratio_here, group.producer), task)
+    return student
+
+
+def _prune_config(criterion: str, ratio: float, target: str | None):
+    """The structured-pruning config that removes `ratio` of the units, once, with no retraining."""
+    from slimkit.prune.api import Criterion, Norm, NormPruning, StructuredPruning
+
+    common = {"ratio": ratio, "epochs": 0, "rounds": 1, "max_drop": 100.0, "min_channels": 1,
+              "targets": target}
+    if criterion in ("l1", "l2"):
+        return NormPruning(norm=Norm(criterion), **common)
+    return StructuredPruning(criterion=Criterion(criterion), **common)
+
+
+def zoo_student(name: str, init: str = "trained", seed: int = 0) -> nn.Module:
+    """A smaller zoo model as the student (`"lenet5"` or `"builtin:lenet5"`): with its trained
+    weights (`init="trained"`), or the same architecture freshly initialised (`"random"`, seeded).
+
+    >>> student = zoo_student("builtin:lenet5")    # 31k parameters, for lenet-300-100's 51k
+    """
+    from slimkit.zoo import load
+
+    if init not in ("trained", "random"):
+        raise SlimError(f"unknown zoo student init {init!r} (known: trained, random)")
+    student = fresh_copy(load(name.removeprefix("builtin:")))
+    if init == "random":
+        reinitialise_(student, seed)
+    return student
+
+
+@torch.no_grad()
+def reinitialise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Fresh default-initialised weights for every layer of `model` (same shapes), seeded.
+
+    >>> scratch = reinitialise_(fresh_copy(student), seed=3)   # the student's architecture, untrained
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            if hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+    return model
