@@ -43,7 +43,15 @@ def test_unfollowable_structures_are_reported():
             return x if x.sum() > 0 else -x
 
     with pytest.raises(SlimError, match="cannot trace Dynamic"):
-        trace_groups(Dynamic(), X)
+        trace_groups(Dynamic(), X, tracer="fx")
+    assert trace_groups(Dynamic(), X) == ([], {})       # the hook tracer runs it: nothing to prune
+
+    class Broken(Dynamic):
+        def forward(self, x):
+            return x if x.sum() > 0 else x @ x
+
+    with pytest.raises(SlimError, match=r"cannot trace Broken .*torch.fx: .*; hooks: .*mat1 and mat2"):
+        trace_groups(Broken(), {"x": -torch.rand(4, 64)})
 
 
 def test_shrinking_modules_keeps_selected_rows_and_columns():

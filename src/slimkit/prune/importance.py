@@ -42,6 +42,12 @@ def weight_norm(weight: torch.Tensor, p: int = 1) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1).norm(p=p, dim=1)
 
 
+def channels_first(module: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """`output` of `module` with its channels in dimension 1: a Linear's are its last dimension
+    (N, L, C for token sequences), everything else's (Conv, BatchNorm) dimension 1 already."""
+    return output.movedim(-1, 1) if isinstance(module, nn.Linear) and output.dim() > 2 else output
+
+
 def zero_fraction(activation: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(per-channel count of outputs that a ReLU makes zero, number of outputs per channel).
 
@@ -69,8 +75,8 @@ def apoz(model: nn.Module, batches: Iterable, sites: dict[str, str],
     counts: dict[str, int] = dict.fromkeys(sites, 0)
 
     def hook(key):
-        def fn(_module, _inputs, output):
-            z, n = zero_fraction(output)
+        def fn(module, _inputs, output):
+            z, n = zero_fraction(channels_first(module, output))
             zeros[key] = zeros.get(key, 0) + z
             counts[key] += n
         return fn
@@ -94,8 +100,8 @@ def activation_mean(model: nn.Module, batches: Iterable, sites: dict[str, str],
     counts: dict[str, int] = dict.fromkeys(sites, 0)
 
     def hook(key):
-        def fn(_module, _inputs, output):
-            a = output.detach().clamp(min=0)
+        def fn(module, _inputs, output):
+            a = channels_first(module, output.detach()).clamp(min=0)
             flat = a if a.dim() == 2 else a.transpose(0, 1).reshape(a.shape[1], -1).T
             sums[key] = sums.get(key, 0) + flat.sum(0)
             counts[key] += flat.shape[0]

@@ -18,10 +18,10 @@ from torch import nn
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 from slimkit.prune.finetune import finetune, training_data, validation
-from slimkit.prune.importance import above_mean_std, activation_mean, apoz, hooked, weight_norm
+from slimkit.prune.importance import above_mean_std, activation_mean, apoz, channels_first, hooked, weight_norm
 from slimkit.select import FilterFn, matches
 from slimkit.surgery.edits import edit_log
-from slimkit.surgery.shrink import prune_groups_
+from slimkit.surgery.shrink import prune_groups_, same_output_shape
 from slimkit.surgery.trace import Group, trace_groups
 
 Scorer = Callable[[nn.Module, list[Group]], dict[str, torch.Tensor]]
@@ -49,13 +49,18 @@ def param_count(model: nn.Module) -> int:
     return sum(t.numel() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
 
 
+def require_relu(groups: list[Group]) -> None:
+    """APoZ counts zeros after a ReLU: a one-line error for the first group without one."""
+    missing = [g.producer for g in groups if not g.activation]
+    if missing:
+        raise SlimError(f"APoZ needs a ReLU after {missing[0]}; use weight-norm pruning there")
+
+
 def apoz_scores(task: Task, samples: int) -> Scorer:
     """Scores = APoZ over `samples` calibration inputs (higher = less useful)."""
     def score(model, groups):
-        sites = {g.producer: g.activation for g in groups if g.activation}
-        missing = [g.producer for g in groups if not g.activation]
-        if missing:
-            raise SlimError(f"APoZ needs a ReLU after {missing[0]}; use weight-norm pruning there")
+        require_relu(groups)
+        sites = {g.producer: g.activation for g in groups}
         return apoz(model, task.calibration(samples), sites, task.forward)
     return score
 
@@ -70,8 +75,8 @@ def activation_scores(task: Task, samples: int) -> Scorer:
             fan_out = torch.zeros(g.channels)
             for m in g.members:
                 if m.role == "in":
-                    w = model.get_submodule(m.module).weight.detach()
-                    cols = w.transpose(0, 1).reshape(g.channels, m.block, -1)
+                    w = model.get_submodule(m.module).weight.detach().transpose(0, 1)
+                    cols = w[m.offset:m.offset + g.channels * m.block].reshape(g.channels, m.block, -1)
                     fan_out += cols.pow(2).sum((1, 2)).sqrt()
             out[g.producer] = -(mean[g.producer].float() * fan_out)
         return out
@@ -86,9 +91,10 @@ def taylor_scores(task: Task, batches: int = 8) -> Scorer:
         sums: dict[str, torch.Tensor] = {}
 
         def hook(key):
-            def fn(_module, _inputs, output):
+            def fn(module, _inputs, output):
                 def grad_hook(grad, a=output.detach()):
-                    prod = (a * grad).reshape(a.shape[0], a.shape[1], -1).sum(2).abs().sum(0)
+                    prod = channels_first(module, a * grad)
+                    prod = prod.reshape(prod.shape[0], prod.shape[1], -1).sum(2).abs().sum(0)
                     sums[key] = sums.get(key, 0) + prod
                 output.register_hook(grad_hook)
             return fn
@@ -141,7 +147,7 @@ def trim_(model: nn.Module, task: Task, select: Callable[[nn.Module], list[Group
         if not plan:
             break
         backup = copy.deepcopy(model)
-        prune_groups_(model, plan, check=lambda m: task.forward(m, x))
+        prune_groups_(model, plan, check=same_output_shape(lambda m: task.forward(m, x), model))
         if cfg.epochs:
             finetune(model, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed + r,
                      select_from=cfg.epochs // 2)

@@ -3,7 +3,7 @@ matching input columns of every consumer (`trace.Group` says which). Each replac
 recorded with `replace_module`, so a .slim file replays the smaller architecture.
 
 >>> groups, _ = trace_groups(model, task.example_inputs(2))
->>> prune_groups_(model, [(groups[0], torch.tensor([0, 2, 5]))], check=lambda m: m(x))
+>>> prune_groups_(model, [(groups[0], torch.tensor([0, 2, 5]))], check=same_output_shape(lambda m: m(x), model))
 """
 
 from __future__ import annotations
@@ -76,33 +76,68 @@ def shrink_norm(m: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) -> nn.Mo
     return _like(m, new)
 
 
-def _columns(keep: torch.Tensor, block: int) -> torch.Tensor:
-    if block == 1:
-        return keep
-    return (keep[:, None] * block + torch.arange(block)).reshape(-1)
+def _cut_positions(group: Group, member: Member, keep: torch.Tensor) -> torch.Tensor:
+    """Positions of `member`'s dimension that belong to the channels of `group` not in `keep`."""
+    cut = torch.ones(group.channels, dtype=torch.bool)
+    cut[keep] = False
+    cut_idx = torch.nonzero(cut).flatten()
+    return member.offset + (cut_idx[:, None] * member.block + torch.arange(member.block)).reshape(-1)
 
 
-def _shrunk(module: nn.Module, member: Member, keep: torch.Tensor) -> nn.Module:
+def _width(module: nn.Module, member: Member) -> int:
     if member.role == "ch":
-        return shrink_norm(module, keep)
-    out_keep = keep if member.role == "out" else None
-    in_keep = _columns(keep, member.block) if member.role == "in" else None
-    if isinstance(module, nn.Linear):
-        return shrink_linear(module, out_keep, in_keep)
-    if isinstance(module, nn.Conv1d | nn.Conv2d):
-        return shrink_conv(module, out_keep, in_keep)
-    raise SlimError(f"cannot shrink {member} (a {type(module).__name__})")
+        return module.num_features
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _checked(group: Group, keep) -> torch.Tensor:
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if keep.numel() == 0:
+        raise SlimError(f"refusing to remove every channel of {group.producer}")
+    if keep[0] < 0 or keep[-1] >= group.channels:
+        raise SlimError(f"channel index out of range for {group.producer} ({group.channels} channels)")
+    return keep
+
+
+def _shrink_all(model: nn.Module, plan: list[tuple[Group, torch.Tensor]]) -> None:
+    """Shrink every member of every group; each module is rebuilt once, from the positions all
+    groups keep in its *original* layout (so concatenated inputs cut by two groups stay right)."""
+    outs: dict[str, torch.Tensor] = {}
+    masks: dict[tuple[str, str], torch.Tensor] = {}
+    for group, keep in plan:
+        for member in group.members:
+            if member.role == "out":
+                if member.module in outs:
+                    raise SlimError(f"two groups cut the outputs of {member.module}")
+                outs[member.module] = keep
+                continue
+            module = get_submodule(model, member.module)
+            width = _width(module, member)
+            mask = masks.setdefault((member.module, member.role), torch.ones(width, dtype=torch.bool))
+            cut = _cut_positions(group, member, keep)
+            if cut.numel() and int(cut.max()) >= width:
+                raise SlimError(f"{member} lies outside {member.module} ({width} inputs)")
+            mask[cut] = False
+    names = list(dict.fromkeys([*outs, *(name for name, _ in masks)]))
+    for name in names:
+        module = get_submodule(model, name)
+        ch = masks.get((name, "ch"))
+        if ch is not None:
+            replace_module(model, name, shrink_norm(module, torch.nonzero(ch).flatten()))
+            continue
+        cols = masks.get((name, "in"))
+        in_keep = None if cols is None else torch.nonzero(cols).flatten()
+        if isinstance(module, nn.Linear):
+            replace_module(model, name, shrink_linear(module, outs.get(name), in_keep))
+        elif isinstance(module, nn.Conv1d | nn.Conv2d):
+            replace_module(model, name, shrink_conv(module, outs.get(name), in_keep))
+        else:
+            raise SlimError(f"cannot shrink {name} (a {type(module).__name__})")
 
 
 def prune_group_(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
     """Keep channels `keep` (sorted indices) of `group`, shrinking every member in `model`."""
-    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
-    if keep.numel() == 0:
-        raise SlimError(f"refusing to remove every channel of {group.producer}")
-    if keep.numel() and (keep[0] < 0 or keep[-1] >= group.channels):
-        raise SlimError(f"channel index out of range for {group.producer} ({group.channels} channels)")
-    for member in group.members:
-        replace_module(model, member.module, _shrunk(get_submodule(model, member.module), member, keep))
+    _shrink_all(model, [(group, _checked(group, keep))])
 
 
 def prune_groups_(model: nn.Module, plan: list[tuple[Group, torch.Tensor]],
@@ -112,9 +147,39 @@ def prune_groups_(model: nn.Module, plan: list[tuple[Group, torch.Tensor]],
     If anything fails, every touched module is put back and the edit log restored, so the
     model is exactly the original; the problem is raised as a one-line SlimError.
     """
+    plan = [(group, _checked(group, keep)) for group, keep in plan]
     with guarded(model, {m.module for g, _ in plan for m in g.members}, check):
-        for group, keep in plan:
-            prune_group_(model, group, keep)
+        _shrink_all(model, plan)
+
+
+def same_output_shape(run: Callable[[nn.Module], object], model: nn.Module) -> Callable[[nn.Module], None]:
+    """A `check` for `prune_groups_`: `run(model)` must still work and give outputs of the shapes
+    it gives now (tensors anywhere in tuples, lists, dicts or Hugging Face outputs).
+
+    >>> prune_groups_(model, plan, check=same_output_shape(lambda m: m(x), model))
+    """
+    with torch.no_grad():
+        before = _shapes(run(model))
+
+    def check(m: nn.Module) -> None:
+        after = _shapes(run(m))
+        if after != before:
+            raise SlimError(f"output shape changed from {_fmt(before)} to {_fmt(after)}")
+    return check
+
+
+def _shapes(value: object) -> list[tuple[int, ...]]:
+    if isinstance(value, torch.Tensor):
+        return [tuple(value.shape)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _shapes(v)]
+    return []
+
+
+def _fmt(shapes: list[tuple[int, ...]]) -> str:
+    return ", ".join(str(list(s)) for s in shapes) or "no tensor"
 
 
 @contextlib.contextmanager
