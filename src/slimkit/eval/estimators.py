@@ -184,7 +184,7 @@ def _nm(plan: Plan, cfg, task) -> Note:
 
 def _channel_rounds(plan: Plan, cfg, task, cut: float, rounds: int) -> tuple[dict, dict]:
     """Cut a fraction `cut` of every selected group's channels per round (the kept ones: the first)."""
-    from slimkit.prune.structured import param_count, prunable_groups
+    from slimkit.prune.structured import param_count, prunable_groups, require_relu
     from slimkit.surgery.shrink import prune_groups_
     from slimkit.surgery.trace import trace_groups
 
@@ -196,6 +196,8 @@ def _channel_rounds(plan: Plan, cfg, task, cut: float, rounds: int) -> tuple[dic
     channels: dict[str, int] = {}
     for _ in range(rounds):
         groups = prunable_groups(model, task, cfg.targets, cfg.ignore, None)
+        if cfg.method == "apoz":
+            require_relu(groups)   # as the real run: APoZ is measured after a ReLU
         cuts = []
         for g in groups:
             keep = max(min(cfg.min_channels, g.channels), g.channels - math.floor(cut * g.channels))
