@@ -34,6 +34,7 @@ PLANS: list[tuple[str, str, list[tuple[str, dict]]]] = [
     ("lenet-300-100-hashed", "lenet-300-100", [("hashed", {"ratio": 0.125, "finetune_epochs": 0})]),
     ("lenet-300-100-deep-compression", "lenet-300-100",
      [("magnitude", {"sparsity": 0.96}), ("kmeans", {"bits": 4, "coding": "auto"})]),
+    ("lenet-300-100-nm-2-4-kmeans", "lenet-300-100", [("nm", {}), ("kmeans", {"bits": 4, "coding": "auto"})]),
     ("lenet-300-100-lowrank", "lenet-300-100", [("lowrank", {"rank": 8, "targets": ["fc1", "fc2"]})]),
     ("lenet-300-100-structured", "lenet-300-100", [("weight-norm", {"ratio": 0.8, "max_drop": 100.0})]),
     ("lenet5-int8-static", "lenet5", [("int8-static", {"samples": 64})]),

@@ -10,7 +10,12 @@ values alone. Positions go into one side array, whichever is smaller:
   is ``g // esc`` escapes and then ``g % esc``. With 8 bits the stream is plain uint8 symbols that
   an entropy coder can take as they are (`gaps_to_symbols` / `symbols_to_positions`). The gap
   symbols are either bit-packed or entropy-coded (`gap_coder` = "huffman" or "ans" in the params,
-  Deep Compression's coding of index differences), whichever is smaller.
+  Deep Compression's coding of index differences), whichever is smaller;
+- ``nm``: when every group of `m` consecutive elements holds exactly `n` nonzeros (2:4, 1:4, 2:8,
+  ...), each group's pattern number, packed in base C(m, n) (2.59 bits per 2:4 group instead of a
+  mask's 4) or entropy-coded, whichever is smaller (`slimkit.io.codec_nm`); params ``"nm": [n, m]``.
+
+``index="auto"`` (the default) detects N:M structure and keeps the smallest of all of these.
 
 >>> stored, stages = encode_chain(weight, [{"codec": "sparse"}])
 >>> stored["data"]          # the nonzero values, float32
@@ -25,10 +30,12 @@ import numpy as np
 
 from slimkit.errors import SlimError, SlimFormatError
 from slimkit.io.codec_entropy import best_entropy_code, entropy_decode
+from slimkit.io.codec_nm import decode_nm, encode_nm, nm_structure, pattern_ranks, ranks_to_positions, valid_nm
 from slimkit.io.codecs import Codec, _dtype, _shape, pack_bits, register_codec, unpack_bits
 
-INDEX_KINDS = ("auto", "mask", "gaps")
+INDEX_KINDS = ("auto", "mask", "gaps", "nm")
 GAP_BITS = range(2, 9)
+Option = tuple[int, str, np.ndarray, int, "str | None"]   # (bytes, index kind, side array, gap bits, coder)
 
 
 def gaps_to_symbols(positions: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -85,7 +92,7 @@ class Sparse(Codec):
         positions = np.flatnonzero(nonzero)
         values = flat[positions]
         mask = np.packbits(nonzero, bitorder="little")
-        options: list[tuple[int, str, np.ndarray, int, str | None]] = []
+        options: list[Option] = []
         # an all-zero tensor always keeps the mask: its size bounds the decoded size honestly
         if index in ("auto", "mask") or not positions.size:
             options.append((mask.size, "mask", mask, 0, None))
@@ -97,9 +104,19 @@ class Sparse(Codec):
                 if entropy:
                     stream, coder = best_entropy_code(symbols)
                     options.append((stream.size, "gaps", stream, bits, coder))
+        nm = nm_structure(nonzero) if positions.size and index in ("auto", "nm") else None
+        if index == "nm" and nm is None and positions.size:
+            raise SlimError(f"sparse: index 'nm' needs exactly n nonzeros in every group of m, not so for "
+                            f"a tensor of shape {list(arr.shape)}")
+        if nm is not None:
+            options.extend(_nm_options(nonzero, *nm, entropy))
         _, kind, side, bits, coder = min(options, key=lambda o: o[0])
         params = {"shape": list(arr.shape), "dtype": str(arr.dtype), "nnz": int(positions.size),
                   "index": kind}
+        if kind == "nm":
+            params["nm"] = list(nm)
+            if coder:
+                params["nm_coder"] = coder
         if kind == "gaps":
             params.update(gap_bits=bits, symbols=int(gaps_to_symbols(positions, bits).size))
             if coder:
@@ -118,7 +135,7 @@ class Sparse(Codec):
             raise SlimFormatError(f"sparse: nnz {nnz!r} impossible for a tensor of {size} elements")
         if data.ndim != 1 or data.size != nnz:
             raise SlimFormatError(f"sparse: {data.size} stored values, manifest says {nnz}")
-        if kind not in ("mask", "gaps") or kind not in side:
+        if kind not in ("mask", "gaps", "nm") or kind not in side:
             raise SlimFormatError(f"sparse: missing or unknown index kind {kind!r}")
         stream = side[kind]
         if stream.dtype != np.uint8 or stream.ndim != 1:
@@ -130,6 +147,8 @@ class Sparse(Codec):
             if int(bits_set.sum()) != nnz:
                 raise SlimFormatError(f"sparse: bitmask has {int(bits_set.sum())} bits set, expected {nnz}")
             positions = np.flatnonzero(bits_set)
+        elif kind == "nm":
+            positions = _nm_positions(stream, params, size, nnz)
         else:
             bits, count = params.get("gap_bits"), params.get("symbols")
             if bits not in GAP_BITS or not isinstance(count, int) or count < nnz:
@@ -148,3 +167,30 @@ class Sparse(Codec):
         out = np.zeros(size, dtype=dtype)
         out[positions] = data.astype(dtype, copy=False)
         return out.reshape(shape)
+
+
+def _nm_options(nonzero: np.ndarray, n: int, m: int, entropy: bool) -> list[Option]:
+    """The packed pattern stream, and (up to 256 patterns) the entropy-coded pattern numbers."""
+    options: list[Option] = []
+    packed = encode_nm(nonzero, n, m)
+    options.append((packed.size, "nm", packed, 0, None))
+    if entropy and math.comb(m, n) <= 256:
+        stream, coder = best_entropy_code(pattern_ranks(nonzero, n, m).astype(np.uint8))
+        options.append((stream.size, "nm", stream, 0, coder))
+    return options
+
+
+def _nm_positions(stream: np.ndarray, params: dict, size: int, nnz: int) -> np.ndarray:
+    """Positions from an ``nm`` index, every count checked against the manifest before decoding."""
+    nm = params.get("nm")
+    if not (isinstance(nm, list) and len(nm) == 2 and valid_nm(*nm)) or size % nm[1]:
+        raise SlimFormatError(f"sparse: bad nm parameters {str(nm)[:40]} for a tensor of {size} elements")
+    n, m = nm
+    if nnz != size // m * n:
+        raise SlimFormatError(f"sparse: {n}:{m} groups of a tensor of {size} elements hold {size // m * n} "
+                              f"nonzeros, manifest says {nnz}")
+    if "nm_coder" not in params:
+        return decode_nm(stream, n, m, size)
+    if math.comb(m, n) > 256:
+        raise SlimFormatError(f"sparse: entropy-coded nm index needs at most 256 patterns, {n}:{m} has more")
+    return ranks_to_positions(entropy_decode(stream, size // m, params["nm_coder"]), n, m)
