@@ -40,6 +40,8 @@ _SCALAR_OPS = {"add", "sub", "mul", "div", "truediv", "neg", "__add__", "__radd_
 _POOL = {"max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
          "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d"}
 _FLATTEN = {"flatten", "reshape", "view"}
+_META_METHODS = {"size", "dim", "numel"}       # read the shape, not the values: no dataflow
+_META_ATTRS = {"shape", "dtype", "device", "ndim"}
 _KEEP_MOD = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
              nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.Hardswish, nn.Mish)
 _POOL_MOD = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
@@ -195,6 +197,8 @@ def _follow(start, modules: dict[str, nn.Module], calls: dict[str, int]):
         for user in node.users:
             kind = _kind(user, node, modules)
             where = _describe(user)
+            if kind == "meta":
+                continue
             if kind in ("relu", "keep"):
                 if kind == "relu":
                     group.activation = group.activation or last_module
@@ -314,6 +318,8 @@ def _kind(node, source, modules: dict[str, nn.Module]) -> str:
             return "flatten"
     elif node.op in ("call_function", "call_method"):
         name = _name(node.target)
+        if name in _META_METHODS or (name == "getattr" and len(node.args) > 1 and node.args[1] in _META_ATTRS):
+            return "meta"
         if name in _RELU:
             return "relu"
         if name in _ELEMENTWISE:
