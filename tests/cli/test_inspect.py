@@ -30,7 +30,7 @@ def test_inspect_table_shows_groups_reasons_and_estimates(monkeypatch, capsys, l
     assert code == 0
     assert "conv2[out] <-> bn2[ch] <-> fc1[in x4]" in out
     assert "fc3: not prunable (feeds the model output)" in out
-    assert "stays float: Conv2d is not supported" in out
+    assert "int8 weights (weight-only)" in out and "Conv2d is not supported" not in out
     assert "ESTIMATES" in out and "int8" in out and "kmeans" in out and "deep-compression" not in out
 
 

@@ -52,6 +52,26 @@ def test_estimate_against_the_full_recipe(lenet, digits_task, name):
     assert abs(est - real) <= TOLERANCE * real, (name, est, real)
 
 
+@pytest.mark.parametrize("name", ["int8", "int8-static", "qat-int4", "rtn-4bit-g4"])
+def test_lenet5_quantization_estimates_count_the_convs(lenet5_trained, digits_task, name, monkeypatch):
+    """Convs are quantized now: the estimate must follow them to within 1% of the real file."""
+    from slimkit.nn.quant_conv import QuantConv2d
+    from slimkit.quant.qat import QAT
+
+    monkeypatch.setattr(QAT, "train", lambda self, model, task: None)   # sizes do not depend on training
+
+    if name == "rtn-4bit-g4":   # conv1 (in*kh*kw = 9) falls back to per-channel, conv2 keeps groups of 4
+        recipe = Recipe(name, "", [sk.make_config("rtn", bits=4, group_size=4, symmetric=False)], [])
+    else:
+        recipe = _cheap(sk.load_recipe(name))
+    est = estimate_recipe(lenet5_trained, recipe, digits_task)
+    assert est["error"] is None and {"conv1", "conv2"} <= set(est["stages"][0]["touched"])
+    model = sk.run_recipe(copy.deepcopy(lenet5_trained), recipe, digits_task)
+    assert isinstance(model.conv1, QuantConv2d) and isinstance(model.conv2, QuantConv2d)
+    real = file_size(model)
+    assert abs(est["bytes"] - real) <= 0.01 * real, (name, est["bytes"], real)
+
+
 def test_int8_payload_is_exact(lenet):
     from slimkit.io.artifact import encode_model
     from slimkit.quant.api import Int8
@@ -85,7 +105,9 @@ def test_coupled_groups_read_as_text(lenet5_trained, digits_task):
 
 def test_capabilities_say_why_layers_stay_float(lenet5_trained, digits_task):
     rows = {r["layer"]: r for r in capabilities(lenet5_trained, digits_task)}
-    assert rows["conv1"]["quantization"] == "stays float" and "Conv2d is not supported" in rows["conv1"]["float_reason"]
+    assert rows["conv1"]["float_reason"] is None and rows["conv1"]["quantization"].startswith("int8 weights")
+    assert "per-channel over in*kh*kw=9" in rows["conv1"]["quantization"]
+    assert "(per-channel over in*kh*kw=144)" in rows["conv2"]["quantization"]
     assert "normalization" in rows["bn1"]["float_reason"]
     assert rows["fc1"]["float_reason"] is None and rows["fc1"]["quantization"].startswith("int8")
     assert "no 2:4" in rows["conv1"]["pruning"] and "2:4" in rows["conv2"]["pruning"]

@@ -74,15 +74,19 @@ def test_int8_on_lenet_keeps_accuracy(lenet, digits_task, tmp_path):
     assert size < 0.3 * sk.evaluate(loaded, digits_task, path=path, timing=False).baseline_bytes
 
 
-def test_int8_on_lenet5_lists_convolutions_as_float(lenet5_trained, digits_task):
+def test_int8_on_lenet5_quantizes_convolutions_too(lenet5_trained, digits_task):
+    from slimkit.nn.quant_conv import QuantConv2d
+
     model = copy.deepcopy(lenet5_trained)
     base = digits_task.score(model)
     model = sk.quantize_(model, Int8(), data=digits_task)
     report = quant_report(model)
-    assert set(report["quantized"]) == {"fc1", "fc2", "fc3"}
-    assert set(report["skipped"]) == {"conv1", "conv2"}
-    assert "Conv2d" in report["skipped"]["conv1"]
+    assert set(report["quantized"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"} and report["skipped"] == {}
+    assert "weight-only" in report["quantized"]["conv1"]
+    assert isinstance(model.conv2, QuantConv2d) and model.conv2.bits == 8 and model.conv2.scale.dtype == torch.float32
     assert base - digits_task.score(model) <= 0.003
+    plain = sk.quantize_(copy.deepcopy(lenet5_trained), Int8(conv=False), data=digits_task)
+    assert type(plain.conv1) is nn.Conv2d and "conv1" not in quant_report(plain)["skipped"]
 
 
 def test_targets_and_ignore_select_layers(lenet, digits_task):

@@ -73,12 +73,16 @@ def _quant_targets(plan: Plan, cfg, handled: tuple) -> tuple[list, dict]:
 @estimates("int8", "int8-static")
 def _int8(plan: Plan, cfg, task) -> Note:
     static = cfg.method == "int8-static"
-    handled = ((nn.Linear,) if getattr(cfg, "linear", True) else ()) + ((nn.Embedding,) if cfg.embeddings else ())
+    handled = ((nn.Linear,) if getattr(cfg, "linear", True) else ()) + ((nn.Embedding,) if cfg.embeddings else ()) \
+        + ((nn.Conv2d,) if getattr(cfg, "conv", True) else ())
     picked, skipped = _quant_targets(plan, cfg, handled)
     touched = {}
     for name, m in picked:
-        rows, cols = m.weight.shape
-        if type(m) is nn.Linear:
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
+        if type(m) is nn.Conv2d:   # QuantConv2d: uint8 codes, a (rows, 1) fp32 scale
+            how = "int8 per-channel weights, fp32 scales (conv: weight-only)"
+            plan.set(_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows, how, arrays=2, kind="quant"))
+        elif type(m) is nn.Linear:
             how = "int8 per-channel weights, fp32 scales" + (", static input scale" if static else "")
             plan.set(_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows + 4 * static, how,
                                                   arrays=2 + static, kind="quant"))
@@ -98,15 +102,22 @@ def _group_count(cols: int, granularity: str, group_size: int) -> tuple[int, int
 
 @estimates("rtn", "gptq")
 def _weight_only(plan: Plan, cfg, task) -> Note:
+    from slimkit.quant.conv import conv_layout
     from slimkit.quant.math import check_group
 
-    handled = (nn.Linear,) + ((nn.Embedding,) if cfg.embedding_bits else ())
+    handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if cfg.embedding_bits else ())
     picked, skipped = _quant_targets(plan, cfg, handled)
     scale_bytes = 2 if cfg.scale_dtype.value == "float16" else 4
     touched = {}
     for name, m in picked:
-        rows, cols = m.weight.shape
-        if type(m) is nn.Linear:
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
+        if type(m) is nn.Conv2d:   # the method's own layout: per-channel where groups do not fit
+            gran, size = conv_layout(cols, cfg.granularity, cfg.group_size)
+            per_row, groups = _group_count(cols, gran.value, size)
+            stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
+            where = gran.value if gran.value != "group" else f"groups of {size}"
+            how = f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {where} (conv), {cfg.scale_dtype.value} scales"
+        elif type(m) is nn.Linear:
             size = check_group(cols, cfg.granularity, cfg.group_size, name)   # the method's own check
             per_row, groups = _group_count(cols, cfg.granularity.value, size)
             stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
@@ -125,10 +136,10 @@ def _weight_only(plan: Plan, cfg, task) -> Note:
 
 @estimates("qat")
 def _qat(plan: Plan, cfg, task) -> Note:
-    picked, skipped = _quant_targets(plan, cfg, (nn.Linear,))
+    picked, skipped = _quant_targets(plan, cfg, (nn.Linear, nn.Conv2d))
     touched = {}
     for name, m in picked:
-        rows, cols = m.weight.shape
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
         how = f"{cfg.bits}-bit per-channel (QAT), fp32 scales"
         plan.set(_key(name, "weight"), Stored(rows * cols, rows * cols, cfg.bits, 4 * rows, how, arrays=2,
                                               kind="quant"))

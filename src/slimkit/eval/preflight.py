@@ -38,12 +38,18 @@ def _quant_cell(name: str, module: nn.Module, skipped: dict[str, str]) -> tuple[
         fits = [str(g) for g in GROUP_SIZES if module.in_features % g == 0]
         groups = f"per-channel or groups of {'/'.join(fits)}" if fits else "per-channel only"
         return f"int8 w8a8; 1-8 bit rtn/gptq/qat ({groups}); bias stays fp32", None
+    if type(module) is nn.Conv2d and name not in skipped:
+        cols = module.weight[0].numel()
+        fits = [str(g) for g in GROUP_SIZES if cols % g == 0]
+        groups = f"per-channel or groups of {'/'.join(fits)}" if fits else "per-channel"
+        return (f"int8 weights (weight-only); 1-8 bit rtn/gptq/qat ({groups} over in*kh*kw={cols}); "
+                "bias stays fp32"), None
     if type(module) is nn.Embedding:
         return "int8 rows (int8); n-bit rows (rtn/gptq embedding_bits)", None
     if hasattr(module, "slim_type"):
         return "stays as stored", f"already compressed ({kind})"
     if name in skipped:
-        return "stays float", f"{skipped[name]} by int8/rtn/gptq/qat (Linear and Embedding only)"
+        return "stays float", f"{skipped[name]} by int8/rtn/gptq/qat (Linear, Conv2d and Embedding only)"
     if isinstance(module, NORMS):
         return "stays float", f"{kind}: normalization parameters are never quantized"
     return "stays float", f"{kind}: not a quantization target"
@@ -57,15 +63,15 @@ def capabilities(model: nn.Module, task=None, groups: dict | None = None) -> lis
     """One row per module owning parameters: quantization, pruning and sharing, with reasons.
     `groups` is `coupled_groups(model, task)` when already computed.
 
-    >>> [r["quantization"] for r in capabilities(lenet5)][:1]
-    ['stays float']
+    >>> [r["quantization"] for r in capabilities(lenet5)][0][:30]
+    'int8 weights (weight-only); 1-8'
     """
     from slimkit.prune.unstructured import WEIGHTED as PRUNABLE
     from slimkit.quant.convert import select_targets
     from slimkit.share.api import WEIGHTED as CLUSTERABLE
     from slimkit.share.apply_lowrank import FACTORABLE
 
-    _, skipped = select_targets(model, None, [], None, (nn.Linear, nn.Embedding))
+    _, skipped = select_targets(model, None, [], None, (nn.Linear, nn.Embedding, nn.Conv2d))
     groups = groups or coupled_groups(model, task)
     producers = {g["producer"]: g["text"] for g in groups["groups"]}
     in_block = {f"{b}.{p}" for b in groups["blocks"] for p in BLOCK_LAYERS}

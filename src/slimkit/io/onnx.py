@@ -94,9 +94,12 @@ class _Export(nn.Module):
         return first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
 
 
-def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> tuple[list[str], bool]:
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path,
+                keep_norms: bool = False) -> tuple[list[str], bool]:
     """Export with the TorchScript exporter (dynamo=False, opset 17), dynamic batch (and sequence
-    for integer token inputs). Returns (input names, whether the output is a hidden state)."""
+    for integer token inputs). Returns (input names, whether the output is a hidden state).
+    `keep_norms` keeps BatchNorm as its own op instead of folding it into the conv before it, so
+    that a quantized conv's weight stays the decoded codes (ONNX Runtime folds it at load)."""
     keys = list(example)
     with torch.inference_mode():
         hf_output = not isinstance(model(**example), torch.Tensor)
@@ -111,7 +114,8 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path) 
         warnings.simplefilter("ignore")
         torch.onnx.export(_Export(model, keys).eval(), tuple(example.values()), str(path),
                           dynamo=False, opset_version=17, input_names=keys, output_names=[out_name],
-                          dynamic_axes=axes, do_constant_folding=True, external_data=False)
+                          dynamic_axes=axes, do_constant_folding=True, external_data=False,
+                          training=torch.onnx.TrainingMode.PRESERVE if keep_norms else torch.onnx.TrainingMode.EVAL)
     return keys, hf_output
 
 
@@ -131,6 +135,8 @@ def float_copy(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _plain(module: nn.Module) -> nn.Module:
+    if callable(getattr(module, "float_module", None)):  # a module that knows its float form (QuantConv2d)
+        return module.float_module()
     weight = None
     for attr in ("dequantized_weight", "virtual_weight"):
         if callable(getattr(module, attr, None)):
@@ -174,7 +180,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     plain = float_copy(model)
     tmp = path.with_name(f".{path.name}.export")
     try:
-        keys, hf_output = export_onnx(plain, task.example_inputs(2), tmp)
+        coded_convs = integer and any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
+        keys, hf_output = export_onnx(plain, task.example_inputs(2), tmp, keep_norms=coded_convs)
         data, replaced, coded = _integer_bytes(tmp, model) if integer else (tmp.read_bytes(), {}, {})
         atomic_write(path, [data])
     except SlimError:

@@ -4,7 +4,9 @@ A float initializer is replaced by a few nodes that compute exactly the same ten
 integer initializers; ONNX Runtime folds them at session creation, so the model runs at fp32
 speed while the file holds only the codes:
 
-- `QuantLinear` (1-8-bit, per tensor / channel / group, symmetric or not): codes (packed 2, 4 or 8
+- `QuantLinear` and `QuantConv2d` (1-8-bit, per tensor / channel / group, symmetric or not; a
+  conv's codes are its weight flattened to (out, in*kh*kw), reshaped to 4-D by the graph, with
+  BatchNorm kept as its own op by the export so it is not folded into them): codes (packed 2, 4 or 8
   per byte at 4 bits or fewer, `onnx_pack`), float scales and uint8 zero points;
   `(code - zero) * scale`, as slimkit decodes them.
 - any other weight with few distinct values (k-means shared): an index into a codebook of the
@@ -37,18 +39,20 @@ MAX_CODED = 0.6  # a coded tensor must be under 60% of its fp32 size
 
 
 def code_plans(model: nn.Module) -> list[WeightPlan]:
-    """The weight-only quantized linears of `model`, with their decoded float weights."""
+    """The weight-only quantized linears and convs of `model`, with their decoded float weights
+    (a conv's as the 4-D weight the graph's Conv node holds)."""
+    from slimkit.nn.quant_conv import QuantConv2d
     from slimkit.nn.quant_linear import QuantLinear
 
     with torch.no_grad():
         return [WeightPlan(name, m, m.dequantized_weight().detach().float().cpu().numpy())
-                for name, m in model.named_modules() if isinstance(m, QuantLinear)]
+                for name, m in model.named_modules() if isinstance(m, QuantLinear | QuantConv2d)]
 
 
 def compact_weights(proto: Any, model: nn.Module) -> dict[str, str]:
     """Replace float initializers of `proto` in place by codes decoded in the graph.
 
-    Returns {initializer name: "codes" (a `QuantLinear`'s), "codebook" or "sparse"}.
+    Returns {initializer name: "codes" (a `QuantLinear`'s or `QuantConv2d`'s), "codebook" or "sparse"}.
 
     >>> compact_weights(proto, model)
     {'inner.fc1.weight': 'codebook', 'inner.fc2.weight': 'codebook', ...}
@@ -102,7 +106,7 @@ def _decode_codes(plan: WeightPlan, transposed: bool, out: str, b: GraphBuilder)
         z = b.op("Cast", [b.const(f"{p}.zero", m.zero.detach().cpu().numpy()[..., None])], to=FLOAT)
     scale = b.const(f"{p}.scale", m.scale.detach().float().cpu().numpy()[..., None])
     w = b.op("Mul", [b.op("Sub", [x, z]), scale])
-    shape = b.const(f"{p}.shape", np.array(m.qweight.shape, np.int64))
+    shape = b.const(f"{p}.shape", np.array(getattr(m, "weight_shape", m.qweight.shape), np.int64))  # conv: 4-D
     if transposed:
         b.op("Transpose", [b.op("Reshape", [w, shape])], out, perm=[1, 0])
     else:

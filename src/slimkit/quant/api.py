@@ -38,6 +38,9 @@ class ComputeDtype(str, Enum):
     BFLOAT16 = "bfloat16"
 
 
+INT8_CONV = "int8 per-channel weights (conv: weight-only, fp32 activations)"
+
+
 def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
     from slimkit.nn.quant_linear import Int8Linear
 
@@ -48,6 +51,9 @@ def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
 class Int8(MethodConfig):
     """Per-channel symmetric int8 weights, dynamic per-token int8 activations (`torch._int_mm`),
     and row-wise int8 embeddings. No calibration needed.
+
+    Conv2d layers (`conv`, default on) get int8 per-output-channel weights too, run weight-only:
+    decoded once to a cached float weight, fp32 convolution (`slimkit.nn.quant_conv` says why).
 
     `compute_dtype` chooses the runtime, never the file (same codes and scales either way):
     "float32" runs the integer path above with fp32 activations; "bfloat16" runs LayerNorm,
@@ -62,14 +68,20 @@ class Int8(MethodConfig):
     summary: ClassVar[str] = "int8 weights + dynamic int8 activations (integer matmul), int8 embeddings"
     linear: bool = True
     embeddings: bool = True
+    conv: bool = True
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ())
+        from slimkit.quant.conv import int8_conv
+
+        handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ()) \
+            + ((nn.Conv2d,) if self.conv else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
         linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        convs = [(n, m) for n, m in picked if type(m) is nn.Conv2d]
         convert(model, linears, _int8_linear, "int8 (w8a8 dynamic)", skipped)
+        convert(model, convs, lambda _n, m: int8_conv(m), INT8_CONV)
         convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
         set_compute_dtype(model, [model.get_submodule(n) for n, _ in embeddings], self.compute_dtype, task)
         return model
@@ -177,11 +189,13 @@ class _WeightQuant(MethodConfig):
         return self
 
     def _select(self, model: nn.Module, filter_fn: FilterFn | None):
-        handled = (nn.Linear,) + ((nn.Embedding,) if self.embedding_bits else ())
+        """(Linear and Conv2d layers, embeddings, skipped) this config quantizes."""
+        handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if self.embedding_bits else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
-        linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
-        for name, m in linears:  # fail before changing anything
-            check_group(m.in_features, self.granularity, self.group_size, name)
+        linears = [(n, m) for n, m in picked if type(m) in (nn.Linear, nn.Conv2d)]
+        for name, m in linears:  # fail before changing anything (a conv falls back to per-channel)
+            if type(m) is nn.Linear:
+                check_group(m.in_features, self.granularity, self.group_size, name)
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
         if self.embedding_group_size is not None:
             for name, m in embeddings:
@@ -198,11 +212,35 @@ class _WeightQuant(MethodConfig):
         where = self.granularity.value if self.granularity is not Granularity.GROUP else f"g{self.group_size}"
         return f"{name} w{self.bits} {where}"
 
+    def _layout(self, layer: nn.Module) -> tuple[Granularity, int]:
+        """(granularity, group size) for `layer`: the config's, or per-channel for a conv whose
+        flattened in*kh*kw its groups do not divide."""
+        from slimkit.quant.conv import conv_layout, weight_matrix
 
-def _quant_linear(linear: nn.Linear, qw, symmetric: bool, scale_dtype: str) -> nn.Module:
-    from slimkit.nn.quant_linear import QuantLinear
+        if type(layer) is nn.Conv2d:
+            return conv_layout(weight_matrix(layer).shape[1], self.granularity, self.group_size)
+        return self.granularity, self.group_size
 
-    return QuantLinear.from_quantized(qw, linear.bias, symmetric, scale_dtype)
+    def _convert(self, model: nn.Module, layers: list, make, how: str) -> None:
+        """`convert` the layers, each conv labelled with its own layout when it differs."""
+        from slimkit.quant.conv import layout_note, weight_matrix
+
+        plain = [(n, m) for n, m in layers if type(m) is not nn.Conv2d]
+        convert(model, plain, make, how)
+        for name, m in layers:
+            if type(m) is nn.Conv2d:
+                note = layout_note(weight_matrix(m).shape[1], self.granularity, self.group_size)
+                convert(model, [(name, m)], make, f"{how} (conv){note}")
+
+    def _rtn(self, layer: nn.Module) -> nn.Module:
+        """`layer` (Linear or Conv2d) round-to-nearest quantized and packed."""
+        from slimkit.nn.quant_linear import SCALE_DTYPES
+        from slimkit.quant.conv import quantized_layer, weight_matrix
+
+        gran, size = self._layout(layer)
+        qw = rtn_quantize(weight_matrix(layer), self.bits, self.symmetric, gran, size,
+                          getattr(self, "mse", False), SCALE_DTYPES[self.scale_dtype.value])
+        return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
 
 
 @register_method
@@ -217,17 +255,9 @@ class WeightOnly(_WeightQuant):
     mse: bool = False
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.nn.quant_linear import SCALE_DTYPES
-
         linears, embeddings, skipped = self._select(model, filter_fn)
-        dtype = SCALE_DTYPES[self.scale_dtype.value]
-
-        def make(_name: str, linear: nn.Module) -> nn.Module:
-            qw = rtn_quantize(linear.weight, self.bits, self.symmetric, self.granularity, self.group_size,
-                              self.mse, dtype)
-            return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
-
-        convert(model, linears, make, self._label("rtn"), skipped)
+        self._convert(model, linears, lambda _n, layer: self._rtn(layer), self._label("rtn"))
+        note_skipped(model, skipped)
         self._quantize_embeddings(model, embeddings)
         return model
 
@@ -267,6 +297,7 @@ class GPTQ(_WeightQuant):
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         from slimkit.errors import SlimError
         from slimkit.nn.quant_linear import SCALE_DTYPES
+        from slimkit.quant.conv import quantized_layer, weight_matrix
         from slimkit.quant.gptq import gptq_quantize, hessian_value
         from slimkit.quant.math import check_calibration
         from slimkit.quant.sequential import hessian_stages
@@ -276,24 +307,26 @@ class GPTQ(_WeightQuant):
             raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
         batches = check_calibration(task.calibration(self.samples), "gptq calibration data")
         dtype = SCALE_DTYPES[self.scale_dtype.value]
-        by_name = dict(linears)
+        # a grouped conv's inputs do not form one Hessian over its weight rows: round-to-nearest
+        grouped = [(n, m) for n, m in linears if getattr(m, "groups", 1) > 1]
+        by_name = {n: m for n, m in linears if getattr(m, "groups", 1) == 1}
         was_training = model.training
         model.eval()
-        def rtn(_name: str, linear: nn.Module) -> nn.Module:
-            qw = rtn_quantize(linear.weight, self.bits, self.symmetric, self.granularity, self.group_size,
-                              False, dtype)
-            return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
+
+        def rtn(_name: str, layer: nn.Module) -> nn.Module:
+            return self._rtn(layer)
 
         for stage, hessians in hessian_stages(model, task, batches, list(by_name)):
-            def make(name: str, linear: nn.Module, hessians=hessians) -> nn.Module:
-                qw = gptq_quantize(linear.weight, hessian_value(hessians[name]), self.bits, self.symmetric,
-                                   self.granularity, self.group_size, self.act_order, self.damp,
-                                   self.block_size, dtype)
-                return _quant_linear(linear, qw, self.symmetric, self.scale_dtype.value)
+            def make(name: str, layer: nn.Module, hessians=hessians) -> nn.Module:
+                gran, size = self._layout(layer)
+                qw = gptq_quantize(weight_matrix(layer), hessian_value(hessians[name]), self.bits, self.symmetric,
+                                   gran, size, self.act_order, self.damp, self.block_size, dtype)
+                return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
 
-            convert(model, [(n, by_name.pop(n)) for n in stage if n in hessians], make, self._label("gptq"))
+            self._convert(model, [(n, by_name.pop(n)) for n in stage if n in hessians], make, self._label("gptq"))
         # layers the calibration forward never reached: round-to-nearest, and say so
-        convert(model, list(by_name.items()), rtn, self._label("rtn") + " (not reached by calibration)")
+        self._convert(model, list(by_name.items()), rtn, self._label("rtn") + " (not reached by calibration)")
+        self._convert(model, grouped, rtn, self._label("rtn") + " (grouped conv)")
         note_skipped(model, skipped)
         self._quantize_embeddings(model, embeddings)
         model.train(was_training)

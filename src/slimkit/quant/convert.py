@@ -1,11 +1,11 @@
 """Swap float modules for quantized ones, and keep a report of what was done and what was not.
 
-Modules a method cannot quantize (a Conv2d, a custom layer holding a weight matrix) stay float
+Modules a method cannot quantize (a Conv1d, a custom layer holding a weight matrix) stay float
 and are listed in the report, never a crash.
 
 >>> report = quant_report(model)
 >>> report["quantized"]["fc1"], report["skipped"]
-('int8', {'conv1': 'Conv2d is not supported by int8'})
+('int8 (w8a8 dynamic)', {'conv': 'Conv1d is not supported'})
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from slimkit.quant.conv import unsupported
 from slimkit.select import FilterFn, select_modules
 from slimkit.surgery.edits import replace_module
 
 log = logging.getLogger("slimkit.quant")
 
-KNOWN = (nn.Linear, nn.Embedding)  # quantizable; left alone only when the options say so
+KNOWN = (nn.Linear, nn.Embedding, nn.Conv2d)  # quantizable; left alone only when the options say so
 Factory = Callable[[str, nn.Module], nn.Module]
 
 
@@ -42,7 +43,11 @@ def select_targets(model: nn.Module, targets: str | Sequence[str] | None, ignore
     picked, skipped = [], {}
     for name, module in chosen:
         if type(module) in handled:
-            picked.append((name, module))
+            why = unsupported(module)
+            if why:
+                skipped[name] = why
+            else:
+                picked.append((name, module))
         elif type(module) not in KNOWN and _has_weight_matrix(module):
             skipped[name] = f"{type(module).__name__} is not supported"
     return picked, skipped
@@ -61,7 +66,7 @@ def convert(model: nn.Module, picked: list[tuple[str, nn.Module]], factory: Fact
 
 # modules that take bf16 activations as they are (LayerNorm's CPU kernel takes bf16 inputs with
 # fp32 weights); checked by type name so that this file imports no runtime module
-LOW_PRECISION_OK = {"Int8Linear", "QuantLinear", "QuantEmbedding", "LayerNorm"}
+LOW_PRECISION_OK = {"Int8Linear", "QuantLinear", "QuantEmbedding", "QuantConv2d", "LayerNorm"}
 
 
 def low_precision_blockers(model: nn.Module) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Quantization-aware training: fake-quantized weights with a straight-through estimator, and
 optionally a learned step size (LSQ, Esser et al. 2019), fine-tuned on the task's labelled data,
-then converted to the same packed `QuantLinear` the post-training methods produce.
+then converted to the same packed `QuantLinear` (`QuantConv2d` for a Conv2d) the post-training
+methods produce.
 
 >>> sk.quantize_(model, QAT(bits=4, epochs=3), data=digits_task)
 """
@@ -50,15 +51,18 @@ class FakeQuantLinear(nn.Module):
         self.bits, self.learn_step = check_bits(bits), learn_step
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        qmax = 2 ** (bits - 1) - 1
-        init = (self.weight.detach().abs().amax(1, keepdim=True) / qmax).clamp_min(1e-8)
-        self.step = nn.Parameter(init, requires_grad=learn_step)
+        self.step = nn.Parameter(self._minmax_step(), requires_grad=learn_step)
+
+    def _minmax_step(self) -> torch.Tensor:
+        """max |w| / qmax per output channel, shaped to broadcast over the weight."""
+        qmax = 2 ** (self.bits - 1) - 1
+        dims = tuple(range(1, self.weight.dim()))
+        return (self.weight.detach().abs().amax(dims, keepdim=True) / qmax).clamp_min(1e-8)
 
     def current_step(self) -> torch.Tensor:
         if self.learn_step:
             return self.step.abs().clamp_min(1e-8)
-        qmax = 2 ** (self.bits - 1) - 1
-        return (self.weight.detach().abs().amax(1, keepdim=True) / qmax).clamp_min(1e-8)
+        return self._minmax_step()
 
     def quantized_weight(self) -> torch.Tensor:
         factor = 1.0 / math.sqrt(self.weight.numel() * (2 ** (self.bits - 1) - 1))
@@ -68,15 +72,41 @@ class FakeQuantLinear(nn.Module):
         return F.linear(x, self.quantized_weight(), self.bias)
 
     def to_quantized(self) -> QuantizedWeight:
-        """Codes and fp32 scales that reproduce this layer's fake-quantized weight exactly."""
+        """Codes and fp32 scales that reproduce this layer's fake-quantized weight exactly (a
+        conv's weight flattened to (out, in/groups * kh * kw))."""
         step = self.current_step().detach().float()
         qmax = 2 ** (self.bits - 1) - 1
         q = torch.clamp(torch.round(self.weight.detach() / step), -qmax, qmax)
-        codes = (q + 2 ** (self.bits - 1)).to(torch.uint8)
-        return QuantizedWeight(codes, step, None, self.bits, Granularity.CHANNEL, self.weight.shape[1])
+        codes = (q + 2 ** (self.bits - 1)).to(torch.uint8).reshape(q.shape[0], -1)
+        return QuantizedWeight(codes, step.reshape(-1, 1), None, self.bits, Granularity.CHANNEL, codes.shape[1])
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bits={self.bits}, lsq={self.learn_step}"
+
+
+class FakeQuantConv2d(FakeQuantLinear):
+    """Training-time Conv2d whose weight is fake-quantized per output channel (LSQ step per channel)."""
+
+    def __init__(self, conv: nn.Conv2d, bits: int, learn_step: bool = True):
+        super().__init__(conv, bits, learn_step)   # weight (out, in/g, kh, kw), step (out, 1, 1, 1)
+        self.conv = {k: getattr(conv, k) for k in ("stride", "padding", "dilation", "groups")}
+        self.geometry = {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
+                         "kernel_size": conv.kernel_size, **self.conv}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.quantized_weight(), self.bias, **self.conv)
+
+    def to_packed(self) -> nn.Module:
+        """The `QuantConv2d` holding this layer's codes, scales and trained bias."""
+        from slimkit.nn.quant_conv import QuantConv2d
+
+        qw = self.to_quantized()
+        layer = QuantConv2d(**self.geometry, bias=self.bias is not None, bits=qw.bits, symmetric=True,
+                            granularity=qw.granularity, group_size=qw.group_size, scale_dtype="float32")
+        layer._load_quantized(qw)
+        if self.bias is not None:
+            layer.bias.data.copy_(self.bias.detach().float())
+        return layer.to(self.weight.device)
 
 
 def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -115,9 +145,9 @@ class QAT(MethodConfig):
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.nn.quant_linear import QuantLinear
+        from slimkit.quant.conv import quantized_layer
 
-        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, (nn.Linear,))
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, (nn.Linear, nn.Conv2d))
         if task is None:
             raise SlimError("qat needs labelled training data: pass data=<task>")
         try:
@@ -126,13 +156,16 @@ class QAT(MethodConfig):
             raise SlimError(f"qat needs labelled training data: {exc}") from None
         if not batches:
             raise SlimError("qat training data is empty")
-        fakes = {name: FakeQuantLinear(m, self.bits, self.lsq) for name, m in picked}
+        fakes = {name: (FakeQuantConv2d if type(m) is nn.Conv2d else FakeQuantLinear)(m, self.bits, self.lsq)
+                 for name, m in picked}
         for name, fake in fakes.items():
             _swap(model, name, fake)
         self.train(model, task)
-        convert(model, list(fakes.items()),
-                lambda _n, f: QuantLinear.from_quantized(f.to_quantized(), f.bias, True, "float32"),
-                f"qat w{self.bits} per-channel{' lsq' if self.lsq else ''}", skipped)
+        how = f"qat w{self.bits} per-channel{' lsq' if self.lsq else ''}"
+        linears = [(n, f) for n, f in fakes.items() if not isinstance(f, FakeQuantConv2d)]
+        convert(model, linears, lambda _n, f: quantized_layer(f, f.to_quantized(), True, "float32"), how, skipped)
+        convs = [(n, f) for n, f in fakes.items() if isinstance(f, FakeQuantConv2d)]
+        convert(model, convs, lambda _n, f: f.to_packed(), f"{how} (conv)")
         return model
 
     def train(self, model: nn.Module, task: Task) -> None:

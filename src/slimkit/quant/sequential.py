@@ -1,5 +1,6 @@
-"""Layer-by-layer calibration driver: collect each Linear's input Hessian with forward hooks,
-quantize it, and move on, so later layers see the already-quantized earlier ones (as GPTQ does).
+"""Layer-by-layer calibration driver: collect each Linear's input Hessian (a Conv2d's: of its
+im2col patches) with forward hooks, quantize it, and move on, so later layers see the
+already-quantized earlier ones (as GPTQ does).
 
 Linears that read the same input tensor (a block's q/k/v projections) form one stage and are
 calibrated by the same pass. On a transformer (`slimkit.dist.blocks`) the driver works block by
@@ -25,6 +26,7 @@ from torch import nn
 from slimkit.dist.blocks import BlockChain, StopForward, find_blocks
 from slimkit.dist.collectives import is_distributed, shard
 from slimkit.eval.task import Batch, Task
+from slimkit.quant.conv import layer_rows
 from slimkit.quant.gptq import hessian_all_reduce, hessian_init, hessian_update
 
 _Stop = StopForward
@@ -75,7 +77,7 @@ def linear_stages(model: nn.Module, task: Task, batch: Batch, names: list[str]
     return stages, reused
 
 
-def _accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[], None]],
+def accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[], None]],
                 stop_early: bool) -> dict[str, dict]:
     """Hessian accumulators of the layers in `stage` over `passes` (each runs one batch), summed
     over ranks; a layer no rank reached is left out."""
@@ -83,8 +85,8 @@ def _accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[]
     pending: set[str] = set()
     hooks = []
     for name in stage:
-        def hook(_m, args, name=name):
-            x = args[0]
+        def hook(module, args, name=name):
+            x = layer_rows(module, args[0])    # a conv's im2col patches, a Linear's inputs
             if acc[name] is None:
                 acc[name] = hessian_init(x.shape[-1])
             hessian_update(acc[name], x)
@@ -102,7 +104,7 @@ def _accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[]
             h.remove()
     for name in stage:  # the same order on every rank; a layer this rank never reached adds zeros
         if acc[name] is not None or is_distributed():
-            acc[name] = hessian_all_reduce(acc[name] or hessian_init(model.get_submodule(name).weight.shape[1]))
+            acc[name] = hessian_all_reduce(acc[name] or hessian_init(model.get_submodule(name).weight[0].numel()))
     return {k: v for k, v in acc.items() if v is not None and v["n"]}
 
 
@@ -110,7 +112,7 @@ def collect_hessians(model: nn.Module, task: Task, batches: list[Batch], stage: 
                      stop_early: bool = True) -> dict[str, dict]:
     """Hessian accumulators of the layers in `stage`, from the inputs they see on `batches`
     (summed over the ranks of an initialised process group)."""
-    return _accumulate(model, stage, [lambda b=b: _run(model, task, b) for b in batches], stop_early)
+    return accumulate(model, stage, [lambda b=b: _run(model, task, b) for b in batches], stop_early)
 
 
 def _block_of(stage: list[str], blocks: list[str]) -> int | None:
@@ -119,7 +121,7 @@ def _block_of(stage: list[str], blocks: list[str]) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _plan(stages: list[list[str]], blocks: list[str]) -> tuple[list, dict[int, list], list] | None:
+def plan_blocks(stages: list[list[str]], blocks: list[str]) -> tuple[list, dict[int, list], list] | None:
     """(stages before the blocks, stages of each block, stages after) when the stages run block
     by block in order; None when they interleave otherwise."""
     where = [_block_of(s, blocks) for s in stages]
@@ -155,7 +157,7 @@ def hessian_stages(model: nn.Module, task: Task, batches: list[Batch], names: li
         return collect_hessians(model, task, mine, stage, stop_early=not reused & set(stage))
 
     blocks = find_blocks(model) if blockwise else []
-    plan = _plan(stages, blocks) if blocks else None
+    plan = plan_blocks(stages, blocks) if blocks else None
     if plan is None:
         for stage in stages:
             yield stage, full(stage)
@@ -170,7 +172,7 @@ def hessian_stages(model: nn.Module, task: Task, batches: list[Batch], names: li
         return
     for index, (_name, block) in enumerate(chain.blocks()):
         for stage in per_block.get(index, []):
-            yield stage, _accumulate(model, stage, chain.passes(block), not reused & set(stage))
+            yield stage, accumulate(model, stage, chain.passes(block), not reused & set(stage))
         if index < max(per_block):
             chain.advance(block)
         else:

@@ -1,7 +1,9 @@
 """`int8-static`: int8 weights and int8 activations with scales fixed by calibration.
 
 One calibration pass feeds every target Linear's input to an observer (`observers.py`); each
-layer then becomes an `Int8Linear` with a fixed per-tensor input scale.
+layer then becomes an `Int8Linear` with a fixed per-tensor input scale. Conv2d layers (`conv`)
+get int8 per-channel weights as in `int8`, run weight-only with fp32 activations (no integer
+convolution is faster here, see `slimkit.nn.quant_conv`), so they need no calibration.
 
 >>> sk.quantize_(model, Int8Static(observer="percentile", percentile=99.99), data=task)
 """
@@ -18,7 +20,8 @@ from slimkit.api import Family, MethodConfig, register_method
 from slimkit.dist.collectives import shard
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
-from slimkit.quant.api import _embedding_factory
+from slimkit.quant.api import INT8_CONV, _embedding_factory
+from slimkit.quant.conv import int8_conv
 from slimkit.quant.convert import convert, note_skipped, select_targets
 from slimkit.quant.math import check_calibration
 from slimkit.quant.observers import Observer, ObserverKind
@@ -54,6 +57,7 @@ class Int8Static(MethodConfig):
     percentile: float = 99.99
     samples: int = 256
     embeddings: bool = True
+    conv: bool = True
 
     @field_validator("percentile")
     @classmethod
@@ -65,7 +69,7 @@ class Int8Static(MethodConfig):
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         from slimkit.nn.quant_linear import Int8Linear
 
-        handled = (nn.Linear,) + ((nn.Embedding,) if self.embeddings else ())
+        handled = (nn.Linear,) + ((nn.Embedding,) if self.embeddings else ()) + ((nn.Conv2d,) if self.conv else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
         linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
         if task is None:
@@ -82,5 +86,6 @@ class Int8Static(MethodConfig):
         note_skipped(model, unreached)
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
         convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
+        convert(model, [(n, m) for n, m in picked if type(m) is nn.Conv2d], lambda _n, m: int8_conv(m), INT8_CONV)
         model.train(was_training)
         return model
