@@ -35,10 +35,24 @@ def _magnitude(modules: dict[str, nn.Module], sparsity: float, scope: str) -> di
     return magnitude_masks({k: m.weight for k, m in modules.items()}, sparsity, scope)
 
 
+@torch.no_grad()
+def same_start(model: nn.Module) -> None:
+    """Under torchrun, give every rank rank 0's weights before masks are chosen, so all ranks
+    prune the same entries (a no-op in one process)."""
+    from slimkit.dist.collectives import is_distributed
+
+    if is_distributed():
+        import torch.distributed as dist
+
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, 0)
+
+
 def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module],
                      cfg: MagnitudePruning) -> MaskSet:
     """Prune `modules` by weight magnitude following `cfg.schedule`; returns the final masks."""
     held = MaskSet()
+    same_start(model)
     scope = cfg.scope.value
     if cfg.schedule.value == "oneshot" or cfg.epochs == 0:
         held.update(_magnitude(modules, cfg.sparsity, scope), modules)
@@ -70,6 +84,7 @@ def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.
 def nm_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module], cfg: NMPruning) -> MaskSet:
     """N:M masks on every selected layer whose input size divides by M, then optional fine-tuning."""
     held = MaskSet()
+    same_start(model)
     masks = {}
     for name, m in modules.items():
         if m.weight[0].numel() % cfg.m == 0:
