@@ -47,6 +47,15 @@ def test_quant_conv_is_the_float_conv_of_its_decoded_weight(geometry):
     assert torch.equal(rebuilt(x), out)
 
 
+def test_decoded_weight_follows_new_codes():
+    q = int8_conv(nn.Conv2d(4, 8, 3))
+    x = torch.randn(1, 4, 6, 6)
+    first = q(x)
+    other = int8_conv(nn.Conv2d(4, 8, 3))
+    q.load_state_dict(other.state_dict())     # copies into the same buffers: versions change
+    assert torch.equal(q(x), other(x)) and not torch.equal(q(x), first)
+
+
 def test_int8_conv_codes_are_int8_linear_codes():
     conv = nn.Conv2d(16, 32, 3)
     q = int8_conv(conv)

@@ -87,8 +87,15 @@ class QuantConv2d(_CodesMixin, nn.Module):
         return new
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The decoded float32 weight, shaped like the original conv's (cached)."""
-        return self._decode_all().reshape(self.weight_shape)
+        """The decoded float32 weight, shaped like the original conv's (cached until a code,
+        scale or zero buffer is replaced or changed in place)."""
+        key = (torch.is_inference_mode_enabled(),
+               *[(t.data_ptr(), t._version) for t in (self.qweight, self.scale, self.zero) if t is not None])
+        cached = self.__dict__.get("_weight4d")
+        if cached is None or cached[0] != key:   # a cheaper key than _DecodeCache's: one forward per image
+            cached = (key, self._decode_uncached().reshape(self.weight_shape))
+            self.__dict__["_weight4d"] = cached
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.dequantized_weight(), self.bias
