@@ -16,6 +16,7 @@ from torch import nn
 
 from slimkit.errors import SlimError
 from slimkit.surgery.edits import edit_log, get_submodule, replace_module
+from slimkit.surgery.pruned import mark_pruned
 from slimkit.surgery.trace import Group, Member
 
 
@@ -23,6 +24,7 @@ def _like(old: nn.Module, new: nn.Module) -> nn.Module:
     codecs = old.__dict__.get("slim_codecs")
     if codecs:
         new.__dict__["slim_codecs"] = dict(codecs)
+    mark_pruned(old, new)
     return new.train(old.training)
 
 

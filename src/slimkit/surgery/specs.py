@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimError, SlimFormatError
+from slimkit.surgery.pruned import note, restore_note
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {}
 
@@ -75,7 +76,8 @@ def to_spec(module: nn.Module) -> dict:
         return {"type": "Sequential", "children": {k: to_spec(c) for k, c in module.named_children()}}
     for name, (cls, describe, _) in _PLAIN.items():
         if type(module) is cls:
-            return {"type": name, **describe(module)}
+            was = note(module)
+            return {"type": name, **describe(module), **({"pruned_from": dict(was)} if was else {})}
     raise SlimError(f"cannot record a module of type {type(module).__name__} in a .slim file")
 
 
@@ -101,7 +103,10 @@ def _build(kind: str, args: dict) -> nn.Module:
             raise SlimFormatError("Sequential spec needs 'children'")
         return nn.Sequential(OrderedDict((k, from_spec(v)) for k, v in children.items()))
     if kind in _PLAIN:
-        return _PLAIN[kind][2](args)
+        module = _PLAIN[kind][2](args)
+        if "pruned_from" in args:
+            restore_note(module, args["pruned_from"])
+        return module
     if kind not in MODULE_TYPES:
         from slimkit.plugins import load_all
 
