@@ -173,6 +173,20 @@ def test_a_cut_that_changes_the_output_shape_is_undone():
     assert model.__dict__.get("slimkit_edits", []) == []
 
 
+def test_a_layer_on_the_branch_not_taken_makes_the_group_unsafe():
+    class TwoWays(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(64, 8), nn.Linear(8, 3), nn.Linear(8, 3), nn.Linear(64, 5)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h) if x.sum() > 0 else self.c(h)
+
+    groups, problems = trace_groups(TwoWays(), X)
+    assert groups == [] and problems["a"].startswith("c did not run on the example input but takes 8 inputs")
+
+
 def test_values_used_for_control_flow_make_the_group_unprunable():
     class Gate(nn.Module):
         def __init__(self):

@@ -157,12 +157,32 @@ def _groups(nodes: list, modules: dict[str, nn.Module], tracer: str) -> tuple[li
             problems[node.target] = "module is called more than once"
             continue
         group, why = _follow(node, modules, calls)
+        if group is not None and tracer == "hooks":
+            why = _idle_taker(group, modules, calls)
+            group = None if why else group
         if group is None:
             problems[node.target] = why
         else:
             group.tracer = tracer
             groups.append(group)
     return groups, problems
+
+
+def _width(module: nn.Module) -> int:
+    if isinstance(module, NORMS):
+        return module.num_features
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _idle_taker(group: Group, modules: dict[str, nn.Module], calls: dict[str, int]) -> str:
+    """Hooks see only the path the example input took: a layer that did not run but takes as many
+    inputs as this group feeds may consume these channels in another branch, so the group is unsafe."""
+    widths = {group.channels} | {_width(modules[m.module]) for m in group.members if m.role != "out"}
+    for name, module in modules.items():
+        if name not in calls and isinstance(module, PRODUCERS + NORMS) and _width(module) in widths:
+            return (f"{name} did not run on the example input but takes {_width(module)} inputs "
+                    "like these channels (another branch?)")
+    return ""
 
 
 def _shape(node) -> tuple[int, ...] | None:
