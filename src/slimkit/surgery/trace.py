@@ -124,18 +124,19 @@ def trace_groups(model: nn.Module, inputs, tracer: str = "auto") -> tuple[list[G
     fx_error = None
     if tracer in ("auto", "fx"):
         try:
-            return _groups(*fx_graph(model, inputs), "fx")
+            graph = fx_graph(model, inputs)
         except Exception as exc:  # fx raises many kinds; report one line
             fx_error = _first_line(exc)
             if tracer == "fx":
                 raise SlimError(f"cannot trace {type(model).__name__} for structured pruning: {fx_error}") from None
+        else:
+            return _groups(*graph, "fx")
     try:
-        return _groups(*hook_graph(model, inputs), "hooks")
-    except SlimError:
-        raise
+        graph = hook_graph(model, inputs)
     except Exception as exc:  # the model's own forward failed on the example inputs
         why = f"torch.fx: {fx_error}; hooks: {_first_line(exc)}" if fx_error else _first_line(exc)
         raise SlimError(f"cannot trace {type(model).__name__} for structured pruning: {why}") from None
+    return _groups(*graph, "hooks")
 
 
 def _groups(nodes: list, modules: dict[str, nn.Module], tracer: str) -> tuple[list[Group], dict[str, str]]:
