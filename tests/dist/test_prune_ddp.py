@@ -1,10 +1,12 @@
-"""Prune-and-fine-tune under torchrun with DDP (gloo on CPU): the replicas end identical, the
-sparsity is exact and the masks held; `slimkit compress` under torchrun writes one artifact.
-The two torchrun tests take ~20 s each on a shared 2-core machine (slow); the sharded-loss check
-of the gradient arithmetic runs in the normal suite."""
+"""Training-time methods under torchrun with data parallelism (gloo on CPU): prune-and-fine-tune
+(magnitude, 2:4), k-means codebook fine-tuning and QAT split every batch across 2 ranks, the
+replicas end identical, pruned sparsity is exact; `slimkit compress` under torchrun writes one
+artifact. The torchrun tests take 20-60 s on a shared 2-core machine (slow); the check of the
+sharded-gradient arithmetic runs in the normal suite."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import slimkit as sk
+from slimkit.dist.data_parallel import TaskLoss, shard_rows
 
 WEIGHTS = ("fc1.weight", "fc2.weight", "fc3.weight")
 
@@ -31,33 +34,39 @@ def _torchrun(args: list[str], timeout: int = 600) -> subprocess.CompletedProces
 
 
 def test_sharded_losses_average_to_the_batch_mean_gradient(lenet_trained):
-    """What DDP computes (mean over ranks of each shard's gradient) equals one process's batch-mean
-    gradient, also when the shards differ in size (a batch of 7 on 2 ranks)."""
-    from slimkit.prune.finetune import _Loss, _shard
-
+    """What DDP computes (mean over ranks of each shard's weighted gradient) equals one process's
+    batch-mean gradient, also when the shards differ in size (a batch of 7 on 2 ranks)."""
     task = sk.zoo.entry("lenet-300-100").task()
     inputs, target = task.train_batches(7, seed=0)[0]
+    objective = TaskLoss(lenet_trained, task)
 
     def grad(loss: torch.Tensor) -> torch.Tensor:
         lenet_trained.zero_grad()
         loss.backward()
         return lenet_trained.fc1.weight.grad.clone()
 
-    single = grad(_Loss(lenet_trained, task, 1)(*_shard(inputs, target, 0, 1)))
-    shards = [_shard(inputs, target, r, 2) for r in (0, 1)]
-    assert [s[1].shape[0] for s in shards] == [4, 3] and all(s[2] == 7 for s in shards)
-    averaged = sum(grad(_Loss(lenet_trained, task, 2)(*s)) for s in shards) / 2
+    single = grad(objective(*shard_rows(inputs, target)))
+    shards = [shard_rows(inputs, target, rank=r, size=2) for r in (0, 1)]
+    assert [s[1].shape[0] for s in shards] == [4, 3] and [s[2] for s in shards] == [8 / 7, 6 / 7]
+    averaged = sum(grad(objective(*s)) for s in shards) / 2
     assert torch.allclose(averaged, single, atol=1e-6) and single.abs().sum() > 0
+    empty = shard_rows(inputs, target[:1], rank=1, size=2)       # a rank without rows still joins
+    assert empty[1].shape[0] == 0 and objective(*empty).item() == 0.0
     lenet_trained.zero_grad(set_to_none=True)
 
 
 @pytest.mark.slow
-def test_two_process_prune_finetune_ends_identical_and_exactly_sparse(lenet_trained, tmp_path):
-    _torchrun([str(Path(__file__).with_name("prune_worker.py")), str(tmp_path)])
+def test_two_process_training_methods_end_identical(lenet_trained, tmp_path):
+    _torchrun([str(Path(__file__).with_name("train_worker.py")), str(tmp_path)])
     original = lenet_trained.state_dict()
-    for method in ("magnitude", "nm"):
+    for method in ("magnitude", "nm", "kmeans", "qat"):
         a, b = (load_file(tmp_path / f"{method}-rank{r}.safetensors") for r in (0, 1))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
+        seen = [json.loads((tmp_path / f"{method}-rank{r}.json").read_text()) for r in (0, 1)]
+        train = seen[0]["train"]                 # one epoch, every batch split between the two ranks
+        assert seen[0]["rows"] + seen[1]["rows"] == train and abs(seen[0]["rows"] - seen[1]["rows"]) <= 60, seen
+    for method in ("magnitude", "nm"):
+        a = load_file(tmp_path / f"{method}-rank0.safetensors")
         kept = [a[k] != 0 for k in WEIGHTS]
         total = sum(k.numel() for k in kept)
         if method == "magnitude":             # global 90%: exactly round(0.9 * N) zeros over the three layers

@@ -1,10 +1,10 @@
 """Fine-tuning with held masks: the retraining half of prune-and-retrain.
 
 Under `torchrun --nproc_per_node N` (an initialised `torch.distributed` group, gloo on CPU, NCCL
-on GPUs) the same call trains with `DistributedDataParallel`: every rank takes rows
-``rank::N`` of each batch, the summed loss is scaled so the averaged gradient equals the
-single-process batch mean, masked gradients are zero before they are reduced, and every rank
-re-applies the same masks, so pruned weights stay exactly zero and the replicas end identical.
+on GPUs) the same call trains with `DistributedDataParallel` (`slimkit.dist.data_parallel`):
+every rank takes rows ``rank::N`` of each batch, the averaged gradient equals the single-process
+batch mean, masked gradients are zero before they are reduced, and every rank re-applies the same
+masks, so pruned weights stay exactly zero and the replicas end identical.
 
 >>> history = finetune(model, task, epochs=10, masks=held)   # best epoch kept, chosen on validation
 """
@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from slimkit.dist.collectives import world
+from slimkit.dist.data_parallel import TaskLoss, data_parallel, shard_rows
 from slimkit.errors import SlimError
-from slimkit.eval.task import Batch, Task
+from slimkit.eval.task import Task
 from slimkit.prune.masks import MaskSet
 
 
@@ -52,12 +52,7 @@ def finetune(model: nn.Module, task: Task | None, epochs: int, lr: float = 5e-4,
     masks = masks or MaskSet()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     per_epoch = len(training_data(task, batch_size, seed))
-    rank, size = world()
-    objective: nn.Module = _Loss(model, task, size)
-    if size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        objective = DistributedDataParallel(objective)   # broadcasts rank 0's weights first
+    objective = data_parallel(TaskLoss(model, task))      # DDP under torchrun
     start, span = select_from * per_epoch, max(1, (epochs - select_from) * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 1.0 if i < start else 0.5 * (1 + math.cos(math.pi * min(1.0, (i - start) / span))))
@@ -71,7 +66,7 @@ def finetune(model: nn.Module, task: Task | None, epochs: int, lr: float = 5e-4,
                 if on_iteration is not None:
                     on_iteration(step)
                 opt.zero_grad()
-                loss = objective(*_shard(inputs, target, rank, size))
+                loss = objective(*shard_rows(inputs, target))
                 loss.backward()
                 opt.step()
                 sched.step()
@@ -86,31 +81,3 @@ def finetune(model: nn.Module, task: Task | None, epochs: int, lr: float = 5e-4,
         model.load_state_dict(best)
     model.eval()
     return history
-
-
-class _Loss(nn.Module):
-    """The model with its training loss as forward, so one DDP wrapper synchronises its gradients.
-
-    In one process: the batch-mean cross-entropy. On N ranks each rank holds a shard of the batch
-    and returns its summed loss * N / batch size; DDP averages gradients over ranks, which makes
-    them the gradient of the whole batch's mean, whatever the shard sizes."""
-
-    def __init__(self, model: nn.Module, task: Task | None, size: int):
-        super().__init__()
-        self.model, self.task, self.size = model, task, size
-
-    def forward(self, inputs: Batch, target: torch.Tensor, rows: int) -> torch.Tensor:
-        logits = self.task.forward(self.model, inputs)
-        if self.size == 1:
-            return nn.functional.cross_entropy(logits, target)
-        return nn.functional.cross_entropy(logits, target, reduction="sum") * (self.size / max(1, rows))
-
-
-def _shard(inputs: Batch, target: torch.Tensor, rank: int, size: int) -> tuple[Batch, torch.Tensor, int]:
-    """This rank's rows ``rank::size`` of a batch, and the batch's full row count."""
-    rows = int(target.shape[0])
-    if size == 1:
-        return inputs, target, rows
-    part = {k: v[rank::size] if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,) else v
-            for k, v in inputs.items()}
-    return part, target[rank::size], rows

@@ -39,13 +39,9 @@ def _magnitude(modules: dict[str, nn.Module], sparsity: float, scope: str) -> di
 def same_start(model: nn.Module) -> None:
     """Under torchrun, give every rank rank 0's weights before masks are chosen, so all ranks
     prune the same entries (a no-op in one process)."""
-    from slimkit.dist.collectives import is_distributed
+    from slimkit.dist.data_parallel import broadcast_
 
-    if is_distributed():
-        import torch.distributed as dist
-
-        for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(tensor.data, 0)
+    broadcast_([*model.parameters(), *model.buffers()])
 
 
 def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module],

@@ -173,6 +173,8 @@ class QAT(MethodConfig):
 
         With `checkpoint`, the model, optimizer and RNG are saved (pickle-free, atomically) after
         every epoch, and a later run with the same settings resumes after the last saved epoch."""
+        from slimkit.dist.collectives import is_main
+        from slimkit.dist.data_parallel import TaskLoss, data_parallel, shard_rows
         from slimkit.distill.loop import CHECKPOINT, LoopSettings, load_checkpoint, save_checkpoint
 
         was_training = model.training
@@ -181,6 +183,7 @@ class QAT(MethodConfig):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        objective = data_parallel(TaskLoss(model, task))   # under torchrun: DDP, rows split across ranks
         settings = LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=0.0, schedule="constant",
                                 seed=self.seed)
         path = Path(self.checkpoint) / CHECKPOINT if self.checkpoint else None
@@ -193,10 +196,10 @@ class QAT(MethodConfig):
         for epoch in range(first, self.epochs):
             for inputs, target in task.train_batches(self.batch_size, self.seed + epoch):
                 opt.zero_grad()
-                loss = F.cross_entropy(task.forward(model, inputs), target)
+                loss = objective(*shard_rows(inputs, target))
                 loss.backward()
                 opt.step()
-            if path is not None:
+            if path is not None and is_main():
                 save_checkpoint(path, model, opt, {}, {"epoch": epoch + 1, "bits": self.bits, "lsq": self.lsq},
                                 settings)
         model.train(was_training)

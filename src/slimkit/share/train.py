@@ -5,6 +5,13 @@ the best validation score (never the test score). `overrides()` may return repla
 for the model's own parameters (e.g. weights rebuilt from shared centroids), which are fed in
 with `torch.func.functional_call`; `commit()` writes the current values into the model.
 
+Under `torchrun --nproc_per_node N` (an initialised `torch.distributed` group) the same call is
+data-parallel: the trained tensors start as rank 0's, every rank takes rows ``rank::N`` of each
+batch, and the gradients of the trained tensors (centroids are not module parameters, so they are
+all-reduced directly rather than through a DDP wrapper) are averaged with each rank's loss
+weighted by its share of the rows, which is the single-process batch-mean gradient; all ranks
+then take the same step and end identical.
+
 >>> fine_tune(model, task, [centroids], epochs=5, overrides=lambda: {"fc1.weight": c[labels]},
 ...           commit=write_back)
 """
@@ -16,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from slimkit.dist.data_parallel import average_grads_, broadcast_, shard_rows
 from slimkit.errors import SlimError
 from slimkit.eval.task import Task
 
@@ -70,12 +78,14 @@ def fine_tune(model: nn.Module, task: Task | None, params: list[torch.Tensor], e
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
+        broadcast_(params)                                   # under torchrun: rank 0's start
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
         best_score = validate(model) if validate else None
         for epoch in range(epochs):
             model.train()
-            for batch, target in task.train_batches(seed=seed + epoch):
+            for full, full_target in task.train_batches(seed=seed + epoch):
+                batch, target, weight = shard_rows(full, full_target)
                 opt.zero_grad()
                 if overrides is not None:
                     out = torch.func.functional_call(model, overrides(), args=(), kwargs=batch)
@@ -85,10 +95,11 @@ def fine_tune(model: nn.Module, task: Task | None, params: list[torch.Tensor], e
                 if teacher is not None:
                     with torch.no_grad():
                         soft = task.forward(teacher, batch)
-                loss = _loss(out, target, soft)
+                loss = _loss(out, target, soft) * weight if target.shape[0] else out.sum() * 0.0
                 if penalty is not None:
                     loss = loss + penalty()
                 loss.backward()
+                average_grads_(params)
                 opt.step()
             sched.step()
             if validate:
