@@ -18,6 +18,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                                                   help="Save and measure every stage in OUT.stages/."),
                  trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                                    help="Read a pickled .pt/.bin state dict (weights_only)."),
+                 stream: bool = typer.Option(False, "--stream", help="Stream from disk: weight-only recipes tensor by "
+                                             "tensor, gptq on a HF folder block by block."),
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact."""
     from slimkit.eval.measure import evaluate, task_for
@@ -27,10 +29,13 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     from slimkit.zoo.resolve import resolve
 
     common.check_out_path(out, [model], force)
-    from slimkit.stream.console import stream_cmd, wants_streaming
+    from slimkit.stream.console import layerwise_cmd, route, stream_cmd
 
-    if wants_streaming(model, recipe):  # a bare checkpoint: weight-only, tensor by tensor
+    how = route(model, recipe, stream)
+    if how == "tensors":  # a bare checkpoint (or --stream): weight-only, tensor by tensor
         return stream_cmd(model, recipe, out, as_json, keep_stages)
+    if how == "layerwise":  # gptq on a HF folder, one block at a time from disk
+        return layerwise_cmd(model, recipe, out, as_json, keep_stages)
     plan = load_recipe(recipe)
     from slimkit.dist.collectives import init, is_main
 

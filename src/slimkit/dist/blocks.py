@@ -93,6 +93,16 @@ def _clean(kwargs: dict) -> dict:
     return out
 
 
+def _is_cache(value: object) -> bool:
+    """A key/value cache object (transformers' `Cache` family), by its methods."""
+    return hasattr(value, "get_seq_length") and hasattr(value, "update")
+
+
+def _clean_args(args: tuple) -> tuple:
+    """Positional arguments safe to replay: a KV cache passed positionally (GPT-2 blocks) -> None."""
+    return tuple(None if i and _is_cache(a) else a for i, a in enumerate(args))
+
+
 def _same_extras(a: _Call, b: _Call) -> bool:
     """True when two calls differ only by their hidden states (same masks and other arguments)."""
     if len(a.args) != len(b.args) or a.kwargs.keys() != b.kwargs.keys():
@@ -126,15 +136,15 @@ class BlockChain:
     @classmethod
     @torch.no_grad()
     def trace(cls, model: nn.Module, task: Task, batches: list[Batch],
-              blocks: list[str] | None = None) -> BlockChain | None:
-        """Check on `batches[0]` that the blocks form a chain, then cache block 0's inputs of
-        every batch (each forward stops there). None when the model has no usable chain.
-        Layers before the first block must be final before this is called."""
+              blocks: list[str] | None = None, probe: Batch | None = None) -> BlockChain | None:
+        """Check on `probe` (default `batches[0]`) that the blocks form a chain, then cache block
+        0's inputs of every batch (each forward stops there). None when the model has no usable
+        chain. Layers before the first block must be final before this is called."""
         names = find_blocks(model) if blocks is None else blocks
         if len(names) < 2 or not batches:
             return None
         chain = cls(model, names)
-        if not chain._is_chain(task, batches[0]):
+        if not chain._is_chain(task, batches[0] if probe is None else probe):
             return None
         chain.calls = [chain._capture(task, b) for b in batches]
         return chain
@@ -172,7 +182,7 @@ class BlockChain:
         caught: list[_Call] = []
 
         def pre(_m, args, kwargs):
-            caught.append(_Call(tuple(args), _clean(kwargs)))
+            caught.append(_Call(_clean_args(tuple(args)), _clean(kwargs)))
             raise StopForward
 
         hook = self.model.get_submodule(self.names[0]).register_forward_pre_hook(pre, with_kwargs=True)

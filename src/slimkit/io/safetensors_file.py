@@ -3,6 +3,13 @@
 The reader checks the header length against the file size, every tensor's dtype, shape and byte
 range (inside the data section, no overlap, size = elements x itemsize) before it maps anything,
 so a truncated or lying file is refused with `SlimFormatError` instead of a huge allocation.
+Every safetensors dtype is accepted, bfloat16 included (the usual dtype of LLM checkpoints):
+numpy has no bfloat16, so `SafetensorsReader.get` returns its bit patterns as uint16 and
+`SafetensorsReader.get_torch` the real torch tensor.
+
+>>> with SafetensorsReader("model.safetensors") as f:
+...     f.dtype("model.embed_tokens.weight"), f.get_torch("model.embed_tokens.weight").dtype
+('bfloat16', torch.bfloat16)
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ MAX_HEADER = 64 * 1024 * 1024
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
     "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
-    "U64": np.uint64, "BOOL": np.bool_,
+    "U64": np.uint64, "BOOL": np.bool_, "BF16": np.uint16,   # bfloat16: its bit patterns
 }
-_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}   # what numpy arrays are written as
+TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+               "U64": "uint64", "BOOL": "bool"}   # safetensors dtype code -> torch dtype name
 
 
 def atomic_write(path: str | os.PathLike, chunks: list[bytes | memoryview]) -> None:
@@ -150,8 +160,21 @@ class SafetensorsReader:
         begin, end = self.entries[key]["data_offsets"]
         return end - begin
 
+    def dtype(self, key: str) -> str:
+        """The torch dtype name of tensor `key` ("bfloat16", "float32", ...)."""
+        return TORCH_NAMES[self.entries[key]["dtype"]]
+
+    def get_torch(self, key: str):
+        """Tensor `key` as a torch tensor (a read-only view of the map; bfloat16 stays bfloat16)."""
+        import torch
+
+        arr = self.get(key)
+        tensor = torch.from_numpy(arr) if arr.size else torch.from_numpy(np.array(arr))
+        return tensor.view(torch.bfloat16) if self.dtype(key) == "bfloat16" else tensor
+
     def get(self, key: str) -> np.ndarray:
-        """Return a read-only array view of tensor `key` (copy it before mutating)."""
+        """Return a read-only array view of tensor `key` (copy it before mutating); a bfloat16
+        tensor comes as its uint16 bit patterns."""
         if key not in self.entries:
             raise SlimFormatError(f"{self.path}: missing tensor {key!r}")
         entry = self.entries[key]

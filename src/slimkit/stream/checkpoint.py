@@ -1,7 +1,7 @@
 """Read a `.safetensors` checkpoint, or a sharded Hugging Face one, tensor by tensor from memory maps.
 
-Every header is validated before anything is mapped (the checks of
-`slimkit.io.safetensors_file`, plus bfloat16, the usual dtype of LLM checkpoints). Tensors come as
+Every header is validated before anything is mapped (`slimkit.io.safetensors_file.read_header`,
+the one validator of safetensors headers; bfloat16 included). Tensors come as
 zero-copy torch views of the map; `release` hands the pages of a range back to the kernel
 (`madvise(MADV_DONTNEED)`), so reading a whole checkpoint keeps only what is being worked on resident.
 
@@ -23,14 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimkit.errors import SlimError, SlimFormatError
-from slimkit.io.safetensors_file import MAX_HEADER
+from slimkit.io.safetensors_file import TORCH_NAMES, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
-# safetensors dtype code -> (torch dtype name, itemsize)
-DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-          "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
-          "U8": ("uint8", 1), "U16": ("uint16", 2), "U32": ("uint32", 4), "U64": ("uint64", 8),
-          "BOOL": ("bool", 1)}
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 PAGE = mmap.PAGESIZE
 RELEASE_MARGIN = 1 << 20
@@ -56,42 +51,6 @@ class Item:
         return self.dtype in FLOATS
 
 
-def parse_header(fh, size: int, where: str) -> tuple[dict, int]:
-    """Validated tensor entries of an open safetensors file and the data section's start."""
-    if size < 8:
-        raise SlimFormatError(f"{where}: file is {size} bytes, too short to be safetensors")
-    n = int.from_bytes(fh.read(8), "little")
-    if n < 2 or n > min(size - 8, MAX_HEADER):
-        raise SlimFormatError(f"{where}: header length {n} does not fit the file size {size}")
-    try:
-        header = json.loads(fh.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SlimFormatError(f"{where}: header is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise SlimFormatError(f"{where}: header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_len, spans = size - 8 - n, []
-    for key, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise SlimFormatError(f"{where}: tensor {key!r} has a malformed header entry")
-        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise SlimFormatError(f"{where}: tensor {key!r} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
-            raise SlimFormatError(f"{where}: tensor {key!r} has an invalid shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
-                or not 0 <= offs[0] <= offs[1] <= data_len):
-            raise SlimFormatError(f"{where}: tensor {key!r} lies outside the file (offsets {offs!r})")
-        if offs[1] - offs[0] != math.prod(shape) * DTYPES[dtype][1]:
-            raise SlimFormatError(f"{where}: tensor {key!r} byte count does not match its shape and dtype")
-        spans.append((offs[0], offs[1], key))
-    spans.sort()
-    for (_, end, a), (begin, _, b) in zip(spans, spans[1:], strict=False):
-        if begin < end:
-            raise SlimFormatError(f"{where}: tensors {a!r} and {b!r} overlap")
-    return header, 8 + n
-
-
 class _Shard:
     def __init__(self, path: Path):
         self.path = path
@@ -101,7 +60,7 @@ class _Shard:
             raise SlimError(f"cannot read {path}: {exc.strerror}") from None
         try:
             self.size = os.fstat(self.fh.fileno()).st_size
-            self.header, self.start = parse_header(self.fh, self.size, str(path))
+            self.header, _, self.start = read_header(self.fh, self.size, str(path))
             self.map = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
         except BaseException:
             self.fh.close()
@@ -135,7 +94,7 @@ class Checkpoint:
                 if names is not None and names.get(name) != i:
                     continue
                 begin, end = entry["data_offsets"]
-                dtype = DTYPES[entry["dtype"]][0]
+                dtype = TORCH_NAMES[entry["dtype"]]
                 self._items.append(Item(name, i, dtype, tuple(entry["shape"]), shard.start + begin, end - begin))
         if names is not None:
             found = {it.name for it in self._items}

@@ -33,6 +33,83 @@ def wants_streaming(model: str, recipe: str) -> bool:
     return True
 
 
+def route(model: str, recipe: str, stream: bool = False) -> str | None:
+    """How `compress` runs: "tensors" (weight-only recipe, tensor by tensor: a bare checkpoint, see
+    `wants_streaming`, or any safetensors folder with `--stream`), "layerwise" (a Hugging Face folder
+    and a recipe of one gptq stage, block by block from disk: with `--stream`, or automatically when
+    the checkpoint is larger than half the memory available now), or None (the model in memory)."""
+    from slimkit.recipes import load_recipe
+    from slimkit.stream.layerwise import gptq_config
+    from slimkit.stream.plan import plan_from_recipe
+
+    if wants_streaming(model, recipe):
+        return "tensors"
+    path = Path(model)
+    folder = path.is_dir() and (path / "config.json").is_file()
+    plan = load_recipe(recipe)
+    try:
+        gptq_config(plan)
+        gptq = True
+    except SlimError:
+        gptq = False
+    if folder and gptq:
+        if stream:
+            return "layerwise"
+        from slimkit.stream.skeleton import checkpoint_bytes
+
+        available = _available_memory()
+        return "layerwise" if available is not None and checkpoint_bytes(path) > available // 2 else None
+    if not stream:
+        return None
+    if not folder:
+        raise SlimError(f"--stream needs a Hugging Face folder or a safetensors checkpoint, not {model}")
+    plan_from_recipe(plan)   # a one-line error naming the stage that needs data
+    return "tensors"
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
+    """GPTQ block by block from disk with a progress bar; print the size, ratio and time."""
+    from rich import progress as rp
+
+    from slimkit.cli import common
+    from slimkit.stream.layerwise import compress_layerwise
+
+    if keep_stages:
+        raise SlimError("--keep-stages needs the whole model in memory; layer-by-layer streaming writes one artifact")
+    quiet = common.STATE.quiet or not common.console.is_terminal
+    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                     rp.TimeRemainingColumn(), console=common.console, disable=quiet, transient=True) as bar:
+        task = bar.add_task(f"GPTQ block by block: {Path(model).name}", total=None)
+
+        def on_block(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=name[-40:])
+
+        report = compress_layerwise(model, recipe, out, on_block=on_block)
+    result = {"out": str(out), "bytes": report.bytes, "input_bytes": report.input_bytes,
+              "ratio": round(report.ratio, 3), "tensors": report.tensors, "seconds": round(report.seconds, 2),
+              "stored": report.stored, "streamed": "layerwise"}
+    if as_json:
+        common.emit_json(result)
+        return
+    for how, count in sorted(report.stored.items(), key=lambda kv: -kv[1]):
+        common.info(f"  {count:5d} layer(s) {how}")
+    common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
+                     f"checkpoint's {common.fmt_bytes(report.input_bytes)}) in {report.seconds:.1f} s, block by "
+                     f"block; score it with: slimkit eval {out}")
+
+
 def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
     """Compress `model` tensor by tensor with a progress bar; print the size, ratio and throughput."""
     from rich import progress as rp
