@@ -56,8 +56,40 @@ class BranchyCNN(nn.Module):
         return self.fc(torch.flatten(torch.relu(h), 1))
 
 
+class Gated(nn.Module):
+    """A gated unit (LLaMA's MLP): gate and up are multiplied channel by channel, so cut together."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(64, 24), nn.Linear(64, 24), nn.Linear(24, 10)
+
+    def forward(self, x):
+        if x.sum() == 0:
+            return x[:, :10]
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class ResCNN(nn.Module):
+    """A ResNet basic block: the stem's channels and the block's output are added, so cut together."""
+
+    def __init__(self, dynamic: bool = True):
+        super().__init__()
+        self.dynamic = dynamic
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = x.reshape(-1, 1, 8, 8)
+        if self.dynamic and x.mean() < -5:
+            x = x.abs()
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(self.bn2(self.conv2(h)) + h)
+        return self.fc(nn.functional.avg_pool2d(h, 2).flatten(1))
+
+
 class ResidualCat(nn.Module):
-    """A residual add (its producer cannot be cut alone), a cat along features, an unknown op."""
+    """A residual add (inp and res are cut together), a cat along features, an unknown op."""
 
     def __init__(self, dynamic: bool = True):
         super().__init__()
@@ -73,7 +105,7 @@ class ResidualCat(nn.Module):
         if self.dynamic and x.max() < 0:
             x = -x
         h = torch.relu(self.inp(x))
-        h = h + self.res(h)                               # residual: inp and res are coupled
+        h = h + self.res(h)                               # residual: inp and res are cut together
         h = torch.cat([torch.relu(self.a(h)), torch.relu(self.b(h))], dim=1)
         h = torch.relu(self.mix(h))
         return self.head(torch.cumsum(self.odd(h), dim=1))  # cumsum mixes odd's channels
@@ -91,8 +123,9 @@ class ConvView(nn.Module):
         return self.fc(h.view(h.size(0), -1) * 2.0)
 
 
-@pytest.mark.parametrize("build", [LeNet300100, LeNet5, lambda: ResidualCat(dynamic=False), ConvView],
-                         ids=["lenet-300-100", "lenet5", "residual-cat", "conv-view"])
+@pytest.mark.parametrize("build", [LeNet300100, LeNet5, lambda: ResidualCat(dynamic=False), ConvView,
+                                   lambda: ResCNN(dynamic=False)],
+                         ids=["lenet-300-100", "lenet5", "residual-cat", "conv-view", "resnet-block"])
 def test_hooks_find_the_same_groups_as_fx(build):
     model = build()
     by_fx, fx_problems = trace_groups(model, X, tracer="fx")
@@ -103,12 +136,18 @@ def test_hooks_find_the_same_groups_as_fx(build):
     assert by_fx and {g.tracer for g in by_hooks} == {"hooks"} and {g.tracer for g in by_fx} == {"fx"}
 
 
-def test_residual_cat_and_unknown_ops_are_reported():
+def test_residual_add_gate_and_cat_couple_layers():
     groups, problems = trace_groups(ResidualCat(), X)
-    assert [str(g) for g in groups] == ["a[out] <-> mix[in]", "b[out] <-> mix[in @12]", "mix[out] <-> odd[in]"]
-    assert groups[0].tracer == "hooks"
-    assert "add in model (ResidualCat)" in problems["inp"] and "residual" in problems["res"]
-    assert problems["odd"] == "reaches cumsum in model (ResidualCat), which the tracer cannot follow"
+    assert [str(g) for g in groups] == ["inp[out] <-> res[in] <-> res[out] <-> a[in] <-> b[in]",
+                                        "a[out] <-> mix[in]", "b[out] <-> mix[in @12]", "mix[out] <-> odd[in]"]
+    assert groups[0].tracer == "hooks" and groups[0].producers() == ["inp", "res"]
+    assert problems == {"odd": "reaches cumsum in model (ResidualCat), which the tracer cannot follow",
+                        "head": "feeds the model output"}
+    groups, _ = trace_groups(Gated(), X)
+    assert [str(g) for g in groups] == ["gate[out] <-> up[out] <-> down[in]"]
+    groups, _ = trace_groups(ResCNN(), X)
+    assert [str(g) for g in groups] == ["conv1[out] <-> bn1[ch] <-> conv2[in] <-> bn2[ch] <-> conv2[out] <-> "
+                                        "fc[in x16]"]
 
 
 def _silence_and_plan(model, groups, every=3):
@@ -125,7 +164,7 @@ def _silence_and_plan(model, groups, every=3):
     return plan
 
 
-@pytest.mark.parametrize("build", [Branchy, BranchyCNN, ResidualCat])
+@pytest.mark.parametrize("build", [Branchy, BranchyCNN, ResidualCat, Gated, ResCNN])
 def test_cutting_hook_traced_groups_is_exact_and_reloads(build, tmp_path):
     torch.manual_seed(0)
     model = build().eval()
@@ -145,9 +184,9 @@ def test_cutting_hook_traced_groups_is_exact_and_reloads(build, tmp_path):
 def test_cat_groups_cut_together_keep_the_right_columns():
     torch.manual_seed(0)
     model = ResidualCat().eval()
-    groups, _ = trace_groups(model, X)
+    _, a, b, _ = trace_groups(model, X)[0]
     mix = model.mix.weight.detach().clone()
-    prune_groups_(model, [(groups[0], torch.tensor([1, 5])), (groups[1], torch.tensor([0, 19]))])
+    prune_groups_(model, [(a, torch.tensor([1, 5])), (b, torch.tensor([0, 19]))])
     assert (model.a.out_features, model.b.out_features, model.mix.in_features) == (2, 2, 4)
     assert torch.equal(model.mix.weight, mix[:, [1, 5, 12, 31]])
 

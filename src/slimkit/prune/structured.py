@@ -111,9 +111,10 @@ def taylor_scores(task: Task, batches: int = 8) -> Scorer:
 
 
 def norm_scores(p: int) -> Scorer:
-    """Scores = minus the L`p` norm of each filter / neuron (higher = less useful)."""
-    return lambda model, groups: {g.producer: -weight_norm(model.get_submodule(g.producer).weight, p)
-                                  for g in groups}
+    """Scores = minus the L`p` norm of each filter / neuron, summed over the producers a residual
+    add or a gate couples (higher = less useful)."""
+    return lambda model, groups: {g.producer: -sum(weight_norm(model.get_submodule(name).weight, p)
+                                                   for name in g.producers()) for g in groups}
 
 
 def _restore(model: nn.Module, backup: nn.Module) -> None:
