@@ -74,7 +74,8 @@ def nm_structure(nonzero: np.ndarray, max_m: int = MAX_M) -> tuple[int, int] | N
         cost = bits_per_group(n, m) / m
         if best is not None and cost >= best[0]:
             continue
-        if np.all(flat.reshape(-1, m).sum(axis=1) == n):
+        head = flat[: m * 4096]                                  # most candidates fail early: check a prefix first
+        if np.all(head.reshape(-1, m).sum(axis=1) == n) and np.all(flat.reshape(-1, m).sum(axis=1) == n):
             best = (cost, n, m)
     return None if best is None else (best[1], best[2])
 
@@ -86,7 +87,12 @@ def _comb_table(n: int, m: int) -> np.ndarray:
 
 def encode_nm(nonzero: np.ndarray, n: int, m: int) -> np.ndarray:
     """The packed pattern stream (uint8) of a flat boolean array that is exactly n:m structured."""
-    return _pack_digits(pattern_ranks(nonzero, n, m), *packing(n, m))
+    return pack_ranks(pattern_ranks(nonzero, n, m), n, m)
+
+
+def pack_ranks(ranks: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Pattern numbers (from `pattern_ranks`) -> the packed stream `decode_nm` reads."""
+    return _pack_digits(np.asarray(ranks, dtype=np.uint64), *packing(n, m))
 
 
 def decode_nm(stream: np.ndarray, n: int, m: int, size: int) -> np.ndarray:

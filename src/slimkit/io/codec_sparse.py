@@ -30,7 +30,7 @@ import numpy as np
 
 from slimkit.errors import SlimError, SlimFormatError
 from slimkit.io.codec_entropy import best_entropy_code, entropy_decode
-from slimkit.io.codec_nm import decode_nm, encode_nm, nm_structure, pattern_ranks, ranks_to_positions, valid_nm
+from slimkit.io.codec_nm import decode_nm, nm_structure, pack_ranks, pattern_ranks, ranks_to_positions, valid_nm
 from slimkit.io.codecs import Codec, _dtype, _shape, pack_bits, register_codec, unpack_bits
 
 INDEX_KINDS = ("auto", "mask", "gaps", "nm")
@@ -172,10 +172,11 @@ class Sparse(Codec):
 def _nm_options(nonzero: np.ndarray, n: int, m: int, entropy: bool) -> list[Option]:
     """The packed pattern stream, and (up to 256 patterns) the entropy-coded pattern numbers."""
     options: list[Option] = []
-    packed = encode_nm(nonzero, n, m)
+    ranks = pattern_ranks(nonzero, n, m)
+    packed = pack_ranks(ranks, n, m)
     options.append((packed.size, "nm", packed, 0, None))
     if entropy and math.comb(m, n) <= 256:
-        stream, coder = best_entropy_code(pattern_ranks(nonzero, n, m).astype(np.uint8))
+        stream, coder = best_entropy_code(ranks.astype(np.uint8))
         options.append((stream.size, "nm", stream, 0, coder))
     return options
 
