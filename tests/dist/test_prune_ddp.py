@@ -6,6 +6,7 @@ sharded-gradient arithmetic runs in the normal suite."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -65,6 +66,11 @@ def test_two_process_training_methods_end_identical(lenet_trained, tmp_path):
         seen = [json.loads((tmp_path / f"{method}-rank{r}.json").read_text()) for r in (0, 1)]
         train = seen[0]["train"]                 # one epoch, every batch split between the two ranks
         assert seen[0]["rows"] + seen[1]["rows"] == train and abs(seen[0]["rows"] - seen[1]["rows"]) <= 60, seen
+    # the split batches give the single-process gradient: the same training up to float rounding
+    config = sk.make_config("magnitude", sparsity=0.9, scope="global", schedule="gradual", steps=2, epochs=1, lr=2e-3)
+    alone = sk.apply_(copy.deepcopy(lenet_trained), config, data=sk.zoo.entry("lenet-300-100").task()).state_dict()
+    two = load_file(tmp_path / "magnitude-rank0.safetensors")
+    assert all(torch.allclose(two[k], alone[k], rtol=0, atol=1e-5) for k in two)
     for method in ("magnitude", "nm"):
         a = load_file(tmp_path / f"{method}-rank0.safetensors")
         kept = [a[k] != 0 for k in WEIGHTS]
