@@ -204,3 +204,17 @@ def test_onnx_export_keeps_conv_codes(lenet5_trained, digits_task, tmp_path):
     assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4 for i in graph.initializer)
     assert "conv2.codes" in {i.name for i in graph.initializer}
     assert ints["bytes"] < 0.35 * flt["bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "max_drop"), [("int8", 0.3), ("int8-static", 0.3), ("qat-int4", 0.5)])
+def test_lenet5_recipes_with_quantized_convs_keep_accuracy(lenet5_trained, digits_task, recipe, max_drop, tmp_path):
+    """Issue 3's digits targets on the zoo model, convs included (the bench reports 5 seeds)."""
+    base = digits_task.score(lenet5_trained)
+    model = sk.run_recipe(copy.deepcopy(lenet5_trained), sk.load_recipe(recipe), digits_task)
+    assert isinstance(model.conv1, QuantConv2d) and isinstance(model.conv2, QuantConv2d)
+    path = tmp_path / "m.slim"
+    size = sk.save(model, path)
+    loaded = sk.load(path)
+    assert 100 * (base - digits_task.score(loaded)) <= max_drop
+    assert size < (0.3 if recipe.startswith("int8") else 0.16) * sk.save(lenet5_trained, tmp_path / "fp32.slim")
