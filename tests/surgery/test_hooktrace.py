@@ -298,3 +298,21 @@ def test_preflight_lists_hook_traced_groups(digits_task):
     assert [g["text"] for g in report["groups"]] == ["conv1[out] <-> bn1[ch] <-> conv2[in]",
                                                      "conv2[out] <-> fc[in x16]"]
     assert report["unprunable"] == {"fc": "feeds the model output"}
+
+
+def test_a_torch_layer_with_inner_layers_is_one_op():
+    class WithEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.post = nn.Linear(64, 32), nn.Linear(32, 3)
+            self.enc = nn.TransformerEncoderLayer(32, 4, 32, batch_first=True)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                x = x + 1
+            return self.post(self.enc(self.inp(x).unsqueeze(1)).squeeze(1))
+
+    _, modules = hook_graph(WithEncoder(), X)
+    assert sorted(modules) == ["", "enc", "inp", "post"]      # enc.linear1 etc. ran inside enc
+    assert trace_groups(WithEncoder(), X)[1]["inp"] == "reaches enc in model (WithEncoder), which the tracer " \
+                                                       "cannot follow"

@@ -193,4 +193,17 @@ def hook_graph(model: nn.Module, inputs) -> tuple[list[Node], dict[str, nn.Modul
     for u in used:
         u.users[output] = None
     rec.nodes.append(output)
-    return rec.nodes, dict(model.named_modules())
+    return rec.nodes, _outer_modules(model)
+
+
+def _outer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules by name, without the insides of leaf modules (they run unrecorded, as one op)."""
+    out: dict[str, nn.Module] = {}
+    inside: set[str] = set()
+    for name, module in model.named_modules():
+        parent = name.rpartition(".")[0]
+        if name and (parent in inside or (parent in out and parent and _is_leaf(out[parent]))):
+            inside.add(name)
+            continue
+        out[name] = module
+    return out

@@ -32,7 +32,7 @@ _COUPLE = {"add", "sub", "mul", "__add__", "__radd__", "__sub__", "__rsub__", "_
            "sub_", "mul_", "iadd", "imul", "__iadd__", "__imul__"}
 _POOL = {"max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
          "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d"}
-_FLATTEN = {"flatten", "reshape", "view"}
+_FLATTEN = {"flatten", "reshape", "view", "unsqueeze", "squeeze"}   # reshapes, checked by `reshaped`
 _META_METHODS = {"size", "dim", "numel"}       # read the shape, not the values: no dataflow
 _META_ATTRS = {"shape", "dtype", "device", "ndim"}
 _KEEP_MOD = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
