@@ -86,3 +86,41 @@ def test_int8_static_recipe_and_bad_data(lenet):
     assert sk.load_recipe("int8-static").stages[0].method == "int8-static"
     with pytest.raises(sk.SlimError, match="calibration"):
         Int8Static().apply(lenet, None, None)
+
+
+def _outlier_rows(seed=0):
+    """Activations like a transformer's: a gaussian bulk and one channel ~30x larger."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 64, generator=gen)
+    x[:, 5] *= 30
+    return x
+
+
+def test_output_search_beats_the_observer_and_reports_dynamic_error():
+    from slimkit.quant.static_search import candidate_errors, choose_threshold, thresholds_for
+
+    x = _outlier_rows()
+    lin = nn.Linear(64, 16)
+    obs = Observer("percentile", percentile=99.0)
+    obs.update(x)
+    thresholds = thresholds_for(obs.threshold(), obs.max_)
+    errors = candidate_errors(x, lin.weight, thresholds)
+    best, ratio = choose_threshold(thresholds, errors)
+    assert errors.shape == (len(thresholds) + 1,) and best != thresholds[0]    # clipping channel 5 hurts
+    assert float(errors[thresholds.index(best)]) < 0.5 * float(errors[0])
+    assert ratio == pytest.approx(float(errors[thresholds.index(best)] / errors[-1]))
+    assert ratio > 1.0    # one scale per tensor cannot match per-token scales here
+
+
+@pytest.mark.parametrize(("fallback", "dynamic"), [(None, False), (1.0, True)])
+def test_int8_static_keeps_layers_dynamic_above_the_fallback(fallback, dynamic, lenet, digits_task):
+    from slimkit.quant.convert import quant_report
+
+    model = sk.quantize_(lenet, Int8Static(samples=64, dynamic_fallback=fallback), data=digits_task)
+    report = quant_report(model)["quantized"]
+    kept = [n for n in ("fc1", "fc2", "fc3") if not getattr(model, n).static]
+    assert bool(kept) == dynamic
+    assert all("dynamic per-token" in report[n] for n in kept)
+    assert all("output-searched" in report[n] for n in ("fc1", "fc2", "fc3") if n not in kept)
+    with pytest.raises(ValueError, match="dynamic_fallback"):
+        Int8Static(dynamic_fallback=0.5)
