@@ -90,7 +90,10 @@ def _int8(plan: Plan, cfg, task) -> Note:
             how = "int8 rows, fp32 scales"
             plan.set(_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows, how, arrays=2, kind="quant"))
         touched[name] = how
-    return _note(touched, skipped, "exact: int8 codes and fp32 scales from shapes")
+    basis = "exact: int8 codes and fp32 scales from shapes"
+    if static and getattr(cfg, "dynamic_fallback", None) is not None:
+        basis += " (4 B less per layer calibration keeps dynamic)"
+    return _note(touched, skipped, basis)
 
 
 def _group_count(cols: int, granularity: str, group_size: int) -> tuple[int, int]:
