@@ -19,35 +19,45 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                trials: int | None = typer.Option(None, "--trials", help="Stop after this many candidates."),
                effort: float = typer.Option(1.0, "--effort", help="Scale of the training epochs (0.2 = 5x fewer)."),
                seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+               folds: int = typer.Option(10, "--folds", help="Cross-validation folds that certify the best "
+                                                             "(builtin digits models)."),
+               confidence: float = typer.Option(0.9, "--confidence", help="One-sided confidence of the upper "
+                                                                          "bound of the drop a certified best keeps "
+                                                                          "within --max-drop."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
                ) -> None:
     """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
     from slimkit.errors import SlimError
     from slimkit.search import search
+    from slimkit.search.certify import Certification
 
     if not budget > 0 or budget != budget:
         raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")
+    certification = Certification(folds=folds, confidence=confidence)
     with _Display(budget * 60) as display:
         result = search(model, max_drop=max_drop, out=out, budget_s=budget * 60, max_trials=trials, seed=seed,
-                        effort=effort, on_trial=display.update)
+                        effort=effort, on_trial=display.update, certification=certification)
     summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
                "front": len(result.front), "report": str(result.report) if result.report else None,
                "interrupted": result.interrupted}
     if as_json:
         common.emit_json(summary)
     else:
-        _print(result)
+        _print(result, max_drop)
     if result.interrupted:   # the outputs so far are written; 130 as for any command stopped by Ctrl-C
         raise SystemExit(130)
 
 
-def _print(result) -> None:
+def _print(result, max_drop: float) -> None:
     best, base = result.best, result.baseline
     if best:
         common.out.print(
             f"best: {result.folder / 'best.slim'}: {common.fmt_bytes(best['bytes'])}, {best['ratio']}x smaller "
             f"than fp32 {common.fmt_bytes(base['bytes'])}; validation {best['val_score']:.4f} "
             f"({-best['drop_pts']:+.2f} pt), test {best['test_score']:.4f} ({-best['test_drop_pts']:+.2f} pt)")
+        if best.get("cv_ucb_pts") is not None:
+            common.out.print(f"certified: cross-validated drop {best['cv_drop_pts']:+.2f} pt, upper bound "
+                             f"{best['cv_ucb_pts']:.2f} pt <= {max_drop:g}")
     for note in result.notes:
         common.out.print(f"note: {note}")
     common.out.print(f"{len(result.trials)} candidates, Pareto front of {len(result.front)}; "

@@ -23,9 +23,11 @@ from slimkit.eval.task import Task
 
 
 class Space(ABC):
-    """The choices one search explores for one kind of model."""
+    """The choices one search explores for one kind of model. The search sets `time_left` (seconds)
+    before each candidate; spaces offer expensive choices (training) only when enough is left."""
 
     name: str = "space"
+    time_left: float = float("inf")
 
     @abstractmethod
     def suggest(self, trial: Any) -> list[MethodConfig]:
@@ -159,69 +161,18 @@ class DigitsSpace(Space):
         return out
 
 
-class EmbeddingSpace(Space):
-    """Transformer sentence encoders (MiniLM, BERT folders), scored by fidelity to the original.
-
-    Choices: structured pruning of FFN neurons with refit (in steps of 128 neurons, so that every
-    group size still divides the layer), then int8, round-to-nearest or GPTQ weight quantization
-    (bits, group size, embedding bits).
-    """
-
-    name = "embedding"
-    STEP = 128
-
-    def __init__(self, model: nn.Module):
-        config = getattr(model, "config", None)
-        self.ffn = int(getattr(config, "intermediate_size", 0) or 0)
-        self.max_cut = int(0.7 * self.ffn) // self.STEP
-
-    def _cut(self, fraction: float) -> int:
-        return max(1, min(self.max_cut, round(fraction * self.ffn / self.STEP)))
-
-    def seeds(self) -> list[dict]:
-        # Spread along the size / fidelity trade-off, from the shipped int8 and int4 recipes down.
-        gptq = {"quant_only": "gptq", "group_size": 64, "embedding_bits": 4}
-        out = [{"structured": False, "quant_only": "int8"},
-               {"structured": False, **gptq, "gptq_bits": 4},
-               {"structured": False, "quant_only": "rtn", "rtn_bits": 8, "group_size": 128, "embedding_bits": 8},
-               {"structured": False, **gptq, "gptq_bits": 3},
-               {"structured": False, **gptq, "gptq_bits": 4, "embedding_bits": 8}]
-        if self.max_cut:
-            out += [{"structured": True, "ffn_cut": self._cut(0.25), "quant": "gptq", "gptq_bits": 4,
-                     "group_size": 64, "embedding_bits": 4},
-                    {"structured": True, "ffn_cut": self._cut(0.5), "quant": "int8"}]
-        return out
-
-    def suggest(self, trial: Any) -> list[MethodConfig]:
-        stages: list[MethodConfig] = []
-        if self.max_cut and trial.suggest_categorical("structured", [True, False]):
-            cut = trial.suggest_int("ffn_cut", 1, self.max_cut) * self.STEP
-            # keep_top removes int(ratio * n) neurons: half a neuron more keeps that exact
-            stages.append(make_config("structured", ratio=(cut + 0.5) / self.ffn, samples=128, refit=True))
-            quant = trial.suggest_categorical("quant", ["none", "int8", "rtn", "gptq"])
-        else:   # nothing compressed yet: a quantization stage is not optional
-            quant = trial.suggest_categorical("quant_only", ["int8", "rtn", "gptq"])
-        if quant == "int8":
-            stages.append(make_config("int8"))
-        elif quant in ("rtn", "gptq"):
-            bits = trial.suggest_int(f"{quant}_bits", 3 if quant == "gptq" else 4, 8)
-            options = {"bits": bits, "group_size": trial.suggest_categorical("group_size", [32, 64, 128]),
-                       "embedding_bits": trial.suggest_categorical("embedding_bits", [4, 8]),
-                       "embedding_group_size": 32, "symmetric": False}
-            if quant == "gptq":
-                options.update(samples=32, act_order=True)
-            stages.append(make_config(quant, **options))
-        return stages
-
-
-def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = None, effort: float = 1.0) -> Space:
+def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = None, effort: float = 1.0,
+              score_s: float | None = None) -> Space:
     """The search space for `model` scored by `task` (digits classifiers or sentence encoders);
-    `effort` scales the training epochs of the digits space (0.1: ten times fewer)."""
+    `effort` scales the training epochs of the digits space (0.1: ten times fewer); `score_s`, the
+    seconds one held-out scoring took, sizes the training stages of the encoder space."""
     from slimkit.eval.digits_task import DigitsTask
 
     if isinstance(task, DigitsTask):
         return DigitsSpace(model, protect_order, effort)
     if hasattr(task, "calib_sentences") and hasattr(task, "encode"):
-        return EmbeddingSpace(model)
+        from slimkit.search.space_encoder import EmbeddingSpace
+
+        return EmbeddingSpace(model, len(task.calib_sentences), score_s)
     raise SlimError(f"search has no search space for the task {getattr(task, 'name', type(task).__name__)!r} "
                     "(supported: digits classifiers and sentence encoders)")

@@ -57,6 +57,7 @@ class TrialRecord:
     error: str | None = None
     stopped_after: int | None = None  # stage index after which a pruned candidate stopped
     confirm_drop_pts: float | None = None   # drop of a second run with other training seeds
+    certificate: dict | None = None   # cross-validated drop and its upper bound (search.certify)
 
     @property
     def measured(self) -> bool:
@@ -66,11 +67,24 @@ class TrialRecord:
         return self.measured and self.drop_pts is not None and self.drop_pts <= max_drop + 1e-9
 
     def confirmed(self, max_drop: float) -> bool:
-        """Within the budget in its own run and in a second run with other training seeds."""
-        return self.feasible(max_drop) and self.confirm_drop_pts is not None and \
-            self.confirm_drop_pts <= max_drop + 1e-9
+        """Within the budget in its own run, and certified: by cross-validation where the search has
+        it (the upper confidence bound of the drop within the budget), else by a second run with
+        other training seeds."""
+        if self.certificate is not None:
+            from slimkit.search.certify import certified
+
+            return self.feasible(max_drop + self.certificate.get("screen_slack_pts", 0.0)) and \
+                certified(self.certificate, max_drop)
+        if not self.feasible(max_drop):
+            return False
+        return self.confirm_drop_pts is not None and self.confirm_drop_pts <= max_drop + 1e-9
 
     def worst_drop(self) -> float | None:
+        """The drop the sampler is told: with a complete certificate its upper bound (and the
+        validation drop less the screen's slack), else the worse of the two runs."""
+        cert = self.certificate
+        if cert is not None and cert.get("folds") == cert.get("of") and self.drop_pts is not None:
+            return max(cert["ucb_pts"], self.drop_pts - cert.get("screen_slack_pts", 0.0))
         drops = [d for d in (self.drop_pts, self.confirm_drop_pts) if d is not None]
         return max(drops) if drops else None
 
@@ -128,9 +142,7 @@ def _apply_stages(net: nn.Module, stages: list[MethodConfig], task: Task, score:
         left = budget.deadline - time.monotonic()
         if left <= 0:
             raise OutOfTime(f"out of time before stage {i + 1} ({config.method})")
-        if "time_limit" in type(config).model_fields:
-            config = config.model_copy(update={"time_limit": max(1.0, left)})
-        net = apply_(net, config, task)
+        net = apply_(net, within(config, left), task)
         if i < len(stages) - 1:
             value = score(net)
             if budget.drop(value) > budget.abort_drop:
@@ -138,6 +150,14 @@ def _apply_stages(net: nn.Module, stages: list[MethodConfig], task: Task, score:
                 record.drop_pts, record.stopped_after = budget.drop(value), i + 1
                 return None
     return net
+
+
+def within(config: MethodConfig, left: float) -> MethodConfig:
+    """`config` with its time limit (if it has one) cut to the `left` seconds of the search."""
+    if "time_limit" not in type(config).model_fields:
+        return config
+    own = config.time_limit
+    return config.model_copy(update={"time_limit": max(1.0, left if own is None else min(own, left))})
 
 
 def _teacher(model: nn.Module, stages: list[MethodConfig]) -> nn.Module | None:
