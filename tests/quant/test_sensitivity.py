@@ -21,3 +21,9 @@ def test_sensitivity_reports_layers_a_config_cannot_fit(lenet, digits_task):
     by = {r["module"]: r for r in rows}
     assert by["fc1"]["delta"] is not None                        # 64 inputs: groups of 32 fit
     assert by["fc2"]["delta"] is None and "group_size=32" in by["fc2"]["error"]
+
+
+def test_sensitivity_covers_convolutions(lenet5_trained, digits_task):
+    rows = sensitivity(lenet5_trained, WeightOnly(bits=2, granularity="channel"), digits_task)
+    assert sorted(r["module"] for r in rows) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert all(r["delta"] is not None for r in rows)

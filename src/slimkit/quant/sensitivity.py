@@ -31,7 +31,7 @@ def sensitivity(model: nn.Module, config: MethodConfig, task: Task,
     its change from the float model, most harmful first. `model` is not modified."""
     base = _score(task, model)
     picked, _ = select_targets(model, config.targets, config.ignore, filter_fn,
-                               (nn.Linear, nn.Embedding))
+                               (nn.Linear, nn.Embedding, nn.Conv2d))
     rows = []
     for name, _module in picked:
         trial = copy.deepcopy(model)
