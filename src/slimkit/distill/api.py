@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
@@ -103,6 +103,19 @@ class DistillConfig(MethodConfig):
     seed: int = 0
     progress: bool = False
     time_limit: float | None = Field(None, gt=0, description="seconds; no epoch starts after it")
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _pruned_student_form(cls, value: object) -> object:
+        """A mapping is a pruned student: report its own error, not the other forms'."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            return PrunedStudent(**value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{where}: {err['msg']}" if where else err["msg"]) from None
 
     @classmethod
     def example(cls) -> DistillConfig:
