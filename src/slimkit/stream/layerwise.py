@@ -146,7 +146,9 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     mine = shard(batches)
     linears, embeddings, skipped = cfg._select(model, None)
     skipped |= {n: f"{type(m).__name__}: not layer by layer" for n, m in linears if type(m) is not nn.Linear}
-    quant = _Quantizer(model, cfg, {n: m for n, m in linears if type(m) is nn.Linear}, skipped)
+    quant = _Quantizer(model, cfg, [n for n, m in linears if type(m) is nn.Linear], skipped)
+    embedding_names = [n for n, _ in embeddings]
+    del linears, embeddings   # names only from here: a module held here would keep its weights after release
     blocks = find_blocks(model)
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")
@@ -168,7 +170,8 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
             quant.gptq(stage, collect_hessians(model, task, mine, stage, stop_early=not reused & set(stage)))
         output = _Output(model, writer)
         quant.finish([n for n in quant.targets if not _inside(n, blocks)])   # e.g. a pooler: round-to-nearest
-        cfg._quantize_embeddings(model, [(n, m) for n, m in embeddings if not _inside(n, blocks)])
+        cfg._quantize_embeddings(model, [(n, model.get_submodule(n)) for n in embedding_names
+                                         if not _inside(n, blocks)])
         output.write("", [k for k in model.state_dict() if not _inside(k.rpartition(".")[0], blocks)])
         for n in rest:
             source.release(n, recurse=False)
@@ -198,14 +201,18 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
 class _Quantizer:
     """The GPTQ handler's per-layer steps (`slimkit.quant.api.GPTQ.apply`), callable stage by stage."""
 
-    def __init__(self, model: nn.Module, cfg, targets: dict[str, nn.Module], skipped: dict[str, str]):
+    def __init__(self, model: nn.Module, cfg, targets: list[str], skipped: dict[str, str]):
         from slimkit.nn.quant_linear import SCALE_DTYPES
         from slimkit.quant.convert import note_skipped
 
-        self.model, self.cfg, self.targets = model, cfg, targets
+        self.model, self.cfg, self.targets = model, cfg, dict.fromkeys(targets)   # names, in order
         self.dtype = SCALE_DTYPES[cfg.scale_dtype.value]
         self.counts: Counter[str] = Counter()
         note_skipped(model, skipped)
+
+    def _take(self, name: str) -> nn.Module:
+        del self.targets[name]
+        return self.model.get_submodule(name)
 
     def _layer(self, linear: nn.Module, qw) -> nn.Module:
         from slimkit.nn.quant_linear import QuantLinear
@@ -223,7 +230,7 @@ class _Quantizer:
                                cfg.granularity, cfg.group_size, cfg.act_order, cfg.damp, cfg.block_size, self.dtype)
             return self._layer(linear, qw)
 
-        picked = [(n, self.targets.pop(n)) for n in stage if n in hessians]
+        picked = [(n, self._take(n)) for n in stage if n in hessians]
         convert(self.model, picked, make, cfg._label("gptq"))
         self.counts[cfg._label("gptq")] += len(picked)
 
@@ -239,7 +246,7 @@ class _Quantizer:
                               self.dtype)
             return self._layer(linear, qw)
 
-        picked = [(n, self.targets.pop(n)) for n in names if n in self.targets]
+        picked = [(n, self._take(n)) for n in names if n in self.targets]
         if picked:
             convert(self.model, picked, rtn, cfg._label("rtn") + " (not reached by calibration)")
             self.counts[cfg._label("rtn")] += len(picked)

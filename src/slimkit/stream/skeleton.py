@@ -164,7 +164,10 @@ class WeightSource:
                     module._parameters[local] = nn.Parameter(empty, requires_grad=False)
                 else:
                     module._buffers[local] = empty
-            module.__dict__.pop("_low_cache", None)
+            module.__dict__.pop("_low_cache", None)   # runtime copies of the weight (int8 bf16 cache,
+            cache = module.__dict__.get("_cache")       # QuantLinear's decoded weight) go too
+            if cache is not None and hasattr(cache, "value"):
+                cache.key = cache.value = None
 
     def close(self) -> None:
         self.ck.close()

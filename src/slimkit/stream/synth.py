@@ -67,3 +67,22 @@ def write_random_checkpoint(path: str | os.PathLike, shapes: dict[str, tuple[int
                 block = block.to(getattr(torch, dtype))
                 fh.write(block.view(torch.uint8).numpy().tobytes() if dtype == "bfloat16" else block.numpy().tobytes())
     return Path(path).stat().st_size
+
+
+def write_llama_folder(folder: str | os.PathLike, target_bytes: int, hidden: int = 1024, intermediate: int = 2816,
+                       vocab: int = 8000, heads: int = 8, seed: int = 0) -> int:
+    """A Hugging Face Llama folder (config.json + model.safetensors of `llm_like_shapes`, fp32) of
+    about `target_bytes`, for measuring layer-by-layer compression; returns the checkpoint's size.
+
+    >>> write_llama_folder("llama-600m", 600 << 20)               # doctest: +SKIP
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = llm_like_shapes(target_bytes, hidden, intermediate, vocab)
+    layers = sum(1 for name in shapes if name.endswith("input_layernorm.weight"))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+              "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "num_key_value_heads": heads, "vocab_size": vocab, "max_position_embeddings": 512,
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    return write_random_checkpoint(folder / "model.safetensors", shapes, seed=seed)
