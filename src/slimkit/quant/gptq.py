@@ -7,6 +7,11 @@ H = 2 X X^T of the layer's calibration inputs, so that ||W X - Q X|| stays small
 >>> H = hessian_init(64); hessian_update(H, x)       # x: (tokens, 64) calibration inputs
 >>> qw = gptq_quantize(weight, H, bits=4, group_size=32, act_order=True)
 >>> qw.dequantize()                                   # same shape as weight
+
+Device-agnostic: every tensor is made on the device of the weight (and the Hessian accumulator on
+the device of the inputs it sees), so GPTQ runs on CUDA when the model is there. The Hessian and
+the column loop stay float32 on every device (as in the reference implementation). CUDA is
+untested here (no GPU on the machines this was written on).
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from slimkit.errors import ConfigError
 from slimkit.quant.math import Granularity, QuantizedWeight, check_bits, check_group, qparams
 
 
-def hessian_init(cols: int) -> dict:
-    """An empty Hessian accumulator for a layer with `cols` inputs."""
-    return {"h": torch.zeros(cols, cols), "n": 0}
+def hessian_init(cols: int, device: torch.device | str | None = None) -> dict:
+    """An empty (float32) Hessian accumulator for a layer with `cols` inputs, on `device` (CPU by default)."""
+    return {"h": torch.zeros(cols, cols, device=device), "n": 0}
 
 
 def hessian_update(acc: dict, x: torch.Tensor) -> None:
     """Add calibration inputs `x` (..., cols) to the running H = 2/n sum x x^T."""
-    x = x.detach().reshape(-1, x.shape[-1]).float()
+    x = x.detach().reshape(-1, x.shape[-1]).to(device=acc["h"].device, dtype=acc["h"].dtype)
     acc["h"].addmm_(x.t(), x)
     acc["n"] += x.shape[0]
 
@@ -92,14 +97,15 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmet
         raise ConfigError(f"hessian must be ({cols}, {cols}) for a weight with {cols} inputs, "
                          f"got {tuple(hessian.shape)}")
     w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
+    h = hessian.detach().to(device=w.device, dtype=torch.float32, copy=True)
+    device = w.device
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
 
     n_groups = cols // g
-    scale = torch.empty(rows, n_groups)
-    zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.uint8)
+    scale = torch.empty(rows, n_groups, device=device)
+    zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.uint8, device=device)
     if granularity is Granularity.TENSOR:
         s, z = _params(w.reshape(1, -1), bits, symmetric, scale_dtype)
         scale[:] = s
@@ -113,7 +119,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmet
             if zero is not None:
                 zero[:, k] = z
 
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols, device=device)
     w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_cholesky(h, damp)
     with num_threads(1):  # thousands of tiny ops: a thread pool only adds latency
@@ -131,7 +137,7 @@ def _columns(w, hinv, perm, scale, zero, bits, g, static, block_size, find_param
     rows, cols = w.shape
     lo, hi = (1.0 if zero is None else 0.0), float(2**bits - 1)
     zeros = torch.full_like(scale, float(2 ** (bits - 1))) if zero is None else zero.float()
-    codes = torch.empty(rows, cols)
+    codes = torch.empty(rows, cols, device=w.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         w1 = w[:, i1:i2].clone()

@@ -88,7 +88,7 @@ def accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[],
         def hook(module, args, name=name):
             x = layer_rows(module, args[0])    # a conv's im2col patches, a Linear's inputs
             if acc[name] is None:
-                acc[name] = hessian_init(x.shape[-1])
+                acc[name] = hessian_init(x.shape[-1], device=x.device)
             hessian_update(acc[name], x)
             pending.discard(name)
             if stop_early and not pending:
@@ -104,7 +104,8 @@ def accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[],
             h.remove()
     for name in stage:  # the same order on every rank; a layer this rank never reached adds zeros
         if acc[name] is not None or is_distributed():
-            acc[name] = hessian_all_reduce(acc[name] or hessian_init(model.get_submodule(name).weight[0].numel()))
+            weight = model.get_submodule(name).weight
+            acc[name] = hessian_all_reduce(acc[name] or hessian_init(weight[0].numel(), device=weight.device))
     return {k: v for k, v in acc.items() if v is not None and v["n"]}
 
 
