@@ -5,8 +5,10 @@
 >>> sk.quantize_(model, Int8())                                  # w8a8 dynamic + int8 embeddings
 >>> sk.quantize_(model, GPTQ(bits=4, symmetric=False), data=task)
 
-Methods: `int8`, `int8-static`, `rtn` (`WeightOnly`), `gptq`, `qat`. Math lives in `math.py`,
-`gptq.py` and `observers.py`; runtime modules in `slimkit.nn.quant_*`.
+Methods: `int8`, `int8-static`, `rtn` (`WeightOnly`), `gptq`, `qat`; each quantizes Linear and
+Conv2d layers (a conv's weight as the matrix out x in*kh*kw, `conv.py`) and, where asked,
+embeddings. Math lives in `math.py`, `gptq.py`, `observers.py` and `static_search.py`; runtime
+modules in `slimkit.nn.quant_*`.
 """
 
 from slimkit.quant.api import GPTQ, Int8, WeightOnly
