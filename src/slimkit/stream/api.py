@@ -99,6 +99,12 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
         done = 0
         base = {"kind": "weights", "path": str(Path(source).resolve())}
         info = {"recipe": plan.name, "source": str(source), "streamed": True}
+        cut = None
+        if plan.sparsity is not None and plan.scope == "global" and plan.nm is None:   # pass 1 and 2: the threshold
+            from slimkit.stream.global_cut import GlobalCut
+
+            chosen = [it for it in items if plan.selected(it.name, it.shape, it.is_float)]
+            cut = GlobalCut.fit(ck, chosen, plan.sparsity, block_bytes)
         with SlimWriter(out) as writer:
             layouts = [known_layout(item, plan) for item in items]
             known = [lay for lay in layouts if lay is not None]
@@ -107,7 +113,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
                 writer.reserve([a for lay in known for a in lay[2]], Manifest(base=base, tensors=entries, info=info))
             for item in items:
                 try:
-                    entry, how = encode_item(ck, item, plan, writer, block_bytes)
+                    entry, how = encode_item(ck, item, plan, writer, block_bytes, cut)
                 except SlimError as exc:
                     raise SlimError(f"{ck.source}: tensor {item.name!r}: {exc}") from None
                 tensors[item.name] = entry

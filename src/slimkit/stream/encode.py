@@ -3,7 +3,8 @@ the writer, return its manifest entry.
 
 - `affine` (int8 / int4 round-to-nearest): blocks of rows, so memory is one block, not the tensor;
 - `kmeans`: centroids fitted on (a sample of) the tensor, labels assigned block by block;
-- `magnitude` (+ `kmeans`): the whole tensor at once (a per-tensor threshold), `sparse` codec;
+- `magnitude` (+ `kmeans`): the whole tensor at once (a per-tensor threshold, or the global one of
+  `slimkit.stream.global_cut`), `sparse` codec; `nm`: the N:M mask of each row, `sparse` codec;
 - anything else is copied as it is, block by block.
 
 The arrays and chains are exactly what `slimkit.io.codecs.encode_chain` would give for the same
@@ -22,6 +23,7 @@ from slimkit.io.codecs import encode_chain, pack_bits
 from slimkit.io.manifest import TensorEntry
 from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.stream.codec_affine import matrix_shape, quantize_block
+from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
 from slimkit.stream.writer import SlimWriter
 
@@ -32,11 +34,15 @@ NUMPY_STORE = {"bfloat16": np.uint16, "bool": np.bool_}   # how artifact.py stor
 
 
 def encode_item(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter,
-                block_bytes: int = BLOCK_BYTES) -> tuple[TensorEntry, str]:
-    """Encode one tensor into `writer`; returns its manifest entry and how it was stored."""
+                block_bytes: int = BLOCK_BYTES, cut: GlobalCut | None = None) -> tuple[TensorEntry, str]:
+    """Encode one tensor into `writer`; returns its manifest entry and how it was stored. `cut`:
+    the global pruning threshold (`plan.scope == "global"`), fitted on the same items in this order."""
     if plan.selected(item.name, item.shape, item.is_float):
+        if plan.nm is not None and matrix_shape(item.shape)[1] % plan.nm[1]:
+            entry, _ = copy_raw(ck, item, writer, block_bytes)
+            return entry, f"copied (inputs not a multiple of {plan.nm[1]})"
         if plan.sparsity is not None:
-            return encode_pruned(ck, item, plan, writer)
+            return encode_pruned(ck, item, plan, writer, cut)
         if plan.kmeans is not None:
             return encode_kmeans(ck, item, plan.kmeans, writer, block_bytes)
         spec = plan.quant_for(item.name)
@@ -228,26 +234,33 @@ def keep_largest(w, prune: int):
     return keep.reshape(w.shape)
 
 
-def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter) -> tuple[TensorEntry, str]:
-    """Per-tensor magnitude pruning (as `slimkit.prune.masks`), stored by the `sparse` codec; the kept
-    values then go through k-means when the plan has it, else a float16 `cast` if asked."""
+def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter,
+                  cut: GlobalCut | None = None) -> tuple[TensorEntry, str]:
+    """Magnitude pruning (as `slimkit.prune.masks`: per tensor, or by the global `cut`) or N:M pruning,
+    stored by the `sparse` codec; the kept values then go through k-means when the plan has it, else
+    a float16 `cast` if asked."""
     import torch
 
+    from slimkit.prune.masks import nm_mask
+
     w = ck.tensor(item)
-    keep = keep_largest(w, round(plan.sparsity * w.numel()))
+    if plan.nm is not None:
+        keep = nm_mask(w.reshape(w.shape[0], -1), *plan.nm).reshape(w.shape)
+    else:
+        keep = keep_largest(w, cut.take(w) if cut is not None else round(plan.sparsity * w.numel()))
     pruned = torch.where(keep, w, torch.zeros((), dtype=w.dtype))
     del w, keep
     ck.release(item)
     arr = pruned.view(torch.uint16).numpy() if item.dtype == "bfloat16" else pruned.numpy()
     # at most half pruned, a bitmask is never larger than gap codes (>= 2 bits per kept value): skip them
-    index = "mask" if plan.sparsity <= 0.5 else "auto"
+    index = "mask" if plan.sparsity <= 0.5 and cut is None and plan.nm is None else "auto"
     chain: list[dict] = [{"codec": "sparse", "index": index, "entropy": False}]   # entropy-coded gaps: too slow
     if plan.kmeans is None and plan.value_dtype != "float32" and item.dtype in ("float32", "float64"):
         chain.append({"codec": "cast", "to": plan.value_dtype})
     stored, stages = encode_chain(arr, chain)
     del arr, pruned
     dtype = item.dtype
-    how = f"magnitude {plan.sparsity:g}"
+    how = f"nm {plan.nm[0]}:{plan.nm[1]}" if plan.nm else f"magnitude {plan.sparsity:g}" + (" global" if cut else "")
     if plan.kmeans is not None:
         values = stored.pop("data")
         if item.dtype == "bfloat16":

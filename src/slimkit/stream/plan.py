@@ -2,8 +2,10 @@
 
 A recipe's stages are mapped onto the streaming encoders: `int8` and `rtn` (round-to-nearest
 weight-only, per row or group-wise) -> `affine` codes; `kmeans` without fine-tuning -> a per-tensor
-codebook; `magnitude` one-shot per-layer pruning -> the `sparse` codec; `magnitude` then `kmeans`
--> both, as Deep Compression stores them. A stage that needs calibration or training data (GPTQ,
+codebook; `magnitude` one-shot pruning (per tensor, or `scope: global`: one exact threshold over
+all tensors, `slimkit.stream.global_cut`) and `nm` without fine-tuning (n of every m consecutive
+inputs) -> the `sparse` codec (its compact N:M index where the structure holds); `magnitude` then
+`kmeans` -> both, as Deep Compression stores them. A stage that needs calibration or training data (GPTQ,
 static int8, APoZ, fine-tuning, distillation, ...) is refused with one line naming the stage.
 
 >>> plan = plan_from_recipe(load_recipe("int8"))
@@ -21,12 +23,12 @@ from slimkit.select import matches
 
 MIN_NUMEL = 1024  # smaller float tensors (and every 1-D one: biases, norms) stay as they are
 EMBEDDING = re.compile(r"(^|.*\.)(embed\w*|\w*embeddings?|wte|wpe|tok_embeddings)(\.weight)?$")
-WEIGHT_ONLY = "int8, rtn, kmeans (finetune_epochs: 0), magnitude (schedule: oneshot, epochs: 0, scope: layer)"
+WEIGHT_ONLY = "int8, rtn, kmeans (finetune_epochs: 0), magnitude (schedule: oneshot, epochs: 0), nm (epochs: 0)"
 NEEDS = {
     "gptq": "calibration data", "int8-static": "calibration data", "apoz": "calibration and training data",
     "lowrank": "an architecture (it splits layers in two)", "distill": "training data and a model",
     "hashed": "training data", "qat": "training data", "structured": "calibration data and an architecture",
-    "weight-norm": "an architecture (it removes neurons)", "nm": "an architecture-aware layout",
+    "weight-norm": "an architecture (it removes neurons)",
 }
 
 
@@ -58,6 +60,8 @@ class StreamPlan:
     embedding_quant: QuantSpec | None = None     # tensors named like embeddings (None: stay float)
     kmeans: KMeansSpec | None = None
     sparsity: float | None = None
+    scope: str = "layer"                          # magnitude: per tensor, or one threshold for all ("global")
+    nm: tuple[int, int] | None = None             # N:M pruning: n of every m consecutive inputs kept
     value_dtype: str = "float32"                  # pruned values of float32 tensors stored as this
     targets: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
@@ -113,6 +117,8 @@ def plan_from_recipe(recipe) -> StreamPlan:
                                         cfg.coding.value, cfg.seed)
         elif method == "magnitude":
             opts.update(_magnitude(cfg, where, i, opts))
+        elif method == "nm":
+            opts.update(_nm(cfg, where, i, opts))
         else:
             raise _refuse(where, i, method, "is not a streaming method")
         _selectors(cfg, opts, where, i)
@@ -145,9 +151,15 @@ def _magnitude(cfg, where: str, i: int, opts: dict) -> dict:
     if cfg.epochs or cfg.schedule.value != "oneshot":
         raise _refuse(where, i, "magnitude", f"fine-tunes on training data (schedule {cfg.schedule.value}, "
                                              f"epochs {cfg.epochs}; use schedule: oneshot, epochs: 0)")
-    if cfg.scope.value != "layer":
-        raise _refuse(where, i, "magnitude", "ranks all weights at once (scope: global); use scope: layer")
-    return {"sparsity": cfg.sparsity, "value_dtype": cfg.value_dtype.value}
+    return {"sparsity": cfg.sparsity, "value_dtype": cfg.value_dtype.value, "scope": cfg.scope.value}
+
+
+def _nm(cfg, where: str, i: int, opts: dict) -> dict:
+    if _has(opts, "quant", "embedding_quant", "kmeans", "sparsity"):
+        raise _refuse(where, i, "nm", "must come first (before sharing, once)")
+    if cfg.epochs:
+        raise _refuse(where, i, "nm", f"fine-tunes on training data (epochs {cfg.epochs}; use epochs: 0)")
+    return {"sparsity": 1 - cfg.n / cfg.m, "nm": (cfg.n, cfg.m), "value_dtype": cfg.value_dtype.value}
 
 
 def _selectors(cfg, opts: dict, where: str, i: int) -> None:
