@@ -108,3 +108,19 @@ def test_blocks_that_do_not_chain_fall_back_to_the_full_forward():
     assert BlockChain.trace(model, task, task.calibration()) is None
     quantized = sk.quantize_(model, GPTQ(bits=4, group_size=8), data=task)
     assert all(isinstance(quantized.layers[i][0], QuantLinear) for i in range(2))
+
+
+def test_a_kv_cache_passed_positionally_is_not_replayed(tmp_path):
+    """GPT-2 blocks get their cache as a positional argument: replaying it would append keys on every
+    pass (attention over 2x, 3x the tokens). The cached calls drop it, so blockwise GPTQ runs."""
+    tf = __import__("pytest").importorskip("transformers")
+    from slimkit.eval.token_task import token_task
+
+    torch.manual_seed(0)
+    tf.GPT2Model(tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(tmp_path)
+    model, task = sk.resolve(str(tmp_path)), token_task(tmp_path)
+    chain = BlockChain.trace(model, task, task.calibration(8))
+    assert chain is not None and all(a is None or isinstance(a, torch.Tensor) for a in chain.calls[0].args)
+    sk.quantize_(model, GPTQ(bits=4, group_size=16, samples=8), data=task)
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 4 * 2

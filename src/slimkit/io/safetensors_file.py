@@ -166,10 +166,14 @@ class SafetensorsReader:
 
     def get_torch(self, key: str):
         """Tensor `key` as a torch tensor (a read-only view of the map; bfloat16 stays bfloat16)."""
+        import warnings
+
         import torch
 
         arr = self.get(key)
-        tensor = torch.from_numpy(arr) if arr.size else torch.from_numpy(np.array(arr))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # "not writable": a read-only view, as documented
+            tensor = torch.from_numpy(arr) if arr.size else torch.from_numpy(np.array(arr))
         return tensor.view(torch.bfloat16) if self.dtype(key) == "bfloat16" else tensor
 
     def get(self, key: str) -> np.ndarray:
