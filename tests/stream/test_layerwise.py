@@ -156,3 +156,29 @@ def test_refuses_recipes_it_cannot_run_block_by_block(folders, tmp_path):
     with pytest.raises(SlimError, match="one gptq stage"):
         compress_layerwise(folders["llama"], "int8", tmp_path / "x.slim")
     assert not (tmp_path / "x.slim").exists()
+
+
+def test_lowrank_pca_block_by_block_equals_in_memory(folders, tmp_path):
+    from slimkit.eval.measure import task_for
+    from slimkit.share.api import LowRank
+
+    config = LowRank(energy=0.9, mode="pca", calibration_samples=16)
+    report = compress_layerwise(folders["bert"], Recipe(name="lr", description="", stages=[config]),
+                                tmp_path / "lr.slim")
+    streamed = sk.load(tmp_path / "lr.slim")
+    memory = sk.resolve(str(folders["bert"]))
+    task = task_for(memory)
+    sk.share_(memory, config, data=task)
+
+    def ranks(model):
+        return {n: m[0].out_features for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Sequential) and n.startswith("encoder.")}
+
+    got, want = ranks(streamed), ranks(memory)
+    assert len(want) >= 8 and got.keys() == want.keys()
+    assert sum(got[n] == want[n] for n in got) >= 0.9 * len(got)
+    assert report.stored["lowrank pca"] == len(got)
+    batch = task.example_inputs(8)
+    original = _hidden(sk.resolve(str(folders["bert"])), batch)
+    err_streamed, err_memory = _rel(_hidden(streamed, batch), original), _rel(_hidden(memory, batch), original)
+    assert err_streamed < 1.1 * err_memory + 1e-3 and err_memory < 1.1 * err_streamed + 1e-3

@@ -36,10 +36,11 @@ def wants_streaming(model: str, recipe: str) -> bool:
 def route(model: str, recipe: str, stream: bool = False) -> str | None:
     """How `compress` runs: "tensors" (weight-only recipe, tensor by tensor: a bare checkpoint, see
     `wants_streaming`, or any safetensors folder with `--stream`), "layerwise" (a Hugging Face folder
-    and a recipe of one gptq stage, block by block from disk: with `--stream`, or automatically when
-    the checkpoint is larger than half the memory available now), or None (the model in memory)."""
+    and a recipe of one gptq stage or one lowrank stage without fine-tuning, block by block from
+    disk: with `--stream`, or automatically when the checkpoint is larger than half the memory
+    available now), or None (the model in memory)."""
     from slimkit.recipes import load_recipe
-    from slimkit.stream.layerwise import gptq_config
+    from slimkit.stream.layerwise import layerwise_config
     from slimkit.stream.plan import plan_from_recipe
 
     if wants_streaming(model, recipe):
@@ -48,11 +49,11 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
     folder = path.is_dir() and (path / "config.json").is_file()
     plan = load_recipe(recipe)
     try:
-        gptq_config(plan)
-        gptq = True
+        layerwise_config(plan)
+        blockwise = True
     except SlimError:
-        gptq = False
-    if folder and gptq:
+        blockwise = False
+    if folder and blockwise:
         if stream:
             return "layerwise"
         from slimkit.stream.skeleton import checkpoint_bytes

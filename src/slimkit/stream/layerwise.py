@@ -1,4 +1,5 @@
-"""GPTQ on a Hugging Face transformer larger than memory: one block at a time, read from disk.
+"""GPTQ (or activation-aware low-rank) on a Hugging Face transformer larger than memory: one block
+at a time, read from disk.
 
 The model is built without weights (`slimkit.stream.skeleton`); only the layers outside the repeated
 blocks (embeddings, norms) and the block being worked on hold real tensors:
@@ -11,7 +12,8 @@ blocks (embeddings, norms) and the block being worked on hold real tensors:
    round-to-nearest: they would need the whole model's forward), written and emptied;
 3. block by block: load it, calibrate and GPTQ-quantize its stages on the cached inputs (as the
    in-memory `GPTQ` does, same Hessians, same codes), run it once more to make the next block's
-   inputs, append its encoded tensors to the output (`SlimWriter`), empty it.
+   inputs, append its encoded tensors to the output (`SlimWriter`), empty it. A `lowrank` recipe
+   factorizes each block's Linears instead (`slimkit.stream.layerwise_methods`).
 
 Peak memory is about the embeddings plus one block plus the cached activations. The output is a
 normal .slim file: `slimkit.load` rebuilds the model from the Hugging Face config in its manifest.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,20 +38,20 @@ from slimkit.stream.skeleton import WeightSource, build_skeleton
 from slimkit.stream.writer import SlimWriter
 
 OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, blocks in all)
-LAYERWISE_METHODS = ("gptq",)
 
 
-def gptq_config(recipe: str | object):
-    """The recipe's single GPTQ stage, or a one-line SlimError saying what can run layer by layer."""
-    from slimkit.quant.api import GPTQ
+def layerwise_config(recipe: str | object):
+    """(recipe name, config) of a recipe of one `gptq` stage, or one `lowrank` stage without
+    fine-tuning; else a one-line SlimError saying what can run layer by layer."""
     from slimkit.recipes import load_recipe
 
     plan = load_recipe(recipe) if isinstance(recipe, str) else recipe
     methods = [cfg.method for cfg in plan.stages]
-    if methods != ["gptq"] or not isinstance(plan.stages[0], GPTQ):
-        raise SlimError(f"recipe {plan.name} ({' + '.join(methods)}): layer-by-layer streaming runs a recipe of "
-                        f"one gptq stage (e.g. int4); weight-only recipes stream tensor by tensor")
-    return plan.name, plan.stages[0]
+    if methods == ["gptq"] or (methods == ["lowrank"] and not plan.stages[0].finetune_epochs):
+        return plan.name, plan.stages[0]
+    raise SlimError(f"recipe {plan.name} ({' + '.join(methods)}): layer-by-layer streaming runs a recipe of "
+                    f"one gptq stage (e.g. int4) or one lowrank stage with finetune_epochs: 0; weight-only "
+                    f"recipes stream tensor by tensor")
 
 
 def _probe(batch):
@@ -125,30 +126,21 @@ def _inside(name: str, blocks: list[str]) -> bool:
 
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
                        on_block: OnBlock | None = None, threads: int | None = None) -> StreamReport:
-    """GPTQ-compress the Hugging Face model in `folder` block by block from its safetensors
-    checkpoint into `out` (see the module doc); `recipe` is a recipe of one `gptq` stage (`int4`).
-    Calibration data is the model's task (`slimkit.eval.measure.task_for`), as for `compress`."""
+    """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
+    into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`) or one `lowrank` stage
+    without fine-tuning. Calibration data is the model's task (`slimkit.eval.measure.task_for`)."""
     from slimkit._torch import num_threads
     from slimkit.dist.blocks import BlockChain, find_blocks
-    from slimkit.dist.collectives import shard
     from slimkit.eval.measure import task_for
     from slimkit.io.manifest import Manifest
-    from slimkit.quant.math import check_calibration
-    from slimkit.quant.sequential import accumulate, collect_hessians, linear_stages, plan_blocks
+    from slimkit.stream.layerwise_methods import worker_for
     from slimkit.surgery.edits import compact_edits
 
     _large_blocks_to_os()
     start, out = time.perf_counter(), Path(out)
-    name, cfg = gptq_config(recipe)
+    name, cfg = layerwise_config(recipe)
     model, transposed = build_skeleton(folder)
-    task = task_for(model)
-    batches = check_calibration(task.calibration(cfg.samples), "gptq calibration data")
-    mine = shard(batches)
-    linears, embeddings, skipped = cfg._select(model, None)
-    skipped |= {n: f"{type(m).__name__}: not layer by layer" for n, m in linears if type(m) is not nn.Linear}
-    quant = _Quantizer(model, cfg, [n for n, m in linears if type(m) is nn.Linear], skipped)
-    embedding_names = [n for n, _ in embeddings]
-    del linears, embeddings   # names only from here: a module held here would keep its weights after release
+    worker = worker_for(model, task_for(model), cfg)
     blocks = find_blocks(model)
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")
@@ -158,33 +150,23 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
             raise SlimError(f"--out {out} is one of the input files; choose another output path")
         for n in rest:
             source.load(n, recurse=False)
+        probe = _probe(worker.batches[0])
         with _OnDemand(source, blocks):
-            stages, reused = linear_stages(model, task, _probe(batches[0]), list(quant.targets))
-            plan = plan_blocks(stages, blocks)
-            chain = None if plan is None else BlockChain.trace(model, task, mine, blocks, probe=_probe(batches[0]))
-        if plan is None or chain is None:
+            per_block = worker.plan(blocks, probe)
+            chain = None if per_block is None else BlockChain.trace(model, worker.task, worker.batches, blocks,
+                                                                    probe=probe)
+        if per_block is None or chain is None:
             raise SlimError(f"{folder}: the model's blocks do not run as a plain chain; it cannot be "
                             "compressed block by block (load it whole: compress without --stream)")
-        before, per_block, _after = plan
-        for stage in before:   # Linears before the blocks: their forward stops before any block
-            quant.gptq(stage, collect_hessians(model, task, mine, stage, stop_early=not reused & set(stage)))
+        worker.outside(blocks)
         output = _Output(model, writer)
-        quant.finish([n for n in quant.targets if not _inside(n, blocks)])   # e.g. a pooler: round-to-nearest
-        cfg._quantize_embeddings(model, [(n, model.get_submodule(n)) for n in embedding_names
-                                         if not _inside(n, blocks)])
         output.write("", [k for k in model.state_dict() if not _inside(k.rpartition(".")[0], blocks)])
         for n in rest:
             source.release(n, recurse=False)
         last = max(per_block, default=-1)
         for index, (block_name, block) in enumerate(chain.blocks()):
             source.load(block_name)
-            for stage in per_block.get(index, []):
-                quant.gptq(stage, accumulate(model, stage, chain.passes(block), not reused & set(stage)))
-            if index < last:
-                chain.advance(block)
-            else:
-                chain.position += 1   # nothing after this block is calibrated: no need to run it
-            quant.finish([n for n in quant.targets if _inside(n, [block_name])])
+            worker.block(block_name, block, chain, per_block.get(index, []), index < last)
             output.write(block_name)
             source.release(block_name)
             if on_block is not None:
@@ -195,58 +177,4 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
                                       tensors=output.tensors, info=info))
         total = source.ck.nbytes
     return StreamReport(str(out), size, total, len(output.tensors), time.perf_counter() - start,
-                        dict(quant.counts))
-
-
-class _Quantizer:
-    """The GPTQ handler's per-layer steps (`slimkit.quant.api.GPTQ.apply`), callable stage by stage."""
-
-    def __init__(self, model: nn.Module, cfg, targets: list[str], skipped: dict[str, str]):
-        from slimkit.nn.quant_linear import SCALE_DTYPES
-        from slimkit.quant.convert import note_skipped
-
-        self.model, self.cfg, self.targets = model, cfg, dict.fromkeys(targets)   # names, in order
-        self.dtype = SCALE_DTYPES[cfg.scale_dtype.value]
-        self.counts: Counter[str] = Counter()
-        note_skipped(model, skipped)
-
-    def _take(self, name: str) -> nn.Module:
-        del self.targets[name]
-        return self.model.get_submodule(name)
-
-    def _layer(self, linear: nn.Module, qw) -> nn.Module:
-        from slimkit.nn.quant_linear import QuantLinear
-
-        return QuantLinear.from_quantized(qw, linear.bias, self.cfg.symmetric, self.cfg.scale_dtype.value)
-
-    def gptq(self, stage: list[str], hessians: dict[str, dict]) -> None:
-        from slimkit.quant.convert import convert
-        from slimkit.quant.gptq import gptq_quantize, hessian_value
-
-        cfg = self.cfg
-
-        def make(name: str, linear: nn.Module) -> nn.Module:
-            qw = gptq_quantize(linear.weight, hessian_value(hessians[name]), cfg.bits, cfg.symmetric,
-                               cfg.granularity, cfg.group_size, cfg.act_order, cfg.damp, cfg.block_size, self.dtype)
-            return self._layer(linear, qw)
-
-        picked = [(n, self._take(n)) for n in stage if n in hessians]
-        convert(self.model, picked, make, cfg._label("gptq"))
-        self.counts[cfg._label("gptq")] += len(picked)
-
-    def finish(self, names: list[str]) -> None:
-        """Round-to-nearest for target Linears calibration did not reach (as `GPTQ.apply` does)."""
-        from slimkit.quant.convert import convert
-        from slimkit.quant.math import rtn_quantize
-
-        cfg = self.cfg
-
-        def rtn(_name: str, linear: nn.Module) -> nn.Module:
-            qw = rtn_quantize(linear.weight, cfg.bits, cfg.symmetric, cfg.granularity, cfg.group_size, False,
-                              self.dtype)
-            return self._layer(linear, qw)
-
-        picked = [(n, self._take(n)) for n in names if n in self.targets]
-        if picked:
-            convert(self.model, picked, rtn, cfg._label("rtn") + " (not reached by calibration)")
-            self.counts[cfg._label("rtn")] += len(picked)
+                        dict(worker.counts))

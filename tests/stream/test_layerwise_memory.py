@@ -1,0 +1,36 @@
+"""Peak memory of GPTQ block by block from disk vs the whole model in memory (child processes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from slimkit.stream.rss import run_measured
+from slimkit.stream.synth import write_llama_folder
+
+GPTQ = ("from slimkit.quant.api import GPTQ; from slimkit.recipes import Recipe; "
+        "cfg = GPTQ(bits=4, symmetric=False, group_size=64, samples=16); "
+        "recipe = Recipe(name='t', description='', stages=[cfg]); import sys, torch; torch.set_num_threads(1); ")
+WARM = GPTQ + "import transformers.models.llama.modeling_llama; import slimkit.stream.layerwise, slimkit.zoo.hf"
+STREAM = GPTQ + ("from slimkit.stream.layerwise import compress_layerwise; "
+                 "compress_layerwise(sys.argv[1], recipe, sys.argv[2], threads=1)")
+MEMORY = GPTQ + ("import slimkit as sk; from slimkit.eval.measure import task_for; m = sk.resolve(sys.argv[1]); "
+                 "sk.quantize_(m, cfg, data=task_for(m)); sk.save(m, sys.argv[2])")
+
+
+@pytest.mark.slow
+def test_block_by_block_peak_is_about_one_block(tmp_path):
+    size = write_llama_folder(tmp_path / "llama", 160 << 20, hidden=512, intermediate=1408, vocab=4000)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    peaks = {}
+    for name, code in (("baseline", WARM), ("stream", STREAM), ("memory", MEMORY)):
+        rc, peaks[name], seconds, err = run_measured([sys.executable, "-c", code, str(tmp_path / "llama"),
+                                                      str(tmp_path / f"{name}.slim")], env)
+        assert rc == 0, err
+        print(f"{name}: peak {peaks[name] / 1e6:.0f} MB, {seconds:.0f} s")
+    # 12 blocks of ~13 MB + embeddings: streamed, about one block's work above the baseline
+    assert peaks["stream"] - peaks["baseline"] < 0.5 * size
+    assert peaks["memory"] - peaks["stream"] > 0.5 * size
+    assert (tmp_path / "stream.slim").stat().st_size < 0.2 * size
