@@ -23,12 +23,16 @@ def test_distilled_student_beats_labels_only_by_two_standard_errors():
     assert result["mean_difference"] > 2 * result["se_difference"], result["table"]
 
 
-@pytest.mark.skipif(not os.environ.get("SLIMKIT_LONG"), reason="a 25-minute run: set SLIMKIT_LONG=1")
-@pytest.mark.xfail(strict=False, reason="issue 6 open: measured 0.80 fidelity on other-domain text (target 0.90)")
+@pytest.mark.skipif(not os.environ.get("SLIMKIT_LONG"), reason="a 30-minute run: set SLIMKIT_LONG=1")
+@pytest.mark.xfail(strict=False, reason="issue 6 open: see the latest measurement in the issue notes")
 def test_minilm_three_layers_keeps_the_teachers_embeddings():
+    """The shipped distill-l3 recipe's settings, judged on the other-domain text it never saw."""
     from slimkit.distill.experiment import minilm_l3
+    from slimkit.recipes import load_recipe
 
-    result = minilm_l3(time_limit=1500)
+    stage = load_recipe("distill-l3").stages[0]
+    result = minilm_l3(keep=stage.keep, options=stage.model_dump(mode="json"))
+    print({k: v for k, v in result.items() if k != "history"})
     assert result["train_seconds"] <= 1800
     assert result["speedup"] >= 1.9
     assert result["fidelity_after"] >= 0.90, result["fidelity_after"]

@@ -10,7 +10,8 @@ from slimkit.errors import SlimError
 from slimkit.zoo import corpus
 
 
-@pytest.mark.parametrize("domain, low, high", [("pydoc", 1500, 3000), ("other", 250, 600)])
+@pytest.mark.parametrize("domain, low, high", [("pydoc", 1500, 3000), ("libdocs", 15000, 22000),
+                                               ("other", 250, 600)])
 def test_corpus_is_english_prose(domain, low, high):
     text = corpus.sentences(domain)
     assert low <= len(text) <= high
@@ -20,7 +21,7 @@ def test_corpus_is_english_prose(domain, low, high):
     assert all(s[0].isupper() or s[0] == '"' for s in text)
     assert not any(">>>" in s or "\t" in s for s in text)
     prose = [re.sub(r'"[^"]*"', "Q", s) for s in text]       # quoted code such as "x ** y" is fine
-    for leftover in ("::", "`", ":func:", "**", ".. ", "http", "[", "_", "=", "|"):
+    for leftover in ("::", "`", ":func:", "**", ".. ", "://", "www.", "[", "_", "=", "|"):
         assert not any(leftover in s for s in prose), leftover
     assert all(s == s.strip() and "\n" not in s for s in text)
 
@@ -34,6 +35,43 @@ def test_domains_differ_and_data_alias():
     assert "The famous Iris database, first used by Sir R.A. Fisher." in other
     with pytest.raises(ValueError, match="unknown corpus domain"):
         corpus.sentences("klingon")
+
+
+def test_libdocs_is_a_third_domain_apart_from_the_held_out_one():
+    libdocs = set(corpus.sentences("libdocs"))
+    assert not libdocs & set(corpus.sentences("other"))
+    assert not libdocs & set(corpus.sentences("pydoc"))
+    # none of the held-out sources' words that mark them: the iris data set, the MiniLM model card
+    assert not any("Iris" in s or "MiniLM" in s or "sentence-transformers" in s.lower() for s in libdocs)
+    held_out = corpus.split(corpus.sentences("libdocs"), "eval")
+    assert len(held_out) == 512 and not set(held_out) & set(corpus.split(corpus.sentences("libdocs"), "calib"))
+
+
+def test_docstring_extractor_reproduces_a_package_part():
+    """english-libdocs.txt comes from tools/extract_docstrings.py; re-extract one small package and
+    find its sentences in the shipped file (when the installed version is the one extracted)."""
+    import importlib.util
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parents[2] / "tools"
+    notice = Path(corpus.__file__).parent / "data" / "english-libdocs-licenses.txt"
+    if not (tools / "extract_docstrings.py").is_file():
+        pytest.skip("tools/ is not in this checkout")
+    if f"pyparsing {version('pyparsing')} (" not in notice.read_text(encoding="utf-8"):
+        pytest.skip("another pyparsing version than the one the corpus was extracted from")
+    sys.path.insert(0, str(tools))
+    try:
+        spec = importlib.util.spec_from_file_location("extract_docstrings", tools / "extract_docstrings.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(tools))
+    found = module.package_sentences("pyparsing")
+    shipped = set(corpus.sentences("libdocs"))
+    assert len(found) > 100 and all(s in shipped for s in found)
+    assert all(module.LICENSES.values()) and "sklearn" not in module.LICENSES and "torch" not in module.LICENSES
 
 
 def test_sentences_returns_a_copy():

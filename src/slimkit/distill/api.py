@@ -103,6 +103,7 @@ class DistillConfig(MethodConfig):
     seed: int = 0
     progress: bool = False
     time_limit: float | None = Field(None, gt=0, description="seconds; no epoch starts after it")
+    time_schedule: bool = Field(False, description="the LR schedule runs to time_limit, training stops at it")
 
     @field_validator("student", mode="before")
     @classmethod
@@ -124,7 +125,8 @@ class DistillConfig(MethodConfig):
     def settings(self) -> LoopSettings:
         return LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                             schedule=self.schedule.value, warmup=self.warmup, patience=self.patience,
-                            seed=self.seed, progress=self.progress, time_limit=self.time_limit)
+                            seed=self.seed, progress=self.progress, time_limit=self.time_limit,
+                            time_schedule=self.time_schedule)
 
     def make_student(self, teacher: nn.Module, data: object | None = None) -> nn.Module:
         """The student this config derives from `teacher` (`data`: the task a pruned student's

@@ -1,5 +1,6 @@
 """What a student learns from: labelled batches (a task such as digits), unlabelled input batches,
-or text (a list of sentences or a text file, tokenised with the teacher's tokenizer).
+or text (a list of sentences or a text file, tokenised with the teacher's tokenizer, batched by
+length, optionally augmented; `text_task_source` adds embedded corpora to a text task).
 
 `as_source(data, batch_size, seed)` turns any of these into a `Source`: deterministic batches
 for each epoch and, where the data has one, a validation score.
@@ -8,6 +9,7 @@ for each epoch and, where the data has one, a validation score.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,13 +114,108 @@ def as_source(data: object, batch_size: int = 64, seed: int = 0,
     return _batch_list_source([_as_pair(b, i) for i, b in enumerate(items)], seed, None)
 
 
+BUCKET = 50  # batches per length bucket: sentences of similar length share a batch (less padding)
+
+
 def text_source(texts: list[str], encode: Callable[[Sequence[str]], Batch], batch_size: int,
-                seed: int) -> Source:
-    """Sentences shuffled each epoch, cut into batches and tokenised on the fly."""
+                seed: int, augment: float = 0.0, bucket: int = BUCKET) -> Source:
+    """Sentences shuffled each epoch, cut into batches and tokenised on the fly.
+
+    Each epoch shuffles the sentences, sorts every run of `bucket` batches' worth by length
+    (batches pad to their longest sentence, so this roughly halves the compute on mixed text),
+    cuts them into batches and shuffles the batches. `augment` is the fraction of each epoch's
+    sentences replaced by an `augment_sentence` variant (the teacher labels any input).
+
+    >>> source = text_source(["A first sentence.", "A second one."], task.encode, 32, seed=0)
+    >>> inputs, _ = source.batches(0)[0]
+    """
+    if not 0.0 <= augment <= 1.0:
+        raise ValueError(f"augment must be a fraction in [0, 1], got {augment}")
 
     def batches(epoch: int) -> list[tuple[Batch, Target]]:
-        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + epoch))
-        chunks = order.split(batch_size)
-        return [(encode([texts[i] for i in chunk]), None) for chunk in chunks]
+        gen = torch.Generator().manual_seed(seed + epoch)
+        rng = random.Random(seed * 1_000_003 + epoch)
+        chosen = [texts[i] for i in torch.randperm(len(texts), generator=gen).tolist()]
+        if augment:
+            chosen = [augment_sentence(s, rng, chosen) if rng.random() < augment else s for s in chosen]
+        groups = length_batches(chosen, batch_size, bucket)
+        order = torch.randperm(len(groups), generator=gen).tolist()
+        return [(encode(groups[i]), None) for i in order]
 
     return Source(batches, None, False, len(texts))
+
+
+def length_batches(texts: list[str], batch_size: int, bucket: int = BUCKET) -> list[list[str]]:
+    """`texts` cut into batches, sorted by length within each run of `bucket` batches (order kept
+    otherwise); `bucket` <= 1 keeps the order as it is.
+
+    >>> length_batches(["a b c", "a", "a b"], 2, bucket=2)
+    [['a', 'a b'], ['a b c']]
+    """
+    span = batch_size * max(1, bucket)
+    out: list[list[str]] = []
+    for start in range(0, len(texts), span):
+        run = texts[start:start + span]
+        if bucket > 1:
+            run = sorted(run, key=len)
+        out += [run[i:i + batch_size] for i in range(0, len(run), batch_size)]
+    return out
+
+
+def augment_sentence(sentence: str, rng: random.Random, pool: Sequence[str] = ()) -> str:
+    """A variant of `sentence` for the teacher to label: words dropped (each with p = 0.15), two
+    spans swapped, or its first part joined to the second part of a sentence from `pool`.
+
+    >>> augment_sentence("one two three four five six", random.Random(0)) != "one two three four five six"
+    True
+    """
+    words = sentence.split()
+    if len(words) < 4:
+        return sentence
+    kind = rng.randrange(3 if pool else 2)
+    if kind == 0:
+        kept = [w for w in words if rng.random() >= 0.15]
+        if len(kept) == len(words):
+            del kept[rng.randrange(len(kept))]
+        return " ".join(kept if len(kept) >= 3 else words[:3])
+    if kind == 1:
+        cut = rng.randrange(1, len(words))
+        return " ".join(words[cut:] + words[:cut])
+    other = pool[rng.randrange(len(pool))].split()
+    head = words[:rng.randrange(2, len(words))]
+    tail = other[rng.randrange(len(other)):] if len(other) > 1 else other
+    return " ".join(head + tail)
+
+
+def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.PathLike | None = None,
+                     batch_size: int = 32, seed: int = 0, augment: float = 0.0) -> Source:
+    """Training text of an embedding task (its calibration sentences, plus the "calib" part of each
+    embedded corpus in `corpora`, plus a user's `text` file), validated on held-out text of the
+    training domains only: the task's evaluation sentences plus each added corpus's "eval" part.
+
+    >>> source = text_task_source(minilm_task(), corpora=["libdocs"], batch_size=32)  # doctest: +SKIP
+    """
+    from slimkit.zoo import corpus
+
+    texts = list(task.calib_sentences)  # type: ignore[attr-defined]
+    held_out: list[str] = []
+    for name in corpora:
+        if name not in corpus.DOMAINS or name == "other":
+            raise SlimError(f"corpora: unknown training corpus {name!r} (known: "
+                            f"{', '.join(d for d in corpus.DOMAINS if d != 'other')})")
+        found = corpus.sentences(name)
+        texts += corpus.split(found, "calib")
+        held_out += corpus.split(found, "eval")
+    if text is not None:
+        texts += read_text(text)
+    source = text_source(texts, task.encode, batch_size, seed, augment)  # type: ignore[attr-defined]
+    source.validate = task.score
+    if held_out:
+        from slimkit.eval.embedding_task import EmbeddingTask
+
+        base = task  # an EmbeddingTask: same tokenizer and reference model, more held-out sentences
+        check = EmbeddingTask(base.tokenizer_path, base.reference,  # type: ignore[attr-defined]
+                              base.calib_sentences, base.eval_sentences + held_out,  # type: ignore[attr-defined]
+                              name=f"{task.name}+{'+'.join(corpora)}")
+        source.validate = check.score
+    return source

@@ -51,6 +51,7 @@ class LoopSettings:
     seed: int = 0
     progress: bool = False
     time_limit: float | None = None  # seconds: no new epoch starts after this much training
+    time_schedule: bool = False  # LR schedule runs to time_limit (whichever of steps/time is further); stop at it
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -61,6 +62,8 @@ class LoopSettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"unknown LR schedule {self.schedule!r} (known: cosine, linear, constant)")
+        if self.time_schedule and self.time_limit is None:
+            raise ValueError("time_schedule needs a time_limit")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
 
@@ -193,9 +196,15 @@ def fit(student: nn.Module, loss_fn: LossFn, batches: Batches, settings: LoopSet
             student.train()
             losses = []
             for inputs, target in batches(epoch):
+                step = state["step"]
+                if settings.time_schedule:  # progress in time when that is further than in steps
+                    frac = _max_over_ranks(time.perf_counter() - started, size) / settings.time_limit
+                    if frac >= 1.0:
+                        break
+                    step = max(step, int(frac * total))
                 inputs, target = _shard(inputs, target, rank, size)
                 for group in opt.param_groups:
-                    group["lr"] = settings.lr * lr_factor(state["step"], total, settings)
+                    group["lr"] = settings.lr * lr_factor(step, total, settings)
                 opt.zero_grad(set_to_none=True)
                 loss = model(inputs, target)
                 if not torch.isfinite(loss):
@@ -231,6 +240,17 @@ def fit(student: nn.Module, loss_fn: LossFn, batches: Batches, settings: LoopSet
     student.load_state_dict(best)
     student.eval()
     return FitResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
+
+
+def _max_over_ranks(value: float, size: int) -> float:
+    """The largest `value` over all ranks (so that time-based choices agree)."""
+    if size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _agreed(flag: bool, size: int) -> bool:

@@ -38,6 +38,7 @@ class Weights:
     attention: float = 0.0
     heads: int = 12
     mixup: float = 0.0  # Beta(a, a) mixing of float inputs within a batch; 0 = off
+    bf16: bool = False  # run teacher and student forwards under bfloat16 autocast (losses in fp32)
 
 
 def mix_inputs(inputs: Batch, target: torch.Tensor | None, alpha: float
@@ -78,14 +79,15 @@ def capture(model: nn.Module, names: Sequence[str]):
 
 
 def response(output: object, inputs: Batch) -> tuple[torch.Tensor, bool]:
-    """(tensor to match, is_logits): logits as they are, token states mean-pooled."""
+    """(tensor to match, is_logits), fp32: logits as they are, token states mean-pooled."""
     if isinstance(output, torch.Tensor):
-        return output, True
+        return output.float(), True
     hidden = getattr(output, "last_hidden_state", None)
     if hidden is None and isinstance(output, (tuple, list)) and output:
         hidden = output[0]
     if not isinstance(hidden, torch.Tensor):
         raise SlimError(f"cannot distill from a model output of type {type(output).__name__}")
+    hidden = hidden.float()  # pool in fp32 also under bf16 autocast
     mask = inputs.get("attention_mask")
     if mask is None:
         return hidden.mean(1), False
@@ -132,11 +134,15 @@ class Objective:
     def __call__(self, student: nn.Module, inputs: Batch, target: torch.Tensor | None) -> torch.Tensor:
         w = self.weights
         inputs, target, other, lam = mix_inputs(inputs, target, w.mixup)
-        t_out, t_store = self.teacher_outputs(inputs)
-        with capture(student, self._names(0)) as s_store:
-            s_out = student(**inputs)
+        with _autocast(student, w.bf16):
+            t_out, t_store = self.teacher_outputs(inputs)
+            with capture(student, self._names(0)) as s_store:
+                s_out = student(**inputs)
         t_resp, is_logits = response(t_out, inputs)
         s_resp, _ = response(s_out, inputs)
+        if w.bf16:
+            t_store = {k: v.float() for k, v in t_store.items()}
+            s_store = {k: v.float() for k, v in s_store.items()}
         if is_logits and other is not None:
             loss = w.response * (lam * kd_loss(s_resp, t_resp, target, w.temperature, w.alpha)
                                  + (1 - lam) * kd_loss(s_resp, t_resp, other, w.temperature, w.alpha))
@@ -157,6 +163,12 @@ class Objective:
             loss = loss + w.attention * (attention_loss(probs_s, probs_t, mask)
                                          + value_relation_loss(v_s, v_t, w.heads, mask))
         return loss
+
+
+def _autocast(model: nn.Module, enabled: bool):
+    """bfloat16 autocast on the model's device (matmuls in bf16, fp32 weights and optimizer)."""
+    device = next((p.device.type for p in model.parameters()), "cpu")
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _key(name: str) -> str:

@@ -1,10 +1,14 @@
 """Real English sentences shipped with slimkit, and deterministic calibration / evaluation parts.
 
-Two embedded corpora, one sentence per line (made once by `tools/extract_corpus.py`):
+Three embedded corpora, one sentence per line (made once by `tools/extract_corpus.py` and
+`tools/extract_docstrings.py`; sources and licenses in `data/SOURCES.md`):
 
 - ``"pydoc"``: ~2,000 prose sentences from CPython's own documentation (`pydoc_data.topics`);
+- ``"libdocs"``: ~19,000 sentences from the docstrings of permissively licensed Python libraries
+  (numpy, scipy, sympy, networkx, matplotlib, sqlalchemy, ...), more varied training text;
 - ``"other"``: ~300 sentences from another domain (scikit-learn's dataset descriptions, the
-  MiniLM model card, the torch and sentence-transformers READMEs), for held-out checks.
+  MiniLM model card, the torch and sentence-transformers READMEs), for held-out checks only:
+  never train or select a model on it.
 
 >>> from slimkit.zoo import corpus
 >>> text = corpus.sentences()                    # the pydoc corpus
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from slimkit.errors import SlimError
 
-DOMAINS: dict[str, str] = {"pydoc": "english.txt", "other": "english-other.txt"}
+DOMAINS: dict[str, str] = {"pydoc": "english.txt", "libdocs": "english-libdocs.txt", "other": "english-other.txt"}
 PARTS = ("calib", "eval")
 N_EVAL = 512
 
@@ -37,7 +41,7 @@ def _packaged(domain: str) -> tuple[str, ...]:
 
 
 def sentences(domain: str = "pydoc") -> list[str]:
-    """The embedded sentences of `domain` ("pydoc" or "other"), in file order.
+    """The embedded sentences of `domain` ("pydoc", "libdocs" or "other"), in file order.
 
     >>> len(sentences()) > 1500, len(sentences("other")) > 200
     (True, True)
