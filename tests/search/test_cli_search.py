@@ -14,6 +14,9 @@ from cli_runner import cli
     (["--max-drop", "0.5", "--effort", "0"], "effort (--effort) must be in (0, 10], got 0.0"),
     (["--max-drop", "0.5", "--out", "afile.txt"], "--out afile.txt is a file; give a folder"),
     (["--max-drop", "0.5", "--out", "full"], "--out full exists and is not a slimkit search folder"),
+    (["--max-drop", "0.5", "--folds", "1"], "certification folds (--folds) must be an integer from 2 to 20, got 1"),
+    (["--max-drop", "0.5", "--confidence", "1"],
+     "certification confidence (--confidence) must be in [0.5, 1), got 1.0"),
 ])
 def test_bad_flags_are_one_line_errors(monkeypatch, capsys, tmp_path, flags, message):
     monkeypatch.chdir(tmp_path)

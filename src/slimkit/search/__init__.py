@@ -5,6 +5,7 @@
 >>> result.best["ratio"], result.best["test_drop_pts"], result.report
 """
 
+from slimkit.search.certify import Certification
 from slimkit.search.run import Progress, SearchResult, search
 
-__all__ = ["Progress", "SearchResult", "search"]
+__all__ = ["Certification", "Progress", "SearchResult", "search"]

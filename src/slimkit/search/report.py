@@ -99,12 +99,12 @@ def _page(state: dict, pts: list[dict], final: dict | None, images: list[tuple[s
         facts_cv = (f"cross-validated drop {final['cv_drop_pts']:+.2f} pt, upper confidence bound "
                     f"{final['cv_ucb_pts']:.2f} pt (budget {state['max_drop_pts']:g})")
         page.facts("Certificate", [("best.slim", facts_cv)])
-    page.text("The best is the smallest candidate within the budget on the validation split in its own run and "
-              "certified: on builtin digits models by k-fold cross-validation over the training split (fold "
-              "baselines retrained, each fold held out from both; the upper confidence bound of the pooled drop must "
-              "be within the budget), on other models by a second run with other training seeds (a small held-out "
-              "set lets some candidates pass by luck). Its test score was measured once, at the end, and chose "
-              "nothing.", note=True)
+    page.text("The best is the smallest certified candidate. On builtin digits models: within the budget plus one "
+              "image on the validation split, and by k-fold cross-validation over the training split (fold "
+              "baselines retrained, each fold held out from both) the upper confidence bound of the pooled drop "
+              "within the budget. On other models: within the budget on held-out data in its own run and in a "
+              "second run with other training seeds (a small held-out set lets some candidates pass by luck). Its "
+              "test score was measured once, at the end, and chose nothing.", note=True)
     if final:
         page.heading("Best recipe (best.yaml; rerun with slimkit compress --recipe best.yaml)")
         page.code(yaml.safe_dump(final["stages"], sort_keys=False) if final["stages"] else "[]")
