@@ -42,6 +42,13 @@ def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialR
     elif not pts:
         notes.append("no candidate finished within the time budget; best.slim was not written (give a longer "
                      "--budget, or run the same command again to continue)")
+    elif any(r.certificate is not None for r in records):
+        tried = min((r for r in records if r.certificate is not None and r.certificate.get("ucb_pts") is not None),
+                    key=lambda r: r.certificate["ucb_pts"])
+        notes.append(f"no candidate was certified: the lowest cross-validated upper bound was "
+                     f"{tried.certificate['ucb_pts']:.2f} pt (trial {tried.number}), above the budget of "
+                     f"{max_drop:g}; best.slim was not written (give a longer --budget, a lower --confidence, "
+                     "or a larger --max-drop)")
     else:
         notes.append(f"no candidate kept the validation {state['score_name']} within {max_drop:g} points "
                      "of the original; best.slim was not written")
