@@ -3,10 +3,12 @@ DDP-ready training loop, and the `distill` method.
 
 >>> from slimkit.distill import DistillConfig, distill, shrink_mlp
 >>> student = distill(teacher, shrink_mlp(teacher, (32, 16)), task, DistillConfig(epochs=60))
+>>> student = distill(teacher, pruned_student(teacher, ratio=0.9), task, DistillConfig(epochs=60))
 """
 
 from slimkit.distill.api import DistillConfig, distill
 from slimkit.distill.loop import LoopSettings, fit
-from slimkit.distill.students import keep_layers, shrink_mlp
+from slimkit.distill.students import keep_layers, pruned_student, shrink_mlp, zoo_student
 
-__all__ = ["DistillConfig", "LoopSettings", "distill", "fit", "keep_layers", "shrink_mlp"]
+__all__ = ["DistillConfig", "LoopSettings", "distill", "fit", "keep_layers", "pruned_student", "shrink_mlp",
+           "zoo_student"]
