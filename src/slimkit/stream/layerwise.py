@@ -34,6 +34,7 @@ from torch import nn
 
 from slimkit.errors import SlimError
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
+from slimkit.stream.layerwise_methods import _inside
 from slimkit.stream.skeleton import WeightSource, build_skeleton
 from slimkit.stream.writer import SlimWriter
 
@@ -118,10 +119,6 @@ class _Output:
                 self.writer.add_array(key if side == "data" else f"{key}{SIDE_SEP}{side}", arr)
             self.tensors[key] = self.entry(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
                                            chain=stages)
-
-
-def _inside(name: str, blocks: list[str]) -> bool:
-    return any(name == b or name.startswith(b + ".") for b in blocks)
 
 
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
