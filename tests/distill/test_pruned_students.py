@@ -88,5 +88,7 @@ def test_bad_student_options_in_a_config_are_one_line_errors(lenet):
         DistillConfig(student=[8, 6], init="trained").make_student(lenet)
     with pytest.raises(ValueError, match="student\n.*ratio: Extra inputs"):
         DistillConfig(student={"prune": 0.5, "ratio": 0.5})
+    with pytest.raises(ValueError, match="exactly one of prune"):
+        DistillConfig(student={"criterion": "l1"})
     with pytest.raises(ValueError, match="criterion: Input should be 'l1', 'l2', 'activation' or 'taylor'"):
         DistillConfig(student={"prune": 0.5, "criterion": "apoz"})

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from slimkit.api import Family, MethodConfig, register_method
@@ -65,6 +65,12 @@ class PrunedStudent(BaseModel):
     prune: float | None = Field(None, gt=0, lt=1, description="fraction of units removed per layer")
     widths: list[int] | None = Field(None, description="units kept in each prunable layer group")
     criterion: PruneCriterion = PruneCriterion.L2
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PrunedStudent:
+        if (self.prune is None) == (self.widths is None):
+            raise ValueError("give exactly one of prune: <fraction of units removed> or widths: [units per layer]")
+        return self
 
 
 @register_method
@@ -116,7 +122,8 @@ class DistillConfig(MethodConfig):
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"{where}: {err['msg']}" if where else err["msg"]) from None
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where}: {msg}" if where else msg) from None
 
     @classmethod
     def example(cls) -> DistillConfig:
