@@ -75,9 +75,10 @@ def _write_recipe(path: Path, state: dict, best: TrialRecord, final: dict) -> No
     from slimkit.io.safetensors_file import atomic_write
 
     name = state["model"].removeprefix("builtin:")
+    test = final["test_drop_pts"]
     doc = {"description": f"found by slimkit search for {state['model']}: {final['ratio']}x smaller, "
-                          f"validation {state['score_name']} -{final['drop_pts']} pt, "
-                          f"test -{final['test_drop_pts']} pt",
+                          f"validation {state['score_name']} {-final['drop_pts']:+.2f} pt, "
+                          f"test {'-' if test is None else f'{-test:+.2f}'} pt",
            "stages": best.stages}
     if state["model"].startswith("builtin:"):
         doc["models"] = [name]
