@@ -172,7 +172,6 @@ class CrossValidation:
                 "lcb_pts": round(low, 4), "confidence": self.settings.confidence,
                 "seconds": round(time.monotonic() - start, 2)}
 
-
     def _hopeless(self, lost: int, gained: int, n: int, done: int, max_drop: float) -> bool:
         """Stop early: the lower bound is already outside the budget, or (after half of the folds)
         the upper bound projected to all images at the rates seen so far is more than FUTILITY points
