@@ -13,7 +13,8 @@ blocks (embeddings, norms) and the block being worked on hold real tensors:
 3. block by block: load it, calibrate and GPTQ-quantize its stages on the cached inputs (as the
    in-memory `GPTQ` does, same Hessians, same codes), run it once more to make the next block's
    inputs, append its encoded tensors to the output (`SlimWriter`), empty it. A `lowrank` recipe
-   factorizes each block's Linears instead (`slimkit.stream.layerwise_methods`).
+   factorizes each block's Linears instead (`slimkit.stream.layerwise_methods`); a one-shot `apoz`
+   recipe trims each block's ReLU FFN neurons (`slimkit.stream.layerwise_apoz`).
 
 Peak memory is about the embeddings plus one block plus the cached activations. The output is a
 normal .slim file: `slimkit.load` rebuilds the model from the Hugging Face config in its manifest.
@@ -42,17 +43,22 @@ OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, 
 
 
 def layerwise_config(recipe: str | object):
-    """(recipe name, config) of a recipe of one `gptq` stage, or one `lowrank` stage without
-    fine-tuning; else a one-line SlimError saying what can run layer by layer."""
+    """(recipe name, config) of a recipe of one `gptq` stage, one `lowrank` stage without
+    fine-tuning, or one one-shot `apoz` stage; else a one-line SlimError saying what can run layer by layer."""
     from slimkit.recipes import load_recipe
 
     plan = load_recipe(recipe) if isinstance(recipe, str) else recipe
     methods = [cfg.method for cfg in plan.stages]
+    if methods == ["apoz"]:
+        from slimkit.stream.layerwise_apoz import check_one_shot
+
+        check_one_shot(plan.stages[0])
+        return plan.name, plan.stages[0]
     if methods == ["gptq"] or (methods == ["lowrank"] and not plan.stages[0].finetune_epochs):
         return plan.name, plan.stages[0]
     raise SlimError(f"recipe {plan.name} ({' + '.join(methods)}): layer-by-layer streaming runs a recipe of "
-                    f"one gptq stage (e.g. int4) or one lowrank stage with finetune_epochs: 0; weight-only "
-                    f"recipes stream tensor by tensor")
+                    f"one gptq stage (e.g. int4), one lowrank stage with finetune_epochs: 0 or one apoz stage "
+                    f"with rounds: 1, epochs: 0; weight-only recipes stream tensor by tensor")
 
 
 def _probe(batch):
@@ -124,8 +130,9 @@ class _Output:
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
                        on_block: OnBlock | None = None, threads: int | None = None) -> StreamReport:
     """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
-    into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`) or one `lowrank` stage
-    without fine-tuning. Calibration data is the model's task (`slimkit.eval.measure.task_for`)."""
+    into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`), one `lowrank` stage
+    without fine-tuning, or one `apoz` stage with rounds 1 and epochs 0 (`slimkit.stream.layerwise_apoz`).
+    Calibration data is the model's task (`slimkit.eval.measure.task_for`)."""
     from slimkit._torch import num_threads
     from slimkit.dist.blocks import BlockChain, find_blocks
     from slimkit.eval.measure import task_for
@@ -169,7 +176,7 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
             if on_block is not None:
                 on_block(block_name, index + 1, len(blocks))
         del chain
-        info = {"recipe": name, "source": str(folder), "streamed": "layerwise"}
+        info = {"recipe": name, "source": str(folder), "streamed": "layerwise"} | getattr(worker, "info", {})
         size = writer.finish(Manifest(base=model.slimkit_base, edits=compact_edits(model),
                                       tensors=output.tensors, info=info))
         total = source.ck.nbytes

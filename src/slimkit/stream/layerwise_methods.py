@@ -1,4 +1,5 @@
-"""What `slimkit.stream.layerwise` does inside each block, per method: GPTQ and activation-aware low-rank.
+"""What `slimkit.stream.layerwise` does inside each block, per method: GPTQ and activation-aware low-rank
+(APoZ: `slimkit.stream.layerwise_apoz`).
 
 A worker holds target layer *names* (never modules: a module held here would keep its weights
 after the block is emptied) and offers four steps the driver calls in order: `plan` (on the probe
@@ -185,5 +186,9 @@ class LowRankWorker:
 
 
 def worker_for(model: nn.Module, task, cfg):
-    """The worker of a `GPTQ` or `LowRank` config."""
+    """The worker of a `GPTQ`, `LowRank` or one-shot `APoZPruning` config."""
+    if cfg.method == "apoz":
+        from slimkit.stream.layerwise_apoz import ApozWorker
+
+        return ApozWorker(model, task, cfg)
     return GptqWorker(model, task, cfg) if cfg.method == "gptq" else LowRankWorker(model, task, cfg)
