@@ -14,35 +14,43 @@ from slimkit.prune.importance import above_mean_std, apoz
 from slimkit.prune.transformer import prune_ffn_
 from slimkit.recipes import Recipe
 from slimkit.stream.layerwise import compress_layerwise
+from slimkit.surgery.edits import replace_module
+from slimkit.surgery.shrink import shrink_linear
 
 tf = pytest.importorskip("transformers")
 
 DEAD = {0: [3, 10, 50, 77], 1: [1, 2, 90]}   # block -> FFN neurons made mostly zero before the ReLU
 CFG = APoZPruning(rounds=1, epochs=0, std=1.0, samples=16, min_channels=2)
-BLOCKS = ["encoder.layer.0", "encoder.layer.1"]
+# arch -> (FFN modules, up projection, down projection)
+FFNS = {"bert": (["encoder.layer.0", "encoder.layer.1"], "intermediate.dense", "output.dense"),
+        "opt": (["decoder.layers.0", "decoder.layers.1"], "fc1", "fc2")}
 
 
-def _config(act: str):
+def _config(arch: str, act: str = "relu"):
+    if arch == "opt":
+        return tf.OPTConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                            max_position_embeddings=64, word_embed_proj_dim=64, activation_function=act)
     return tf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=128, max_position_embeddings=64, hidden_act=act)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Tiny random BERTs: ReLU (some FFN neurons given a large negative bias: APoZ near 1) and GELU.
-    Block 0's FFN output is scaled up so that trimming it moves block 1's inputs enough to change
-    which of block 1's neurons are cut (the test then tells measuring on the trimmed model from
-    measuring on the original)."""
+    """Tiny random ReLU BERT and OPT (some FFN neurons given a large negative bias: APoZ near 1), and
+    a GELU BERT. Block 0's FFN output is scaled up so that trimming it moves block 1's inputs enough to
+    change which of BERT's block 1 neurons are cut (the test then tells measuring on the trimmed model
+    from measuring on the original)."""
     out = {}
-    for act in ("relu", "gelu"):
+    for arch, act in (("bert", "relu"), ("opt", "relu"), ("bert", "gelu")):
         torch.manual_seed(0)
-        model = tf.AutoModel.from_config(_config(act))
+        model = tf.AutoModel.from_config(_config(arch, act))
+        blocks, up, down = FFNS[arch]
         with torch.no_grad():
             for i, neurons in DEAD.items():
-                model.encoder.layer[i].intermediate.dense.bias[neurons] = -5.0
-            model.encoder.layer[0].output.dense.weight *= 20.0
-        out[act] = tmp_path_factory.mktemp(f"hf-bert-{act}")
-        model.save_pretrained(out[act])
+                model.get_submodule(f"{blocks[i]}.{up}").bias[neurons] = -5.0
+            model.get_submodule(f"{blocks[0]}.{down}").weight.mul_(20.0)
+        out[arch if act == "relu" else act] = tmp_path_factory.mktemp(f"hf-{arch}-{act}")
+        model.save_pretrained(out[arch if act == "relu" else act])
     return out
 
 
@@ -50,20 +58,26 @@ def _recipe(cfg=CFG) -> Recipe:
     return Recipe(name="apoz-oneshot", description="", stages=[cfg])
 
 
-def _reference(folder):
-    """The rule in memory on the whole model: block by block, APoZ of the FFN measured on the model
-    whose earlier blocks are already trimmed, neurons above mean + 1 std cut."""
+def _reference(folder, arch: str):
+    """The rule in memory on the whole model: FFN by FFN, APoZ measured on the model whose earlier
+    FFNs are already trimmed, neurons above mean + 1 std cut (rows of up, columns of down)."""
     from slimkit.eval.measure import task_for
 
+    blocks, up, down = FFNS[arch]
     model = sk.resolve(str(folder))
     task = task_for(model)
     batches = list(task.calibration(CFG.samples))
-    original = apoz(model, batches, {b: f"{b}.intermediate.dense" for b in BLOCKS}, task.forward)
-    kept = {"original": {b: torch.nonzero(~above_mean_std(original[b], CFG.std)).flatten() for b in BLOCKS}}
-    for block in BLOCKS:
-        scores = apoz(model, batches, {block: f"{block}.intermediate.dense"}, task.forward)[block]
+    original = apoz(model, batches, {b: f"{b}.{up}" for b in blocks}, task.forward)
+    kept = {"original": {b: torch.nonzero(~above_mean_std(original[b], CFG.std)).flatten() for b in blocks}}
+    for block in blocks:
+        scores = apoz(model, batches, {block: f"{block}.{up}"}, task.forward)[block]
         kept[block] = torch.nonzero(~above_mean_std(scores, CFG.std)).flatten()
-        prune_ffn_(model, block, kept[block])
+        if arch == "bert":
+            prune_ffn_(model, block, kept[block])
+        else:
+            ffn = model.get_submodule(block)
+            replace_module(model, f"{block}.{up}", shrink_linear(ffn.get_submodule(up), kept[block]))
+            replace_module(model, f"{block}.{down}", shrink_linear(ffn.get_submodule(down), None, kept[block]))
     return model, task, kept
 
 
@@ -72,26 +86,29 @@ def _hidden(model, batch) -> torch.Tensor:
         return model(**batch).last_hidden_state
 
 
-def test_streamed_apoz_equals_in_memory_rule(folders, tmp_path):
+@pytest.mark.parametrize("arch", ["bert", "opt"])
+def test_streamed_apoz_equals_in_memory_rule(folders, tmp_path, arch):
     path = tmp_path / "apoz.slim"
-    report = compress_layerwise(folders["relu"], _recipe(), path)
+    report = compress_layerwise(folders[arch], _recipe(), path)
     streamed = sk.load(path)
-    memory, task, kept = _reference(folders["relu"])
-    for i, block in enumerate(BLOCKS):
+    memory, task, kept = _reference(folders[arch], arch)
+    blocks, up, down = FFNS[arch]
+    for i, block in enumerate(blocks):
         got, want = streamed.get_submodule(block), memory.get_submodule(block)
         n = len(kept[block])
-        assert got.intermediate.dense.out_features == got.output.dense.in_features == n < 128
+        assert got.get_submodule(up).out_features == got.get_submodule(down).in_features == n < 128
         assert not set(DEAD[i]) & set(kept[block].tolist())   # the mostly-zero neurons are gone
-        assert torch.equal(got.intermediate.dense.weight, want.intermediate.dense.weight)   # same neurons kept
-        assert torch.equal(got.output.dense.weight, want.output.dense.weight)
-    assert not torch.equal(kept["original"][BLOCKS[1]], kept[BLOCKS[1]])   # block 1 measured after block 0's trim
-    removed = sum(128 - len(kept[b]) for b in BLOCKS)
+        for layer in (up, down):   # same neurons kept
+            assert torch.equal(got.get_submodule(layer).weight, want.get_submodule(layer).weight)
+    if arch == "bert":   # block 1 measured after block 0's trim, not on the original model
+        assert not torch.equal(kept["original"][blocks[1]], kept[blocks[1]])
+    removed = sum(128 - len(kept[b]) for b in blocks)
     assert report.stored == {"apoz-trimmed (FFN neurons above APoZ mean + 1 std)": 4}
     batch = task.example_inputs(4)
     torch.testing.assert_close(_hidden(streamed, batch), _hidden(memory, batch), rtol=1e-4, atol=1e-5)
     manifest = read_manifest(path)
     replaced = {e["module"] for e in manifest.edits if e["op"] == "replace"}
-    assert {f"{b}.{m}" for b in BLOCKS for m in ("intermediate.dense", "output.dense")} <= replaced
+    assert {f"{b}.{m}" for b in blocks for m in (up, down)} <= replaced
     assert manifest.info["streamed"] == "layerwise"
     assert manifest.info["apoz_ffn_neurons"] == {"before": 256, "after": 256 - removed}
     assert report.bytes == path.stat().st_size < report.input_bytes
@@ -102,7 +119,7 @@ def test_gelu_and_multi_round_refused(folders, tmp_path):
         compress_layerwise(folders["gelu"], _recipe(), tmp_path / "g.slim")
     assert "\n" not in str(err.value) and "gelu" in str(err.value)
     with pytest.raises(SlimError, match="rounds: 1 and epochs: 0"):
-        compress_layerwise(folders["relu"], "apoz", tmp_path / "r.slim")
+        compress_layerwise(folders["bert"], "apoz", tmp_path / "r.slim")
     assert not (tmp_path / "g.slim").exists() and not (tmp_path / "r.slim").exists()
 
 

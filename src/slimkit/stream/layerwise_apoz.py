@@ -1,13 +1,14 @@
 """APoZ (Network Trimming, Hu et al. 2016) block by block from disk: a one-shot trim of the FFN
-intermediate neurons of BERT-style blocks whose activation is a ReLU.
+neurons of transformer blocks whose FFN activation is a ReLU (`FFN_LAYOUTS`: BERT's
+`intermediate.dense -> output.dense`, e.g. with hidden_act "relu"; OPT's `fc1 -> fc2`).
 
-For each block, in order: the zeros of `intermediate.dense`'s output (what the ReLU makes zero)
-are counted per neuron over the cached calibration inputs (`slimkit.prune.importance.zero_fraction`,
-as the in-memory `apoz` counts them); the neurons whose APoZ exceeds the block's mean + `std`
-standard deviations are cut (`slimkit.prune.structured.mean_std_cut`; at least `min_channels`
-kept) from `intermediate.dense`'s rows and `output.dense`'s columns (`slimkit.prune.transformer.prune_ffn_`,
-recorded as `replace` edits, so `slimkit.load` rebuilds the smaller layers); the *pruned* block
-then makes the next block's inputs, so each block is measured on what it will really see.
+For each block, in order: the zeros of the up projection's output (what the ReLU makes zero) are
+counted per neuron over the cached calibration inputs (`slimkit.prune.importance.zero_fraction`, as
+the in-memory `apoz` counts them); the neurons whose APoZ exceeds the FFN's mean + `std` standard
+deviations are cut (`slimkit.prune.structured.mean_std_cut`; at least `min_channels` kept) from the
+up projection's rows and the down projection's columns (recorded as `replace` edits, so
+`slimkit.load` rebuilds the smaller layers); the *trimmed* block then makes the next block's
+inputs, so each block is measured on what it will really see.
 
 One round, no retraining: Network Trimming's trim-retrain rounds need the whole model's forward and
 backward, which a block-by-block pass does not have (a recipe with rounds > 1 or epochs > 0 is refused).
@@ -33,33 +34,56 @@ def check_one_shot(cfg) -> None:
                         f"epochs {cfg.epochs}); trimming rounds with retraining need the whole model in memory")
 
 
-def _is_relu(module: nn.Module) -> bool:
+# (up projection, down projection, activation between them) of the FFNs this trims, in a block:
+FFN_LAYOUTS = (("intermediate.dense", "output.dense", "intermediate.intermediate_act_fn"),   # BERT and relatives
+               ("fc1", "fc2", "activation_fn"))                                                # OPT, CLIP-style MLPs
+
+
+def _is_relu(module: object) -> bool:
     return isinstance(module, nn.ReLU) or module is torch.relu or module is nn.functional.relu
 
 
-def ffn_blocks(model: nn.Module, cfg) -> list[str]:
-    """Names of the BERT-style blocks (`slimkit.prune.transformer.find_blocks`) whose
-    `intermediate.dense` the config selects (targets / ignore); a one-line SlimError when there is
-    none, or when a selected block's FFN activation is not a ReLU."""
-    from slimkit.prune.transformer import find_blocks
+def _attr(module: nn.Module, path: str) -> object:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
+
+
+def _layout(module: nn.Module) -> tuple[str, str, str] | None:
+    for up, down, act in FFN_LAYOUTS:
+        a, b = _attr(module, up), _attr(module, down)
+        if type(a) is nn.Linear and type(b) is nn.Linear and a.out_features == b.in_features \
+                and _attr(module, act) is not None:
+            return up, down, act
+    return None
+
+
+def ffn_blocks(model: nn.Module, cfg) -> dict[str, tuple[str, str, str]]:
+    """{module: (up, down, activation)} of the FFNs (`FFN_LAYOUTS`) whose up projection the config
+    selects (targets / ignore); a one-line SlimError when there is none, or when a selected FFN's
+    activation is not a ReLU (GELU / SiLU have no exact zeros)."""
     from slimkit.select import matches
 
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])
-    chosen = []
-    for name in find_blocks(model):
-        site = f"{name}.intermediate.dense"
+    chosen = {}
+    for name, module in model.named_modules():
+        layout = _layout(module)
+        if layout is None:
+            continue
+        site = f"{name}.{layout[0]}" if name else layout[0]
         if (patterns and not any(matches(site, p) for p in patterns)) or any(matches(site, p) for p in cfg.ignore):
             continue
-        act = getattr(model.get_submodule(f"{name}.intermediate"), "intermediate_act_fn", None)
+        act = _attr(module, layout[2])
         if not _is_relu(act):
-            hidden = getattr(getattr(model, "config", None), "hidden_act", None)
-            what = f"hidden_act {hidden!r}" if isinstance(hidden, str) else type(act).__name__
+            config = getattr(model, "config", None)
+            named = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
+            what = f"activation {named!r}" if isinstance(named, str) else type(act).__name__
             raise SlimError(f"APoZ needs a ReLU after {site} ({what} has no exact zeros); "
                             "use weight-norm or structured pruning there")
-        chosen.append(name)
+        chosen[name] = layout
     if not chosen:
-        raise SlimError("apoz block by block trims the FFN neurons of BERT-style blocks (intermediate.dense -> "
-                        "output.dense); the model has none selected")
+        raise SlimError("apoz block by block trims FFN neurons (intermediate.dense -> output.dense as in BERT, "
+                        "fc1 -> fc2 as in OPT); the model has none selected")
     return chosen
 
 
@@ -89,7 +113,8 @@ class ApozWorker:
 
         check_one_shot(cfg)
         self.model, self.task, self.cfg = model, task, cfg
-        self.targets = ffn_blocks(model, cfg)
+        self.layouts = ffn_blocks(model, cfg)   # FFN module -> (up, down, activation) names
+        self.targets = list(self.layouts)
         self.batches = shard(list(task.calibration(cfg.samples)))
         if not self.batches:
             raise SlimError("apoz: the calibration data is empty")
@@ -107,15 +132,14 @@ class ApozWorker:
         """Nothing outside the blocks is trimmed."""
 
     def block(self, name: str, block: nn.Module, chain, names: list[str], advance: bool) -> None:
-        from slimkit.prune.transformer import prune_ffn_
         from slimkit.stream.layerwise_methods import _step
 
         for ffn in names:
-            scores = self._apoz(ffn, chain)
+            scores = self._apoz(ffn, block, chain)
             keep = keep_by_apoz(scores, self.cfg.std, self.cfg.min_channels)
             self.apoz_[ffn] = scores
             if len(keep) < len(scores):
-                prune_ffn_(self.model, ffn, keep)
+                self._cut(ffn, keep)
                 self.counts[f"apoz-trimmed (FFN neurons above APoZ mean + {self.cfg.std:g} std)"] += 2
             else:
                 self.counts["apoz: unchanged (no FFN neuron above the cut)"] += 2
@@ -123,8 +147,19 @@ class ApozWorker:
             self.info["apoz_ffn_neurons"]["after"] += len(keep)
         _step(chain, block, advance)   # the pruned block makes the next block's inputs
 
-    def _apoz(self, ffn: str, chain) -> torch.Tensor:
-        """APoZ of each neuron of `ffn`'s intermediate layer over the cached inputs (summed over ranks)."""
+    def _cut(self, ffn: str, keep: torch.Tensor) -> None:
+        """Keep neurons `keep`: rows of the up projection, columns of the down projection (as
+        `slimkit.prune.transformer.prune_ffn_` cuts a BERT block's FFN, without refit), recorded edits."""
+        from slimkit.surgery.edits import replace_module
+        from slimkit.surgery.shrink import shrink_linear
+
+        up, down, _ = self.layouts[ffn]
+        module = self.model.get_submodule(ffn)
+        replace_module(self.model, f"{ffn}.{up}", shrink_linear(module.get_submodule(up), keep))
+        replace_module(self.model, f"{ffn}.{down}", shrink_linear(module.get_submodule(down), None, keep))
+
+    def _apoz(self, ffn: str, block: nn.Module, chain) -> torch.Tensor:
+        """APoZ of each neuron of FFN `ffn` (inside `block`) over the cached inputs (summed over ranks)."""
         from slimkit.dist.collectives import reduce_keyed
         from slimkit.prune.importance import channels_first, zero_fraction
 
@@ -136,8 +171,7 @@ class ApozWorker:
             zeros[ffn] = zeros.get(ffn, 0) + z
             counts[ffn] += n
 
-        block = self.model.get_submodule(ffn)
-        handle = block.intermediate.dense.register_forward_hook(hook)
+        handle = self.model.get_submodule(f"{ffn}.{self.layouts[ffn][0]}").register_forward_hook(hook)
         try:
             for run in chain.passes(block):
                 run()
@@ -145,5 +179,5 @@ class ApozWorker:
             handle.remove()
         reduce_keyed([ffn], zeros, counts)
         if ffn not in zeros:
-            raise SlimError(f"apoz: calibration never reached {ffn}.intermediate.dense")
+            raise SlimError(f"apoz: calibration never reached {ffn}.{self.layouts[ffn][0]}")
         return zeros[ffn].double() / max(1, counts[ffn])
