@@ -51,6 +51,10 @@ def folders(tmp_path_factory):
             model.get_submodule(f"{blocks[0]}.{down}").weight.mul_(20.0)
         out[arch if act == "relu" else act] = tmp_path_factory.mktemp(f"hf-{arch}-{act}")
         model.save_pretrained(out[arch if act == "relu" else act])
+    out["llama"] = tmp_path_factory.mktemp("hf-llama")   # SiLU-gated MLP: no ReLU FFN to trim
+    tf.AutoModel.from_config(tf.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, max_position_embeddings=64)
+                             ).save_pretrained(out["llama"])
     return out
 
 
@@ -118,6 +122,8 @@ def test_gelu_and_multi_round_refused(folders, tmp_path):
     with pytest.raises(SlimError, match="APoZ needs a ReLU after encoder.layer.0.intermediate.dense") as err:
         compress_layerwise(folders["gelu"], _recipe(), tmp_path / "g.slim")
     assert "\n" not in str(err.value) and "gelu" in str(err.value)
+    with pytest.raises(SlimError, match="the model has none selected \\(its activation: 'silu'\\)"):
+        compress_layerwise(folders["llama"], _recipe(), tmp_path / "l.slim")
     with pytest.raises(SlimError, match="rounds: 1 and epochs: 0"):
         compress_layerwise(folders["bert"], "apoz", tmp_path / "r.slim")
     assert not (tmp_path / "g.slim").exists() and not (tmp_path / "r.slim").exists()

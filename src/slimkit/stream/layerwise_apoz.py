@@ -65,6 +65,8 @@ def ffn_blocks(model: nn.Module, cfg) -> dict[str, tuple[str, str, str]]:
     from slimkit.select import matches
 
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])
+    config = getattr(model, "config", None)
+    named = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
     chosen = {}
     for name, module in model.named_modules():
         layout = _layout(module)
@@ -75,15 +77,14 @@ def ffn_blocks(model: nn.Module, cfg) -> dict[str, tuple[str, str, str]]:
             continue
         act = _attr(module, layout[2])
         if not _is_relu(act):
-            config = getattr(model, "config", None)
-            named = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
             what = f"activation {named!r}" if isinstance(named, str) else type(act).__name__
             raise SlimError(f"APoZ needs a ReLU after {site} ({what} has no exact zeros); "
                             "use weight-norm or structured pruning there")
         chosen[name] = layout
     if not chosen:
         raise SlimError("apoz block by block trims FFN neurons (intermediate.dense -> output.dense as in BERT, "
-                        "fc1 -> fc2 as in OPT); the model has none selected")
+                        "fc1 -> fc2 as in OPT) with a ReLU; the model has none selected"
+                        + (f" (its activation: {named!r})" if isinstance(named, str) else ""))
     return chosen
 
 
