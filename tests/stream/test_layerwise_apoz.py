@@ -106,6 +106,11 @@ def test_streamed_apoz_equals_in_memory_rule(folders, tmp_path, arch):
             assert torch.equal(got.get_submodule(layer).weight, want.get_submodule(layer).weight)
     if arch == "bert":   # block 1 measured after block 0's trim, not on the original model
         assert not torch.equal(kept["original"][blocks[1]], kept[blocks[1]])
+        # block 0 sees the same inputs either way: the same cut as the in-memory method's one round
+        one_round = sk.resolve(str(folders[arch]))
+        sk.prune_(one_round, CFG.model_copy(update={"max_drop": 100.0, "targets": rf"re:.*\.{up}"}), data=task)
+        assert torch.equal(one_round.get_submodule(f"{blocks[0]}.{up}").weight,
+                           streamed.get_submodule(f"{blocks[0]}.{up}").weight)
     removed = sum(128 - len(kept[b]) for b in blocks)
     assert report.stored == {"apoz-trimmed (FFN neurons above APoZ mean + 1 std)": 4}
     batch = task.example_inputs(4)
