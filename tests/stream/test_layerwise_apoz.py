@@ -140,3 +140,24 @@ def test_keep_by_apoz_never_empties_a_layer():
     scores = torch.tensor([0.1, 0.2, 0.05, 0.9, 0.15], dtype=torch.float64)
     assert keep_by_apoz(scores, 1.0, 2).tolist() == [0, 1, 2, 4]       # 0.9 > mean + 1 std
     assert keep_by_apoz(scores, -10.0, 2).tolist() == [0, 2]          # all above: the 2 lowest stay
+
+
+def test_cli_stream_with_a_one_shot_apoz_recipe(folders, tmp_path, monkeypatch, capsys):
+    import json
+
+    from cli_runner import cli
+
+    recipe = tmp_path / "apoz-oneshot.yaml"
+    recipe.write_text("description: one-shot APoZ\nstages:\n  - method: apoz\n    rounds: 1\n    epochs: 0\n"
+                      "    samples: 16\n")
+    out = tmp_path / "cli.slim"
+    code, stdout, err = cli(monkeypatch, capsys, "compress", str(folders["opt"]), "--recipe", str(recipe),
+                            "--stream", "--out", str(out), "--json")
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["streamed"] == "layerwise" and result["bytes"] == out.stat().st_size
+    assert result["stored"] == {"apoz-trimmed (FFN neurons above APoZ mean + 1 std)": 4}
+    assert sk.load(out).get_submodule("decoder.layers.1.fc1").out_features < 128
+    code, _, err = cli(monkeypatch, capsys, "compress", str(folders["gelu"]), "--recipe", str(recipe),
+                       "--stream", "--out", str(tmp_path / "g.slim"))
+    assert code == 2 and err.count("\n") == 1 and "APoZ needs a ReLU" in err
