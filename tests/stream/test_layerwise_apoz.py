@@ -161,3 +161,12 @@ def test_cli_stream_with_a_one_shot_apoz_recipe(folders, tmp_path, monkeypatch, 
     code, _, err = cli(monkeypatch, capsys, "compress", str(folders["gelu"]), "--recipe", str(recipe),
                        "--stream", "--out", str(tmp_path / "g.slim"))
     assert code == 2 and err.count("\n") == 1 and "APoZ needs a ReLU" in err
+
+
+def test_cli_stream_with_the_shipped_multi_round_apoz_says_how_to_stream_it(folders, tmp_path, monkeypatch, capsys):
+    from cli_runner import cli
+
+    code, _, err = cli(monkeypatch, capsys, "compress", str(folders["opt"]), "--recipe", "apoz",
+                       "--stream", "--out", str(tmp_path / "a.slim"))
+    assert code == 2 and err.count("\n") == 1
+    assert "rounds: 1" in err and "epochs: 0" in err and not (tmp_path / "a.slim").exists()

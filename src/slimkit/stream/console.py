@@ -50,9 +50,9 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
     plan = load_recipe(recipe)
     try:
         layerwise_config(plan)
-        blockwise = True
-    except SlimError:
-        blockwise = False
+        blockwise, why_not_blockwise = True, None
+    except SlimError as e:
+        blockwise, why_not_blockwise = False, e
     if folder and blockwise:
         if stream:
             return "layerwise"
@@ -64,7 +64,12 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
         return None
     if not folder:
         raise SlimError(f"--stream needs a Hugging Face folder or a safetensors checkpoint, not {model}")
-    plan_from_recipe(plan)   # a one-line error naming the stage that needs data
+    try:
+        plan_from_recipe(plan)   # a one-line error naming the stage that needs data
+    except SlimError:
+        if {cfg.method for cfg in plan.stages} & {"gptq", "lowrank", "apoz"}:
+            raise why_not_blockwise from None   # says how to make it run block by block
+        raise
     return "tensors"
 
 
