@@ -86,7 +86,7 @@ def _available_memory() -> int | None:
 
 
 def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
-    """GPTQ block by block from disk with a progress bar; print the size, ratio and time."""
+    """A gptq / lowrank / apoz recipe block by block from disk with a progress bar; print the size, ratio and time."""
     from rich import progress as rp
 
     from slimkit.cli import common
@@ -97,7 +97,7 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
     quiet = common.STATE.quiet or not common.console.is_terminal
     with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                      rp.TimeRemainingColumn(), console=common.console, disable=quiet, transient=True) as bar:
-        task = bar.add_task(f"GPTQ block by block: {Path(model).name}", total=None)
+        task = bar.add_task(f"block by block: {Path(model).name}", total=None)
 
         def on_block(name: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=name[-40:])
