@@ -229,16 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = 0
     for name, texts in (("english.txt", pydoc_texts()), ("english-other.txt", other_texts())):
-        body = "".join(f"{s}\n" for s in sentences_of(texts))
-        path = OUT_DIR / name
-        if args.check:
-            same = path.is_file() and path.read_text(encoding="utf-8") == body
-            status |= not same
-            print(f"{name}: {'same' if same else 'DIFFERENT'}")
-        else:
-            path.write_text(body, encoding="utf-8")
-            print(f"{name}: {body.count(chr(10))} sentences")
+        status |= write_or_check(name, "".join(f"{s}\n" for s in sentences_of(texts)), args.check, "sentences")
     return status
+
+
+def write_or_check(name: str, body: str, check: bool, unit: str = "lines") -> int:
+    """Write `body` to the shipped file `name`, or (check) compare it with the file; 1 if it differs."""
+    path = OUT_DIR / name
+    if check:
+        same = path.is_file() and path.read_text(encoding="utf-8") == body
+        print(f"{name}: {'same' if same else 'DIFFERENT'}")
+        return int(not same)
+    path.write_text(body, encoding="utf-8")
+    print(f"{name}: {body.count(chr(10))} {unit}, {len(body.encode()):,} bytes")
+    return 0
 
 
 if __name__ == "__main__":

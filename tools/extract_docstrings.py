@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_corpus import OUT_DIR, _package_dir, sentences_of  # noqa: E402
+from extract_corpus import _package_dir, sentences_of, write_or_check  # noqa: E402
 
 OUT_NAME = "english-libdocs.txt"
 NOTICE_NAME = "english-libdocs-licenses.txt"
@@ -104,14 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = 0
     for name, body in ((OUT_NAME, "".join(f"{s}\n" for s in build())), (NOTICE_NAME, notices())):
-        path = OUT_DIR / name
-        if args.check:
-            same = path.is_file() and path.read_text(encoding="utf-8") == body
-            status |= not same
-            print(f"{name}: {'same' if same else 'DIFFERENT'}")
-        else:
-            path.write_text(body, encoding="utf-8")
-            print(f"{name}: {body.count(chr(10))} lines, {len(body.encode()):,} bytes")
+        status |= write_or_check(name, body, args.check)
     return status
 
 
