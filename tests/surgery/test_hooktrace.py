@@ -8,11 +8,11 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.errors import SlimError
-from slimkit.eval.task import Task
 from slimkit.surgery.hooktrace import hook_graph
 from slimkit.surgery.shrink import prune_groups_, same_output_shape
 from slimkit.surgery.trace import Group, Member, trace_groups
 from slimkit.zoo.lenet import LeNet5, LeNet300100
+from tiny_bert import TokensTask, tiny_bert
 
 X = {"x": torch.rand(4, 64)}
 
@@ -242,35 +242,12 @@ def test_values_used_for_control_flow_make_the_group_unprunable():
     assert [n.target for n in nodes][:3] == ["x", "a", "sum"] and nodes[-1].op == "output"
 
 
-def _tiny_bert():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=16)
-    config._attn_implementation = "eager"
-    return transformers.BertModel(config, add_pooling_layer=False).eval()
-
-
-class _Tokens(Task):
-    name = "tokens"
-
-    def example_inputs(self, batch_size):
-        gen = torch.Generator().manual_seed(batch_size)
-        return {"input_ids": torch.randint(0, 50, (batch_size, 12), generator=gen),
-                "attention_mask": torch.ones(batch_size, 12, dtype=torch.long)}
-
-    def score(self, model):
-        return 1.0
-
-    def calibration(self, n=256):
-        return [self.example_inputs(16) for _ in range(max(1, n // 16))]
-
-
 def test_bert_ffn_groups_are_found_and_cut(tmp_path):
     from slimkit.prune.api import NormPruning
     from slimkit.prune.structured import activation_scores
 
-    model, task = _tiny_bert(), _Tokens()
+    pytest.importorskip("transformers")
+    model, task = tiny_bert(), TokensTask()
     groups, problems = trace_groups(model, task.example_inputs(2))
     assert [str(g) for g in groups] == [f"encoder.layer.{i}.intermediate.dense[out] <-> "
                                         f"encoder.layer.{i}.output.dense[in]" for i in (0, 1)]
@@ -287,7 +264,7 @@ def test_bert_ffn_groups_are_found_and_cut(tmp_path):
         out = model(**x).last_hidden_state
     assert nn.functional.cosine_similarity(out, ref, dim=-1).min() > 0.99
     sk.save(model, tmp_path / "b.slim")
-    assert torch.equal(sk.load(tmp_path / "b.slim", model=_tiny_bert())(**x).last_hidden_state, out)
+    assert torch.equal(sk.load(tmp_path / "b.slim", model=tiny_bert())(**x).last_hidden_state, out)
 
 
 def test_preflight_lists_hook_traced_groups(digits_task):
