@@ -103,14 +103,8 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
             bar.update(task, completed=done, total=total, description=name[-40:])
 
         report = compress_layerwise(model, recipe, out, on_block=on_block)
-    result = {"out": str(out), "bytes": report.bytes, "input_bytes": report.input_bytes,
-              "ratio": round(report.ratio, 3), "tensors": report.tensors, "seconds": round(report.seconds, 2),
-              "stored": report.stored, "streamed": "layerwise"}
-    if as_json:
-        common.emit_json(result)
+    if _summary(report, as_json, "layer(s)", streamed="layerwise"):
         return
-    for how, count in sorted(report.stored.items(), key=lambda kv: -kv[1]):
-        common.info(f"  {count:5d} layer(s) {how}")
     common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
                      f"checkpoint's {common.fmt_bytes(report.input_bytes)}) in {report.seconds:.1f} s, block by "
                      f"block; score it with: slimkit eval {out}")
@@ -135,14 +129,22 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
             bar.update(task, completed=done, total=total, description=item.name[-40:])
 
         report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor)
-    result = {"out": str(out), "bytes": report.bytes, "input_bytes": report.input_bytes,
-              "ratio": round(report.ratio, 3), "tensors": report.tensors, "seconds": round(report.seconds, 2),
-              "throughput_mb_s": round(report.throughput_mb_s, 1), "stored": report.stored}
-    if as_json:
-        common.emit_json(result)
+    if _summary(report, as_json, "tensor(s)", throughput_mb_s=round(report.throughput_mb_s, 1)):
         return
-    for how, count in sorted(report.stored.items(), key=lambda kv: -kv[1]):
-        common.info(f"  {count:5d} tensor(s) {how}")
     common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
                      f"checkpoint's {common.fmt_bytes(report.input_bytes)}); {report.tensors} tensors in "
                      f"{report.seconds:.1f} s, {report.throughput_mb_s:.0f} MB/s")
+
+
+def _summary(report, as_json: bool, unit: str, **extra) -> bool:
+    """Emit the JSON result (True: nothing more to print) or list what was stored per kind."""
+    from slimkit.cli import common
+
+    if as_json:
+        common.emit_json({"out": str(report.out), "bytes": report.bytes, "input_bytes": report.input_bytes,
+                          "ratio": round(report.ratio, 3), "tensors": report.tensors,
+                          "seconds": round(report.seconds, 2), **extra, "stored": report.stored})
+        return True
+    for how, count in sorted(report.stored.items(), key=lambda kv: -kv[1]):
+        common.info(f"  {count:5d} {unit} {how}")
+    return False
