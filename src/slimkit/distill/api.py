@@ -15,6 +15,8 @@ keeps some transformer layers with the teacher's weights.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import ClassVar
@@ -99,6 +101,10 @@ class DistillConfig(MethodConfig):
                                "training text (e.g. [libdocs]); their held-out part joins validation")
     augment: float = Field(0.0, ge=0, le=1, description="fraction of sentences augmented each epoch (text)")
     bf16: bool = Field(False, description="forward passes under bfloat16 autocast (faster on CPUs with AMX)")
+    token_weight: float = Field(0.0, ge=0, description="weight of a token-level loss (hidden_loss) between "
+                                "the student's and the teacher's last-layer states of every token (encoders)")
+    cache_teacher: bool = Field(False, description="text: run the teacher once over the training text and "
+                                "reuse its token states every epoch (only the student runs in training)")
     epochs: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
@@ -185,7 +191,7 @@ def build_objective(teacher: nn.Module, student: nn.Module, config: DistillConfi
     weights = Weights(temperature=config.temperature, alpha=config.alpha,
                       hidden=config.hidden_weight, hidden_kind=config.hidden_loss.value,
                       attention=config.attention_weight, heads=_heads(teacher), mixup=config.mixup,
-                      bf16=config.bf16)
+                      bf16=config.bf16, tokens=config.token_weight, cached=config.cache_teacher)
     objective = Objective(teacher, weights)
     pairs = _layer_pairs(student)
     if pairs is not None and (config.hidden_weight or config.attention_weight):
@@ -197,15 +203,20 @@ def build_objective(teacher: nn.Module, student: nn.Module, config: DistillConfi
                                    for s, t in mapping]
     elif config.hidden_weight or config.attention_weight:
         raise SlimError("hidden_weight / attention_weight need a student derived with keep/every")
+    if config.cache_teacher and (config.hidden_weight or config.attention_weight):
+        raise SlimError("cache_teacher keeps only the teacher's last-layer states: set hidden_weight and "
+                        "attention_weight to 0, or cache_teacher: false")
     return objective
 
 
-def _source(data: object, config: DistillConfig) -> Source:
+def _source(data: object, config: DistillConfig, teacher: nn.Module | None = None) -> Source:
     encode = getattr(data, "encode", None)
     calib = getattr(data, "calib_sentences", None)
     if isinstance(data, Task) and encode is not None and calib is not None:
         return text_task_source(data, config.corpora, config.text, config.batch_size, config.seed,
-                                config.augment)
+                                config.augment, teacher if config.cache_teacher else None)
+    if config.cache_teacher:
+        raise SlimError("cache_teacher: is only used with a text task (e.g. builtin:minilm)")
     if config.corpora or config.augment:
         raise SlimError("corpora: / augment: are only used with a text task (e.g. builtin:minilm)")
     if config.text is not None:
@@ -228,12 +239,17 @@ def distill(teacher: nn.Module, student: nn.Module, data: object, config: Distil
     if teacher is student:
         raise SlimError("the student must be a different module from the teacher")
     init_distributed()
-    source = _source(data, config)
+    started = time.perf_counter()
     objective = build_objective(teacher, student, config)
     teacher.eval()
+    source = _source(data, config, teacher)
     first_inputs, _ = source.batches(0)[0]
     objective.prepare(student, first_inputs)
-    result = fit(student, objective, source.batches, config.settings(), source.validate,
+    settings = config.settings()
+    if settings.time_limit is not None:  # the teacher's pass over the text counts in the time limit
+        spent = time.perf_counter() - started
+        settings = dataclasses.replace(settings, time_limit=max(1.0, settings.time_limit - spent))
+    result = fit(student, objective, source.batches, settings, source.validate,
                  objective.projections, on_epoch, checkpoint)
     student.__dict__["slimkit_distill"] = {"best_score": result.best_score,
                                            "best_epoch": result.best_epoch,

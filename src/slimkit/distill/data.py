@@ -145,19 +145,19 @@ def text_source(texts: list[str], encode: Callable[[Sequence[str]], Batch], batc
     return Source(batches, None, False, len(texts))
 
 
-def length_batches(texts: list[str], batch_size: int, bucket: int = BUCKET) -> list[list[str]]:
-    """`texts` cut into batches, sorted by length within each run of `bucket` batches (order kept
-    otherwise); `bucket` <= 1 keeps the order as it is.
+def length_batches(texts: list, batch_size: int, bucket: int = BUCKET, key: Callable = len) -> list[list]:
+    """`texts` cut into batches, sorted by length (`key`) within each run of `bucket` batches
+    (order kept otherwise); `bucket` <= 1 keeps the order as it is.
 
     >>> length_batches(["a b c", "a", "a b"], 2, bucket=2)
     [['a', 'a b'], ['a b c']]
     """
     span = batch_size * max(1, bucket)
-    out: list[list[str]] = []
+    out: list[list] = []
     for start in range(0, len(texts), span):
         run = texts[start:start + span]
         if bucket > 1:
-            run = sorted(run, key=len)
+            run = sorted(run, key=key)
         out += [run[i:i + batch_size] for i in range(0, len(run), batch_size)]
     return out
 
@@ -188,10 +188,13 @@ def augment_sentence(sentence: str, rng: random.Random, pool: Sequence[str] = ()
 
 
 def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.PathLike | None = None,
-                     batch_size: int = 32, seed: int = 0, augment: float = 0.0) -> Source:
+                     batch_size: int = 32, seed: int = 0, augment: float = 0.0,
+                     teacher: nn.Module | None = None) -> Source:
     """Training text of an embedding task (its calibration sentences, plus the "calib" part of each
     embedded corpus in `corpora`, plus a user's `text` file), validated on held-out text of the
     training domains only: the task's evaluation sentences plus each added corpus's "eval" part.
+    With a `teacher`, its outputs are computed once and carried by the batches
+    (`teacher_cache.cached_text_source`).
 
     >>> source = text_task_source(minilm_task(), corpora=["libdocs"], batch_size=32)  # doctest: +SKIP
     """
@@ -208,7 +211,12 @@ def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.Pat
         held_out += corpus.split(found, "eval")
     if text is not None:
         texts += read_text(text)
-    source = text_source(texts, task.encode, batch_size, seed, augment)  # type: ignore[attr-defined]
+    if teacher is not None:
+        from slimkit.distill.teacher_cache import cached_text_source
+
+        source = cached_text_source(texts, task.encode, teacher, batch_size, seed, augment)  # type: ignore[attr-defined]
+    else:
+        source = text_source(texts, task.encode, batch_size, seed, augment)  # type: ignore[attr-defined]
     source.validate = task.score
     if held_out:
         from slimkit.eval.embedding_task import EmbeddingTask

@@ -39,6 +39,8 @@ class Weights:
     heads: int = 12
     mixup: float = 0.0  # Beta(a, a) mixing of float inputs within a batch; 0 = off
     bf16: bool = False  # run teacher and student forwards under bfloat16 autocast (losses in fp32)
+    tokens: float = 0.0  # token-level loss (hidden_kind) between the last-layer states of every real token
+    cached: bool = False  # a batch's target holds the teacher's last-layer token states (teacher_cache)
 
 
 def mix_inputs(inputs: Batch, target: torch.Tensor | None, alpha: float
@@ -87,12 +89,16 @@ def response(output: object, inputs: Batch) -> tuple[torch.Tensor, bool]:
         hidden = output[0]
     if not isinstance(hidden, torch.Tensor):
         raise SlimError(f"cannot distill from a model output of type {type(output).__name__}")
-    hidden = hidden.float()  # pool in fp32 also under bf16 autocast
-    mask = inputs.get("attention_mask")
+    return pool(hidden, inputs.get("attention_mask")), False
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the token states over real tokens, in fp32 (also under bf16 autocast)."""
+    hidden = hidden.float()
     if mask is None:
-        return hidden.mean(1), False
+        return hidden.mean(1)
     m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9), False
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
 @dataclass
@@ -133,6 +139,8 @@ class Objective:
 
     def __call__(self, student: nn.Module, inputs: Batch, target: torch.Tensor | None) -> torch.Tensor:
         w = self.weights
+        if w.cached:
+            return self._from_states(student, inputs, target)
         inputs, target, other, lam = mix_inputs(inputs, target, w.mixup)
         with _autocast(student, w.bf16):
             t_out, t_store = self.teacher_outputs(inputs)
@@ -151,6 +159,9 @@ class Objective:
         else:
             loss = w.response * feature_loss(s_resp, t_resp, "cosine")
         mask = inputs.get("attention_mask")
+        if w.tokens and not is_logits:
+            loss = loss + w.tokens * feature_loss(_states(s_out).float(), _states(t_out).float(),
+                                                  w.hidden_kind, None, mask)
         for s_name, t_name in self.hints:
             proj = self.projections[_key(s_name)] if _key(s_name) in self.projections else None
             loss = loss + w.hidden * feature_loss(s_store[s_name], t_store[t_name], w.hidden_kind,
@@ -163,6 +174,31 @@ class Objective:
             loss = loss + w.attention * (attention_loss(probs_s, probs_t, mask)
                                          + value_relation_loss(v_s, v_t, w.heads, mask))
         return loss
+
+    def _from_states(self, student: nn.Module, inputs: Batch, target: torch.Tensor | None) -> torch.Tensor:
+        """The loss against the teacher's cached last-layer token states (`target`, zero-padded):
+        cosine of the mean-pooled embeddings plus the token-level term."""
+        if target is None or target.ndim != 3:
+            raise SlimError("cached teacher outputs are missing from the batch (expected token states)")
+        w = self.weights
+        with _autocast(student, w.bf16):
+            s_out = student(**inputs)
+        s_states = _states(s_out).float()
+        mask = inputs.get("attention_mask")
+        loss = w.response * feature_loss(pool(s_states, mask), pool(target, mask), "cosine")
+        if w.tokens:
+            loss = loss + w.tokens * feature_loss(s_states, target, w.hidden_kind, None, mask)
+        return loss
+
+
+def _states(output: object) -> torch.Tensor:
+    """The token states `(batch, tokens, width)` of an encoder's output."""
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None and isinstance(output, (tuple, list)) and output:
+        hidden = output[0]
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3:
+        raise SlimError(f"a token-level loss needs token states; the model returned {type(output).__name__}")
+    return hidden
 
 
 def _autocast(model: nn.Module, enabled: bool):
