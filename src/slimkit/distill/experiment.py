@@ -71,15 +71,40 @@ def student_maker(teacher, task, hidden: Sequence[int], init: str):
 
 
 def _run(teacher, task, make, options: dict, seed: int, common: dict) -> dict:
+    """One training run; `options` may hold `cutmix: share` (cut-mixed training batches, see
+    `experiment_transfer`) besides `DistillConfig` fields."""
     from slimkit.distill.api import DistillConfig, distill
+    from slimkit.distill.experiment_transfer import CutMixDigits
 
+    options = dict(options)
+    share = options.pop("cutmix", 0.0)
+    data = CutMixDigits(task, share) if share else task
     config = DistillConfig(seed=seed, **{**common, **options})
-    student = distill(teacher, make(seed), task, config)
+    student = distill(teacher, make(seed), data, config)
     return {"val": task.validation_score(student), "test": task.score(student)}
 
 
-def _arm(teacher, task, make, grid, seeds, common) -> dict:
-    runs = [[_run(teacher, task, make, options, s, common) for s in seeds] for options in grid]
+_SHARED: dict = {}  # what forked workers inherit: teacher, task, make, common
+
+
+def _job(job: tuple[dict, int]) -> dict:
+    s = _SHARED
+    return _run(s["teacher"], s["task"], s["make"], job[0], job[1], s["common"])
+
+
+def _run_all(jobs: list[tuple[dict, int]], workers: int) -> list[dict]:
+    """Every (options, seed) run, in order; `workers` > 1 runs them in forked processes."""
+    if workers <= 1:
+        return [_job(j) for j in jobs]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads,
+                                                  initargs=(1,)) as pool:
+        return pool.map(_job, jobs, chunksize=1)
+
+
+def _arm(runs: list[list[dict]], grid) -> dict:
+    """Choose the grid entry with the best mean validation accuracy over the seeds."""
     val = [float(np.mean([r["val"] for r in rs])) for rs in runs]
     best = int(np.argmax(val))
     return {"options": dict(grid[best]), "val": val[best],
@@ -95,11 +120,13 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 def kd_vs_labels(seeds: Iterable[int] = range(10), hidden: Sequence[int] = (8, 6),
                  common: dict | None = None, labels_grid: Sequence[dict] = LABELS_GRID,
-                 kd_grid: Sequence[dict] = KD_GRID, threads: int | None = 1, init: str = INIT) -> dict:
+                 kd_grid: Sequence[dict] = KD_GRID, threads: int | None = 1, init: str = INIT,
+                 workers: int = 1) -> dict:
     """Distilled vs labels-only students over `seeds`; returns numbers and a markdown table.
 
     `common` holds the training options both arms share (default `COMMON`: 200 epochs, batch 32,
-    no weight decay); the grids hold what each arm may choose on validation.
+    no weight decay); the grids hold what each arm may choose on validation. `workers` > 1
+    runs that many trainings at once in forked processes (one thread each), same results.
     """
     import slimkit as sk
     from slimkit._torch import num_threads
@@ -115,8 +142,15 @@ def kd_vs_labels(seeds: Iterable[int] = range(10), hidden: Sequence[int] = (8, 6
         task = sk.zoo.entry("lenet-300-100").task()
         teacher_acc = task.score(teacher)
         make = student_maker(teacher, task, hidden, init)
-        labels = _arm(teacher, task, make, labels_grid, seeds, common)
-        kd = _arm(teacher, task, make, kd_grid, seeds, common)
+        grids = [*labels_grid, *kd_grid]
+        _SHARED.update(teacher=teacher, task=task, make=make, common=common)
+        try:
+            flat = _run_all([(dict(options), s) for options in grids for s in seeds], workers)
+        finally:
+            _SHARED.clear()
+    runs = [flat[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(grids))]
+    labels = _arm(runs[:len(labels_grid)], labels_grid)
+    kd = _arm(runs[len(labels_grid):], kd_grid)
     mean_diff, se = paired(kd["test"], labels["test"])
     mean_l, mean_k = float(np.mean(labels["test"])), float(np.mean(kd["test"]))
     gap = teacher_acc - mean_l
