@@ -224,6 +224,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     _load_into(net, state, str(path))
     _retie(net, manifest.aliases)
     _restore_chains(net, manifest)
+    from slimkit.nn.bert_fast import install_fast_layers
+
+    install_fast_layers(net)  # bf16 runtime of int8 BERT-style layers (same state dict)
     net.__dict__["slimkit_base"] = manifest.base
     net.__dict__["slimkit_info"] = manifest.info
     return net.eval()

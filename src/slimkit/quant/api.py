@@ -97,8 +97,10 @@ def set_compute_dtype(model: nn.Module, entries: list[nn.Module], mode: ComputeD
     >>> set_compute_dtype(model, [model.embeddings.word_embeddings], ComputeDtype.AUTO, task)
     'auto'
     """
+    from slimkit.nn.bert_fast import install_fast_layers
     from slimkit.quant.convert import log, low_precision_blockers
 
+    install_fast_layers(model)  # bf16 runtime of int8 BERT-style layers (same state dict), before the trial
     mode = ComputeDtype(mode).value
     if not entries:
         if mode == "bfloat16":
