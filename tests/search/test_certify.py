@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.search.certify import Certification, CrossValidation, certified, drop_bounds
+from slimkit.search.certify import Certification, CrossValidation, certified, drop_bounds, mean_drop_bounds
 from slimkit.search.run import _best
 from slimkit.search.trial import TrialRecord
 from slimkit.zoo.digits import load_digits
@@ -28,8 +28,19 @@ def test_bounds_widen_with_discordance_and_narrow_with_images():
     assert drop_bounds(12, 3, 898, 0.9) == (lo, hi)   # deterministic
 
 
+def test_outcomes_averaged_over_repeats_give_a_sharper_bound_only_when_they_spread():
+    same = torch.cat([torch.ones(12), -torch.ones(3), torch.zeros(883)])
+    assert mean_drop_bounds(same, 0.9) == drop_bounds(12, 3, 898, 0.9)       # one repeat: the same Dirichlet
+    # 3 repeats, 36 lost / 9 gained outcomes: on the same images (a real loss) vs spread over images (noise)
+    spread = torch.cat([torch.full((36,), 1 / 3), torch.full((9,), -1 / 3), torch.zeros(853)])
+    assert mean_drop_bounds(spread, 0.9)[1] < drop_bounds(12, 3, 898, 0.9)[1]
+    assert mean_drop_bounds(spread, 0.9)[0] < (12 - 3) / 898 * 100 < mean_drop_bounds(spread, 0.9)[1]
+    assert mean_drop_bounds(torch.zeros(898), 0.9)[1] == drop_bounds(0, 0, 898, 0.9)[1] > 0   # still a margin
+
+
 @pytest.mark.parametrize("options, message", [({"folds": 1}, "folds"), ({"confidence": 1.0}, "confidence"),
-                                              ({"folds": True}, "folds"), ({"confidence": 0.2}, "confidence")])
+                                              ({"folds": True}, "folds"), ({"confidence": 0.2}, "confidence"),
+                                              ({"repeats": 0}, "repeats"), ({"repeats": 1.5}, "repeats")])
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(sk.SlimError, match=message):
         Certification(**options)
@@ -37,7 +48,7 @@ def test_bad_settings_are_one_line_errors(options, message):
 
 @pytest.fixture(scope="module")
 def cv(quick_folds, lenet_trained):
-    return CrossValidation.for_model(lenet_trained, Certification(folds=3, confidence=0.9))
+    return CrossValidation.for_model(lenet_trained, Certification(folds=3, confidence=0.9, repeats=1))
 
 
 def test_folds_partition_the_training_split_and_never_see_test(cv):
@@ -69,6 +80,26 @@ def test_counts_are_paired_over_the_held_out_images(cv):
     assert cert["drop_pts"] == pytest.approx((lost - gained) / cv.images * 100, abs=1e-3)
     assert cert["lcb_pts"] <= cert["drop_pts"] <= cert["ucb_pts"]
     assert certified(cert, 100.0) and certified(cert, cert["ucb_pts"]) and not certified(cert, cert["ucb_pts"] - 0.01)
+
+
+def test_repeats_hold_each_image_out_once_per_partition_and_average_per_image(quick_folds, lenet_trained):
+    cv2 = CrossValidation.for_model(lenet_trained, Certification(folds=2, confidence=0.9, repeats=2))
+    n = len(load_digits().train)
+    assert len(cv2.folds) == 4 and cv2.images == n and cv2.outcomes == 2 * n
+    for first in (cv2.folds[:2], cv2.folds[2:]):
+        assert sorted(torch.cat([f.held for f in first]).tolist()) == list(range(n))
+    assert not torch.equal(cv2.folds[0].held, cv2.folds[2].held)           # another partition
+    stages = [sk.make_config("rtn", bits=3, granularity="channel")]
+    cert = cv2.certify(stages, max_drop=100.0, deadline=time.monotonic() + 300)
+    total = torch.zeros(n)
+    for fold in cv2.folds:
+        model = sk.apply_(_copy(fold.baseline), stages[0], fold.task)
+        with torch.no_grad():
+            right = model(fold.task.data.test.x).argmax(1) == fold.task.data.test.y
+        total[fold.held] += fold.correct.float() - right.float()
+    assert (cert["folds"], cert["of"], cert["images"], cert["outcomes"], cert["repeats"]) == (4, 4, n, 2 * n, 2)
+    assert cert["drop_pts"] == pytest.approx(float(total.mean()) / 2 * 100, abs=1e-3)
+    assert (cert["lcb_pts"], cert["ucb_pts"]) == pytest.approx(mean_drop_bounds(total / 2, 0.9), abs=1e-3)
 
 
 def test_a_hopeless_recipe_stops_after_one_fold(cv):

@@ -17,6 +17,8 @@ from cli_runner import cli
     (["--max-drop", "0.5", "--folds", "1"], "certification folds (--folds) must be an integer from 2 to 20, got 1"),
     (["--max-drop", "0.5", "--confidence", "1"],
      "certification confidence (--confidence) must be in [0.5, 1), got 1.0"),
+    (["--max-drop", "0.5", "--repeats", "0"],
+     "certification repeats (--repeats) must be an integer from 1 to 10, got 0"),
 ])
 def test_bad_flags_are_one_line_errors(monkeypatch, capsys, tmp_path, flags, message):
     monkeypatch.chdir(tmp_path)
