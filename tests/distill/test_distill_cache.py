@@ -129,3 +129,13 @@ def test_cache_refuses_what_it_cannot_serve():
         _source([torch.zeros(4, 3)], DistillConfig(cache_teacher=True))
     with pytest.raises(SlimError, match="no training data"):
         cached_text_source([], _encode, teacher, 8, 0)
+
+
+def test_bf16_teacher_pass_is_close_to_fp32():
+    teacher, texts = _tiny_bert(), _texts(16)
+    exact = cached_text_source(texts, _encode, teacher, batch_size=16, seed=0).batches(0)[0]
+    fast = cached_text_source(texts, _encode, teacher, batch_size=16, seed=0, bf16=True).batches(0)[0]
+    mask = exact[0]["attention_mask"].bool()
+    assert torch.equal(exact[0]["input_ids"], fast[0]["input_ids"])
+    cos = torch.nn.functional.cosine_similarity(exact[1][mask], fast[1][mask], dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(exact[1], fast[1])

@@ -214,7 +214,7 @@ def _source(data: object, config: DistillConfig, teacher: nn.Module | None = Non
     calib = getattr(data, "calib_sentences", None)
     if isinstance(data, Task) and encode is not None and calib is not None:
         return text_task_source(data, config.corpora, config.text, config.batch_size, config.seed,
-                                config.augment, teacher if config.cache_teacher else None)
+                                config.augment, teacher if config.cache_teacher else None, config.bf16)
     if config.cache_teacher:
         raise SlimError("cache_teacher: is only used with a text task (e.g. builtin:minilm)")
     if config.corpora or config.augment:

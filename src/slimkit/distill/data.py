@@ -189,12 +189,12 @@ def augment_sentence(sentence: str, rng: random.Random, pool: Sequence[str] = ()
 
 def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.PathLike | None = None,
                      batch_size: int = 32, seed: int = 0, augment: float = 0.0,
-                     teacher: nn.Module | None = None) -> Source:
+                     teacher: nn.Module | None = None, bf16: bool = False) -> Source:
     """Training text of an embedding task (its calibration sentences, plus the "calib" part of each
     embedded corpus in `corpora`, plus a user's `text` file), validated on held-out text of the
     training domains only: the task's evaluation sentences plus each added corpus's "eval" part.
-    With a `teacher`, its outputs are computed once and carried by the batches
-    (`teacher_cache.cached_text_source`).
+    With a `teacher`, its outputs are computed once (under bfloat16 autocast with `bf16`) and
+    carried by the batches (`teacher_cache.cached_text_source`).
 
     >>> source = text_task_source(minilm_task(), corpora=["libdocs"], batch_size=32)  # doctest: +SKIP
     """
@@ -214,7 +214,8 @@ def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.Pat
     if teacher is not None:
         from slimkit.distill.teacher_cache import cached_text_source
 
-        source = cached_text_source(texts, task.encode, teacher, batch_size, seed, augment)  # type: ignore[attr-defined]
+        source = cached_text_source(texts, task.encode, teacher, batch_size, seed,  # type: ignore[attr-defined]
+                                    augment, bf16)
     else:
         source = text_source(texts, task.encode, batch_size, seed, augment)  # type: ignore[attr-defined]
     source.validate = task.score
