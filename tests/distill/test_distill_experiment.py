@@ -38,7 +38,7 @@ def test_kd_vs_labels_reports_paired_statistics_from_validation_choices():
 
 
 def test_parallel_workers_give_the_same_runs_and_grids_may_cut_mix_the_training_images():
-    common = {"epochs": 1, "batch_size": 128, "weight_decay": 0.0}
+    common = {"epochs": 1, "batch_size": 128, "weight_decay": 0.0, "epoch": "last"}
     grid = ({"alpha": 0.0, "lr": 1e-2}, {"alpha": 0.0, "lr": 1e-2, "cutmix": 1.0})
     kd = ({"alpha": 1.0, "temperature": 1.0, "lr": 1e-2, "cutmix": 1.0},)
     one = kd_vs_labels(seeds=[0, 1], common=common, labels_grid=grid, kd_grid=kd)
@@ -48,3 +48,5 @@ def test_parallel_workers_give_the_same_runs_and_grids_may_cut_mix_the_training_
     plain, mixed = one["labels_only"]["grid_test"]
     assert plain != mixed  # the cut-mixed images changed what was learnt
     assert "'cutmix': 1.0" in one["table"]
+    with pytest.raises(ValueError, match="epoch: 'first'"):
+        kd_vs_labels(seeds=[0, 1], common={**common, "epoch": "first"}, labels_grid=grid[:1], kd_grid=kd)

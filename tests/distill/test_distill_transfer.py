@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimkit.distill.experiment_transfer import CutMixDigits, cutmix
+from slimkit.distill.experiment_transfer import TrainingView, cutmix
 
 
 def test_cutmix_pastes_a_square_of_another_image_and_mixes_targets_by_its_area():
@@ -30,7 +30,7 @@ def test_cutmix_pastes_a_square_of_another_image_and_mixes_targets_by_its_area()
 
 
 def test_cutmix_task_mixes_the_asked_share_of_batches_deterministically(digits_task):
-    task = CutMixDigits(digits_task, share=0.5)
+    task = TrainingView(digits_task, cutmix=0.5)
     a, b = task.train_batches(32, seed=4), task.train_batches(32, seed=4)
     assert all(torch.equal(x["x"], y["x"]) and torch.equal(s, t) for (x, s), (y, t) in zip(a, b, strict=True))
     soft = [bool((t.max(1).values < 1).any()) for _, t in a]
@@ -38,6 +38,9 @@ def test_cutmix_task_mixes_the_asked_share_of_batches_deterministically(digits_t
     plain = [t for _, t in a if t.max(1).values.min() == 1]
     assert all(torch.equal(t.sum(1), torch.ones(len(t))) for t in plain)
     assert sum(len(t) for _, t in a) == len(digits_task.data.train)
-    assert task.score is not None and task.validation_score(torch.nn.Linear(64, 10)) >= 0
+    model = torch.nn.Linear(64, 10)
+    assert task.validation_score(model) == digits_task.validation_score(model)
+    assert TrainingView(digits_task, validate=False).validation_score is None  # the loop keeps the last epoch
+    assert torch.equal(TrainingView(digits_task).train_batches(32, 4)[0][1], digits_task.train_batches(32, 4)[0][1])
     with pytest.raises(ValueError, match="cutmix share"):
-        CutMixDigits(digits_task, share=0.0)
+        TrainingView(digits_task, cutmix=1.5)

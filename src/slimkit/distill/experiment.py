@@ -71,15 +71,18 @@ def student_maker(teacher, task, hidden: Sequence[int], init: str):
 
 
 def _run(teacher, task, make, options: dict, seed: int, common: dict) -> dict:
-    """One training run; `options` may hold `cutmix: share` (cut-mixed training batches, see
-    `experiment_transfer`) besides `DistillConfig` fields."""
+    """One training run. Besides `DistillConfig` fields, the options may hold `cutmix: share`
+    (cut-mixed training batches) and `epoch: last | best` (keep the final weights, or the
+    best-validation epoch); see `experiment_transfer.TrainingView`."""
     from slimkit.distill.api import DistillConfig, distill
-    from slimkit.distill.experiment_transfer import CutMixDigits
+    from slimkit.distill.experiment_transfer import TrainingView
 
-    options = dict(options)
-    share = options.pop("cutmix", 0.0)
-    data = CutMixDigits(task, share) if share else task
-    config = DistillConfig(seed=seed, **{**common, **options})
+    options = {**common, **options}
+    share, epoch = options.pop("cutmix", 0.0), options.pop("epoch", "best")
+    if epoch not in ("best", "last"):
+        raise ValueError(f"epoch: {epoch!r} is not one of best, last")
+    data = TrainingView(task, share, validate=epoch == "best")
+    config = DistillConfig(seed=seed, **options)
     student = distill(teacher, make(seed), data, config)
     return {"val": task.validation_score(student), "test": task.score(student)}
 

@@ -1,4 +1,4 @@
-"""Transfer sets for the KD-vs-labels experiment: digits training batches with some images cut-mixed.
+"""What one run of the KD-vs-labels experiment trains on: digits batches, some images cut-mixed.
 
 CutMix (Yun et al. 2019) pastes a random square of one training image into another. A labels-only
 student can only be told "this much of the area came from each image" (area-weighted one-hot
@@ -7,7 +7,7 @@ same images; the distilled arm's targets come from the teacher (with `alpha: 1` 
 are unused).
 
 >>> import slimkit as sk
->>> task = CutMixDigits(sk.zoo.entry("lenet-300-100").task(), share=0.5)
+>>> task = TrainingView(sk.zoo.entry("lenet-300-100").task(), cutmix=1.0)
 >>> inputs, target = task.train_batches(32, seed=0)[0]
 >>> inputs["x"].shape, target.shape    # soft targets: one row of class probabilities per image
 (torch.Size([32, 64]), torch.Size([32, 10]))
@@ -51,19 +51,24 @@ def _span(center: torch.Tensor, side: torch.Tensor, size: int) -> torch.Tensor:
     return (pos >= lo) & (pos < hi)
 
 
-class CutMixDigits(Task):
-    """A digits task whose training batches are cut-mixed with probability `share` (each batch
-    decided by the epoch's seed); targets are class probabilities. Scores are the wrapped task's."""
+class TrainingView(Task):
+    """What one run of the experiment trains on: the digits task with a share `cutmix` of its
+    training batches cut-mixed (each batch decided by the epoch's seed; targets then are class
+    probabilities), and, with `validate=False`, no validation score, so that the training loop keeps
+    the final weights instead of the best-validation epoch. Test and validation scores are the task's.
+    """
 
-    name = "digits-cutmix"
+    name = "digits-view"
     score_name = "accuracy"
 
-    def __init__(self, task: Task, share: float = 0.5):
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"cutmix share must be in (0, 1], got {share}")
+    def __init__(self, task: Task, cutmix: float = 0.0, validate: bool = True):
+        if not 0.0 <= cutmix <= 1.0:
+            raise ValueError(f"cutmix share must be in [0, 1], got {cutmix}")
         self.task = task
         self.data = task.data  # type: ignore[attr-defined]
-        self.share = share
+        self.cutmix = cutmix
+        if not validate:
+            self.validation_score = None  # the loop then keeps the last epoch
 
     def example_inputs(self, batch_size: int) -> Batch:
         return self.task.example_inputs(batch_size)
@@ -71,13 +76,15 @@ class CutMixDigits(Task):
     def score(self, model: nn.Module) -> float:
         return self.task.score(model)
 
-    def validation_score(self, model: nn.Module) -> float:
+    def validation_score(self, model: nn.Module) -> float:  # type: ignore[override]
         return self.task.validation_score(model)  # type: ignore[attr-defined]
 
     def calibration(self, n: int = 256) -> list[Batch]:
         return self.task.calibration(n)
 
     def train_batches(self, batch_size: int = 64, seed: int = 0) -> list[tuple[Batch, torch.Tensor]]:
+        if not self.cutmix:
+            return self.task.train_batches(batch_size, seed)
         gen = torch.Generator().manual_seed(seed)
         x, y = self.data.train.x, self.data.train.y
         side = int(round(x.shape[1] ** 0.5))
@@ -85,7 +92,7 @@ class CutMixDigits(Task):
         out = []
         for idx in torch.randperm(len(y), generator=gen).split(batch_size):
             xb, yb = x[idx], eye[y[idx]]
-            if float(torch.rand(1, generator=gen)) < self.share:
+            if float(torch.rand(1, generator=gen)) < self.cutmix:
                 mixed, yb = cutmix(xb.view(len(idx), side, side), yb, gen)
                 xb = mixed.reshape(len(idx), -1)
             out.append(({"x": xb}, yb))
