@@ -165,3 +165,31 @@ def test_a_failing_kernel_turns_the_layer_off_with_a_warning(monkeypatch, caplog
         out = hidden(q, x)
     assert torch.equal(out, ref)
     assert "fast BERT layer off" in caplog.text and install_fast_layers(q) == 0
+
+
+def test_skip_padding_keeps_real_tokens_and_zeros_padded_ones(monkeypatch):
+    from slimkit.eval.embedding_task import mean_pool
+    from slimkit.nn.bert_fast import skip_padding
+
+    q = int8(tiny_bert())
+    x = inputs()
+    full = hidden(q, x)
+    assert skip_padding(q) == 2
+    calls = count_fast_calls(monkeypatch)
+    packed = hidden(q, x)
+    real = x["attention_mask"].bool()
+    assert len(calls) == 2
+    assert close(packed[real][None], full[real][None]) > 0.9999
+    assert torch.count_nonzero(packed[~real]) == 0, "padded positions are zeros"
+    pooled = F.cosine_similarity(mean_pool(packed, x["attention_mask"]), mean_pool(full, x["attention_mask"]))
+    assert pooled.min() > 0.9999
+    unpadded = inputs(mask=False)
+    assert torch.equal(hidden(q, unpadded), hidden(int8(tiny_bert()), unpadded)), "no padding: nothing to skip"
+    assert skip_padding(q, False) == 2 and torch.equal(hidden(q, x), full)
+
+
+def test_skip_padding_env_switch(monkeypatch):
+    monkeypatch.setenv("SLIMKIT_SKIP_PADDING", "1")
+    q = int8(tiny_bert())
+    x = inputs()
+    assert torch.count_nonzero(hidden(q, x)[~x["attention_mask"].bool()]) == 0

@@ -19,6 +19,9 @@ call the fast path does not cover runs Hugging Face's own forward - fp32 activat
 integer `_int_mm` path), gradients, training mode, caches, cross-attention, hooks on the
 sub-modules (e.g. `output_attentions` recording), fp16. `SLIMKIT_FAST_LAYERS=0` turns it off.
 
+Opt-in, not exact at padded positions: `skip_padding(model)` (or SLIMKIT_SKIP_PADDING=1) runs the
+per-token work on real tokens only; padded positions' outputs are then zeros.
+
 >>> install_fast_layers(model)       # number of layers that got the fast forward
 6
 """
@@ -39,8 +42,10 @@ from slimkit.nn.quant_linear import Int8Linear
 log = logging.getLogger("slimkit")
 
 FAST_ENV = "SLIMKIT_FAST_LAYERS"
+UNPAD_ENV = "SLIMKIT_SKIP_PADDING"
 _MARK = "_slimkit_fast_layer"
 _CACHE = "_slimkit_fast_cache"
+_UNPAD = "_slimkit_skip_padding"
 _PATHS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
           "intermediate.dense", "output.dense")
 
@@ -98,6 +103,7 @@ def install_fast_layers(model: nn.Module) -> int:
             layer.forward = types.MethodType(_fast_forward, layer)
             layer.__dict__[_MARK] = True
             layer.__dict__[_CACHE] = _Packed()
+            layer.__dict__[_UNPAD] = os.environ.get(UNPAD_ENV) == "1"
         count += layer.__dict__[_MARK] is True
     return count
 
@@ -157,13 +163,67 @@ def _fast_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: 
 def _fast(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     w = self.__dict__[_CACHE].get(self, hidden_states.dtype)
     attn = self.attention.self
-    batch, length, _ = hidden_states.shape
+    batch, length, width = hidden_states.shape
     heads, size = attn.num_attention_heads, attn.attention_head_size
-    qkv = _linear(hidden_states, w["qkv"]).view(batch, length, 3, heads, size).permute(2, 0, 3, 1, 4)
-    ctx = _attention(qkv, attention_mask, attn.scaling).reshape(batch, length, heads * size)
-    h1 = self.attention.output.LayerNorm(_linear(ctx, w["out"], residual=hidden_states))
+    attention_mask = _per_key(attention_mask)
+    rows = _real_rows(attention_mask) if self.__dict__.get(_UNPAD) else None
+    x = hidden_states.reshape(batch * length, width)
+    x = x if rows is None else x.index_select(0, rows)
+    qkv = _scatter(_linear(x, w["qkv"]), rows, batch * length)
+    qkv = qkv.view(batch, length, 3, heads, size).permute(2, 0, 3, 1, 4)
+    ctx = _attention(qkv, attention_mask, attn.scaling).reshape(batch * length, heads * size)
+    ctx = ctx if rows is None else ctx.index_select(0, rows)
+    h1 = self.attention.output.LayerNorm(_linear(ctx, w["out"], residual=x))
     inner = _linear(h1, w["up"], gelu=True)
-    return self.output.LayerNorm(_linear(inner, w["down"], residual=h1))
+    out = self.output.LayerNorm(_linear(inner, w["down"], residual=h1))
+    return _scatter(out, rows, batch * length).view(batch, length, width)
+
+
+def skip_padding(model: nn.Module, enable: bool = True) -> int:
+    """Opt in (or out) to running the per-token work of fast layers on real tokens only
+    ("remove padding", as in Effective Transformer): the matmuls, LayerNorms and GELU skip padded
+    positions; attention still sees every key. Real tokens' outputs are unchanged (up to bf16
+    rounding); padded positions' outputs become zeros instead of Hugging Face's values (which
+    mean pooling with the attention mask and the [CLS] token never read). Returns how many
+    layers it applies to.
+
+    >>> skip_padding(model)            # e.g. 32 sentences x 40 tokens, 1/3 padding: ~1/4 less work
+    6
+    """
+    count = install_fast_layers(model)
+    for layer in model.modules():
+        if _MARK in layer.__dict__:
+            layer.__dict__[_UNPAD] = bool(enable)
+    return count
+
+
+def _per_key(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A 4D mask as (batch, 1, 1, length) when it is the same for every query (a padding mask, as
+    HF builds for encoders), else unchanged."""
+    if mask is None or mask.shape[1] != 1 or mask.shape[2] == 1:
+        return mask
+    if mask.stride(2) == 0 or bool((mask == mask[:, :, :1]).all()):
+        return mask[:, :, :1]
+    return mask
+
+
+def _real_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Flat indices of the real tokens of a padding mask (batch, 1, 1, length), or None when every
+    token is real or the mask varies over queries (not a padding mask)."""
+    if mask is None or mask.shape[1] != 1 or mask.shape[2] != 1:
+        return None
+    keep = mask[:, 0, 0, :] if mask.dtype is torch.bool else mask[:, 0, 0, :] == 0
+    if bool(keep.all()):
+        return None
+    return keep.reshape(-1).nonzero().squeeze(1)
+
+
+def _scatter(rows_out: torch.Tensor, rows: torch.Tensor | None, total: int) -> torch.Tensor:
+    """`rows_out` placed at `rows` of a (total, width) zero tensor (itself when rows is None)."""
+    if rows is None:
+        return rows_out
+    full = rows_out.new_zeros(total, rows_out.shape[1])
+    return full.index_copy_(0, rows, rows_out)
 
 
 def _attention(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
