@@ -102,6 +102,11 @@ def test_fp32_runtime_grad_and_hooks_take_the_hugging_face_forward(monkeypatch):
     with torch.inference_mode():
         att = q(**x, output_attentions=True).attentions
     assert att is not None and len(att) == 2 and att[0].shape == (4, 4, 12, 12)
+    with torch.inference_mode():
+        states = q(**x, output_hidden_states=True).hidden_states
+    assert len(states) == 3 and len(calls) == 2, "recording layer outputs keeps the fast path"
+    assert torch.equal(states[-1], hidden(q, x))
+    calls.clear()
     seen = []
     q.encoder.layer[1].intermediate.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     hidden(q, x)
