@@ -4,6 +4,7 @@ rounding), installed by quantize_ and load, and Hugging Face's forward wherever 
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -155,6 +156,8 @@ def test_deepcopy_and_weight_changes_repack():
     assert not torch.equal(changed, first)
     assert close(changed, hidden(plain(twin), x)) > 0.999
     assert torch.equal(hidden(q, x), first), "the original keeps its own weights"
+    pickled = pickle.loads(pickle.dumps(q))
+    assert torch.equal(hidden(pickled, x), first) and pickled.encoder.layer[0].forward.layer is pickled.encoder.layer[0]
 
 
 def test_a_failing_kernel_turns_the_layer_off_with_a_warning(monkeypatch, caplog):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import types
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +99,23 @@ def install_fast_layers(model: nn.Module) -> int:
         if _MARK not in layer.__dict__:
             if not recognised(layer):
                 continue
-            layer.forward = types.MethodType(_fast_forward, layer)
+            layer.forward = _FastForward(layer)
             layer.__dict__[_MARK] = True
             layer.__dict__[_CACHE] = _Packed()
             layer.__dict__[_UNPAD] = os.environ.get(UNPAD_ENV) == "1"
         count += layer.__dict__[_MARK] is True
     return count
+
+
+class _FastForward:
+    """A fast layer's `forward` (an object rather than a bound method, so the layer still pickles
+    and deep-copies: both rebind it to the copy)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return _fast_forward(self.layer, *args, **kwargs)
 
 
 def _bypassed(layer: nn.Module) -> list[nn.Module]:
@@ -254,6 +264,9 @@ class _Packed:
 
     def __deepcopy__(self, memo: dict) -> _Packed:
         return _Packed()
+
+    def __getstate__(self) -> dict:
+        return {"key": None, "value": None}  # oneDNN-packed tensors do not pickle; repacked on use
 
     def get(self, layer: nn.Module, dtype: torch.dtype) -> dict:
         linears = [_sub(layer, p) for p in _PATHS]
