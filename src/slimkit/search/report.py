@@ -100,9 +100,10 @@ def _page(state: dict, pts: list[dict], final: dict | None, images: list[tuple[s
                     f"{final['cv_ucb_pts']:.2f} pt (budget {state['max_drop_pts']:g})")
         page.facts("Certificate", [("best.slim", facts_cv)])
     page.text("The best is the smallest certified candidate. On builtin digits models: within the budget plus one "
-              "image on the validation split, and by k-fold cross-validation over the training split (fold "
-              "baselines retrained, each fold held out from both) the upper confidence bound of the pooled drop "
-              "within the budget. On other models: within the budget on held-out data in its own run and in a "
+              "image on the validation split, and by repeated k-fold cross-validation over the training split (fold "
+              "baselines retrained, each fold held out from both, each image's outcomes averaged over the "
+              "repeats) the upper confidence bound of the drop within the budget. On other models: within the "
+              "budget on held-out data in its own run and in a "
               "second run with other training seeds (a small held-out set lets some candidates pass by luck). Its "
               "test score was measured once, at the end, and chose nothing.", note=True)
     if final:

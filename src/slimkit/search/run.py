@@ -67,8 +67,8 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     and PNG plots into `out`; calling it again on the same folder resumes.
 
     On builtin digits models a candidate within the budget on validation becomes the best only if
-    `certification` (default: 10-fold cross-validation over the training split, 90% upper bound of
-    the drop; see `slimkit.search.certify`) keeps it within the budget too; on other models only if a
+    `certification` (default: 3 x 10-fold cross-validation over the training split, 90% upper
+    bound of the drop; see `slimkit.search.certify`) keeps it within the budget too; on other models only if a
     second run with other training seeds does.
 
     >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget_s=600)
