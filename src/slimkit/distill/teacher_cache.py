@@ -82,7 +82,8 @@ def teacher_states(teacher: nn.Module, texts: Sequence[str], encode: Callable[[S
                 flat[starts[i]:starts[i] + counts[i]] = hidden[row, :counts[i]].to(torch.float16)
     finally:
         teacher.train(was_training)
-    assert flat is not None
+    if flat is None:
+        raise ValueError("cache_teacher: no training sentences to run the teacher on")
     return flat, starts
 
 
