@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.nn.quant_linear import Int8Linear
+from slimkit.nn.quant_linear import Int8Linear, _DecodeCache
 
 log = logging.getLogger("slimkit")
 
@@ -255,27 +255,21 @@ def _attention(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> to
     return torch.bmm(probs, v).view(batch, heads, length, size).transpose(1, 2)
 
 
-class _Packed:
+class _Packed(_DecodeCache):
     """The layer's weights in the compute dtype, packed once for oneDNN (rebuilt when a source
-    buffer changes). Dropped, not copied, by `copy.deepcopy`: the copy packs its own."""
-
-    def __init__(self):
-        self.key: tuple | None = None
-        self.value: dict | None = None
+    buffer changes, as `_DecodeCache`). Dropped, not copied, by `copy.deepcopy` and pickling:
+    oneDNN-packed tensors do not pickle, so the copy packs its own on first use."""
 
     def __deepcopy__(self, memo: dict) -> _Packed:
         return _Packed()
 
     def __getstate__(self) -> dict:
-        return {"key": None, "value": None}  # oneDNN-packed tensors do not pickle; repacked on use
+        return {"key": None, "value": None}
 
     def get(self, layer: nn.Module, dtype: torch.dtype) -> dict:
         linears = [_sub(layer, p) for p in _PATHS]
-        key = (dtype, *[(t.data_ptr(), t._version) for m in linears for t in (m.qweight, m.scale, m.bias)
-                        if t is not None])
-        if key != self.key or self.value is None:
-            self.value, self.key = _pack(linears, dtype), key
-        return self.value
+        sources = [t for m in linears for t in (m.qweight, m.scale, m.bias)]
+        return super().get(sources, lambda: _pack(linears, dtype), dtype)
 
 
 def _pack(linears: list[Int8Linear], dtype: torch.dtype) -> dict:
