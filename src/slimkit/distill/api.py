@@ -94,6 +94,9 @@ class DistillConfig(MethodConfig):
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term")
     hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state hints")
     hidden_loss: FeatureLoss = FeatureLoss.MSE
+    hint_layers: list[str] | None = Field(None, description="modules whose outputs the student matches to the "
+                                          "teacher's same-named modules (FitNets hints weighted by hidden_weight, "
+                                          "through a learned projection where widths differ), e.g. [fc1, fc2]")
     attention_weight: float = Field(0.0, ge=0, description="weight of attention transfer")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) on float inputs; 0 = off")
     text: str | None = Field(None, description="extra training text file, one sentence per line")
@@ -193,16 +196,22 @@ def build_objective(teacher: nn.Module, student: nn.Module, config: DistillConfi
                       attention=config.attention_weight, heads=_heads(teacher), mixup=config.mixup,
                       bf16=config.bf16, tokens=config.token_weight, cached=config.cache_teacher)
     objective = Objective(teacher, weights)
+    named = bool(config.hint_layers)
+    if named:
+        if not config.hidden_weight:
+            raise SlimError("hint_layers: set hidden_weight > 0 to weigh the hints")
+        objective.hints = [(n, n) for n in config.hint_layers]  # type: ignore[union-attr]
     pairs = _layer_pairs(student)
     if pairs is not None and (config.hidden_weight or config.attention_weight):
         name, mapping = pairs
-        if config.hidden_weight:
+        if config.hidden_weight and not named:
             objective.hints = [(f"{name}.{s}", f"{name}.{t}") for s, t in mapping]
         if config.attention_weight:
             objective.attention = [(f"{name}.{s}.attention.self", f"{name}.{t}.attention.self")
                                    for s, t in mapping]
-    elif config.hidden_weight or config.attention_weight:
-        raise SlimError("hidden_weight / attention_weight need a student derived with keep/every")
+    elif (config.hidden_weight and not named) or config.attention_weight:
+        raise SlimError("hidden_weight / attention_weight need a student derived with keep/every "
+                        "(or hint_layers: [module names] for hints)")
     if config.cache_teacher and (config.hidden_weight or config.attention_weight):
         raise SlimError("cache_teacher keeps only the teacher's last-layer states: set hidden_weight and "
                         "attention_weight to 0, or cache_teacher: false")
