@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,62 @@ def test_libdocs_is_a_third_domain_apart_from_the_held_out_one():
     assert not any("Iris" in s or "MiniLM" in s or "sentence-transformers" in s.lower() for s in libdocs)
     held_out = corpus.split(corpus.sentences("libdocs"), "eval")
     assert len(held_out) == 512 and not set(held_out) & set(corpus.split(corpus.sentences("libdocs"), "calib"))
+
+
+def test_wordnet_is_general_english_with_its_license():
+    wordnet = corpus.sentences("wordnet")
+    assert len(wordnet) == 15000 and len(set(wordnet)) == len(wordnet)
+    # "headword: definition; "example""; every entry has an example sentence in quotes (a few of
+    # WordNet's own quotes are unbalanced)
+    assert all(": " in s and '"' in s and s.split(": ")[0].strip() for s in wordnet)
+    assert sum(s.count('"') % 2 == 0 for s in wordnet) > 0.99 * len(wordnet)
+    assert not set(wordnet) & set(corpus.sentences("other"))
+    assert not any("_" in s.split(": ")[0] or "(a)" in s.split(": ")[0] for s in wordnet)
+    # every field, not software: nouns, verbs, adjectives and adverbs of everyday and scientific use
+    heads = {s.split(": ")[0] for s in wordnet}
+    assert len(heads) > 10000
+    notice = Path(corpus.__file__).parent / "data" / "english-wordnet-license.txt"
+    text = notice.read_text(encoding="utf-8")
+    assert "WordNet 3.0 Copyright 2006 by Princeton University" in text and "Permission to use" in text
+    held_out = corpus.split(wordnet, "eval")
+    assert len(held_out) == 512 and not set(held_out) & set(corpus.split(wordnet, "calib"))
+
+
+def test_wordnet_extractor_parses_data_lines(tmp_path):
+    """tools/extract_wordnet.py: entries with examples only, headword cleaned, hash-ranked selection."""
+    tools = Path(__file__).resolve().parents[2] / "tools"
+    if not (tools / "extract_wordnet.py").is_file():
+        pytest.skip("tools/ is not in this checkout")
+    module = _tool(tools, "extract_wordnet")
+    data = tmp_path / "data.adj"
+    data.write_text(
+        "  1 This software and database is being provided to you\n"
+        "00001740 00 a 01 able(p) 0 005 | (usually followed by `to') having the necessary means;  "
+        "\"she was able to get a grant\"\n"
+        "00002098 00 a 01 unable 0 002 | (usually followed by `to') not having the necessary means  \n"
+        "00002312 00 a 02 abaxial 0 dorsal 4 002 | facing away from the axis of an organ; \"the abaxial surface\"\n",
+        encoding="latin-1")
+    found = module.entries(data)
+    assert found == ['able: (usually followed by `to\') having the necessary means; "she was able to get a grant"',
+                     'abaxial: facing away from the axis of an organ; "the abaxial surface"']
+    assert module.select(found + found, keep=1) == module.select(list(reversed(found)), keep=1)
+    assert len(module.select(found, keep=5)) == 2
+    shipped = set(corpus.sentences("wordnet"))
+    assert len(module.select(sorted(shipped), keep=15000)) == 15000
+
+
+def _tool(tools: Path, name: str):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(tools))
+    try:
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(tools))
+    return module
 
 
 def test_docstring_extractor_reproduces_a_package_part():
