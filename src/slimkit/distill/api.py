@@ -108,6 +108,8 @@ class DistillConfig(MethodConfig):
                                 "the student's and the teacher's last-layer states of every token (encoders)")
     cache_teacher: bool = Field(False, description="text: run the teacher once over the training text and "
                                 "reuse its token states every epoch (only the student runs in training)")
+    freeze: list[str] = Field(default_factory=list, description="parameters kept as they are during "
+                              "distillation, by name prefix (e.g. [embeddings.word_embeddings])")
     epochs: int = Field(60, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
@@ -233,6 +235,34 @@ def _source(data: object, config: DistillConfig, teacher: nn.Module | None = Non
     return as_source(data, config.batch_size, config.seed)
 
 
+def _freeze(student: nn.Module, prefixes: list[str]) -> list[nn.Parameter]:
+    """Turn off gradients of the student's parameters named by `prefixes` (a name or its dotted
+    prefix); returns those that were trainable, to turn back on after training."""
+    frozen: list[nn.Parameter] = []
+    for prefix in prefixes:
+        found = [p for n, p in student.named_parameters() if n == prefix or n.startswith(prefix + ".")]
+        if not found:
+            raise SlimError(f"freeze: the student has no parameter named {prefix!r} or under it")
+        frozen += [p for p in found if p.requires_grad and all(p is not q for q in frozen)]
+    for param in frozen:
+        param.requires_grad_(False)
+    return frozen
+
+
+def _train(teacher: nn.Module, student: nn.Module, data: object, config: DistillConfig, objective: Objective,
+           started: float, checkpoint: str | None, on_epoch: Callable[[EpochInfo], None] | None) -> FitResult:
+    teacher.eval()
+    source = _source(data, config, teacher)
+    first_inputs, _ = source.batches(0)[0]
+    objective.prepare(student, first_inputs)
+    settings = config.settings()
+    if settings.time_limit is not None:  # the teacher's pass over the text counts in the time limit
+        spent = time.perf_counter() - started
+        settings = dataclasses.replace(settings, time_limit=max(1.0, settings.time_limit - spent))
+    return fit(student, objective, source.batches, settings, source.validate,
+               objective.projections, on_epoch, checkpoint)
+
+
 def distill(teacher: nn.Module, student: nn.Module, data: object, config: DistillConfig | None = None,
             checkpoint: str | None = None,
             on_epoch: Callable[[EpochInfo], None] | None = None) -> nn.Module:
@@ -250,16 +280,12 @@ def distill(teacher: nn.Module, student: nn.Module, data: object, config: Distil
     init_distributed()
     started = time.perf_counter()
     objective = build_objective(teacher, student, config)
-    teacher.eval()
-    source = _source(data, config, teacher)
-    first_inputs, _ = source.batches(0)[0]
-    objective.prepare(student, first_inputs)
-    settings = config.settings()
-    if settings.time_limit is not None:  # the teacher's pass over the text counts in the time limit
-        spent = time.perf_counter() - started
-        settings = dataclasses.replace(settings, time_limit=max(1.0, settings.time_limit - spent))
-    result = fit(student, objective, source.batches, settings, source.validate,
-                 objective.projections, on_epoch, checkpoint)
+    frozen = _freeze(student, config.freeze)
+    try:
+        result = _train(teacher, student, data, config, objective, started, checkpoint, on_epoch)
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
     student.__dict__["slimkit_distill"] = {"best_score": result.best_score,
                                            "best_epoch": result.best_epoch,
                                            "epochs_run": result.epochs_run}
