@@ -15,16 +15,16 @@ pytestmark = pytest.mark.slow
 def kd_result():
     from slimkit.distill.experiment import kd_vs_labels
 
-    # Settings were chosen on seeds 0-19 (validation); judge on seeds never looked at (400-419 were
-    # read once for the numbers below; 300-319 judged the previous, best-epoch protocol).
-    result = kd_vs_labels(seeds=range(400, 420), workers=2)
+    # Settings were chosen on seeds 0-19 (validation); judge on seeds never looked at: 500-519 for the
+    # 600-epoch defaults (400-419 judged the 200-epoch defaults, 300-319 the best-epoch protocol).
+    result = kd_vs_labels(seeds=range(500, 520), workers=2)
     print(result["table"])
     return result
 
 
-@pytest.mark.xfail(strict=False, reason="issue 6 open: on fresh seeds 400-419 (both arms from the teacher "
-                   "pruned to 8-6 units, final weights, mixup in both grids) KD (T=1, alpha 0.5, mixup) led "
-                   "labels-only (mixup) by +0.11 +- 0.11 pt (1.0 SE, 13% of the 0.86-pt gap closed)")
+@pytest.mark.xfail(strict=False, reason="issue 6 open: the 600-epoch defaults are not yet confirmed on fresh "
+                   "seeds 500-519 (seeds 0-9, used for choices: KD T=1 alpha 0.5 mixup led labels + mixup by "
+                   "+0.24 +- 0.08 pt); with 200 epochs, seeds 400-419: +0.11 +- 0.11 pt (1.0 SE)")
 def test_distilled_student_beats_labels_only_by_two_standard_errors(kd_result):
     result = kd_result
     # the gap is measurable: with a shared start the paired difference is known to ~0.15 pt
@@ -33,13 +33,13 @@ def test_distilled_student_beats_labels_only_by_two_standard_errors(kd_result):
     assert result["mean_difference"] > 2 * result["se_difference"], result["table"]
 
 
-@pytest.mark.xfail(strict=False, reason="on seeds 400-419 with final weights: +0.32 +- 0.16 pt (1.97 SE), labels-only "
-                   "1.86 pt behind the teacher; it "
-                   "was +0.81 +- 0.27 pt (3.0 SE) on seeds 300-319 with best-validation epochs")
+@pytest.mark.xfail(strict=False, reason="not yet judged at 600 epochs on seeds 500-519 (seeds 0-9: +0.79 +- 0.23 "
+                   "pt); 200 epochs, seeds 400-419: +0.32 +- 0.16 pt (1.97 SE), labels-only 1.86 pt behind the "
+                   "teacher; +0.81 +- 0.27 pt (3.0 SE) on seeds 300-319 with best-validation epochs")
 def test_without_augmentation_distillation_beats_labels_by_two_standard_errors(kd_result):
     diff, se = kd_result["first_options_difference"]
     labels_plain = float(np.mean(kd_result["labels_only"]["grid_test"][0]))
-    assert kd_result["teacher_accuracy"] - labels_plain > 0.02  # 1.86 pt behind on seeds 400-419 (final weights)
+    assert kd_result["teacher_accuracy"] - labels_plain > 0.015  # 1.9 pt behind on seeds 0-9 at 600 epochs
     assert diff > 2 * se, kd_result["table"]
 
 
