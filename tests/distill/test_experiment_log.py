@@ -34,3 +34,14 @@ def test_runs_are_logged_seed_by_seed_and_an_interrupted_comparison_resumes(tmp_
         r["test"] = 0.5
     log.write_text("".join(json.dumps(r) + "\n" for r in edited))
     assert _compare(log)["mean_distilled"] == 0.5
+
+
+def test_a_validation_tie_goes_to_the_grid_entry_listed_last():
+    from slimkit.distill.experiment import _arm
+
+    grid = ({"mixup": 0.0}, {"mixup": 0.4})
+    tied = [[{"val": 0.9, "test": 0.95}, {"val": 0.8, "test": 0.95}], [{"val": 0.85, "test": 0.97}] * 2]
+    assert _arm(tied, grid)["options"] == {"mixup": 0.4}
+    first_better = [[{"val": 0.9, "test": 0.95}] * 2, [{"val": 0.85, "test": 0.97}] * 2]
+    chosen = _arm(first_better, grid)
+    assert chosen["options"] == {"mixup": 0.0} and chosen["test"] == [0.95, 0.95]
