@@ -69,10 +69,7 @@ def test_wordnet_is_general_english_with_its_license():
 
 def test_wordnet_extractor_parses_data_lines(tmp_path):
     """tools/extract_wordnet.py: entries with examples only, headword cleaned, hash-ranked selection."""
-    tools = Path(__file__).resolve().parents[2] / "tools"
-    if not (tools / "extract_wordnet.py").is_file():
-        pytest.skip("tools/ is not in this checkout")
-    module = _tool(tools, "extract_wordnet")
+    module = _tool("extract_wordnet")
     data = tmp_path / "data.adj"
     data.write_text(
         "  1 This software and database is being provided to you\n"
@@ -90,41 +87,35 @@ def test_wordnet_extractor_parses_data_lines(tmp_path):
     assert len(module.select(sorted(shipped), keep=15000)) == 15000
 
 
-def _tool(tools: Path, name: str):
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _tool(name: str):
+    """The module of `tools/NAME.py` (which imports its siblings), or a skip without tools/."""
     import importlib.util
     import sys
 
-    sys.path.insert(0, str(tools))
+    if not (TOOLS / f"{name}.py").is_file():
+        pytest.skip("tools/ is not in this checkout")
+    sys.path.insert(0, str(TOOLS))
     try:
-        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(tools))
+        sys.path.remove(str(TOOLS))
     return module
 
 
 def test_docstring_extractor_reproduces_a_package_part():
     """english-libdocs.txt comes from tools/extract_docstrings.py; re-extract one small package and
     find its sentences in the shipped file (when the installed version is the one extracted)."""
-    import importlib.util
-    import sys
     from importlib.metadata import version
-    from pathlib import Path
 
-    tools = Path(__file__).resolve().parents[2] / "tools"
     notice = Path(corpus.__file__).parent / "data" / "english-libdocs-licenses.txt"
-    if not (tools / "extract_docstrings.py").is_file():
-        pytest.skip("tools/ is not in this checkout")
     if f"pyparsing {version('pyparsing')} (" not in notice.read_text(encoding="utf-8"):
         pytest.skip("another pyparsing version than the one the corpus was extracted from")
-    sys.path.insert(0, str(tools))
-    try:
-        spec = importlib.util.spec_from_file_location("extract_docstrings", tools / "extract_docstrings.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(tools))
+    module = _tool("extract_docstrings")
     found = module.package_sentences("pyparsing")
     shipped = set(corpus.sentences("libdocs"))
     assert len(found) > 100 and all(s in shipped for s in found)
@@ -192,16 +183,11 @@ def test_read_sentences_errors_are_one_line(tmp_path, case):
 
 def test_extract_script_reproduces_shipped_files():
     """The shipped files come from tools/extract_corpus.py (same Python and package versions)."""
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "tools" / "extract_corpus.py"
-    if sys.version_info[:2] != (3, 11) or not script.is_file():
+    if sys.version_info[:2] != (3, 11):
         pytest.skip("the corpus was extracted with CPython 3.11's pydoc_data")
-    spec = importlib.util.spec_from_file_location("extract_corpus", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _tool("extract_corpus")
     assert module.sentences_of(module.pydoc_texts()) == corpus.sentences("pydoc")
     assert module.split_sentences("See e.g. the docs. Then stop.") == ["See e.g. the docs.", "Then stop."]
     assert not module.is_prose("x = f(a, b) + 1 is code.")

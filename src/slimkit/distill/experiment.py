@@ -37,10 +37,10 @@ seeds do not shrink the noise of 179 fixed validation images, so grids are chose
 Confirmed once on fresh seeds 400-419 (the 200-epoch defaults of then, KD grid with alpha 1 + mixup,
 100 runs, 24 min with 2 workers on a loaded 2-core machine): labels-only (chose mixup 0.4) 96.92%,
 KD (chose T=1, alpha 0.5, mixup 0.4) 97.03%: +0.11 +- 0.11 pt (1.0 SE), 13% of the 0.86-pt gap
-closed, so the 2-SE target is missed
-against a labels-only student that gets mixup (KD T=1 alpha 1 with mixup: -0.15 +- 0.12). Without
-mixup (the grids' first options) KD leads by +0.32 +- 0.16 pt (1.97 SE); with best epochs on seeds
-300-319 that was +0.81 +- 0.27 (3.0 SE) and the mixup comparison -0.49 +- 0.15.
+closed, so the 2-SE target is missed against a labels-only student that gets mixup (KD T=1 alpha 1
+with mixup: -0.15 +- 0.12). Without mixup (the grids' first options) KD leads by +0.32 +- 0.16 pt
+(1.97 SE); with best epochs on seeds 300-319 that was +0.81 +- 0.27 (3.0 SE) and the mixup
+comparison -0.49 +- 0.15.
 
 Patient training (Beyer et al. 2022, "a good teacher is patient and consistent": the teacher labels
 the very mixed image the student sees, for long) is the default since: 600 epochs for both arms.
