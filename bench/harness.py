@@ -32,6 +32,7 @@ from slimkit.eval.latency import interleaved
 
 BASELINE = "torch fp32"
 NOT_IMPLEMENTED = "not yet implemented"
+LONG_RUNS = Path(__file__).with_name("long_runs.md")  # hand-measured runs too long for a case, appended
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,8 @@ def render(results: dict) -> str:
             "state file for PyTorch); ratios and speed-ups are against torch fp32 eager in the same "
             "run. A recipe that is not built yet reads \"not yet implemented\", never a number.", ""]
     body = [case_markdown(cases[k]) for k in sorted(cases, key=_case_order)]
-    return "\n".join(head + body)
+    tail = [LONG_RUNS.read_text(encoding="utf-8")] if LONG_RUNS.is_file() else []
+    return "\n".join(head + body + tail)
 
 
 def _case_order(name: str) -> tuple[int, str]:

@@ -149,3 +149,12 @@ def test_quick_bench_on_lenet_writes_every_row(tmp_path):
         assert f"| {row['name']}" in text
         if row["status"] == "ok":
             assert row["bytes"] > 0 and 0.0 <= row["score"] <= 1.0 and row["ms_b1"] > 0
+
+
+def test_hand_measured_long_runs_are_appended_to_the_results(tmp_path):
+    from bench.harness import LONG_RUNS
+
+    md, _ = write_results([_case("lenet5", [Candidate(BASELINE, "peer", bytes=1000, score=0.98)])], tmp_path)
+    text = md.read_text()
+    assert LONG_RUNS.is_file() and text.rstrip().endswith(LONG_RUNS.read_text(encoding="utf-8").rstrip())
+    assert text.index("## lenet5") < text.index("## Long runs")
