@@ -168,7 +168,7 @@ def _run_all(jobs: list[tuple[dict, int]], workers: int, log: str | None = None)
                                                       initargs=(1,)) as pool:
             for job, result in zip(todo, pool.imap(_job, todo, chunksize=1), strict=True):
                 keep(job, result)
-    return [{"val": done[_key(*j, common)]["val"], "test": done[_key(*j, common)]["test"]} for j in jobs]
+    return [{k: done[_key(*j, common)][k] for k in ("val", "test")} for j in jobs]
 
 
 def _arm(runs: list[list[dict]], grid) -> dict:
