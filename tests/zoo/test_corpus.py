@@ -12,7 +12,7 @@ from slimkit.zoo import corpus
 
 
 @pytest.mark.parametrize("domain, low, high", [("pydoc", 1500, 3000), ("libdocs", 15000, 22000),
-                                               ("other", 250, 600)])
+                                               ("wiki", 12000, 20000), ("other", 250, 600)])
 def test_corpus_is_english_prose(domain, low, high):
     text = corpus.sentences(domain)
     assert low <= len(text) <= high
@@ -85,6 +85,43 @@ def test_wordnet_extractor_parses_data_lines(tmp_path):
     assert len(module.select(found, keep=5)) == 2
     shipped = set(corpus.sentences("wordnet"))
     assert len(module.select(sorted(shipped), keep=15000)) == 15000
+
+
+def test_wiki_is_encyclopedic_prose_with_its_license():
+    wiki = corpus.sentences("wiki")
+    assert not set(wiki) & set(corpus.sentences("other")) and not set(wiki) & set(corpus.sentences("pydoc"))
+    # running prose about people, places and history, not software, and no hole where markup was
+    assert sum(s.startswith(("The ", "In ", "He ", "She ", "It ")) for s in wiki) > 0.25 * len(wiki)
+    assert not any("()" in s or " ," in s or "{{" in s or "]]" in s for s in wiki)
+    assert any("Aristotle" in s for s in wiki) and any("Alabama" in s for s in wiki)
+    notice = (Path(corpus.__file__).parent / "data" / "english-wiki-license.txt").read_text(encoding="utf-8")
+    assert "Creative Commons Attribution-ShareAlike 3.0" in notice and "\nAnarchism\n" in notice
+    held_out = corpus.split(wiki, "eval")
+    assert len(held_out) == 512 and not set(held_out) & set(corpus.split(wiki, "calib"))
+
+
+def test_wiki_extractor_removes_markup():
+    """tools/extract_wiki.py: articles only (no redirect, no other namespace), markup to plain prose."""
+    module = _tool("extract_wiki")
+    dump = (
+        b'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>Albedo</title><ns>0</ns>'
+        b"<revision><text>{{Other uses|{{nested|x}}}}\n'''Albedo''' ({{IPA|x}}) is the [[reflection (physics)|"
+        b"reflectivity]] of a surface.&lt;ref&gt;A book.&lt;/ref&gt; It is [http://x.org measured] on a scale "
+        b"from zero to one."
+        b"\n== History ==\n* a list item\n{| class=wikitable\n|-\n| cell\n|}\n[[File:A.png|thumb|A [[b]] c]]"
+        b"\nFresh snow has a very high albedo.&lt;!-- note --&gt;\n[[Category:Light]]</text></revision></page>"
+        b'<page><title>AccessibleComputing</title><ns>0</ns><redirect title="Computer accessibility" />'
+        b"<revision><text>#REDIRECT [[Computer accessibility]]</text></revision></page>"
+        b"<page><title>Talk:Albedo</title><ns>1</ns><revision><text>A talk page.</text></revision></page>"
+        b"</mediawiki>")
+    pages = module.articles(dump)
+    assert [title for title, _ in pages] == ["Albedo"]
+    text = module.plain_text(pages[0][1])
+    first, second = "Albedo () is the reflectivity of a surface.", "It is measured on a scale from zero to one."
+    assert [line for line in text.split("\n") if line] == [f"{first} {second}", "Fresh snow has a very high albedo."]
+    assert module.sentences_of([(text, False)]) == [first, second, "Fresh snow has a very high albedo."]
+    assert module._HOLE.search("Albedo () is the reflectivity of a surface.")
+    assert not module._HOLE.search("It is measured from 0 to 1 (in most texts).")
 
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"

@@ -1,14 +1,16 @@
 """Real English sentences shipped with slimkit, and deterministic calibration / evaluation parts.
 
-Four embedded corpora, one sentence per line (made once by `tools/extract_corpus.py`,
-`tools/extract_docstrings.py` and `tools/extract_wordnet.py`, whose docstrings name the sources;
-licenses beside the files in `data/`):
+Five embedded corpora, one sentence per line (made once by `tools/extract_corpus.py`,
+`tools/extract_docstrings.py`, `tools/extract_wordnet.py` and `tools/extract_wiki.py`, whose
+docstrings name the sources; licenses beside the files in `data/`):
 
 - ``"pydoc"``: ~2,000 prose sentences from CPython's own documentation (`pydoc_data.topics`);
 - ``"libdocs"``: ~19,000 sentences from the docstrings of permissively licensed Python libraries
   (numpy, scipy, sympy, networkx, matplotlib, sqlalchemy, ...), more varied training text;
 - ``"wordnet"``: 15,000 WordNet 3.0 entries (headword, definition and example sentences), general
   English of every field, for training students that must follow the teacher outside software text;
+- ``"wiki"``: ~15,000 sentences of about 100 English Wikipedia articles (history, science, people,
+  places), running encyclopedic prose for the same purpose;
 - ``"other"``: ~300 sentences from another domain (scikit-learn's dataset descriptions, the
   MiniLM model card, the torch and sentence-transformers READMEs), for held-out checks only:
   never train or select a model on it.
@@ -31,7 +33,7 @@ from pathlib import Path
 from slimkit.errors import SlimError
 
 DOMAINS: dict[str, str] = {"pydoc": "english.txt", "libdocs": "english-libdocs.txt", "wordnet": "english-wordnet.txt",
-                           "other": "english-other.txt"}
+                           "wiki": "english-wiki.txt", "other": "english-other.txt"}
 PARTS = ("calib", "eval")
 N_EVAL = 512
 
@@ -45,7 +47,7 @@ def _packaged(domain: str) -> tuple[str, ...]:
 
 
 def sentences(domain: str = "pydoc") -> list[str]:
-    """The embedded sentences of `domain` ("pydoc", "libdocs", "wordnet" or "other"), in file order.
+    """The embedded sentences of `domain` ("pydoc", "libdocs", "wordnet", "wiki" or "other"), in file order.
 
     >>> len(sentences()) > 1500, len(sentences("other")) > 200
     (True, True)
