@@ -93,6 +93,6 @@ def test_student_must_be_derivable(lenet, digits_task):
 def test_distill_l3_recipe_parses_into_a_layer_keeping_stage():
     (stage,) = sk.load_recipe("distill-l3").stages
     assert isinstance(stage, DistillConfig) and stage.keep == [0, 4, 5] and stage.student is None
-    assert stage.corpora == ["libdocs", "wordnet"] and stage.freeze == ["embeddings.word_embeddings"]
+    assert stage.corpora == ["libdocs", "wordnet", "wiki"] and stage.freeze == ["embeddings.word_embeddings"]
     assert stage.time_schedule and stage.time_limit and stage.time_limit <= 1800
     assert stage.cache_teacher and stage.token_weight > 0 and not stage.hidden_weight and not stage.attention_weight

@@ -276,9 +276,10 @@ def _table(r: dict) -> str:
 
 def minilm_l3(keep: Sequence[int] = (0, 4, 5), time_limit: float = 1500.0, epochs: int = 30,
               options: dict | None = None, threads: int | None = None) -> dict:
-    """MiniLM 6 -> 3 layers on the embedded pydoc text; fidelity on the other-domain corpus.
+    """MiniLM 6 -> 3 layers on the embedded text; fidelity on the other-domain corpus.
 
-    Trains on the pydoc "calib" part, selects the epoch on the pydoc "eval" part, and reports
+    Trains on the pydoc "calib" part (plus the "calib" part of each corpus in the options'
+    `corpora`), selects the epoch on the matching "eval" parts, and reports
     mean cosine fidelity to the teacher on every sentence of the "other" domain (never used for
     training or selection), before and after distillation, with the latency of teacher and
     student at batch 32 x 40 tokens measured in the same run.
