@@ -1,9 +1,9 @@
 """Extract the embedded encyclopedic corpus, `src/slimkit/zoo/data/english-wiki.txt` (run once; the
 output is committed).
 
-General English prose for distillation: the sentences of about 200 English Wikipedia articles
-(April 2016 revisions: anarchism, autism, albedo, Afghanistan, Albania, Aristotle, ... the first
-articles of the dump by page id), as shipped by gensim in its test data
+General English prose for distillation: the sentences of the ~100 English Wikipedia articles
+among the dump's first ~200 page ids (the rest are redirects; April 2016 revisions: anarchism,
+autism, albedo, Albania, Aristotle, ...), as shipped by gensim in its test data
 (`gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`).
 The other training corpora are software documentation and dictionary entries; this one is running
 prose about history, science, people and places, the kind of sentence a student meets in text of
@@ -11,11 +11,11 @@ a domain it was not trained on.
 
 Wikitext markup is removed (templates, tables, references, files, categories, link targets), the
 article bodies are split into sentences with `extract_corpus.sentences_of` (6-40 words, no code or
-markup left), deduplicated, in page order; a sentence with a hole where a template
-stood ("Alabama () is a state", "At , Alabama has") is dropped. The source is the gensim wheel named by `--wheel`, or
-downloaded with `pip download --no-deps gensim==4.4.0`. The text is licensed CC BY-SA 3.0 (and GFDL)
-by Wikipedia's contributors; the notice, with the list of articles, is written next to the corpus
-in `english-wiki-license.txt`.
+markup left), deduplicated, in page order; a sentence with a hole where a template stood
+("Alabama () is a state", "At , Alabama has") is dropped. The source is the gensim wheel named by
+`--wheel`, or downloaded with `pip download --no-deps gensim==4.4.0`. The text is licensed
+CC BY-SA 3.0 (and GFDL) by Wikipedia's contributors; the notice, with the list of articles, is
+written next to the corpus in `english-wiki-license.txt`.
 
     .venv/bin/python tools/extract_wiki.py                        # download gensim, rewrite the file
     .venv/bin/python tools/extract_wiki.py --wheel gensim.whl     # from a downloaded wheel
