@@ -1,5 +1,6 @@
 # Two commands do the whole set-up on a fresh machine: `make demo` and `make test`.
-# The virtual environment is rebuilt only when pyproject.toml or constraints.txt change.
+# The virtual environment is rebuilt only when pyproject.toml or constraints.txt change. It gets every extra
+# (hf, onnx, search, plots) and the slimkit-corpora data package (data/slimkit-corpora, the large training text).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,17 +12,19 @@ export OMP_NUM_THREADS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt data/slimkit-corpora/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,hf,onnx,search,plots]'
+	$(PIP) -e ./data/slimkit-corpora
 	touch $(STAMP)
 
 demo: install
 	$(VENV)/bin/slimkit demo
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench fuzz tools
+	$(VENV)/bin/ruff check src tests bench fuzz tools experiments
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest -q -m "not slow"

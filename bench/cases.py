@@ -46,7 +46,7 @@ from bench.stream_case import run_stream_case
 
 
 def _other_text_task():
-    from slimkit.eval.embedding_task import minilm_task
+    from slimkit.zoo.embedding_task import minilm_task
 
     return minilm_task("other")
 
@@ -151,7 +151,7 @@ def baseline(spec: CaseSpec, seed: int) -> nn.Module:
 # ----------------------------------------------------------------------------- recipes
 
 def _shipped() -> dict[str, Path]:
-    from slimkit.recipes import shipped
+    from slimkit.pipeline.recipes import shipped
 
     try:
         return shipped()
@@ -201,7 +201,7 @@ def _short(exc: BaseException) -> str:
 
 def _implemented(recipe_name: str) -> bool:
     import slimkit as sk
-    from slimkit.errors import SlimError
+    from slimkit.core.errors import SlimError
 
     try:
         sk.load_recipe(recipe_name)
@@ -217,8 +217,8 @@ def slim_candidate(spec: CaseSpec, recipe_name: str, task, workdir: Path, timeou
     import torch
 
     import slimkit as sk
-    from slimkit._torch import num_threads
-    from slimkit.errors import SlimError
+    from slimkit.core.torch_utils import num_threads
+    from slimkit.core.errors import SlimError
     from slimkit.eval.measure import count_params
 
     try:

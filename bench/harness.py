@@ -3,7 +3,7 @@
 A *case* is one model with its task (digits accuracy, or MiniLM fidelity). Its *candidates* are
 the peers (torch fp32 / bf16 / dynamic int8, ONNX Runtime fp32 / int8) and slimkit's recipes,
 each with a real file on disk. Latency is measured for all candidates of a case together, in
-interleaved rounds (`slimkit.eval.latency.interleaved`) at a fixed thread count, so drift on a
+interleaved rounds (`slimkit.core.latency.interleaved`) at a fixed thread count, so drift on a
 shared machine hits every candidate alike; ratios are taken against torch fp32 eager measured in
 the same rounds.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from slimkit.eval.latency import interleaved
+from slimkit.core.latency import interleaved
 
 BASELINE = "torch fp32"
 NOT_IMPLEMENTED = "not yet implemented"

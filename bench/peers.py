@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bench.harness import BASELINE, Candidate
-from slimkit.io.onnx import OrtModule, export_onnx, first_tensor, rewrap
+from slimkit.export.onnx import OrtModule, export_onnx, first_tensor, rewrap
 
 # ----------------------------------------------------------------------------- helpers
 

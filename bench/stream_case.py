@@ -47,7 +47,7 @@ for _row in ("int8 2 GiB", "int8 6 GiB"):
 
 def measure(ck: Path, out: Path) -> dict:
     """Compress `ck` with the int8 recipe in a child process: its peak RSS, time, sizes."""
-    from slimkit.stream.rss import run_measured
+    from bench.rss import run_measured
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code, peak, wall, last = run_measured([sys.executable, "-c", CHILD, str(ck), str(out)], env)
@@ -62,7 +62,7 @@ def measure(ck: Path, out: Path) -> dict:
 
 
 def _row(label: str, size: int, folder: Path, progress: Callable[[str], None]) -> tuple[Candidate, Candidate]:
-    from slimkit.stream.synth import llm_like_shapes, write_random_checkpoint
+    from bench.synth import llm_like_shapes, write_random_checkpoint
 
     ck, out = folder / f"{label}.safetensors", folder / f"{label}.slim"
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.io.artifact import load, load_state_dict, read_manifest
 
 MAX_LEN = 1 << 20               # inputs longer than this are cut (libFuzzer's -max_len says the same)

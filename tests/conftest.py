@@ -41,6 +41,6 @@ def lenet5_trained():
 
 @pytest.fixture(scope="session")
 def digits_task():
-    from slimkit.eval.digits_task import DigitsTask
+    from slimkit.zoo.digits_task import DigitsTask
 
     return DigitsTask()

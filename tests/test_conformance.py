@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.recipes import Recipe, run_recipe
+from slimkit.pipeline.recipes import Recipe, run_recipe
 
 METHODS = sorted(sk.methods())
 

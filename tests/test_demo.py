@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import json
 
-from slimkit.demo import PLAN, run_demo
+from slimkit.cli.demo_run import PLAN, run_demo
 
 
 def test_demo_writes_one_row_per_family_with_real_files(tmp_path, monkeypatch, lenet_trained):
-    import slimkit.demo as demo
+    import slimkit.cli.demo_run as demo
 
     monkeypatch.setattr(demo, "PLAN", [("quantization", "int8"), ("imaginary", "no-such-recipe")])
     rows = run_demo(tmp_path, "lenet-300-100")

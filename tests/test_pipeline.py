@@ -5,8 +5,8 @@ import json
 import pytest
 
 import slimkit as sk
-from slimkit.pipeline import run_pipeline
-from slimkit.recipes import Recipe
+from slimkit.pipeline.runner import run_pipeline
+from slimkit.pipeline.recipes import Recipe
 
 
 def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import slimkit as sk
-from slimkit.recipes import load_recipe, shipped
+from slimkit.pipeline.recipes import load_recipe, shipped
 
 
 def test_unknown_recipe_and_missing_file(tmp_path):
@@ -61,3 +61,49 @@ def test_errors_point_at_the_yaml_line_of_the_bad_key(tmp_path):
     with pytest.raises(sk.SlimError) as err:
         load_recipe(str(path))
     assert str(err.value).startswith(f"{path}:3: stage 1 (magnitude)") and "sparsity" in str(err.value)
+
+
+def test_a_recipe_names_the_distributions_it_requires(tmp_path):
+    assert load_recipe("distill-l3").requires == ["slimkit-corpora"]
+    assert load_recipe("int8").requires == []
+    path = tmp_path / "r.yaml"
+    path.write_text("requires: pytest\nstages:\n  - method: magnitude\n    sparsity: 0.5\n")
+    assert load_recipe(str(path)).requires == ["pytest"]          # one name or a list; installed here
+
+
+@pytest.mark.parametrize("requires", ["[1]", "{a: b}", "['not a name!']"])
+def test_a_bad_requires_key_is_a_one_line_error(tmp_path, requires):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"requires: {requires}\nstages:\n  - method: magnitude\n    sparsity: 0.5\n")
+    with pytest.raises(sk.SlimError, match="'requires' must be a list of distribution names") as err:
+        load_recipe(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_recipe_whose_requirement_is_missing_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "r.yaml"
+    path.write_text("requires: [slimkit-no-such-package]\nstages:\n  - method: magnitude\n    sparsity: 0.5\n")
+    with pytest.raises(sk.SlimError) as err:
+        load_recipe(str(path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: recipe 'r' needs slimkit-no-such-package")
+    assert "pip install slimkit-no-such-package" in message
+    assert load_recipe(str(path), check_requires=False).requires == ["slimkit-no-such-package"]
+
+    # the shipped distill-l3 recipe without the slimkit-corpora data package
+    from importlib import metadata
+
+    real = metadata.distribution
+
+    def distribution(name):
+        if name == "slimkit-corpora":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    with pytest.raises(sk.SlimError) as err:
+        sk.load_recipe("distill-l3")
+    message = str(err.value)
+    assert "\n" not in message and "needs slimkit-corpora, which is not installed" in message
+    assert "pip install ./data/slimkit-corpora" in message
+    assert load_recipe("distill-l3", check_requires=False).stages            # estimates still see it

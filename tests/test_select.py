@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from slimkit.errors import SlimError
-from slimkit.select import select_modules
+from slimkit.core.errors import SlimError
+from slimkit.core.select import select_modules
 
 
 def test_exact_regex_filter_and_ignore(lenet):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slimkit.eval.task import Task
+from slimkit.core.task import Task
 
 
 def tiny_bert():

@@ -25,7 +25,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "slimkit" / "zoo" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "src" / "slimkit" / "zoo" / "data"                       # the small corpora, in the wheel
+CORPORA_DIR = ROOT / "data" / "slimkit-corpora" / "slimkit_corpora"     # the large ones: the slimkit-corpora package
 MIN_WORDS, MAX_WORDS = 6, 40
 
 _TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u00a0": " "})
@@ -233,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def write_or_check(name: str, body: str, check: bool, unit: str = "lines") -> int:
-    """Write `body` to the shipped file `name`, or (check) compare it with the file; 1 if it differs."""
-    path = OUT_DIR / name
+def write_or_check(name: str, body: str, check: bool, unit: str = "lines", out_dir: Path = OUT_DIR) -> int:
+    """Write `body` to the shipped file `out_dir / name`, or (check) compare it with the file; 1 if it differs."""
+    path = out_dir / name
     if check:
         same = path.is_file() and path.read_text(encoding="utf-8") == body
         print(f"{name}: {'same' if same else 'DIFFERENT'}")

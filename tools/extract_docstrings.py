@@ -1,5 +1,5 @@
-"""Extract the third embedded English corpus, `src/slimkit/zoo/data/english-libdocs.txt` (run once;
-the output is committed).
+"""Extract the third English corpus, `english-libdocs.txt` of the slimkit-corpora data package
+(`data/slimkit-corpora/slimkit_corpora/`; run once, the output is committed).
 
 Prose sentences from the docstrings of permissively licensed scientific and general-purpose Python
 libraries (numpy, scipy, sympy, networkx, matplotlib, ...), a domain apart from both the training
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_corpus import _package_dir, sentences_of, write_or_check  # noqa: E402
+from extract_corpus import CORPORA_DIR, _package_dir, sentences_of, write_or_check  # noqa: E402
 
 OUT_NAME = "english-libdocs.txt"
 NOTICE_NAME = "english-libdocs-licenses.txt"
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = 0
     for name, body in ((OUT_NAME, "".join(f"{s}\n" for s in build())), (NOTICE_NAME, notices())):
-        status |= write_or_check(name, body, args.check)
+        status |= write_or_check(name, body, args.check, out_dir=CORPORA_DIR)
     return status
 
 

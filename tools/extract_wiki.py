@@ -1,5 +1,5 @@
-"""Extract the embedded encyclopedic corpus, `src/slimkit/zoo/data/english-wiki.txt` (run once; the
-output is committed).
+"""Extract the encyclopedic corpus, `english-wiki.txt` of the slimkit-corpora data package
+(`data/slimkit-corpora/slimkit_corpora/`; run once, the output is committed).
 
 General English prose for distillation: the sentences of the ~100 English Wikipedia articles
 among the dump's first ~200 page ids (the rest are redirects; April 2016 revisions: anarchism,
@@ -36,7 +36,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_corpus import sentences_of, write_or_check  # noqa: E402
+from extract_corpus import CORPORA_DIR, sentences_of, write_or_check  # noqa: E402
 
 OUT_NAME = "english-wiki.txt"
 NOTICE_NAME = "english-wiki-license.txt"
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
               "Attribution-ShareAlike 3.0 Unported License (https://creativecommons.org/licenses/by-sa/3.0/) "
               "and the GNU Free Documentation License. The extraction removed markup and kept "
               "complete sentences only.\n\nArticles:\n" + "".join(f"{title}\n" for title, _ in pages))
-    status = write_or_check(OUT_NAME, body, args.check, "sentences")
-    return status | write_or_check(NOTICE_NAME, notice, args.check)
+    status = write_or_check(OUT_NAME, body, args.check, "sentences", out_dir=CORPORA_DIR)
+    return status | write_or_check(NOTICE_NAME, notice, args.check, out_dir=CORPORA_DIR)
 
 
 if __name__ == "__main__":

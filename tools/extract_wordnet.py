@@ -1,5 +1,5 @@
-"""Extract the fourth embedded English corpus, `src/slimkit/zoo/data/english-wordnet.txt` (run once;
-the output is committed).
+"""Extract the fourth English corpus, `english-wordnet.txt` of the slimkit-corpora data package
+(`data/slimkit-corpora/slimkit_corpora/`; run once, the output is committed).
 
 General English for distillation: WordNet 3.0 (Princeton University) entries, each a headword, its
 definition and the example sentences WordNet gives for it, e.g.
@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_corpus import write_or_check  # noqa: E402
+from extract_corpus import CORPORA_DIR, write_or_check  # noqa: E402
 
 OUT_NAME = "english-wordnet.txt"
 NOTICE_NAME = "english-wordnet-license.txt"
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"selected by tools/extract_wordnet.py from Debian's {PACKAGE} package.\n\n"
                   + _license(root / "usr/share/doc" / PACKAGE / "copyright"))
     body = "".join(f"{s}\n" for s in select(lines))
-    status = write_or_check(OUT_NAME, body, args.check)
-    return status | write_or_check(NOTICE_NAME, notice, args.check)
+    status = write_or_check(OUT_NAME, body, args.check, out_dir=CORPORA_DIR)
+    return status | write_or_check(NOTICE_NAME, notice, args.check, out_dir=CORPORA_DIR)
 
 
 if __name__ == "__main__":

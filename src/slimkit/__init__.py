@@ -7,13 +7,13 @@
 """
 
 from slimkit import zoo
-from slimkit.api import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
-from slimkit.distill.api import distill  # binds `slimkit.distill` to the function, not the package
-from slimkit.errors import ConfigError, SlimError, SlimFormatError
+from slimkit.core.methods import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
+from slimkit.distillation.api import distill
+from slimkit.core.errors import ConfigError, SlimError, SlimFormatError
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
-from slimkit.recipes import Recipe, load_recipe, run_recipe
-from slimkit.search import search  # binds `slimkit.search` to the function (optuna loads on first use)
+from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
+from slimkit.autosearch import search  # optuna loads on first use
 from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ import importlib
 import pkgutil
 from functools import lru_cache
 
-PACKAGES = ("slimkit.io", "slimkit.nn", "slimkit.surgery", "slimkit.quant", "slimkit.prune",
-            "slimkit.share", "slimkit.distill", "slimkit.stream")
+PACKAGES = ("slimkit.io", "slimkit.export", "slimkit.nn", "slimkit.surgery", "slimkit.quantization", "slimkit.pruning",
+            "slimkit.sharing", "slimkit.distillation", "slimkit.stream")
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+
 from bench.cases import CASES, slim_candidate
 from bench.harness import (
     BASELINE,

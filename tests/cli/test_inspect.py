@@ -15,7 +15,7 @@ def test_inspect_json_has_the_preflight(monkeypatch, capsys, lenet_trained):
     pre = doc["preflight"]
     assert [g["text"] for g in pre["groups"]["groups"]] == ["fc1[out] <-> fc2[in]", "fc2[out] <-> fc3[in]"]
     recipes = {r["recipe"]: r for r in pre["recipes"]}
-    from slimkit.recipes import shipped
+    from slimkit.pipeline.recipes import shipped
 
     assert set(recipes) == set(shipped())
     assert recipes["int8"]["exact"] and 3.5 < recipes["int8"]["ratio"] < 4.0

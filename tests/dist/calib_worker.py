@@ -14,7 +14,7 @@ import sys
 import torch
 from torch import nn
 
-from slimkit.eval.task import Task
+from slimkit.core.task import Task
 
 
 def tiny_bert(seed: int = 0, pooler: bool = True) -> nn.Module:
@@ -126,13 +126,13 @@ def results(batches: int = 4) -> dict[str, torch.Tensor]:
     import slimkit as sk
     from slimkit.dist.collectives import world
     from slimkit.nn.quant_linear import QuantLinear
-    from slimkit.prune.importance import activation_mean, apoz
-    from slimkit.quant.api import GPTQ
-    from slimkit.quant.gptq import hessian_value
-    from slimkit.quant.sequential import hessian_stages
-    from slimkit.quant.static import observe_inputs
-    from slimkit.share.apply_lowrank import input_second_moments, second_moments_by_block
-    from slimkit.share.lowrank import whitened_factors
+    from slimkit.pruning.importance import activation_mean, apoz
+    from slimkit.quantization.api import GPTQ
+    from slimkit.quantization.gptq import hessian_value
+    from slimkit.quantization.sequential import hessian_stages
+    from slimkit.quantization.static import observe_inputs
+    from slimkit.sharing.apply_lowrank import input_second_moments, second_moments_by_block
+    from slimkit.sharing.lowrank import whitened_factors
 
     _rank, size = world()
     out: dict[str, torch.Tensor] = {"world": torch.tensor([size])}

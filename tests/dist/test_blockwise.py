@@ -7,8 +7,8 @@ import torch
 import slimkit as sk
 from slimkit.dist.blocks import BlockChain, find_blocks
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quant import sequential
-from slimkit.quant.api import GPTQ
+from slimkit.quantization import sequential
+from slimkit.quantization.api import GPTQ
 
 
 def _codes(model):
@@ -54,8 +54,8 @@ def test_blockwise_gptq_equals_full_forward_driver(monkeypatch, make_bert, token
 
 
 def test_blockwise_lowrank_pca_equals_one_pass(monkeypatch, make_bert, tokens_task):
-    from slimkit.share import apply_lowrank
-    from slimkit.share.api import LowRank
+    from slimkit.sharing import apply_lowrank
+    from slimkit.sharing.api import LowRank
 
     config = LowRank(energy=0.9, mode="pca", calibration_samples=32)
     bert = make_bert()
@@ -91,7 +91,7 @@ class _Residual(torch.nn.Module):
 
 
 def test_blocks_that_do_not_chain_fall_back_to_the_full_forward():
-    from slimkit.eval.task import Task
+    from slimkit.core.task import Task
 
     class _Task(Task):
         def example_inputs(self, batch_size):
@@ -114,7 +114,7 @@ def test_a_kv_cache_passed_positionally_is_not_replayed(tmp_path):
     """GPT-2 blocks get their cache as a positional argument: replaying it would append keys on every
     pass (attention over 2x, 3x the tokens). The cached calls drop it, so blockwise GPTQ runs."""
     tf = __import__("pytest").importorskip("transformers")
-    from slimkit.eval.token_task import token_task
+    from slimkit.zoo.token_task import token_task
 
     torch.manual_seed(0)
     tf.GPT2Model(tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0,

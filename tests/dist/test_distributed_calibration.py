@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slimkit._torch import num_threads
+from slimkit.core.torch_utils import num_threads
 from slimkit.dist.collectives import (
     all_reduce_int,
     all_reduce_max,
@@ -44,7 +44,7 @@ def two_ranks(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(worker), str(out)]
-    # a rare gloo teardown abort can kill a rank at exit (see tests/distill/test_distill_ddp.py);
+    # a rare gloo teardown abort can kill a rank at exit (see tests/distillation/test_distill_ddp.py);
     # one retry keeps the test honest about real failures, which repeat
     for _attempt in range(2):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

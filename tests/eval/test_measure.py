@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import slimkit as sk
-from slimkit.eval.latency import interleaved, median_ms
+from slimkit.core.latency import interleaved, median_ms
 from slimkit.eval.layers import layer_table
 from slimkit.eval.measure import count_params, fp32_safetensors_bytes
 
@@ -53,6 +53,6 @@ def test_digits_task_batches(digits_task):
     batches = digits_task.train_batches(batch_size=100)
     assert sum(len(y) for _, y in batches) == 898
     with pytest.raises(NotImplementedError):
-        from slimkit.eval.task import Task
+        from slimkit.core.task import Task
 
         Task.train_batches(digits_task)

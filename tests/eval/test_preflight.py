@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.eval.preflight import capabilities, coupled_groups, estimate_recipe, preflight
+from slimkit.pipeline.preflight import capabilities, coupled_groups, estimate_recipe, preflight
 from slimkit.eval.sizing import Plan, file_size, sparse_index_bytes
-from slimkit.recipes import Recipe
+from slimkit.pipeline.recipes import Recipe
 
 TOLERANCE = 0.15  # estimate vs real file size, relative
 
@@ -56,7 +56,7 @@ def test_estimate_against_the_full_recipe(lenet, digits_task, name):
 def test_lenet5_quantization_estimates_count_the_convs(lenet5_trained, digits_task, name, monkeypatch):
     """Convs are quantized now: the estimate must follow them to within 1% of the real file."""
     from slimkit.nn.quant_conv import QuantConv2d
-    from slimkit.quant.qat import QAT
+    from slimkit.quantization.qat import QAT
 
     monkeypatch.setattr(QAT, "train", lambda self, model, task: None)   # sizes do not depend on training
 
@@ -74,7 +74,7 @@ def test_lenet5_quantization_estimates_count_the_convs(lenet5_trained, digits_ta
 
 def test_int8_payload_is_exact(lenet):
     from slimkit.io.artifact import encode_model
-    from slimkit.quant.api import Int8
+    from slimkit.quantization.api import Int8
 
     plan = Plan.of(lenet)
     from slimkit.eval.estimators import estimate_stage
@@ -152,7 +152,7 @@ def test_minilm_preflight(digits_task):
 
 
 def test_compressed_model_reports_layers_as_stored_and_recipes_as_no_op(lenet, digits_task):
-    from slimkit.quant.api import Int8
+    from slimkit.quantization.api import Int8
 
     model = sk.quantize_(lenet, Int8())
     rows = {r["layer"]: r for r in capabilities(model, digits_task)}

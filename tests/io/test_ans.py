@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.io.codec_ans import ans_decode, ans_encode, ans_header_bytes
 from slimkit.io.codec_entropy import best_entropy_code, entropy_decode
 from slimkit.io.codecs import decode_chain, encode_chain

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import decode_chain, encode_chain
 from slimkit.io.entropy import (
     MAX_LEN,
@@ -63,7 +63,7 @@ def test_lengths_are_limited_on_very_skewed_counts():
 def test_realistic_index_streams_within_two_percent_of_shannon(bits, init):
     # k-means cluster indices of heavy-tailed weights (about 3-5 bits of entropy per index);
     # below ~3 bits/symbol Huffman's whole-bit codewords can cost more than 2%
-    from slimkit.share.kmeans import cluster_1d
+    from slimkit.sharing.kmeans import cluster_1d
 
     w = np.random.default_rng(bits).standard_t(5, size=30000)
     symbols = cluster_1d(w, 2**bits, init=init, max_iter=20).labels.astype(np.uint8)

@@ -16,7 +16,7 @@ import fuzz.target as target  # noqa: E402
 from fuzz.fuzz_load import run_pure  # noqa: E402
 from fuzz.mutate import get_manifest, join_file, mutate, put_manifest, split_file  # noqa: E402
 
-from slimkit.errors import SlimError, SlimFormatError  # noqa: E402
+from slimkit.core.errors import SlimError, SlimFormatError  # noqa: E402
 
 SEEDS = ROOT / "fuzz" / "corpus" / "seeds"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import slimkit as sk
-from slimkit.io.onnx import export
+from slimkit.export.onnx import export
 
 
 @pytest.mark.parametrize("config", [

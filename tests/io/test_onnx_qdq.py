@@ -10,12 +10,12 @@ from onnx import numpy_helper
 from torch import nn
 
 import slimkit as sk
-from slimkit.io.onnx import OrtModule, export, export_onnx, float_copy
-from slimkit.io.onnx_codes import compact_weights
-from slimkit.io.onnx_qdq import quantize_graph
+from slimkit.export.onnx import OrtModule, export, export_onnx, float_copy
+from slimkit.export.onnx_codes import compact_weights
+from slimkit.export.onnx_qdq import quantize_graph
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear, QuantLinear
-from slimkit.quant.math import rtn_quantize
+from slimkit.nn.quant_math import rtn_quantize
 
 
 def _weights(path) -> dict[str, np.ndarray]:
@@ -185,8 +185,8 @@ def test_packed_codes_unpack_in_onnx_runtime(bits):
     import onnxruntime as ort
     from onnx import helper
 
-    from slimkit.io.onnx_pack import pack_last_axis, packed_bytes, unpack_last_axis
-    from slimkit.io.onnx_qdq import GraphBuilder
+    from slimkit.export.onnx_pack import pack_last_axis, packed_bytes, unpack_last_axis
+    from slimkit.export.onnx_qdq import GraphBuilder
 
     codes = np.random.default_rng(bits).integers(0, 2**bits, size=(5, 13), dtype=np.uint8)  # 13: padded
     packed = pack_last_axis(codes, bits)
@@ -208,7 +208,7 @@ def test_packed_codes_unpack_in_onnx_runtime(bits):
 def test_hf_folder_int8_exports_integer_onnx(arch, tmp_path):
     import transformers as tf
 
-    from slimkit.eval.token_task import token_task
+    from slimkit.zoo.token_task import token_task
 
     config = {
         "bert": lambda: tf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.io.safetensors_file import SafetensorsReader, serialize
 
 

@@ -14,7 +14,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.nn import bert_fast
 from slimkit.nn.bert_fast import install_fast_layers, recognised
-from slimkit.quant.api import Int8
+from slimkit.quantization.api import Int8
 
 
 def tiny_bert(attn: str = "eager") -> nn.Module:
@@ -176,7 +176,7 @@ def test_a_failing_kernel_turns_the_layer_off_with_a_warning(monkeypatch, caplog
 
 
 def test_skip_padding_keeps_real_tokens_and_zeros_padded_ones(monkeypatch):
-    from slimkit.eval.embedding_task import mean_pool
+    from slimkit.zoo.embedding_task import mean_pool
     from slimkit.nn.bert_fast import skip_padding
 
     q = int8(tiny_bert())

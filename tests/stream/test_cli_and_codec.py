@@ -10,7 +10,7 @@ import torch
 
 import slimkit as sk
 from cli_runner import cli
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.io.codecs import decode_chain, encode_chain
 
 from .conftest import write_sharded

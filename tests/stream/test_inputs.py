@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import slimkit as sk
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.stream import compress_checkpoint
 from slimkit.stream.checkpoint import is_sharded
 

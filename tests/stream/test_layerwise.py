@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.errors import SlimError
-from slimkit.eval.token_task import token_task
+from slimkit.core.errors import SlimError
+from slimkit.zoo.token_task import token_task
 from slimkit.io.artifact import read_manifest
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quant.api import GPTQ
-from slimkit.recipes import Recipe
+from slimkit.quantization.api import GPTQ
+from slimkit.pipeline.recipes import Recipe
 from slimkit.stream.layerwise import compress_layerwise
 from slimkit.stream.skeleton import WeightSource, build_skeleton
 
@@ -160,7 +160,7 @@ def test_refuses_recipes_it_cannot_run_block_by_block(folders, tmp_path):
 
 def test_lowrank_pca_block_by_block_equals_in_memory(folders, tmp_path):
     from slimkit.eval.measure import task_for
-    from slimkit.share.api import LowRank
+    from slimkit.sharing.api import LowRank
 
     config = LowRank(energy=0.9, mode="pca", calibration_samples=16)
     report = compress_layerwise(folders["bert"], Recipe(name="lr", description="", stages=[config]),

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from slimkit.stream.rss import run_measured
-from slimkit.stream.synth import write_llama_folder
+from bench.rss import run_measured
+from bench.synth import write_llama_folder
 
-GPTQ = ("from slimkit.quant.api import GPTQ; from slimkit.recipes import Recipe; "
+GPTQ = ("from slimkit.quantization.api import GPTQ; from slimkit.pipeline.recipes import Recipe; "
         "cfg = GPTQ(bits=4, symmetric=False, group_size=64, samples=16); "
         "recipe = Recipe(name='t', description='', stages=[cfg]); import sys, torch; torch.set_num_threads(1); ")
 WARM = GPTQ + "import transformers.models.llama.modeling_llama; import slimkit.stream.layerwise, slimkit.zoo.hf"

@@ -150,7 +150,7 @@ def test_load_rebuilds_a_weights_only_module(tmp_path, ckpt, tensors):
 
 
 def test_keep_largest_matches_magnitude_masks_with_ties():
-    from slimkit.prune.masks import magnitude_masks
+    from slimkit.pruning.masks import magnitude_masks
     from slimkit.stream.encode import keep_largest
 
     w = torch.randint(-4, 5, (37, 29)).float()   # many exact ties

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.io.safetensors_file import SafetensorsReader
 from slimkit.stream.writer import SlimWriter

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.surgery.hooktrace import hook_graph
 from slimkit.surgery.shrink import prune_groups_, same_output_shape
 from slimkit.surgery.trace import Group, Member, trace_groups
@@ -19,7 +19,7 @@ X = {"x": torch.rand(4, 64)}
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    from slimkit._torch import num_threads
+    from slimkit.core.torch_utils import num_threads
 
     with num_threads(1):
         yield
@@ -192,7 +192,7 @@ def test_cat_groups_cut_together_keep_the_right_columns():
 
 
 def test_prune_api_uses_hooks_when_fx_fails(digits_task):
-    from slimkit.prune.api import NormPruning
+    from slimkit.pruning.api import NormPruning
 
     torch.manual_seed(0)
     model = sk.prune_(BranchyCNN(), NormPruning(ratio=0.5, max_drop=100), digits_task)
@@ -243,8 +243,8 @@ def test_values_used_for_control_flow_make_the_group_unprunable():
 
 
 def test_bert_ffn_groups_are_found_and_cut(tmp_path):
-    from slimkit.prune.api import NormPruning
-    from slimkit.prune.structured import activation_scores
+    from slimkit.pruning.api import NormPruning
+    from slimkit.pruning.structured import activation_scores
 
     pytest.importorskip("transformers")
     model, task = tiny_bert(), TokensTask()
@@ -268,7 +268,7 @@ def test_bert_ffn_groups_are_found_and_cut(tmp_path):
 
 
 def test_preflight_lists_hook_traced_groups(digits_task):
-    from slimkit.eval.preflight import coupled_groups
+    from slimkit.pipeline.preflight import coupled_groups
 
     report = coupled_groups(BranchyCNN(), digits_task)
     assert report["error"] is None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.surgery import from_spec, to_spec
 from slimkit.surgery.shrink import prune_groups_
 from slimkit.surgery.trace import trace_groups

@@ -83,7 +83,7 @@ def test_cutting_a_stream_is_exact_when_its_channels_are_unused(resnet, tmp_path
 
 
 def test_weight_norm_pruning_halves_a_resnet(resnet):
-    from slimkit.prune.structured import norm_scores
+    from slimkit.pruning.structured import norm_scores
 
     groups, _ = trace_groups(resnet, X)
     scores = norm_scores(1)(resnet, groups)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.surgery.shrink import prune_group_, prune_groups_, shrink_conv, shrink_linear, shrink_norm
 from slimkit.surgery.trace import trace_groups
 from slimkit.zoo.lenet import LeNet5, LeNet300100

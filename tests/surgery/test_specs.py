@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.surgery import from_spec, replace_module, set_attr, to_spec
 
 

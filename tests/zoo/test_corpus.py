@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.zoo import corpus
 
 
@@ -48,6 +48,44 @@ def test_libdocs_is_a_third_domain_apart_from_the_held_out_one():
     assert len(held_out) == 512 and not set(held_out) & set(corpus.split(corpus.sentences("libdocs"), "calib"))
 
 
+def _notice(domain: str) -> str:
+    """The license file beside a large corpus in the slimkit-corpora data package."""
+    import slimkit_corpora
+
+    return slimkit_corpora.license_text(domain)
+
+
+def test_the_large_corpora_live_in_the_data_package_with_their_licenses():
+    import slimkit_corpora
+
+    shipped = {p.name for p in (Path(corpus.__file__).parent / "data").iterdir()}
+    assert shipped == {"english.txt", "english-other.txt"}, "only the small corpora ship in slimkit"
+    assert set(slimkit_corpora.FILES) == set(corpus.EXTERNAL) == set(slimkit_corpora.LICENSES)
+    for domain in corpus.EXTERNAL:
+        lines = [ln.strip() for ln in slimkit_corpora.read(domain).splitlines() if ln.strip()]
+        assert corpus.sentences(domain) == lines
+        assert "licen" in _notice(domain).lower()
+    with pytest.raises(ValueError, match="unknown corpus 'pydoc'"):
+        slimkit_corpora.read("pydoc")
+
+
+@pytest.mark.parametrize("domain", sorted(corpus.EXTERNAL))
+def test_a_large_corpus_without_the_data_package_is_a_one_line_error(monkeypatch, domain):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "slimkit_corpora", None)   # `import slimkit_corpora` now fails
+    corpus._packaged.cache_clear()
+    try:
+        with pytest.raises(SlimError) as info:
+            corpus.sentences(domain)
+        message = str(info.value)
+        assert "\n" not in message and repr(domain) in message
+        assert "slimkit-corpora" in message and "pip install ./data/slimkit-corpora" in message
+        assert corpus.sentences("pydoc") and corpus.sentences("other")   # the shipped ones still load
+    finally:
+        corpus._packaged.cache_clear()
+
+
 def test_wordnet_is_general_english_with_its_license():
     wordnet = corpus.sentences("wordnet")
     assert len(wordnet) == 15000 and len(set(wordnet)) == len(wordnet)
@@ -60,8 +98,7 @@ def test_wordnet_is_general_english_with_its_license():
     # every field, not software: nouns, verbs, adjectives and adverbs of everyday and scientific use
     heads = {s.split(": ")[0] for s in wordnet}
     assert len(heads) > 10000
-    notice = Path(corpus.__file__).parent / "data" / "english-wordnet-license.txt"
-    text = notice.read_text(encoding="utf-8")
+    text = _notice("wordnet")
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in text and "Permission to use" in text
     held_out = corpus.split(wordnet, "eval")
     assert len(held_out) == 512 and not set(held_out) & set(corpus.split(wordnet, "calib"))
@@ -94,7 +131,7 @@ def test_wiki_is_encyclopedic_prose_with_its_license():
     assert sum(s.startswith(("The ", "In ", "He ", "She ", "It ")) for s in wiki) > 0.25 * len(wiki)
     assert not any("()" in s or " ," in s or "{{" in s or "]]" in s for s in wiki)
     assert any("Aristotle" in s for s in wiki) and any("Alabama" in s for s in wiki)
-    notice = (Path(corpus.__file__).parent / "data" / "english-wiki-license.txt").read_text(encoding="utf-8")
+    notice = _notice("wiki")
     assert "Creative Commons Attribution-ShareAlike 3.0" in notice and "\nAnarchism\n" in notice
     held_out = corpus.split(wiki, "eval")
     assert len(held_out) == 512 and not set(held_out) & set(corpus.split(wiki, "calib"))
@@ -149,8 +186,7 @@ def test_docstring_extractor_reproduces_a_package_part():
     find its sentences in the shipped file (when the installed version is the one extracted)."""
     from importlib.metadata import version
 
-    notice = Path(corpus.__file__).parent / "data" / "english-libdocs-licenses.txt"
-    if f"pyparsing {version('pyparsing')} (" not in notice.read_text(encoding="utf-8"):
+    if f"pyparsing {version('pyparsing')} (" not in _notice("libdocs"):
         pytest.skip("another pyparsing version than the one the corpus was extracted from")
     module = _tool("extract_docstrings")
     found = module.package_sentences("pyparsing")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.eval.embedding_task import hf_task
+from slimkit.zoo.embedding_task import hf_task
 from slimkit.eval.measure import task_for
-from slimkit.eval.token_task import ByteTokenizer, token_task
+from slimkit.zoo.token_task import ByteTokenizer, token_task
 
 SENTENCES = [f"Sentence number {i} talks about compression and tokens." for i in range(48)]
 ARCHS = ("bert", "gpt2", "llama")

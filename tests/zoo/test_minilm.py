@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.zoo import entry
 from slimkit.zoo.hf import build_from_base, load_hf_folder
 from slimkit.zoo.minilm import model_path
@@ -36,7 +36,7 @@ def _hidden(model, inputs) -> torch.Tensor:
 
 
 def test_import_stays_light():
-    code = ("import sys, slimkit.zoo, slimkit.zoo.minilm, slimkit.zoo.hf, slimkit.eval.embedding_task; "
+    code = ("import sys, slimkit.zoo, slimkit.zoo.minilm, slimkit.zoo.hf, slimkit.zoo.embedding_task; "
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

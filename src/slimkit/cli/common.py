@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 
 
 @dataclass

@@ -24,7 +24,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     """Apply a recipe, evaluate before and after, save the artifact."""
     from slimkit.eval.measure import evaluate, task_for
     from slimkit.io.artifact import save
-    from slimkit.recipes import load_recipe, run_recipe
+    from slimkit.pipeline.recipes import load_recipe, run_recipe
     from slimkit.zoo.registry import base_of
     from slimkit.zoo.resolve import resolve
 
@@ -55,7 +55,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
 
     with common.status(f"compressing with {plan.name} ({len(plan.stages)} stages)"):
         if keep_stages:
-            from slimkit.pipeline import run_pipeline
+            from slimkit.pipeline.runner import run_pipeline
 
             folder = out.with_name(out.name + ".stages")
             try:

@@ -14,7 +14,7 @@ def demo_cmd(out: Path = typer.Option(Path("slimkit-demo"), "--out", help="Folde
              model: str = typer.Option("lenet-300-100", "--model", help="Builtin digits model."),
              ) -> None:
     """Run one method of each family and a combined pipeline; print and save the table."""
-    from slimkit.demo import run_demo
+    from slimkit.cli.demo_run import run_demo
 
     rows = run_demo(out, model, progress=common.info)
     table = Table(title=f"slimkit demo: builtin:{model} (artifacts and tables in {out}/)")

@@ -55,16 +55,16 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
 
 def _preflight(net, recipes: list[str] | None) -> dict:
     from slimkit.eval.measure import task_for
-    from slimkit.eval.preflight import preflight
+    from slimkit.pipeline.preflight import preflight
 
     with common.status("pre-flight: tracing groups, estimating recipe sizes"):
         return preflight(net, task_for(net), recipes or None)
 
 
 def _apoz_rows(net) -> list[dict]:
-    from slimkit.errors import SlimError
+    from slimkit.core.errors import SlimError
     from slimkit.eval.measure import task_for
-    from slimkit.prune.report import apoz_report
+    from slimkit.pruning.report import apoz_report
 
     task = task_for(net)
     if task is None:
@@ -85,7 +85,7 @@ def _print_apoz(rows: list[dict]) -> None:
 
 def _plots(net, apoz_rows: list[dict], folder: Path) -> None:
     from slimkit.eval.plots import plot_apoz, plot_histograms
-    from slimkit.prune.report import weight_histograms
+    from slimkit.pruning.report import weight_histograms
 
     paths = plot_histograms(weight_histograms(net), folder)
     apoz_path = plot_apoz(apoz_rows, folder)

@@ -32,7 +32,7 @@ _register()
 
 def run() -> None:
     """Console-script entry point."""
-    from slimkit.errors import SlimError
+    from slimkit.core.errors import SlimError
 
     try:
         code = app(standalone_mode=False)   # typer.Exit(n) comes back as a return value here

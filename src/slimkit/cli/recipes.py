@@ -11,7 +11,7 @@ def recipes_cmd() -> None:
     """List the shipped recipes."""
     import yaml
 
-    from slimkit.recipes import shipped
+    from slimkit.pipeline.recipes import shipped
 
     for name, path in sorted(shipped().items()):
         doc = yaml.safe_load(path.read_text()) or {}

@@ -29,9 +29,9 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
                ) -> None:
     """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
-    from slimkit.errors import SlimError
-    from slimkit.search import search
-    from slimkit.search.certify import Certification
+    from slimkit.core.errors import SlimError
+    from slimkit.autosearch import search
+    from slimkit.autosearch.certify import Certification
 
     if not budget > 0 or budget != budget:
         raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from slimkit.eval.task import Batch, Task
+from slimkit.core.task import Batch, Task
 
 CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 

@@ -53,7 +53,7 @@ def init() -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    from slimkit.distill.loop import init_distributed
+    from slimkit.train.loop import init_distributed
 
     return init_distributed()
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from slimkit.dist.collectives import all_reduce_sum, world
-from slimkit.eval.task import Batch, Task
+from slimkit.core.task import Batch, Task
 
 
 def shard_rows(inputs: Batch, target: torch.Tensor, rank: int | None = None,

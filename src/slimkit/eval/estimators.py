@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from slimkit.api import MethodConfig
-from slimkit.errors import SlimError
+from slimkit.core.methods import MethodConfig
+from slimkit.core.errors import SlimError
 from slimkit.eval.sizing import Plan, Stored, coded_bytes, sample, sparse_record
 
 Note = dict  # {"touched": {layer: how}, "skipped": {layer: why}, "basis": str}
@@ -65,7 +65,7 @@ def _codes(rows: int, cols: int, bits: int, groups: int, scale_bytes: int, zero:
 # -- quantization -----------------------------------------------------------------------------
 
 def _quant_targets(plan: Plan, cfg, handled: tuple) -> tuple[list, dict]:
-    from slimkit.quant.convert import select_targets
+    from slimkit.quantization.convert import select_targets
 
     return select_targets(plan.model, cfg.targets, cfg.ignore, None, handled)
 
@@ -105,8 +105,8 @@ def _group_count(cols: int, granularity: str, group_size: int) -> tuple[int, int
 
 @estimates("rtn", "gptq")
 def _weight_only(plan: Plan, cfg, task) -> Note:
-    from slimkit.quant.conv import conv_layout
-    from slimkit.quant.math import check_group
+    from slimkit.quantization.conv import conv_layout
+    from slimkit.nn.quant_math import check_group
 
     handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if cfg.embedding_bits else ())
     picked, skipped = _quant_targets(plan, cfg, handled)
@@ -162,8 +162,8 @@ def _sparse(plan: Plan, name: str, m: nn.Module, mask: torch.Tensor, cfg, how: s
 
 @estimates("magnitude")
 def _magnitude(plan: Plan, cfg, task) -> Note:
-    from slimkit.prune.masks import magnitude_masks
-    from slimkit.prune.unstructured import prunable
+    from slimkit.pruning.masks import magnitude_masks
+    from slimkit.pruning.unstructured import prunable
 
     modules = prunable(plan.model, cfg.targets, cfg.ignore, None)
     masks = magnitude_masks({k: m.weight for k, m in modules.items()}, cfg.sparsity, cfg.scope.value)
@@ -179,8 +179,8 @@ def _magnitude(plan: Plan, cfg, task) -> Note:
 
 @estimates("nm")
 def _nm(plan: Plan, cfg, task) -> Note:
-    from slimkit.prune.masks import nm_mask
-    from slimkit.prune.unstructured import prunable
+    from slimkit.pruning.masks import nm_mask
+    from slimkit.pruning.unstructured import prunable
 
     touched, skipped = {}, {}
     for name, m in prunable(plan.model, cfg.targets, cfg.ignore, None).items():
@@ -198,7 +198,7 @@ def _nm(plan: Plan, cfg, task) -> Note:
 
 def _channel_rounds(plan: Plan, cfg, task, cut: float, rounds: int) -> tuple[dict, dict]:
     """Cut a fraction `cut` of every selected group's channels per round (the kept ones: the first)."""
-    from slimkit.prune.structured import param_count, prunable_groups, require_relu
+    from slimkit.pruning.structured import param_count, prunable_groups, require_relu
     from slimkit.surgery.shrink import prune_groups_
     from slimkit.surgery.trace import trace_groups
 
@@ -231,7 +231,7 @@ def _channel_rounds(plan: Plan, cfg, task, cut: float, rounds: int) -> tuple[dic
 
 @estimates("weight-norm", "structured", "apoz")
 def _structured(plan: Plan, cfg, task) -> Note:
-    from slimkit.prune.transformer import find_blocks
+    from slimkit.pruning.transformer import find_blocks
 
     if cfg.method == "structured" and find_blocks(plan.model):
         return _transformer(plan, cfg)
@@ -247,8 +247,8 @@ def _structured(plan: Plan, cfg, task) -> Note:
 
 
 def _transformer(plan: Plan, cfg) -> Note:
-    from slimkit.prune.transformer import find_blocks, prune_ffn_, prune_heads_
-    from slimkit.select import matches
+    from slimkit.pruning.transformer import find_blocks, prune_ffn_, prune_heads_
+    from slimkit.core.select import matches
 
     model = plan.editable()
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])
@@ -278,7 +278,7 @@ CODERS = {"auto": "entropy", "huffman": "huffman", "ans": "ans"}
 def _cluster_record(values: torch.Tensor, current: Stored, bits: int, cfg, what: str) -> Stored:
     """Palette indices (entropy-coded or bit-packed) and a codebook of 2**bits float32 values."""
     from slimkit.io.codecs import CODECS
-    from slimkit.share.kmeans import cluster_1d
+    from slimkit.sharing.kmeans import cluster_1d
 
     if current.kind not in ("raw", "cast", "sparse"):
         raise SlimError(f"kmeans: {what} is already encoded ({current.how}); k-means sharing can follow "
@@ -306,8 +306,8 @@ def _cluster_record(values: torch.Tensor, current: Stored, bits: int, cfg, what:
 
 @estimates("kmeans")
 def _kmeans(plan: Plan, cfg, task) -> Note:
-    from slimkit.select import select_modules
-    from slimkit.share.api import WEIGHTED
+    from slimkit.core.select import select_modules
+    from slimkit.sharing.api import WEIGHTED
 
     touched = {}
     for name, m in select_modules(plan.model, cfg.targets, WEIGHTED, None, cfg.ignore):
@@ -325,8 +325,8 @@ def _kmeans(plan: Plan, cfg, task) -> Note:
 
 @estimates("lowrank")
 def _lowrank(plan: Plan, cfg, task) -> Note:
-    from slimkit.select import select_modules
-    from slimkit.share.apply_lowrank import FACTORABLE, RankRule, choose_rank, factorize
+    from slimkit.core.select import select_modules
+    from slimkit.sharing.apply_lowrank import FACTORABLE, RankRule, choose_rank, factorize
     from slimkit.surgery import replace_module
 
     rule = RankRule(cfg.rank, cfg.energy, cfg.budget)
@@ -350,8 +350,8 @@ def _lowrank(plan: Plan, cfg, task) -> Note:
 
 @estimates("hashed")
 def _hashed(plan: Plan, cfg, task) -> Note:
-    from slimkit.select import select_modules
-    from slimkit.share.apply_hashed import buckets_for
+    from slimkit.core.select import select_modules
+    from slimkit.sharing.apply_hashed import buckets_for
 
     touched = {}
     for name, m in select_modules(plan.model, cfg.targets, (nn.Linear,), None, cfg.ignore):

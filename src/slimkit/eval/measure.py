@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.eval.latency import median_ms
-from slimkit.eval.task import Task
+from slimkit.core.latency import median_ms
+from slimkit.core.task import Task
 
 BATCH = 32
 
@@ -48,8 +48,8 @@ def task_for(model: nn.Module) -> Task | None:
     if base.get("kind") == "zoo" and base.get("name") in ZOO:
         return ZOO[base["name"]].task()
     if base.get("kind") == "hf" and base.get("path") and Path(base["path"]).is_dir():
-        from slimkit.eval.embedding_task import TOKENIZER_FILES, hf_task
-        from slimkit.eval.token_task import token_task
+        from slimkit.zoo.embedding_task import TOKENIZER_FILES, hf_task
+        from slimkit.zoo.token_task import token_task
 
         folder = Path(base["path"])
         if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):

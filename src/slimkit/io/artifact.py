@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import decode_chain, encode_chain
 from slimkit.io.layout import StoredArrays, file_chunks, manifest_json
 from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry, parse_manifest
@@ -197,10 +197,10 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, to
     """All tensors of a .slim file, decoded (codes stay codes for runtime modules).
 
     `lazy=True` returns a read-only mapping that decodes a tensor when it is looked up
-    (`slimkit.stream.lazy.LazyStateDict`; close it, or use it in a `with` block).
+    (`slimkit.io.lazy.LazyStateDict`; close it, or use it in a `with` block).
     """
     if lazy:
-        from slimkit.stream.lazy import LazyStateDict
+        from slimkit.io.lazy import LazyStateDict
 
         return LazyStateDict(path)  # type: ignore[return-value]
     with SafetensorsReader(path) as reader:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codec_ans import ans_decode, ans_encode, ans_header_bytes
 from slimkit.io.codecs import Codec, _dtype, _shape, register_codec
 from slimkit.io.entropy import decode_symbols, encode_symbols

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 
 MAX_M = 64
 LIMIT = 1 << 63  # a packed word stays below this, so uint64 arithmetic never overflows

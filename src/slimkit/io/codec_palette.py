@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import Codec, _dtype, _shape, register_codec
 
 

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codec_entropy import best_entropy_code, entropy_decode
 from slimkit.io.codec_nm import decode_nm, nm_structure, pack_ranks, pattern_ranks, ranks_to_positions, valid_nm
 from slimkit.io.codecs import Codec, _dtype, _shape, pack_bits, register_codec, unpack_bits

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 
 CODECS: dict[str, type[Codec]] = {}
 

@@ -20,7 +20,7 @@ import heapq
 
 import numpy as np
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 
 MAX_LEN = 15
 CHUNK = 4096  # symbols per independently decodable chunk (offsets stored for the rest)

@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 from slimkit.io.manifest import METADATA_KEY, Manifest
 from slimkit.io.safetensors_file import _CODES, _DTYPES, SafetensorsReader, check_entry, serialize
 

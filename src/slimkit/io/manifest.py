@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "slimkit"

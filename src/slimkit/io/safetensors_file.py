@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 
 MAX_HEADER = 64 * 1024 * 1024
 

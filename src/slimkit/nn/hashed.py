@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimkit.share.hashing import MAX_SEED, hash_indices
+from slimkit.nn.hashing import MAX_SEED, hash_indices
 from slimkit.surgery import register_module
 
 

@@ -13,7 +13,7 @@ took 33-94 us at batch 1 against 12-21 us for fp32 `F.conv2d`, was at best on pa
 and added 1-2% output error (per-tensor activations); im2col + `torch._int_mm` was 5x (batch 1)
 and 20x (batch 256) slower than fp32. So a quantized conv is smaller on disk and as fast as fp32.
 
->>> from slimkit.quant.math import rtn_quantize
+>>> from slimkit.nn.quant_math import rtn_quantize
 >>> conv = nn.Conv2d(16, 32, 3, padding=1)
 >>> q = QuantConv2d.from_conv(conv, rtn_quantize(conv.weight.reshape(32, -1), bits=4), symmetric=True)
 >>> q(torch.randn(2, 16, 8, 8)).shape
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.nn.quant_linear import _CodesMixin, _flag, _size
-from slimkit.quant.math import Granularity, QuantizedWeight
+from slimkit.nn.quant_math import Granularity, QuantizedWeight
 from slimkit.surgery.specs import register_module
 
 PADDING_WORDS = ("same", "valid")

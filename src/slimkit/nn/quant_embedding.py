@@ -27,7 +27,7 @@ from slimkit.nn.quant_linear import (
     check_compute_dtype,
     resolve_compute_dtype,
 )
-from slimkit.quant.math import Granularity, rtn_quantize
+from slimkit.nn.quant_math import Granularity, rtn_quantize
 from slimkit.surgery.specs import register_module
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.io.artifact import set_codec
-from slimkit.quant.math import (
+from slimkit.nn.quant_math import (
     Granularity,
     QuantizedWeight,
     check_bits,
@@ -39,7 +39,7 @@ from slimkit.quant.math import (
     quantize_per_token,
     quantize_static,
 )
-from slimkit.quant.math import dequantize as dequantize_groups
+from slimkit.nn.quant_math import dequantize as dequantize_groups
 from slimkit.surgery.specs import register_module
 
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

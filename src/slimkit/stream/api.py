@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.stream.checkpoint import Item, open_checkpoint
 from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
@@ -65,7 +65,7 @@ def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
     if isinstance(recipe, StreamPlan):
         return recipe
     if isinstance(recipe, str):
-        from slimkit.recipes import load_recipe
+        from slimkit.pipeline.recipes import load_recipe
 
         recipe = load_recipe(recipe)
     return plan_from_recipe(recipe)
@@ -83,7 +83,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     `threads=1` (the default) ran at ~470 MB/s here, while 2 torch threads on a shared, busy 2-core
     machine stalled in OpenMP barriers (~20 MB/s); None keeps torch's setting.
     """
-    from slimkit._torch import num_threads
+    from slimkit.core.torch_utils import num_threads
 
     _large_blocks_to_os()
     plan = _plan(recipe)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.safetensors_file import TORCH_NAMES, read_header
 
 INDEX_NAME = "model.safetensors.index.json"

@@ -3,7 +3,7 @@ scales (and zero points when asymmetric); decoding gives the dequantized floats 
 
 Unlike the runtime modules (whose state dict holds the codes), this codec makes a quantized tensor
 decode to a plain float tensor of its original dtype, so a checkpoint compressed without any
-architecture loads back with `slimkit.load_state_dict`. The math is `slimkit.quant.math`'s:
+architecture loads back with `slimkit.load_state_dict`. The math is `slimkit.nn.quant_math`'s:
 codes in [0, 2**bits), `w ~ scale * (code - zero)` with zero = 2**(bits-1) when symmetric. A
 tensor of shape (rows, ...) is quantized as a (rows, cols) matrix, cols = the product of the other
 dimensions, in groups of `group_size` columns (`group_size` = cols: one scale per row).
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import Codec, _shape, register_codec
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -37,11 +37,11 @@ def matrix_shape(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
 
 def quantize_block(w, bits: int, symmetric: bool, group_size: int, scale_dtype: str, mse: bool = False):
     """Codes (uint8 torch tensor, same shape as `w`), scale (rows, groups) and zero (or None) of
-    a 2-D torch block, by `slimkit.quant.math.rtn_quantize` (rows are independent, so a tensor can
+    a 2-D torch block, by `slimkit.nn.quant_math.rtn_quantize` (rows are independent, so a tensor can
     be quantized in blocks of rows and the results concatenated)."""
     import torch
 
-    from slimkit.quant.math import Granularity, rtn_quantize
+    from slimkit.nn.quant_math import Granularity, rtn_quantize
 
     gran = Granularity.CHANNEL if group_size == w.shape[1] else Granularity.GROUP
     qw = rtn_quantize(w, bits, symmetric, gran, group_size, mse, getattr(torch, scale_dtype))
@@ -50,7 +50,7 @@ def quantize_block(w, bits: int, symmetric: bool, group_size: int, scale_dtype: 
 
 def dequantize_block(codes, scale, zero, bits: int, group_size: int):
     """float32 torch values of a 2-D block of codes (inverse of `quantize_block`, up to rounding)."""
-    from slimkit.quant.math import dequantize
+    from slimkit.nn.quant_math import dequantize
 
     rows, cols = codes.shape
     grouped = codes.reshape(rows, cols // group_size, group_size)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.stream.checkpoint import is_sharded
 
 
@@ -23,7 +23,7 @@ def wants_streaming(model: str, recipe: str) -> bool:
         return False
     if not (path / "config.json").is_file():
         return True
-    from slimkit.recipes import load_recipe
+    from slimkit.pipeline.recipes import load_recipe
     from slimkit.stream.plan import plan_from_recipe
 
     try:
@@ -39,7 +39,7 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
     and a recipe of one gptq stage or one lowrank stage without fine-tuning, block by block from
     disk: with `--stream`, or automatically when the checkpoint is larger than half the memory
     available now), or None (the model in memory)."""
-    from slimkit.recipes import load_recipe
+    from slimkit.pipeline.recipes import load_recipe
     from slimkit.stream.layerwise import layerwise_config
     from slimkit.stream.plan import plan_from_recipe
 

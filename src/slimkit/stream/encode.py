@@ -151,8 +151,8 @@ def _codebook_dtype(dtype: str) -> np.dtype:
 
 
 def fit_codebook(sample: np.ndarray, spec: KMeansSpec, dtype: np.dtype) -> np.ndarray:
-    """Sorted distinct centroids (in `dtype`) of a 1-D k-means fit, by `slimkit.share.kmeans`."""
-    from slimkit.share.kmeans import cluster_1d
+    """Sorted distinct centroids (in `dtype`) of a 1-D k-means fit, by `slimkit.sharing.kmeans`."""
+    from slimkit.sharing.kmeans import cluster_1d
 
     fit = cluster_1d(sample, 2**spec.bits, init=spec.init, solver=spec.solver, max_iter=spec.max_iter,
                      seed=spec.seed)
@@ -218,7 +218,7 @@ def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWrit
 
 
 def keep_largest(w, prune: int):
-    """The mask of `slimkit.prune.masks.magnitude_masks` for one tensor (drop exactly `prune` of the
+    """The mask of `slimkit.pruning.masks.magnitude_masks` for one tensor (drop exactly `prune` of the
     smallest |w|, ties dropped in position order), by `kthvalue` instead of a full argsort (7x faster,
     a quarter of the memory)."""
     import torch
@@ -236,12 +236,12 @@ def keep_largest(w, prune: int):
 
 def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter,
                   cut: GlobalCut | None = None) -> tuple[TensorEntry, str]:
-    """Magnitude pruning (as `slimkit.prune.masks`: per tensor, or by the global `cut`) or N:M pruning,
+    """Magnitude pruning (as `slimkit.pruning.masks`: per tensor, or by the global `cut`) or N:M pruning,
     stored by the `sparse` codec; the kept values then go through k-means when the plan has it, else
     a float16 `cast` if asked."""
     import torch
 
-    from slimkit.prune.masks import nm_mask
+    from slimkit.pruning.masks import nm_mask
 
     w = ck.tensor(item)
     if plan.nm is not None:

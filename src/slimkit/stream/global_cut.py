@@ -7,7 +7,7 @@ selection): |w| as float32 is non-negative, so its bit pattern read as an int32 
 value. Pass 1 counts the upper 16 bits of every |w| and finds the bin holding the k-th; pass 2
 counts the lower 16 bits of the values in that bin, which gives the k-th value `t` itself. The
 encode pass then prunes every |w| < t and, of the |w| == t, as many as are still needed in
-checkpoint order (position order within a tensor), exactly as `slimkit.prune.masks` breaks ties
+checkpoint order (position order within a tensor), exactly as `slimkit.pruning.masks` breaks ties
 over the tensors concatenated in that order.
 
 >>> cut = GlobalCut.fit(ck, [it for it in ck.items() if plan.selected(...)], 0.9)

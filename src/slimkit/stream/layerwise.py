@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
 from slimkit.stream.layerwise_methods import _inside
 from slimkit.stream.skeleton import WeightSource, build_skeleton
@@ -45,7 +45,7 @@ OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, 
 def layerwise_config(recipe: str | object):
     """(recipe name, config) of a recipe of one `gptq` stage, one `lowrank` stage without
     fine-tuning, or one one-shot `apoz` stage; else a one-line SlimError saying what can run layer by layer."""
-    from slimkit.recipes import load_recipe
+    from slimkit.pipeline.recipes import load_recipe
 
     plan = load_recipe(recipe) if isinstance(recipe, str) else recipe
     methods = [cfg.method for cfg in plan.stages]
@@ -133,7 +133,7 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`), one `lowrank` stage
     without fine-tuning, or one `apoz` stage with rounds 1 and epochs 0 (`slimkit.stream.layerwise_apoz`).
     Calibration data is the model's task (`slimkit.eval.measure.task_for`)."""
-    from slimkit._torch import num_threads
+    from slimkit.core.torch_utils import num_threads
     from slimkit.dist.blocks import BlockChain, find_blocks
     from slimkit.eval.measure import task_for
     from slimkit.io.manifest import Manifest

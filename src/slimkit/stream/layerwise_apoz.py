@@ -3,9 +3,9 @@ neurons of transformer blocks whose FFN activation is a ReLU (`FFN_LAYOUTS`: BER
 `intermediate.dense -> output.dense`, e.g. with hidden_act "relu"; OPT's `fc1 -> fc2`).
 
 For each block, in order: the zeros of the up projection's output (what the ReLU makes zero) are
-counted per neuron over the cached calibration inputs (`slimkit.prune.importance.zero_fraction`, as
+counted per neuron over the cached calibration inputs (`slimkit.pruning.importance.zero_fraction`, as
 the in-memory `apoz` counts them); the neurons whose APoZ exceeds the FFN's mean + `std` standard
-deviations are cut (`slimkit.prune.structured.mean_std_cut`; at least `min_channels` kept) from the
+deviations are cut (`slimkit.pruning.structured.mean_std_cut`; at least `min_channels` kept) from the
 up projection's rows and the down projection's columns (recorded as `replace` edits, so
 `slimkit.load` rebuilds the smaller layers); the *trimmed* block then makes the next block's
 inputs, so each block is measured on what it will really see.
@@ -24,7 +24,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 
 
 def check_one_shot(cfg) -> None:
@@ -62,7 +62,7 @@ def ffn_blocks(model: nn.Module, cfg) -> dict[str, tuple[str, str, str]]:
     """{module: (up, down, activation)} of the FFNs (`FFN_LAYOUTS`) whose up projection the config
     selects (targets / ignore); a one-line SlimError when there is none, or when a selected FFN's
     activation is not a ReLU (GELU / SiLU have no exact zeros)."""
-    from slimkit.select import matches
+    from slimkit.core.select import matches
 
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])
     config = getattr(model, "config", None)
@@ -95,7 +95,7 @@ def keep_by_apoz(scores: torch.Tensor, std: float, min_channels: int) -> torch.T
     >>> keep_by_apoz(torch.tensor([0.1, 0.2, 0.1, 0.9]), 1.0, 1)
     tensor([0, 1, 2])
     """
-    from slimkit.prune.structured import mean_std_cut
+    from slimkit.pruning.structured import mean_std_cut
 
     cut = mean_std_cut(std)(scores)
     floor = max(min_channels, 1)
@@ -150,7 +150,7 @@ class ApozWorker:
 
     def _cut(self, ffn: str, keep: torch.Tensor) -> None:
         """Keep neurons `keep`: rows of the up projection, columns of the down projection (as
-        `slimkit.prune.transformer.prune_ffn_` cuts a BERT block's FFN, without refit), recorded edits."""
+        `slimkit.pruning.transformer.prune_ffn_` cuts a BERT block's FFN, without refit), recorded edits."""
         from slimkit.surgery.edits import replace_module
         from slimkit.surgery.shrink import shrink_linear
 
@@ -162,7 +162,7 @@ class ApozWorker:
     def _apoz(self, ffn: str, block: nn.Module, chain) -> torch.Tensor:
         """APoZ of each neuron of FFN `ffn` (inside `block`) over the cached inputs (summed over ranks)."""
         from slimkit.dist.collectives import reduce_keyed
-        from slimkit.prune.importance import channels_first, zero_fraction
+        from slimkit.pruning.importance import channels_first, zero_fraction
 
         zeros: dict[str, torch.Tensor] = {}
         counts = {ffn: 0}

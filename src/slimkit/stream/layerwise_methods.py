@@ -15,7 +15,7 @@ from collections import Counter
 
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 
 
 def _inside(name: str, blocks: list[str]) -> bool:
@@ -30,15 +30,15 @@ def _step(chain, block: nn.Module, advance: bool) -> None:
 
 
 class GptqWorker:
-    """The steps of `slimkit.quant.api.GPTQ.apply`, stage by stage (same Hessians, same codes).
+    """The steps of `slimkit.quantization.api.GPTQ.apply`, stage by stage (same Hessians, same codes).
     Linears outside the blocks after them (BERT's pooler) get round-to-nearest: calibrating them
     would need the whole model's forward."""
 
     def __init__(self, model: nn.Module, task, cfg):
         from slimkit.dist.collectives import shard
         from slimkit.nn.quant_linear import SCALE_DTYPES
-        from slimkit.quant.convert import note_skipped
-        from slimkit.quant.math import check_calibration
+        from slimkit.quantization.convert import note_skipped
+        from slimkit.nn.quant_math import check_calibration
 
         self.model, self.task, self.cfg = model, task, cfg
         self.batches = shard(check_calibration(task.calibration(cfg.samples), "gptq calibration data"))
@@ -53,7 +53,7 @@ class GptqWorker:
         self.reused: set[str] = set()
 
     def plan(self, blocks: list[str], probe) -> dict[int, list] | None:
-        from slimkit.quant.sequential import linear_stages, plan_blocks
+        from slimkit.quantization.sequential import linear_stages, plan_blocks
 
         stages, self.reused = linear_stages(self.model, self.task, probe, list(self.targets))
         found = plan_blocks(stages, blocks)
@@ -63,7 +63,7 @@ class GptqWorker:
         return per_block
 
     def outside(self, blocks: list[str]) -> None:
-        from slimkit.quant.sequential import collect_hessians
+        from slimkit.quantization.sequential import collect_hessians
 
         for stage in self.before:   # Linears before the blocks: their forward stops before any block
             self._gptq(stage, collect_hessians(self.model, self.task, self.batches, stage,
@@ -73,7 +73,7 @@ class GptqWorker:
                                                    if not _inside(n, blocks)])
 
     def block(self, name: str, block: nn.Module, chain, stages: list, advance: bool) -> None:
-        from slimkit.quant.sequential import accumulate
+        from slimkit.quantization.sequential import accumulate
 
         for stage in stages:
             self._gptq(stage, accumulate(self.model, stage, chain.passes(block), not self.reused & set(stage)))
@@ -90,8 +90,8 @@ class GptqWorker:
         return QuantLinear.from_quantized(qw, linear.bias, self.cfg.symmetric, self.cfg.scale_dtype.value)
 
     def _gptq(self, stage: list[str], hessians: dict[str, dict]) -> None:
-        from slimkit.quant.convert import convert
-        from slimkit.quant.gptq import gptq_quantize, hessian_value
+        from slimkit.quantization.convert import convert
+        from slimkit.quantization.gptq import gptq_quantize, hessian_value
 
         cfg = self.cfg
 
@@ -106,8 +106,8 @@ class GptqWorker:
 
     def _rtn(self, names: list[str]) -> None:
         """Round-to-nearest for target Linears calibration did not reach (as `GPTQ.apply` does)."""
-        from slimkit.quant.convert import convert
-        from slimkit.quant.math import rtn_quantize
+        from slimkit.quantization.convert import convert
+        from slimkit.nn.quant_math import rtn_quantize
 
         cfg = self.cfg
 
@@ -122,15 +122,15 @@ class GptqWorker:
 
 
 class LowRankWorker:
-    """`slimkit.share.api.LowRank` without fine-tuning: each block's Linears factorized from the
+    """`slimkit.sharing.api.LowRank` without fine-tuning: each block's Linears factorized from the
     second moments of their inputs on the cached block inputs (mode pca; plain SVD in mode svd),
     measured while the unchanged block carries them to the next one, as the in-memory path does.
     Linears outside the blocks stay dense (their inputs would need the whole model's forward)."""
 
     def __init__(self, model: nn.Module, task, cfg):
         from slimkit.dist.collectives import shard
-        from slimkit.select import select_modules
-        from slimkit.share.apply_lowrank import RankRule
+        from slimkit.core.select import select_modules
+        from slimkit.sharing.apply_lowrank import RankRule
 
         self.model, self.task, self.cfg = model, task, cfg
         self.batches = shard(task.calibration(cfg.calibration_samples))
@@ -151,7 +151,7 @@ class LowRankWorker:
             self.counts["dense (outside the blocks)"] += len(kept)
 
     def block(self, name: str, block: nn.Module, chain, names: list[str], advance: bool) -> None:
-        from slimkit.share.apply_lowrank import _moment_hooks, _moments
+        from slimkit.sharing.apply_lowrank import _moment_hooks, _moments
 
         covs: dict = {}
         if names and self.aware:
@@ -167,7 +167,7 @@ class LowRankWorker:
         self._factorize(names, covs)
 
     def _factorize(self, names: list[str], covs: dict) -> None:
-        from slimkit.share.apply_lowrank import _matrix, choose_rank, factorize
+        from slimkit.sharing.apply_lowrank import _matrix, choose_rank, factorize
         from slimkit.surgery.edits import replace_module
 
         ranks = self.model.__dict__.setdefault("slimkit_ranks", {})

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from slimkit.errors import SlimError
-from slimkit.select import matches
+from slimkit.core.errors import SlimError
+from slimkit.core.select import matches
 
 MIN_NUMEL = 1024  # smaller float tensors (and every 1-D one: biases, norms) stay as they are
 EMBEDDING = re.compile(r"(^|.*\.)(embed\w*|\w*embeddings?|wte|wpe|tok_embeddings)(\.weight)?$")
@@ -94,7 +94,7 @@ def _refuse(where: str, i: int, method: str, why: str) -> SlimError:
 
 
 def plan_from_recipe(recipe) -> StreamPlan:
-    """The streaming plan of a `slimkit.recipes.Recipe`, or a one-line SlimError naming the first
+    """The streaming plan of a `slimkit.pipeline.recipes.Recipe`, or a one-line SlimError naming the first
     stage that cannot run without data or an architecture."""
     where = f"recipe {recipe.name}"
     opts: dict = {"name": recipe.name}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.stream.checkpoint import Checkpoint, Item, open_checkpoint
 
 META = torch.device("meta")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.io.manifest import METADATA_KEY, Manifest
 from slimkit.io.safetensors_file import _CODES
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.surgery.specs import from_spec, to_spec
 
 EDIT_OPS: dict[str, Callable[[nn.Module, dict], None]] = {}

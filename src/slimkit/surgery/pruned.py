@@ -13,7 +13,7 @@ import functools
 
 from torch import nn
 
-from slimkit.errors import SlimFormatError
+from slimkit.core.errors import SlimFormatError
 
 KEY = "slim_pruned_from"
 

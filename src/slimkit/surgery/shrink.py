@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.surgery.edits import edit_log, get_submodule, replace_module
 from slimkit.surgery.pruned import mark_pruned
 from slimkit.surgery.trace import Group, Member

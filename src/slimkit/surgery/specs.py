@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.surgery.pruned import note, restore_note
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {}

@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.surgery.walk import NORMS, PRODUCERS, Group, Member, follow
 
 TRACERS = ("auto", "fx", "hooks")

@@ -9,7 +9,7 @@ CACHE_VERSION = "v1"
 
 
 def _digits_task():
-    from slimkit.eval.digits_task import DigitsTask
+    from slimkit.zoo.digits_task import DigitsTask
 
     return DigitsTask()
 

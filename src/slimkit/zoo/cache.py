@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
 
 

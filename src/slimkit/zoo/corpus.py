@@ -1,8 +1,10 @@
 """Real English sentences shipped with slimkit, and deterministic calibration / evaluation parts.
 
-Five embedded corpora, one sentence per line (made once by `tools/extract_corpus.py`,
+Five corpora, one sentence per line (made once by `tools/extract_corpus.py`,
 `tools/extract_docstrings.py`, `tools/extract_wordnet.py` and `tools/extract_wiki.py`, whose
-docstrings name the sources; licenses beside the files in `data/`):
+docstrings name the sources). "pydoc" and "other" ship in slimkit (`zoo/data/`); the three large
+training corpora "libdocs", "wordnet" and "wiki" are in the optional data package `slimkit-corpora`
+(`data/slimkit-corpora/` in the repository, installed by `make install`, licenses beside the files):
 
 - ``"pydoc"``: ~2,000 prose sentences from CPython's own documentation (`pydoc_data.topics`);
 - ``"libdocs"``: ~19,000 sentences from the docstrings of permissively licensed Python libraries
@@ -30,10 +32,13 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 
 DOMAINS: dict[str, str] = {"pydoc": "english.txt", "libdocs": "english-libdocs.txt", "wordnet": "english-wordnet.txt",
                            "wiki": "english-wiki.txt", "other": "english-other.txt"}
+EXTERNAL = frozenset({"libdocs", "wordnet", "wiki"})  # in the `slimkit-corpora` data package, not in slimkit
+CORPORA_PACKAGE = "slimkit-corpora"
+CORPORA_INSTALL = "pip install ./data/slimkit-corpora from a slimkit checkout; `make install` installs it"
 PARTS = ("calib", "eval")
 N_EVAL = 512
 
@@ -42,12 +47,28 @@ N_EVAL = 512
 def _packaged(domain: str) -> tuple[str, ...]:
     if domain not in DOMAINS:
         raise ValueError(f"unknown corpus domain {domain!r} (known: {', '.join(DOMAINS)})")
-    text = resources.files("slimkit.zoo").joinpath("data", DOMAINS[domain]).read_text(encoding="utf-8")
+    if domain in EXTERNAL:
+        text = _external(domain)
+    else:
+        text = resources.files("slimkit.zoo").joinpath("data", DOMAINS[domain]).read_text(encoding="utf-8")
     return tuple(line for line in (ln.strip() for ln in text.splitlines()) if line)
 
 
+def _external(domain: str) -> str:
+    """The text of a large training corpus, from the optional `slimkit-corpora` package."""
+    try:
+        import slimkit_corpora
+    except ImportError:
+        raise SlimError(f"corpus {domain!r} is in the optional data package {CORPORA_PACKAGE}, which is not "
+                        f"installed ({CORPORA_INSTALL})") from None
+    return slimkit_corpora.read(domain)
+
+
 def sentences(domain: str = "pydoc") -> list[str]:
-    """The embedded sentences of `domain` ("pydoc", "libdocs", "wordnet", "wiki" or "other"), in file order.
+    """The sentences of `domain` ("pydoc", "libdocs", "wordnet", "wiki" or "other"), in file order.
+
+    "libdocs", "wordnet" and "wiki" need the `slimkit-corpora` package; without it they raise
+    `SlimError` with a one-line message saying how to install it.
 
     >>> len(sentences()) > 1500, len(sentences("other")) > 200
     (True, True)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
+from slimkit.core.errors import SlimError
 from slimkit.zoo.registry import tag
 
 ATTN_IMPLEMENTATION = "eager"

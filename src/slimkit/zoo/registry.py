@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError
-from slimkit.eval.task import Task
+from slimkit.core.errors import SlimError
+from slimkit.core.task import Task
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from slimkit.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.zoo.registry import ZOO, entry, tag
 
 if TYPE_CHECKING:

@@ -1,0 +1,391 @@
+"""`search`: the smallest artifact within an accuracy budget, found under a time budget.
+
+Per-layer sensitivity first (where it is cheap), then optuna's constraint-aware TPE sampler
+proposes recipes; candidates that already lost too much after a stage are stopped early. Every
+candidate's bytes, held-out score and latency are kept; after each one `search.json`,
+`pareto.json` and `best.slim` are rewritten atomically, so an interrupted search keeps its best
+so far and the same call resumes it. Candidates are chosen on held-out data; the final best is
+reported on the test data.
+
+>>> result = search("builtin:lenet-300-100", max_drop=0.5, out="lenet-search", budget_s=1200)
+>>> result.best["ratio"], result.best["test_drop_pts"]
+(49.4, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from slimkit.core.errors import SlimError
+from slimkit.autosearch.certify import Certification
+from slimkit.autosearch.pareto import PARETO, STATE, VERSION, front, read_state, write_json
+from slimkit.autosearch.trial import Budget, OutOfTime, TrialRecord, quick_latency, run_candidate, stage_dict
+
+BEST = "best.slim"
+TRIALS = "trials"
+
+
+@dataclass
+class Progress:
+    """What the progress display shows after each candidate."""
+
+    record: TrialRecord
+    done: int                      # candidates run by this call
+    total: int                     # candidates in the folder
+    best: TrialRecord | None
+    baseline_bytes: int
+    elapsed_s: float
+    budget_s: float
+
+
+@dataclass
+class SearchResult:
+    folder: Path
+    best: dict | None              # the best candidate with its test measurements, None if none fits
+    front: list[dict]
+    trials: list[TrialRecord]
+    baseline: dict
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: float = 1200.0,
+           max_trials: int | None = None, seed: int = 0, effort: float = 1.0,
+           on_trial: Callable[[Progress], None] | None = None,
+           certification: Certification | None = None) -> SearchResult:
+    """Search recipes for `model` (a builtin name like "builtin:lenet-300-100", a HF folder, or a
+    model from `sk.zoo.load`); keep the smallest artifact whose held-out score is at most
+    `max_drop` points below the original's. Writes best.slim, best.yaml, pareto.json, report.html
+    and PNG plots into `out`; calling it again on the same folder resumes.
+
+    On builtin digits models a candidate within the budget on validation becomes the best only if
+    `certification` (default: 3 x 10-fold cross-validation over the training split, 90% upper
+    bound of the drop; see `slimkit.autosearch.certify`) keeps it within the budget too; on other models only if a
+    second run with other training seeds does.
+
+    >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget_s=600)
+    >>> r.best["bytes"], r.best["test_score"]
+    """
+    _check(max_drop, budget_s, max_trials, effort)
+    started = time.monotonic()
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise SlimError(f"--out {folder} is a file; give a folder")
+    if folder.is_dir() and not _fresh(folder) and not (folder / STATE).is_file():
+        raise SlimError(f"--out {folder} exists and is not a slimkit search folder; choose another --out")
+    state = read_state(folder)
+    if state is not None and isinstance(model, str) and state["model"] != model:
+        raise SlimError(f"{folder} holds a search of {state['model']}, not {model}; use another --out")
+    net, ref, task = _model_and_task(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TRIALS).mkdir(exist_ok=True)
+    if state is not None and state["model"] != ref:
+        raise SlimError(f"{folder} holds a search of {state['model']}, not {ref}; use another --out")
+    from slimkit.autosearch.validation import validation_setup
+
+    work, score, where = validation_setup(task)   # candidates are made with `work`, scored by `score`
+    cv = _cross_validation(net, task, certification)
+    if cv is not None:
+        where = cv.describe()
+    if state is None:
+        state = _new_state(net, ref, work, score, where, budget_s)
+    state["max_drop_pts"] = max_drop
+    space = _space(net, work, state, effort)
+    records = [TrialRecord.from_dict(d) for d in state["trials"]]
+    study = _study(space, records, state, max_drop, seed)
+    reserve = min(120.0, 0.1 * budget_s)
+    deadline = started + budget_s - reserve
+    budget = Budget(state["baseline"]["val_score"], max_drop, deadline, abort_drop=max_drop + max(1.0, max_drop))
+    done, interrupted, times = 0, False, []
+    try:
+        while max_trials is None or done < max_trials:
+            left = deadline - time.monotonic()
+            if left <= 0 or (times and left < 0.3 * statistics.median(times)):
+                break
+            space.time_left = left
+            trial, stages = _ask_new(study, space, records)
+            rec = TrialRecord(len(records), dict(trial.params), [stage_dict(c) for c in stages],
+                              distributions=_dists(trial.distributions))
+            try:
+                run_candidate(net, stages, work, score, budget, folder / TRIALS / f"{rec.number:04d}.slim", rec)
+            except OutOfTime:
+                _tell_fail(study, trial)
+                break
+            _confirm(net, stages, work, score, budget, rec, records, cv)
+            _tell(study, trial, rec, state["baseline"]["bytes"], max_drop)
+            records.append(rec)
+            times.append(rec.seconds)
+            done += 1
+            _persist(folder, state, records, max_drop)
+            _step_from_best(study, records, max_drop, seed)
+            if on_trial is not None:
+                on_trial(Progress(rec, done, len(records), _best(records, max_drop), state["baseline"]["bytes"],
+                                  time.monotonic() - started, budget_s))
+    except KeyboardInterrupt:
+        interrupted = True
+    state["elapsed_s"] = round(state.get("elapsed_s", 0.0) + time.monotonic() - started, 1)
+    _persist(folder, state, records, max_drop)
+    from slimkit.autosearch.finish import finish
+
+    return finish(folder, net, task, state, records, interrupted)
+
+
+def _fresh(folder: Path) -> bool:
+    """True if `folder` is empty, or holds only the empty trials/ folder a failed first call left."""
+    return all(p.name == TRIALS and p.is_dir() and not any(p.iterdir()) for p in folder.iterdir())
+
+
+def _check(max_drop: float, budget_s: float, max_trials: int | None, effort: float) -> None:
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number(max_drop) or max_drop < 0:
+        raise SlimError(f"max_drop (--max-drop) must be a number of points >= 0, got {max_drop!r}")
+    if not number(budget_s) or budget_s <= 0:
+        raise SlimError(f"budget (--budget) must be a positive time, got {budget_s!r} s")
+    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
+                                   or max_trials < 1):
+        raise SlimError(f"max_trials (--trials) must be a positive integer, got {max_trials!r}")
+    if not number(effort) or not 0 < effort <= 10:
+        raise SlimError(f"effort (--effort) must be in (0, 10], got {effort!r}")
+
+
+def _model_and_task(model: str | nn.Module):
+    import json
+
+    from slimkit.eval.measure import task_for
+    from slimkit.zoo.registry import base_of
+
+    if isinstance(model, str):
+        from slimkit.zoo.resolve import resolve
+
+        ref, net = model, resolve(model)
+    elif isinstance(model, nn.Module):
+        net = model
+        base = base_of(net)
+        ref = f"builtin:{base['name']}" if base.get("kind") == "zoo" else json.dumps(base, sort_keys=True)
+    else:
+        raise SlimError(f"search needs a model reference or an nn.Module, got {type(model).__name__}")
+    task = task_for(net)
+    if task is None:
+        raise SlimError(f"search needs data to score candidates: {ref} is not a builtin model or a HF folder")
+    if callable(getattr(task, "reference", None)):   # fidelity tasks: the loaded original, not a second load
+        task.reference = lambda: net
+    return net.eval(), ref, task
+
+
+def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: float) -> dict:
+    from slimkit.eval.measure import baseline_bytes
+    from slimkit.autosearch.guide import layer_sensitivity, protect_order
+    from slimkit.autosearch.space import space_for
+
+    t = time.monotonic()
+    val = score(net)
+    score_s = time.monotonic() - t
+    base = {"bytes": baseline_bytes(net), "val_score": round(val, 6), "latency_ms": quick_latency(net, task)}
+    space = space_for(net, task)
+    layers, probes = space.layers(), space.probes()
+    cost = len(layers) * len(probes) * (score_s + 0.05)
+    rows: list[dict] = []
+    note = ""
+    if layers and probes and cost <= 0.1 * budget_s:
+        rows = layer_sensitivity(net, task, score, probes, layers, time_cap=0.15 * budget_s)
+    elif layers and probes:
+        note = f"skipped: ~{cost:.0f} s, more than 10% of the time budget"
+    return {"version": VERSION, "model": ref, "task": task.name, "score_name": task.score_name,
+            "score_s": round(score_s, 3),
+            "validation": where, "space": space.name, "baseline": base, "sensitivity": rows,
+            "sensitivity_note": note, "protect_order": protect_order(rows) if rows else [],
+            "trials": [], "best": None, "elapsed_s": 0.0}
+
+
+def _space(net: nn.Module, task, state: dict, effort: float):
+    from slimkit.autosearch.space import space_for
+
+    return space_for(net, task, state.get("protect_order", []), effort, score_s=state.get("score_s"))
+
+
+def _study(space, records: list[TrialRecord], state: dict, max_drop: float, seed: int):
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = optuna.samplers.TPESampler(seed=seed + len(records), multivariate=True, group=True,
+                                             n_startup_trials=8)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    for rec in records:
+        if rec.distributions:
+            dists = {k: optuna.distributions.json_to_distribution(v) for k, v in rec.distributions.items()}
+            value, violation = _objective(rec, state["baseline"]["bytes"], max_drop)
+            study.add_trial(optuna.trial.create_trial(params=rec.params, distributions=dists, value=value,
+                                                      constraints={"drop": violation}))
+    tried = [r.params for r in records]
+    for params in space.seeds():
+        if not any(all(p.get(k) == v for k, v in params.items()) for p in tried):
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _ask_new(study, space, records: list[TrialRecord], tries: int = 5):
+    """(trial, stages) for a candidate not measured before: a repeat is dropped (told as failed,
+    which the sampler ignores) and asked again; after `tries` repeats one candidate is drawn at random."""
+    import optuna
+
+    seen = [r.params for r in records]
+    for attempt in range(tries + 1):
+        if attempt == tries:
+            sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler(seed=len(records))
+        try:
+            trial = study.ask()
+            stages = space.suggest(trial)
+        finally:
+            if attempt == tries:
+                study.sampler = sampler
+        if trial.params not in seen or attempt == tries:
+            return trial, stages
+        _tell_fail(study, trial)
+    raise AssertionError("unreachable")
+
+
+def _cross_validation(net: nn.Module, task, certification: Certification | None):
+    """The cross-validation that certifies candidates (builtin digits models), else None."""
+    from slimkit.zoo.digits_task import DigitsTask
+    from slimkit.autosearch.certify import CrossValidation
+
+    if not isinstance(task, DigitsTask):
+        return None
+    return CrossValidation.for_model(net, certification or Certification())
+
+
+def _confirm(net, stages, task, score, budget: Budget, rec: TrialRecord, records: list[TrialRecord],
+             cv=None) -> None:
+    """A candidate that would become the best is certified first: by cross-validation (`cv`) when
+    the search has it (screened on validation within the budget plus one image, which alone is
+    0.56 pt on digits), else by a second run with other training seeds (within the budget on
+    validation); only if that keeps it within the budget too can it be the best."""
+    from slimkit.autosearch.trial import confirm_drop
+
+    best = _best(records, budget.max_drop)
+    slack = cv.screen_slack_pts if cv is not None else 0.0
+    if rec.feasible(budget.max_drop + slack) and (best is None or rec.bytes < best.bytes):
+        start = time.monotonic()
+        if cv is not None:
+            rec.certificate = cv.certify(stages, budget.max_drop, budget.deadline)
+            if rec.certificate is None:
+                rec.error = "not certified: the time budget ran out during cross-validation"
+            else:
+                rec.certificate["screen_slack_pts"] = slack
+        else:
+            rec.confirm_drop_pts = confirm_drop(net, stages, task, score, budget, rec.drop_pts)
+            if rec.confirm_drop_pts is None:
+                rec.error = "not confirmed: the second run failed or ran out of time"
+        rec.seconds = round(rec.seconds + time.monotonic() - start, 3)
+
+
+def _step_from_best(study, records: list[TrialRecord], max_drop: float, seed: int) -> None:
+    """Every other candidate (once the seeds are done) is a local step from the best so far."""
+    import random
+
+    import optuna
+
+    from slimkit.autosearch.mutate import mutate
+
+    best = _best(records, max_drop)
+    if best is None or len(records) % 2 or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        return
+    dists = {k: optuna.distributions.json_to_distribution(v) for k, v in best.distributions.items()}
+    study.enqueue_trial(mutate(best.params, dists, random.Random(seed * 7919 + len(records))))
+
+
+def _dists(distributions: dict) -> dict:
+    import optuna
+
+    return {k: optuna.distributions.distribution_to_json(d) for k, d in distributions.items()}
+
+
+def _objective(rec: TrialRecord, baseline_bytes: int, max_drop: float) -> tuple[float, float]:
+    """(log10 bytes, constraint violation in points: <= 0 is within the budget) as the sampler sees
+    a candidate (the worse of its two runs if it was confirmed). Stopped or failed candidates count
+    as uncompressed and far outside the budget."""
+    if rec.measured:
+        return math.log10(max(1, rec.bytes)), rec.worst_drop() - max_drop
+    violation = rec.drop_pts - max_drop if rec.drop_pts is not None else 100.0
+    return math.log10(max(1, baseline_bytes)), max(violation, 1.0)
+
+
+def _tell(study, trial, rec: TrialRecord, baseline_bytes: int, max_drop: float) -> None:
+    value, violation = _objective(rec, baseline_bytes, max_drop)
+    trial.set_constraint("drop", violation)
+    study.tell(trial, value)
+
+
+def _tell_fail(study, trial) -> None:
+    import optuna
+
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _best(records: list[TrialRecord], max_drop: float) -> TrialRecord | None:
+    fits = [r for r in records if r.confirmed(max_drop)]
+    return min(fits, key=lambda r: (r.bytes, -r.val_score, r.number)) if fits else None
+
+
+def points(records: list[TrialRecord], baseline_bytes: int, max_drop: float) -> list[dict]:
+    """Measured candidates as plain dicts (what pareto.json and the plots show)."""
+    out = []
+    for r in records:
+        if r.measured:
+            out.append({"trial": r.number, "bytes": r.bytes, "ratio": round(baseline_bytes / r.bytes, 2),
+                        "val_score": r.val_score, "drop_pts": r.drop_pts,
+                        "latency_ms": r.latency_ms.get("batch1"), "latency_batched_ms": r.latency_ms.get("batch32"),
+                        "within_budget": r.feasible(max_drop), "confirm_drop_pts": r.confirm_drop_pts,
+                        "cv_drop_pts": (r.certificate or {}).get("drop_pts"),
+                        "cv_ucb_pts": (r.certificate or {}).get("ucb_pts"),
+                        "confirmed": r.confirmed(max_drop), "stages": r.stages, "path": r.path})
+    return out
+
+
+def _persist(folder: Path, state: dict, records: list[TrialRecord], max_drop: float) -> None:
+    """Copy a new best to best.slim, drop artifacts no front needs, rewrite search.json and
+    pareto.json (each write atomic: an interruption leaves the old file or the new one)."""
+    from slimkit.io.safetensors_file import atomic_write
+
+    base_bytes = state["baseline"]["bytes"]
+    best = _best(records, max_drop)
+    if best is not None and best.path and (state.get("best") != best.number or not (folder / BEST).is_file()):
+        atomic_write(folder / BEST, [(folder / best.path).read_bytes()])
+        state["best"] = best.number
+    elif best is None:
+        state["best"] = None
+    pts = points(records, base_bytes, max_drop)
+    keep = {p["trial"] for p in front(pts, "bytes")} | {p["trial"] for p in front(pts, "latency_ms")}
+    if best is not None:
+        keep.add(best.number)
+    for r in records:
+        if r.path and r.number not in keep:
+            (folder / r.path).unlink(missing_ok=True)
+            r.path = None
+    state["trials"] = [r.to_dict() for r in records]
+    write_json(folder / STATE, state, indent=None)   # rewritten after every candidate: kept compact
+    write_json(folder / PARETO, pareto_doc(state, points(records, base_bytes, max_drop), best))
+
+
+def pareto_doc(state: dict, pts: list[dict], best: TrialRecord | None, final: dict | None = None) -> dict:
+    """The content of pareto.json."""
+    return {"model": state["model"], "score_name": state["score_name"], "chosen_on": state["validation"],
+            "max_drop_pts": state["max_drop_pts"], "baseline": state["baseline"],
+            "best": final if final is not None else (None if best is None else
+                                                     next(p for p in pts if p["trial"] == best.number)),
+            "front": front(pts, "bytes"), "latency_front": front(pts, "latency_ms"),
+            "candidates": len(state["trials"]), "elapsed_s": state.get("elapsed_s", 0.0)}

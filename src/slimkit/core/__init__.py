@@ -1,0 +1,1 @@
+"""slimkit.core"""

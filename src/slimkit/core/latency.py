@@ -1,0 +1,49 @@
+"""Wall-clock latency: median of repeated runs after warm-up, at a fixed thread count."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from slimkit.core.torch_utils import default_threads, num_threads
+
+
+def time_call(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
+              min_seconds: float = 0.0) -> list[float]:
+    """Run `fn` `warmup` times, then time at least `repeats` runs (and `min_seconds` in all).
+
+    Returns the individual times in milliseconds.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
+              threads: int | None = None) -> float:
+    """Median latency of `fn` in ms under `threads` torch threads (default: `default_threads()`)."""
+    with num_threads(threads or default_threads()), torch.inference_mode():
+        return statistics.median(time_call(fn, repeats, warmup))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5,
+                warmup: int = 2, threads: int | None = None) -> dict[str, float]:
+    """Median ms per candidate, measured in interleaved rounds so drift hits all alike."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    with num_threads(threads or default_threads()), torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(rounds):
+            for key, fn in fns.items():
+                samples[key].extend(time_call(fn, repeats, warmup=0))
+    return {k: statistics.median(v) for k, v in samples.items()}

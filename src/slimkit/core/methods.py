@@ -1,0 +1,115 @@
+"""One verb per family, one config type per method, a registry from config type to handler.
+
+>>> import slimkit as sk
+>>> sk.quantize_(model, sk.configs["int8"](), data=task)     # in place
+>>> sk.apply_(model, config)                                  # any family
+
+Method packages register with::
+
+    @register_method
+    class MagnitudePruning(MethodConfig):
+        method: ClassVar[str] = "magnitude"
+        family: ClassVar[Family] = Family.PRUNE
+        sparsity: float = 0.9
+
+        def apply(self, model, task, filter_fn): ...
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from slimkit.core.errors import SlimError
+from slimkit.core.task import Task
+from slimkit.core.select import FilterFn
+
+
+class Family(str, Enum):
+    QUANTIZE = "quantization"
+    PRUNE = "pruning"
+    SHARE = "sharing"
+    DISTILL = "distillation"
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's config: typed, frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: ClassVar[str]
+    family: ClassVar[Family]
+    summary: ClassVar[str] = ""
+    targets: str | list[str] | None = None
+    ignore: list[str] = []
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        """Compress `model` in place (or return a new module) and return it."""
+        raise NotImplementedError
+
+    @classmethod
+    def example(cls) -> MethodConfig:
+        """A quick configuration for lenet-300-100, used by the conformance suite."""
+        return cls()
+
+
+METHODS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make a config usable by name in recipes and by `apply_`."""
+    if cls.method in METHODS and METHODS[cls.method] is not cls:
+        raise ValueError(f"method {cls.method!r} registered twice")
+    METHODS[cls.method] = cls
+    return cls
+
+
+def _load_methods() -> None:
+    """Import the method packages so they register (kept out of `import slimkit`)."""
+    from slimkit.plugins import load_all
+
+    load_all()
+
+
+def methods(family: Family | None = None) -> dict[str, type[MethodConfig]]:
+    """Registered methods by name, optionally of one family."""
+    _load_methods()
+    return {k: v for k, v in sorted(METHODS.items()) if family is None or v.family == family}
+
+
+def make_config(method: str, **options: Any) -> MethodConfig:
+    """Build a config by method name: `make_config("magnitude", sparsity=0.9)`."""
+    known = methods()
+    if method not in known:
+        raise SlimError(f"unknown method {method!r} (known: {', '.join(known) or 'none yet'})")
+    return known[method](**options)
+
+
+def apply_(model: nn.Module, config: MethodConfig, data: Task | None = None,
+           filter_fn: FilterFn | None = None) -> nn.Module:
+    """Apply any method config to `model` in place; returns the model (possibly a new root)."""
+    if not isinstance(config, MethodConfig):
+        raise TypeError(f"expected a slimkit method config, got {type(config).__name__}")
+    if data is None:
+        from slimkit.eval.measure import task_for
+
+        data = task_for(model)
+    return config.apply(model, data, filter_fn)
+
+
+def _family_verb(family: Family):
+    def verb(model: nn.Module, config: MethodConfig, data: Task | None = None,
+             filter_fn: FilterFn | None = None) -> nn.Module:
+        if getattr(config, "family", None) != family:
+            raise TypeError(f"{type(config).__name__} is not a {family.value} method")
+        return apply_(model, config, data, filter_fn)
+
+    verb.__doc__ = f"Apply a {family.value} config in place (see `apply_`)."
+    return verb
+
+
+quantize_ = _family_verb(Family.QUANTIZE)
+prune_ = _family_verb(Family.PRUNE)
+share_ = _family_verb(Family.SHARE)

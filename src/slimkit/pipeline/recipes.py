@@ -1,0 +1,198 @@
+"""Recipes: an ordered list of method configs, shipped as YAML or written in Python.
+
+A YAML recipe::
+
+    description: prune to 92% then 5-bit k-means sharing
+    models: [lenet-300-100]          # optional: the builtin models it was made for
+    requires: [slimkit-corpora]      # optional: distributions it needs besides slimkit
+    stages:
+      - method: magnitude
+        sparsity: 0.92
+      - method: kmeans
+        bits: 5
+
+>>> recipe = load_recipe("deep-compression")       # shipped name, or a path to a .yaml file
+>>> model = run_recipe(model, recipe, task)
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from torch import nn
+
+from slimkit.core.context import original_model
+from slimkit.core.errors import SlimError
+from slimkit.core.methods import MethodConfig, apply_, methods
+from slimkit.core.task import Task
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    stages: list[MethodConfig] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # builtin models it was made for (empty: any)
+    requires: list[str] = field(default_factory=list)  # distributions it needs besides slimkit's own
+
+
+# Where a required distribution comes from when it is not on PyPI (default: `pip install NAME`).
+INSTALL_HINTS: dict[str, str] = {
+    "slimkit-corpora": "pip install ./data/slimkit-corpora from a slimkit checkout; `make install` installs it",
+}
+_DIST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def shipped() -> dict[str, Path]:
+    """Shipped recipe names -> their YAML files."""
+    folder = resources.files("slimkit.pipeline") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(name_or_path: str, check_requires: bool = True) -> Recipe:
+    """A shipped recipe by name, or a YAML file. Errors name the file, stage and key.
+
+    With `check_requires` (the default), a recipe whose `requires:` names a distribution that is
+    not installed is refused with a one-line `SlimError` saying what to install; estimates that
+    never run the recipe pass `check_requires=False`.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SlimError(f"recipe file not found: {name_or_path}")
+    else:
+        known = shipped()
+        if name_or_path not in known:
+            raise SlimError(f"unknown recipe {name_or_path!r} (shipped: {', '.join(sorted(known))}; "
+                            "or give a .yaml file)")
+        path = known[name_or_path]
+    try:
+        text = path.read_text()
+        doc = yaml.safe_load(text)
+        lines = _stage_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SlimError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    recipe = parse_recipe(doc, str(path), path.stem, lines)
+    if check_requires:
+        require(recipe, str(path))
+    return recipe
+
+
+def missing_requirements(recipe: Recipe) -> list[str]:
+    """The distributions in `recipe.requires` that are not installed (by `importlib.metadata`)."""
+    missing = []
+    for name in recipe.requires:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def require(recipe: Recipe, where: str | None = None) -> None:
+    """Raise a one-line `SlimError` if a distribution `recipe` requires is not installed."""
+    missing = missing_requirements(recipe)
+    if missing:
+        hints = "; ".join(INSTALL_HINTS.get(name, f"pip install {name}") for name in missing)
+        raise SlimError(f"{where or recipe.name}: recipe {recipe.name!r} needs {', '.join(missing)}, "
+                        f"which is not installed ({hints})")
+
+
+def _stage_lines(text: str) -> dict[tuple[int, str], int]:
+    """(stage index, key) -> 1-based line of that key in the YAML text ("" = the stage itself)."""
+    out: dict[tuple[int, str], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for key, value in root.value:
+        if key.value == "stages" and isinstance(value, yaml.SequenceNode):
+            for i, stage in enumerate(value.value):
+                out[(i, "")] = stage.start_mark.line + 1
+                if isinstance(stage, yaml.MappingNode):
+                    for k, _ in stage.value:
+                        out[(i, str(k.value))] = k.start_mark.line + 1
+    return out
+
+
+def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str], int] | None = None) -> Recipe:
+    """Validate a recipe document; `lines` (from the YAML text) puts line numbers into errors."""
+    lines = lines or {}
+
+    def at(i: int, key: str = "") -> str:
+        line = lines.get((i, key)) or lines.get((i, ""))
+        return f"{where}:{line}" if line else where
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise SlimError(f"{where}: a recipe needs a non-empty 'stages' list")
+    extra = set(doc) - {"description", "stages", "models", "requires"}
+    if extra:
+        raise SlimError(f"{where}: unknown recipe key {sorted(extra)[0]!r} "
+                        "(expected description, stages, models, requires)")
+    known = methods()
+    stages = []
+    for i, stage in enumerate(doc["stages"]):
+        if not isinstance(stage, dict) or "method" not in stage:
+            raise SlimError(f"{at(i)}: stage {i + 1} needs a 'method' key")
+        options = dict(stage)
+        method = options.pop("method")
+        if method not in known:
+            raise SlimError(f"{at(i, 'method')}: stage {i + 1}: method {method!r} is not implemented "
+                            f"(available: {', '.join(known) or 'none yet'})")
+        try:
+            stages.append(known[method](**options))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or method
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            first = str(err["loc"][0]) if err["loc"] else ""
+            raise SlimError(f"{at(i, first)}: stage {i + 1} ({method}): {key}: {msg}") from None
+        except (ValueError, TypeError, SlimError) as exc:
+            bad = next((k for k in options if f"{k}" in str(exc)), "")
+            raise SlimError(f"{at(i, bad)}: stage {i + 1} ({method}): {exc}") from None
+    models = doc.get("models", [])
+    if isinstance(models, str):
+        models = [models]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise SlimError(f"{where}: 'models' must be a list of builtin model names")
+    requires = doc.get("requires", [])
+    if isinstance(requires, str):
+        requires = [requires]
+    if not isinstance(requires, list) or not all(isinstance(r, str) and _DIST_NAME.fullmatch(r) for r in requires):
+        raise SlimError(f"{where}: 'requires' must be a list of distribution names (e.g. [slimkit-corpora])")
+    return Recipe(name=name, description=" ".join(str(doc.get("description", "")).split()), stages=stages,
+                  models=[m.removeprefix("builtin:") for m in models], requires=list(requires))
+
+
+def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
+               on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None) -> nn.Module:
+    """Apply the stages in order; `on_stage(i, config, model)` is called after each one.
+
+    A copy of the input model is kept as the teacher of `recover` stages, if there are any."""
+    with original_model(keep_original(model, recipe)):
+        for i, config in enumerate(recipe.stages):
+            model = apply_(model, config, task)
+            if on_stage is not None:
+                on_stage(i, config, model)
+    return model
+
+
+def keep_original(model: nn.Module, recipe: Recipe) -> nn.Module | None:
+    """A frozen copy of `model` when a stage of `recipe` needs the uncompressed model."""
+    if not any(getattr(config, "needs_original", False) for config in recipe.stages):
+        return None
+    original = copy.deepcopy(model).eval()
+    for p in original.parameters():
+        p.requires_grad_(False)
+    return original

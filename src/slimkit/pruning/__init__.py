@@ -1,0 +1,17 @@
+"""slimkit.pruning: pruning (weight sparsity, activation sparsity, structured removal, N:M).
+
+Methods (configs in `slimkit.pruning.api`, applied with `sk.prune_(model, config, data=task)`):
+
+- `magnitude`   MagnitudePruning: unstructured, layer or global threshold; one-shot, iterative
+                (Han et al. 2015) or gradual (Zhu & Gupta 2017) with fine-tuning, masks held.
+- `nm`          NMPruning: N:M semi-structured sparsity (2:4).
+- `apoz`        APoZPruning: Network Trimming (Hu et al. 2016), physically smaller layers.
+- `weight-norm` NormPruning: L1/L2 filter / neuron norms (Li et al. 2017), physically smaller.
+- `structured`  StructuredPruning: FFN neurons and attention heads of BERT-style blocks (MiniLM),
+                or neurons / filters elsewhere, by activation; output projections refitted.
+
+Layout: `masks`, `schedules`, `importance` are pure tensor math; `unstructured`, `structured`,
+`transformer` walk modules (cutting through `slimkit.surgery.shrink` / `trace`); `finetune`
+is the shared retraining loop. Sparse weights are stored by the `sparse` codec
+(`slimkit.io.codec_sparse`).
+"""

@@ -1,0 +1,339 @@
+"""Quantization configs and their handlers (the math is in `math.py` and `gptq.py`).
+
+>>> import slimkit as sk
+>>> from slimkit.quantization.api import Int8, WeightOnly
+>>> sk.quantize_(model, Int8())                                   # int8 linears + embeddings
+>>> sk.quantize_(model, WeightOnly(bits=4, group_size=32), data=task)
+>>> sk.quantize_(model, GPTQ(bits=4, group_size=128), data=task)  # needs calibration data
+
+Mixed precision: every config takes `targets` / `ignore` (exact names or `"re:"` regexes) and
+`filter_fn`; list several configs in a recipe, each with its own targets.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import field_validator, model_validator
+from torch import nn
+
+from slimkit.core.methods import Family, MethodConfig, register_method
+from slimkit.core.task import Task
+from slimkit.quantization.convert import convert, note_skipped, select_targets
+from slimkit.nn.quant_math import Granularity, check_bits, check_group, rtn_quantize
+from slimkit.core.select import FilterFn
+
+
+class ScaleDtype(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
+class ComputeDtype(str, Enum):
+    """The dtype an int8 model computes its activations in (see `Int8.compute_dtype`)."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+INT8_CONV = "int8 per-channel weights (conv: weight-only, fp32 activations)"
+
+
+def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
+    from slimkit.nn.quant_linear import Int8Linear
+
+    return Int8Linear.from_linear(linear)
+
+
+@register_method
+class Int8(MethodConfig):
+    """Per-channel symmetric int8 weights, dynamic per-token int8 activations (`torch._int_mm`),
+    and row-wise int8 embeddings. No calibration needed.
+
+    Conv2d layers (`conv`, default on) get int8 per-output-channel weights too, run weight-only:
+    decoded once to a cached float weight, fp32 convolution (`slimkit.nn.quant_conv` says why).
+
+    `compute_dtype` chooses the runtime, never the file (same codes and scales either way):
+    "float32" runs the integer path above with fp32 activations; "bfloat16" runs LayerNorm,
+    attention and GELU in bf16 and each int8 Linear as a bf16 matmul on its weight dequantized
+    once (W8A16, bf16 outputs); "auto" (default) is bfloat16 on CPUs with AMX / AVX-512 BF16 and
+    float32 elsewhere, decided when the model runs (so also at load), and stays float32 when a
+    module that cannot take bf16 inputs remains (or, with `data`, a trial forward fails).
+    """
+
+    method: ClassVar[str] = "int8"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "int8 weights + dynamic int8 activations (integer matmul), int8 embeddings"
+    linear: bool = True
+    embeddings: bool = True
+    conv: bool = True
+    compute_dtype: ComputeDtype = ComputeDtype.AUTO
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        from slimkit.quantization.conv import int8_conv
+
+        handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ()) \
+            + ((nn.Conv2d,) if self.conv else ())
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
+        linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
+        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        convs = [(n, m) for n, m in picked if type(m) is nn.Conv2d]
+        convert(model, linears, _int8_linear, "int8 (w8a8 dynamic)", skipped)
+        convert(model, convs, lambda _n, m: int8_conv(m), INT8_CONV)
+        convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
+        set_compute_dtype(model, [model.get_submodule(n) for n, _ in embeddings], self.compute_dtype, task)
+        return model
+
+
+def set_compute_dtype(model: nn.Module, entries: list[nn.Module], mode: ComputeDtype,
+                      task: Task | None = None) -> str:
+    """Give the quantized embeddings in `entries` (where activations start) the compute dtype
+    `mode`; "auto" falls back to "float32" when `low_precision_blockers` finds a module that
+    cannot take bf16 inputs, or when a bf16 trial forward on `task`'s example inputs fails.
+    Returns the mode set.
+
+    >>> set_compute_dtype(model, [model.embeddings.word_embeddings], ComputeDtype.AUTO, task)
+    'auto'
+    """
+    from slimkit.nn.bert_fast import install_fast_layers
+    from slimkit.quantization.convert import log, low_precision_blockers
+
+    install_fast_layers(model)  # bf16 runtime of int8 BERT-style layers (same state dict), before the trial
+    mode = ComputeDtype(mode).value
+    if not entries:
+        if mode == "bfloat16":
+            log.warning("compute_dtype=bfloat16 acts through quantized embeddings and there are none: "
+                        "the model computes in its input dtype")
+        return mode
+    if mode == "auto":
+        blockers = low_precision_blockers(model)
+        if blockers:
+            log.info("compute_dtype auto -> float32: %s take no bf16 inputs",
+                     ", ".join(f"{n} ({t})" for n, t in list(blockers.items())[:3]))
+            mode = "float32"
+        elif task is not None and not _bf16_trial(model, entries, task):
+            mode = "float32"
+    for module in entries:
+        module.compute_dtype = mode
+    return mode
+
+
+def _bf16_trial(model: nn.Module, entries: list[nn.Module], task: Task) -> bool:
+    """Whether one forward pass on 2 example inputs runs with bf16 activations."""
+    import torch
+
+    from slimkit.quantization.convert import log
+
+    flags = {m: m.training for m in model.modules()}
+    for module in entries:
+        module.compute_dtype = "bfloat16"
+    try:
+        with torch.inference_mode():
+            task.forward(model.eval(), task.example_inputs(2))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep the fp32 runtime
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        log.warning("compute_dtype auto -> float32: a bf16 forward failed (%s)", first)
+        return False
+    finally:
+        for module, training in flags.items():
+            module.training = training
+        for module in model.modules():
+            module.__dict__.pop("_low_cache", None)  # the trial's bf16 weights: built again when used
+
+
+def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool,
+                       scale_dtype: str = "float32"):
+    from slimkit.nn.quant_embedding import QuantEmbedding
+
+    gran = Granularity.CHANNEL if group_size is None else Granularity.GROUP
+
+    def make(name: str, emb: nn.Module) -> nn.Module:
+        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, group_size or 128, mse, scale_dtype)
+
+    return make
+
+
+class _WeightQuant(MethodConfig):
+    """Options shared by the weight-only methods (round-to-nearest and GPTQ)."""
+
+    bits: int = 4
+    symmetric: bool = True
+    granularity: Granularity = Granularity.GROUP
+    group_size: int = 128
+    scale_dtype: ScaleDtype = ScaleDtype.FLOAT16
+    embedding_bits: int | None = None
+    embedding_group_size: int | None = None
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        return check_bits(v)
+
+    @field_validator("embedding_bits")
+    @classmethod
+    def _embedding_bits(cls, v: int | None) -> int | None:
+        return None if v is None else check_bits(v, "embedding_bits")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"group_size must be a positive integer, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _symmetric_bits(self):
+        if self.symmetric and self.bits < 2:
+            raise ValueError("bits=1 needs symmetric=False")
+        return self
+
+    def _select(self, model: nn.Module, filter_fn: FilterFn | None):
+        """(Linear and Conv2d layers, embeddings, skipped) this config quantizes."""
+        handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if self.embedding_bits else ())
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
+        linears = [(n, m) for n, m in picked if type(m) in (nn.Linear, nn.Conv2d)]
+        for name, m in linears:  # fail before changing anything (a conv falls back to per-channel)
+            if type(m) is nn.Linear:
+                check_group(m.in_features, self.granularity, self.group_size, name)
+        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        if self.embedding_group_size is not None:
+            for name, m in embeddings:
+                check_group(m.embedding_dim, Granularity.GROUP, self.embedding_group_size, name)
+        return linears, embeddings, skipped
+
+    def _quantize_embeddings(self, model: nn.Module, embeddings: list) -> None:
+        if self.embedding_bits:
+            make = _embedding_factory(self.embedding_bits, True, self.embedding_group_size, True,
+                                      self.scale_dtype.value)
+            convert(model, embeddings, make, f"{self.embedding_bits}-bit embedding")
+
+    def _label(self, name: str) -> str:
+        where = self.granularity.value if self.granularity is not Granularity.GROUP else f"g{self.group_size}"
+        return f"{name} w{self.bits} {where}"
+
+    def _layout(self, layer: nn.Module) -> tuple[Granularity, int]:
+        """(granularity, group size) for `layer`: the config's, or per-channel for a conv whose
+        flattened in*kh*kw its groups do not divide."""
+        from slimkit.quantization.conv import conv_layout, weight_matrix
+
+        if type(layer) is nn.Conv2d:
+            return conv_layout(weight_matrix(layer).shape[1], self.granularity, self.group_size)
+        return self.granularity, self.group_size
+
+    def _convert(self, model: nn.Module, layers: list, make, how: str) -> None:
+        """`convert` the layers, each conv labelled with its own layout when it differs."""
+        from slimkit.quantization.conv import layout_note, weight_matrix
+
+        plain = [(n, m) for n, m in layers if type(m) is not nn.Conv2d]
+        convert(model, plain, make, how)
+        for name, m in layers:
+            if type(m) is nn.Conv2d:
+                note = layout_note(weight_matrix(m).shape[1], self.granularity, self.group_size)
+                convert(model, [(name, m)], make, f"{how} (conv){note}")
+
+    def _rtn(self, layer: nn.Module) -> nn.Module:
+        """`layer` (Linear or Conv2d) round-to-nearest quantized and packed."""
+        from slimkit.nn.quant_linear import SCALE_DTYPES
+        from slimkit.quantization.conv import quantized_layer, weight_matrix
+
+        gran, size = self._layout(layer)
+        qw = rtn_quantize(weight_matrix(layer), self.bits, self.symmetric, gran, size,
+                          getattr(self, "mse", False), SCALE_DTYPES[self.scale_dtype.value])
+        return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
+
+
+@register_method
+class WeightOnly(_WeightQuant):
+    """Round-to-nearest weight-only quantization, 1-8 bits, stored bit-packed.
+
+    `mse=True` picks each group's clipping range by minimizing the rounding error."""
+
+    method: ClassVar[str] = "rtn"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "weight-only round-to-nearest 1-8 bits, bit-packed (group-wise scales)"
+    mse: bool = False
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        linears, embeddings, skipped = self._select(model, filter_fn)
+        self._convert(model, linears, lambda _n, layer: self._rtn(layer), self._label("rtn"))
+        note_skipped(model, skipped)
+        self._quantize_embeddings(model, embeddings)
+        return model
+
+    @classmethod
+    def example(cls) -> WeightOnly:
+        return cls(bits=4, granularity=Granularity.CHANNEL)
+
+
+@register_method
+class GPTQ(_WeightQuant):
+    """GPTQ weight-only quantization (arXiv 2210.17323), layer by layer on calibration data.
+
+    Layers the calibration forward never reaches fall back to round-to-nearest (reported)."""
+
+    method: ClassVar[str] = "gptq"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "GPTQ weight-only 1-8 bits with error compensation (needs calibration data)"
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    samples: int = 128
+
+    @field_validator("damp")
+    @classmethod
+    def _damp(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"damp must lie in (0, 1), got {v}")
+        return v
+
+    @field_validator("samples", "block_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be a positive integer, got {v}")
+        return v
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        from slimkit.core.errors import SlimError
+        from slimkit.nn.quant_linear import SCALE_DTYPES
+        from slimkit.quantization.conv import quantized_layer, weight_matrix
+        from slimkit.quantization.gptq import gptq_quantize, hessian_value
+        from slimkit.nn.quant_math import check_calibration
+        from slimkit.quantization.sequential import hessian_stages
+
+        linears, embeddings, skipped = self._select(model, filter_fn)
+        if task is None:
+            raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        batches = check_calibration(task.calibration(self.samples), "gptq calibration data")
+        dtype = SCALE_DTYPES[self.scale_dtype.value]
+        # a grouped conv's inputs do not form one Hessian over its weight rows: round-to-nearest
+        grouped = [(n, m) for n, m in linears if getattr(m, "groups", 1) > 1]
+        by_name = {n: m for n, m in linears if getattr(m, "groups", 1) == 1}
+        was_training = model.training
+        model.eval()
+
+        def rtn(_name: str, layer: nn.Module) -> nn.Module:
+            return self._rtn(layer)
+
+        for stage, hessians in hessian_stages(model, task, batches, list(by_name)):
+            def make(name: str, layer: nn.Module, hessians=hessians) -> nn.Module:
+                gran, size = self._layout(layer)
+                qw = gptq_quantize(weight_matrix(layer), hessian_value(hessians[name]), self.bits, self.symmetric,
+                                   gran, size, self.act_order, self.damp, self.block_size, dtype)
+                return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
+
+            self._convert(model, [(n, by_name.pop(n)) for n in stage if n in hessians], make, self._label("gptq"))
+        # layers the calibration forward never reached: round-to-nearest, and say so
+        self._convert(model, list(by_name.items()), rtn, self._label("rtn") + " (not reached by calibration)")
+        self._convert(model, grouped, rtn, self._label("rtn") + " (grouped conv)")
+        note_skipped(model, skipped)
+        self._quantize_embeddings(model, embeddings)
+        model.train(was_training)
+        return model
+
+    @classmethod
+    def example(cls) -> GPTQ:
+        return cls(bits=4, granularity=Granularity.CHANNEL, samples=64)

@@ -1,0 +1,113 @@
+"""Conv2d in the quantization methods: a conv's weight is the matrix (out, in/groups * kh * kw),
+quantized by the same math as a Linear's and stored as a `QuantConv2d`.
+
+- `weight_matrix(module)`: the weight as that matrix (a Linear's as it is).
+- `conv_layout(cols, granularity, group_size)`: group-wise scales run along the flattened
+  in_ch * kh * kw axis; where the group size does not divide it (a 3x3 conv over one channel has
+  9 inputs), the conv falls back to per-channel scales and the report says so.
+- `layer_rows(module, x)`: what a layer multiplies its weight matrix with, one row per output
+  position (im2col via `F.unfold` for a conv), for GPTQ's Hessian.
+- `quantized_layer(module, qw, ...)`: the packed runtime module for codes `qw`.
+
+>>> conv_layout(9, Granularity.GROUP, 128)
+(<Granularity.CHANNEL: 'channel'>, 9)
+>>> layer_rows(nn.Conv2d(3, 8, 3, padding=1), torch.randn(2, 3, 5, 5)).shape   # 2 * 25 positions
+torch.Size([50, 27])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.nn.quant_math import Granularity, QuantizedWeight
+
+CONV_TYPES = (nn.Conv2d,)
+
+
+def is_conv(module: nn.Module) -> bool:
+    """Whether `module` is a plain `nn.Conv2d` (subclasses and Conv1d/3d are not handled)."""
+    return type(module) is nn.Conv2d
+
+
+def unsupported(module: nn.Module) -> str | None:
+    """Why a Conv2d cannot be quantized (only zero padding is), or None."""
+    if is_conv(module) and module.padding_mode != "zeros":
+        return f"Conv2d with padding_mode={module.padding_mode!r} is not supported (zero padding only)"
+    return None
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in/groups * kh * kw) for a conv, as it is for a Linear.
+
+    >>> weight_matrix(nn.Conv2d(16, 32, 3)).shape
+    torch.Size([32, 144])
+    """
+    w = module.weight
+    return w.reshape(w.shape[0], -1) if w.dim() > 2 else w
+
+
+def conv_layout(cols: int, granularity: Granularity | str, group_size: int) -> tuple[Granularity, int]:
+    """(granularity, group size) a conv with `cols` flattened inputs is quantized with: the config's
+    own, or per-channel when its group size does not divide `cols`."""
+    granularity = Granularity(granularity)
+    if granularity is Granularity.GROUP and cols % group_size == 0:
+        return granularity, group_size
+    if granularity is Granularity.GROUP:
+        return Granularity.CHANNEL, cols
+    return granularity, group_size
+
+
+def layout_note(cols: int, granularity: Granularity | str, group_size: int) -> str:
+    """The report's words for a conv whose groups fell back to per-channel ('' if they did not)."""
+    if conv_layout(cols, granularity, group_size)[0] is Granularity(granularity):
+        return ""
+    return f" (per-channel: groups of {group_size} do not divide {cols} = in*kh*kw)"
+
+
+def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows a layer's weight matrix multiplies: (positions, in*kh*kw) im2col patches of a
+    conv's input (zero padding included, as the conv sees it), or a Linear's inputs (..., in)."""
+    if not is_conv(module):
+        return x
+    if isinstance(module.padding, str):  # "same" / "valid": the explicit padding F.conv2d would use
+        padding = _explicit_padding(module)
+        x = F.pad(x, padding)
+        pad = (0, 0)
+    else:
+        pad = module.padding
+    cols = F.unfold(x, module.kernel_size, module.dilation, pad, module.stride)   # (N, C*kh*kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """F.pad amounts (left, right, top, bottom) equal to the conv's "same" / "valid" padding."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    out = []
+    for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size), strict=True):
+        total = d * (k - 1)
+        out += [total // 2, total - total // 2]
+    return tuple(out)
+
+
+def quantized_layer(module: nn.Module, qw: QuantizedWeight, symmetric: bool, scale_dtype: str) -> nn.Module:
+    """The packed runtime module for codes `qw` of `module`'s weight matrix: `QuantConv2d` for a
+    conv, `QuantLinear` for a Linear (the module's float bias is kept)."""
+    if is_conv(module):
+        from slimkit.nn.quant_conv import QuantConv2d
+
+        return QuantConv2d.from_conv(module, qw, symmetric, scale_dtype)
+    from slimkit.nn.quant_linear import QuantLinear
+
+    return QuantLinear.from_quantized(qw, module.bias, symmetric, scale_dtype)
+
+
+def int8_conv(conv: nn.Conv2d) -> nn.Module:
+    """`conv` with int8 weights: symmetric, per output channel, fp32 scales (the codes of
+    `quantize_int8_rows` shifted by 128), weight-only at run time (see `slimkit.nn.quant_conv`)."""
+    from slimkit.nn.quant_math import rtn_quantize
+
+    qw = rtn_quantize(weight_matrix(conv), 8, True, Granularity.CHANNEL)
+    return quantized_layer(conv, qw, True, "float32")

@@ -1,0 +1,13 @@
+"""Parameter sharing: k-means weight sharing, low-rank factorization, HashedNets.
+
+>>> import slimkit as sk
+>>> from slimkit.sharing import KMeansSharing, LowRank, Hashed
+>>> sk.share_(model, KMeansSharing(bits=4, finetune_epochs=10), data=task)
+
+Math lives in `kmeans`, `lowrank` and `hashing` (arrays in, arrays out); `apply_*` walk the
+model; `api` holds the configs. Recipes: `kmeans`, `lowrank`, `hashed`, `deep-compression`.
+"""
+
+from slimkit.sharing.api import Hashed, KMeansSharing, LowRank, ShareConfigError
+
+__all__ = ["Hashed", "KMeansSharing", "LowRank", "ShareConfigError"]
