@@ -46,7 +46,7 @@ from bench.stream_case import run_stream_case
 
 
 def _other_text_task():
-    from slimkit.zoo.embedding_task import minilm_task
+    from slimkit.zoo.minilm import minilm_task
 
     return minilm_task("other")
 

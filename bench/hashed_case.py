@@ -44,7 +44,8 @@ def _accuracy_and_bytes(model, task, folder: Path, name: str) -> tuple[float, in
 
 def run_hashed_case(spec, opts, deadline: float, progress: Callable[[str], None] = lambda msg: None) -> dict:
     import slimkit as sk
-    from slimkit.eval.measure import fp32_safetensors_bytes, task_for
+    from slimkit.core.provenance import task_for
+    from slimkit.eval.measure import fp32_safetensors_bytes
     from slimkit.zoo.digits import load_digits
     from slimkit.zoo.lenet import LeNet300100
     from slimkit.zoo.registry import entry

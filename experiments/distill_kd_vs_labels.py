@@ -65,7 +65,7 @@ same entries: labels-only 96.94%, KD 97.13%: **+0.19 +- 0.08 pt (2.3 SE)**, 22% 
 closed (21 seeds won, 14 lost, 5 tied); without mixup +0.26 +- 0.11 pt (2.4 SE: labels 96.06%, KD
 96.31%). Both confirmations together (60 seeds): +0.20 +- 0.07 pt (3.0 SE). No validation ties.
 
->>> from slimkit.distill.experiment import kd_vs_labels
+>>> from experiments.distill_kd_vs_labels import kd_vs_labels
 >>> result = kd_vs_labels(seeds=range(10), workers=2)   # 40 runs, ~30-40 s each on one core # doctest: +SKIP
 >>> print(result["table"])                                                      # doctest: +SKIP
 """
@@ -101,7 +101,7 @@ def student_maker(teacher, task, hidden: Sequence[int], init: str):
     """`make(seed)` -> a fresh student, the same for both arms: random weights drawn from the seed
     (`init="random"`), or the teacher cut down to `hidden` by structured pruning with criterion
     `init` (l1, l2, activation, taylor): the same teacher-derived weights for every seed."""
-    from slimkit.distill.students import PRUNE_CRITERIA, fresh_copy, pruned_student, shrink_mlp
+    from slimkit.distillation.students import PRUNE_CRITERIA, fresh_copy, pruned_student, shrink_mlp
 
     if init == "random":
         return lambda seed: shrink_mlp(teacher, hidden, seed=seed)
@@ -114,9 +114,9 @@ def student_maker(teacher, task, hidden: Sequence[int], init: str):
 def _run(teacher, task, make, options: dict, seed: int, common: dict) -> dict:
     """One training run. Besides `DistillConfig` fields, the options may hold `cutmix: share`
     (cut-mixed training batches) and `epoch: last | best` (keep the final weights, or the
-    best-validation epoch); see `experiment_transfer.TrainingView`."""
-    from slimkit.distill.api import DistillConfig, distill
-    from slimkit.distill.experiment_transfer import TrainingView
+    best-validation epoch); see `distill_transfer.TrainingView`."""
+    from experiments.distill_transfer import TrainingView
+    from slimkit.distillation.api import DistillConfig, distill
 
     options = {**common, **options}
     share, epoch = options.pop("cutmix", 0.0), options.pop("epoch", "best")
@@ -201,8 +201,8 @@ def kd_vs_labels(seeds: Iterable[int] = range(10), hidden: Sequence[int] = (8, 6
     JSONL file of finished runs, read and appended to, so that a long comparison can resume.
     """
     import slimkit as sk
-    from slimkit._torch import num_threads
-    from slimkit.distill.students import mlp_params, param_count
+    from slimkit.core.torch_utils import num_threads
+    from slimkit.distillation.students import mlp_params, param_count
 
     seeds = list(seeds)
     common = dict(COMMON if common is None else common)
@@ -285,12 +285,13 @@ def minilm_l3(keep: Sequence[int] = (0, 4, 5), time_limit: float = 1500.0, epoch
     student at batch 32 x 40 tokens measured in the same run.
     """
     import slimkit as sk
-    from slimkit._torch import num_threads
-    from slimkit.distill.api import DistillConfig, distill
-    from slimkit.distill.students import param_count
-    from slimkit.eval.embedding_task import EmbeddingTask, minilm_task
-    from slimkit.eval.latency import interleaved
+    from slimkit.core.latency import interleaved
+    from slimkit.core.torch_utils import num_threads
+    from slimkit.distillation.api import DistillConfig, distill
+    from slimkit.distillation.students import param_count
     from slimkit.zoo import corpus, minilm
+    from slimkit.zoo.embedding_task import EmbeddingTask
+    from slimkit.zoo.minilm import minilm_task
 
     settings = {"keep": list(keep), "hidden_weight": 1.0, "hidden_loss": "cosine",
                 "attention_weight": 1.0, "lr": 1e-4, "batch_size": 32, "warmup": 0.05,
@@ -322,6 +323,6 @@ def minilm_l3(keep: Sequence[int] = (0, 4, 5), time_limit: float = 1500.0, epoch
     }
 
 
-if __name__ == "__main__":  # pragma: no cover - manual run: python -m slimkit.distill.experiment
+if __name__ == "__main__":  # pragma: no cover - manual run: python -m experiments.distill_kd_vs_labels
     torch.set_num_threads(1)
     print(kd_vs_labels()["table"])

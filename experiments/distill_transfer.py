@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimkit.eval.task import Batch, Task
+from slimkit.core.task import Batch, Task
 
 
 def cutmix(images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator

@@ -2,34 +2,44 @@
 
 >>> import slimkit as sk
 >>> model = sk.zoo.load("lenet-300-100")
+>>> sk.prune_(model, sk.MagnitudePruning(sparsity=0.9))
 >>> sk.save(model, "lenet.slim")
 >>> sk.evaluate(sk.load("lenet.slim")).score
+
+This file is the roof: it gathers the public API from the layers below (see DESIGN.md); importing
+the packages here is also what registers every method, codec, runtime module and model builder.
+No module of slimkit imports this one.
 """
 
-from slimkit import zoo
-from slimkit.core.methods import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
-from slimkit.distillation.api import distill
+from slimkit import export, stream, zoo
+from slimkit.autosearch import search  # optuna loads on first use
 from slimkit.core.errors import ConfigError, SlimError, SlimFormatError
+from slimkit.core.methods import Family, MethodConfig, apply_, make_config, methods, prune_, quantize_, share_
+from slimkit.distillation.api import DistillConfig, distill
+from slimkit.distillation.recovery import RecoveryConfig
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
-from slimkit.autosearch import search  # optuna loads on first use
+from slimkit.pruning.api import APoZPruning, MagnitudePruning, NMPruning, NormPruning, StructuredPruning
+from slimkit.quantization.api import GPTQ, Int8, WeightOnly
+from slimkit.quantization.qat import QAT
+from slimkit.quantization.static import Int8Static
+from slimkit.sharing.api import Hashed, KMeansSharing, LowRank
+from slimkit.sharing.apply_deep_kmeans import DeepKMeans
 from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    """Method configs by class name (`sk.MagnitudePruning`, `sk.KMeansSharing`, ...), imported on
-    first use so that `import slimkit` stays light."""
-    for cls in methods().values():
-        if cls.__name__ == name:
-            return cls
-    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
-
-
 __all__ = [
-    "ConfigError", "Family", "Measurement", "MethodConfig", "Recipe", "SlimError", "SlimFormatError",
-    "apply_", "distill", "evaluate", "load", "load_recipe", "load_state_dict", "make_config", "methods", "prune_",
-    "quantize_", "read_manifest", "resolve", "run_recipe", "save", "search", "share_", "zoo",
+    # verbs and the registry
+    "Family", "MethodConfig", "apply_", "distill", "make_config", "methods", "prune_", "quantize_", "share_",
+    # method configs
+    "APoZPruning", "DeepKMeans", "DistillConfig", "GPTQ", "Hashed", "Int8", "Int8Static", "KMeansSharing",
+    "LowRank", "MagnitudePruning", "NMPruning", "NormPruning", "QAT", "RecoveryConfig", "StructuredPruning",
+    "WeightOnly",
+    # files, models, measurement, recipes, search
+    "Measurement", "Recipe", "evaluate", "export", "load", "load_recipe", "load_state_dict", "read_manifest",
+    "resolve", "run_recipe", "save", "search", "stream", "zoo",
+    # errors
+    "ConfigError", "SlimError", "SlimFormatError",
 ]

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import slimkit as sk
 from slimkit.distillation import DistillConfig, distill, shrink_mlp
-from slimkit.train.loop import world
+from slimkit.dist.collectives import world
 
 torch.set_num_threads(1)
 teacher = sk.zoo.load("lenet-300-100")

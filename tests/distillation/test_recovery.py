@@ -8,7 +8,7 @@ import torch
 import slimkit as sk
 from slimkit.core.methods import make_config
 from slimkit.core.errors import SlimError
-from slimkit.eval.measure import task_for
+from slimkit.core.provenance import task_for
 from slimkit.pipeline.runner import run_pipeline
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
 

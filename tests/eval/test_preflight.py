@@ -137,7 +137,7 @@ def test_estimates_leave_the_model_alone(lenet5_trained, digits_task):
 def test_minilm_preflight(digits_task):
     pytest.importorskip("transformers")
     model = sk.zoo.load("minilm")
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
 
     report = preflight(model, task_for(model), ["int8", "int4", "prune-structured", "distill-l3", "apoz"])
     rows = {r["layer"]: r for r in report["capabilities"]}

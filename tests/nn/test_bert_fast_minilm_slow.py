@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_int8_artifact_runs_fast_layers_with_the_same_fidelity(tmp_path, monkeypatch):
-    from slimkit.zoo.embedding_task import minilm_task
+    from slimkit.zoo.minilm import minilm_task
     from slimkit.nn.quant_linear import fast_bf16
 
     if not fast_bf16():

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def minilm():
-    from slimkit.zoo.embedding_task import minilm_task
+    from slimkit.zoo.minilm import minilm_task
 
     return sk.zoo.load("minilm"), minilm_task()
 

@@ -194,7 +194,7 @@ def test_auto_stays_float32_when_the_bf16_trial_forward_fails():
 @pytest.mark.slow
 def test_minilm_int8_fidelity_in_both_compute_dtypes(tmp_path):
     """Real MiniLM, held-out pydoc sentences: both runtimes of one int8 file stay >= 0.995."""
-    from slimkit.zoo.embedding_task import minilm_task
+    from slimkit.zoo.minilm import minilm_task
 
     task = minilm_task()
     model = sk.zoo.load("minilm")

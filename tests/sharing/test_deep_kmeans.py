@@ -8,7 +8,7 @@ import torch
 
 import slimkit as sk
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.eval.measure import task_for
+from slimkit.core.provenance import task_for
 from slimkit.io.artifact import codec_chain
 from slimkit.io.codecs import decode_chain, encode_chain
 from slimkit.sharing.deep_kmeans import spectral_penalty, sub_vectors, top_singular_basis, vector_kmeans

@@ -56,7 +56,7 @@ def _recipe(**options) -> Recipe:
 
 
 def _in_memory(folder):
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
 
     model = sk.resolve(str(folder))
     task = task_for(model)
@@ -159,7 +159,7 @@ def test_refuses_recipes_it_cannot_run_block_by_block(folders, tmp_path):
 
 
 def test_lowrank_pca_block_by_block_equals_in_memory(folders, tmp_path):
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.sharing.api import LowRank
 
     config = LowRank(energy=0.9, mode="pca", calibration_samples=16)

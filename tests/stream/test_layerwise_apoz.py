@@ -65,7 +65,7 @@ def _recipe(cfg=CFG) -> Recipe:
 def _reference(folder, arch: str):
     """The rule in memory on the whole model: FFN by FFN, APoZ measured on the model whose earlier
     FFNs are already trimmed, neurons above mean + 1 std cut (rows of up, columns of down)."""
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
 
     blocks, up, down = FFNS[arch]
     model = sk.resolve(str(folder))

@@ -16,7 +16,7 @@ GPTQ = ("from slimkit.quantization.api import GPTQ; from slimkit.pipeline.recipe
 WARM = GPTQ + "import transformers.models.llama.modeling_llama; import slimkit.stream.layerwise, slimkit.zoo.hf"
 STREAM = GPTQ + ("from slimkit.stream.layerwise import compress_layerwise; "
                  "compress_layerwise(sys.argv[1], recipe, sys.argv[2], threads=1)")
-MEMORY = GPTQ + ("import slimkit as sk; from slimkit.eval.measure import task_for; m = sk.resolve(sys.argv[1]); "
+MEMORY = GPTQ + ("import slimkit as sk; from slimkit.core.provenance import task_for; m = sk.resolve(sys.argv[1]); "
                  "sk.quantize_(m, cfg, data=task_for(m)); sk.save(m, sys.argv[2])")
 
 

@@ -12,7 +12,7 @@ from bench.rss import run_measured
 from bench.synth import llm_like_shapes, write_random_checkpoint
 
 WARM = ("import torch, sys; from slimkit.pipeline.recipes import load_recipe; import slimkit.stream.api; "
-        "from slimkit.stream.codec_affine import quantize_block; load_recipe('int8'); "
+        "from slimkit.nn.codec_affine import quantize_block; load_recipe('int8'); "
         "quantize_block(torch.randn(64, 256), 8, True, 256, 'float32')")
 RUN = WARM + "; slimkit.stream.api.compress_checkpoint(sys.argv[1], 'int8', sys.argv[2])"
 

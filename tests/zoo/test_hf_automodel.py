@@ -11,7 +11,7 @@ import torch
 
 import slimkit as sk
 from slimkit.zoo.embedding_task import hf_task
-from slimkit.eval.measure import task_for
+from slimkit.core.provenance import task_for
 from slimkit.zoo.token_task import ByteTokenizer, token_task
 
 SENTENCES = [f"Sentence number {i} talks about compression and tokens." for i in range(48)]

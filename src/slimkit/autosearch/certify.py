@@ -282,7 +282,7 @@ def _fold(entry, data: DigitsData, held: torch.Tensor, folds: int) -> Fold:
 
     from slimkit.zoo.builtin import CACHE_VERSION
     from slimkit.zoo.cache import load_cached, save_cached
-    from slimkit.zoo.registry import tag
+    from slimkit.core.provenance import tag
     from slimkit.zoo.train import fit
 
     keep = torch.ones(len(data.train), dtype=torch.bool)

@@ -161,8 +161,8 @@ def _check(max_drop: float, budget_s: float, max_trials: int | None, effort: flo
 def _model_and_task(model: str | nn.Module):
     import json
 
-    from slimkit.eval.measure import task_for
-    from slimkit.zoo.registry import base_of
+    from slimkit.core.provenance import task_for
+    from slimkit.core.provenance import base_of
 
     if isinstance(model, str):
         from slimkit.zoo.resolve import resolve

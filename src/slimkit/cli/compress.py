@@ -22,10 +22,11 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                                              "tensor, gptq on a HF folder block by block."),
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact."""
-    from slimkit.eval.measure import evaluate, task_for
+    from slimkit.core.provenance import task_for
+    from slimkit.eval.measure import evaluate
     from slimkit.io.artifact import save
     from slimkit.pipeline.recipes import load_recipe, run_recipe
-    from slimkit.zoo.registry import base_of
+    from slimkit.core.provenance import base_of
     from slimkit.zoo.resolve import resolve
 
     common.check_out_path(out, [model], force)

@@ -54,7 +54,7 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
 
 
 def _preflight(net, recipes: list[str] | None) -> dict:
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.pipeline.preflight import preflight
 
     with common.status("pre-flight: tracing groups, estimating recipe sizes"):
@@ -63,7 +63,7 @@ def _preflight(net, recipes: list[str] | None) -> dict:
 
 def _apoz_rows(net) -> list[dict]:
     from slimkit.core.errors import SlimError
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.pruning.report import apoz_report
 
     task = task_for(net)

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from slimkit.core.errors import SlimError
-from slimkit.core.task import Task
+from slimkit.core.provenance import task_for
 from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
 
 
 class Family(str, Enum):
@@ -66,16 +67,8 @@ def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
     return cls
 
 
-def _load_methods() -> None:
-    """Import the method packages so they register (kept out of `import slimkit`)."""
-    from slimkit.plugins import load_all
-
-    load_all()
-
-
 def methods(family: Family | None = None) -> dict[str, type[MethodConfig]]:
     """Registered methods by name, optionally of one family."""
-    _load_methods()
     return {k: v for k, v in sorted(METHODS.items()) if family is None or v.family == family}
 
 
@@ -93,8 +86,6 @@ def apply_(model: nn.Module, config: MethodConfig, data: Task | None = None,
     if not isinstance(config, MethodConfig):
         raise TypeError(f"expected a slimkit method config, got {type(config).__name__}")
     if data is None:
-        from slimkit.eval.measure import task_for
-
         data = task_for(model)
     return config.apply(model, data, filter_fn)
 

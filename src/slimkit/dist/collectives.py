@@ -20,6 +20,8 @@ calibration batch starting at this rank, so the data set is split across process
 
 from __future__ import annotations
 
+import atexit
+import os
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -49,13 +51,29 @@ def init() -> bool:
     >>> init()                                  # a plain `python script.py`
     False
     """
-    import os
+    import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    from slimkit.train.loop import init_distributed
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_group)
+    return True
 
-    return init_distributed()
+
+def _leave_group() -> None:
+    """At exit, leave the group slimkit joined together with the other ranks: a rank that exits
+    while another still tears down gloo can make that one abort (SIGABRT)."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        pass
 
 
 def is_main() -> bool:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimkit.dist.collectives import all_reduce_sum, world
 from slimkit.core.task import Batch, Task
+from slimkit.dist.collectives import all_reduce_sum, world
 
 
 def shard_rows(inputs: Batch, target: torch.Tensor, rank: int | None = None,

@@ -9,6 +9,7 @@ DDP-ready training loop, and the `distill` method.
 from slimkit.distillation.api import DistillConfig, distill
 from slimkit.train.loop import LoopSettings, fit
 from slimkit.distillation.students import keep_layers, pruned_student, shrink_mlp, zoo_student
+from slimkit.distillation import recovery  # noqa: F401  (registers recover)
 
 __all__ = ["DistillConfig", "LoopSettings", "distill", "fit", "keep_layers", "pruned_student", "shrink_mlp",
            "zoo_student"]

@@ -26,7 +26,8 @@ from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.distillation.data import Source, as_source, text_task_source
-from slimkit.train.loop import EpochInfo, FitResult, LoopSettings, fit, init_distributed
+from slimkit.dist.collectives import init as init_distributed
+from slimkit.train.loop import EpochInfo, FitResult, LoopSettings, fit
 from slimkit.distillation.objective import Objective, Weights
 from slimkit.distillation.students import keep_layers, pruned_student, reinitialise_, shrink_mlp, zoo_student
 from slimkit.core.errors import SlimError

@@ -32,7 +32,8 @@ from torch import nn
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.context import current_original
 from slimkit.distillation.api import DistillConfig, FeatureLoss, Schedule, _source, build_objective
-from slimkit.train.loop import fit, init_distributed
+from slimkit.dist.collectives import init as init_distributed
+from slimkit.train.loop import fit
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
 from slimkit.core.select import FilterFn

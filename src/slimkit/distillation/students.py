@@ -185,7 +185,7 @@ def pruned_student(teacher: nn.Module, ratio: float | None = None, widths: Seque
     >>> student = pruned_student(sk.zoo.load("lenet-300-100"), widths=[8, 6], criterion="activation")
     """
     from slimkit.core.methods import apply_
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.surgery.trace import trace_groups
 
     if criterion not in PRUNE_CRITERIA:

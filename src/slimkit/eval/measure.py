@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 from slimkit.core.latency import median_ms
+from slimkit.core.provenance import base_of, task_for
+from slimkit.io.artifact import encode_model
+from slimkit.io.bases import build_base
+from slimkit.io.layout import file_chunks
+from slimkit.zoo.resolve import load_safetensors_checkpoint
 from slimkit.core.task import Task
 
 BATCH = 32
@@ -40,24 +45,6 @@ class Measurement:
         return {**asdict(self), "ratio": round(self.ratio, 3)}
 
 
-def task_for(model: nn.Module) -> Task | None:
-    """The task that scores `model`, from where it came from (None for user models)."""
-    from slimkit.zoo.registry import ZOO, base_of
-
-    base = base_of(model)
-    if base.get("kind") == "zoo" and base.get("name") in ZOO:
-        return ZOO[base["name"]].task()
-    if base.get("kind") == "hf" and base.get("path") and Path(base["path"]).is_dir():
-        from slimkit.zoo.embedding_task import TOKENIZER_FILES, hf_task
-        from slimkit.zoo.token_task import token_task
-
-        folder = Path(base["path"])
-        if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
-            return token_task(folder)  # no tokenizer (random or weights-only folder): byte-level ids
-        return hf_task(folder)
-    return None
-
-
 def fp32_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
     """Exact size of `state` written as an fp32 safetensors file (floats as fp32)."""
     header: dict[str, object] = {}
@@ -77,14 +64,10 @@ def fp32_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def baseline_bytes(model: nn.Module) -> int:
     """The original (uncompressed) model's size as fp32 safetensors."""
-    from slimkit.zoo.registry import base_of
-
     base = base_of(model)
     if base.get("kind") in ("zoo", "hf"):
         return fp32_safetensors_bytes(_base_state(json.dumps(base, sort_keys=True)))
     if base.get("kind") == "weights" and base.get("path") and Path(base["path"]).is_file():
-        from slimkit.zoo.resolve import load_safetensors_checkpoint
-
         return fp32_safetensors_bytes(load_safetensors_checkpoint(base["path"]).state_dict())
     return fp32_safetensors_bytes(model.state_dict())
 
@@ -93,8 +76,6 @@ _BASE_CACHE: dict[str, dict[str, torch.Tensor]] = {}
 
 
 def _base_state(key: str) -> dict[str, torch.Tensor]:
-    from slimkit.zoo.resolve import build_base
-
     if key not in _BASE_CACHE:
         with torch.device("meta"):
             state = build_base(json.loads(key), None).state_dict()
@@ -106,9 +87,6 @@ def artifact_bytes(model: nn.Module, path: str | os.PathLike | None = None) -> i
     """Size on disk: of `path` if given, else of the .slim file `save` would write now."""
     if path is not None:
         return Path(path).stat().st_size
-    from slimkit.io.artifact import encode_model
-    from slimkit.io.layout import file_chunks
-
     arrays, manifest = encode_model(model)
     return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in file_chunks(arrays, manifest))
 

@@ -170,7 +170,7 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
     """
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.io.safetensors_file import atomic_write
 
     task = task or task_for(model)

@@ -28,7 +28,9 @@ activations are less exact).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import platform
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,22 +190,42 @@ def _rewrite(node: Any, found: dict, b: GraphBuilder) -> WeightPlan | None:
     return plan
 
 
+@functools.lru_cache(maxsize=1)
+def signed_weights_exact() -> bool:
+    """Whether ONNX Runtime multiplies uint8 activations by int8 weights exactly on this CPU.
+
+    On x86 without VNNI, ORT's uint8 x int8 kernel adds pairs of products in int16 (VPMADDUBSW), which
+    saturates (255 * 127 * 2 > 32767); its uint8 x uint8 kernel does not. With VNNI (and off x86) the
+    int8 weights are exact and fastest.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        return bool(torch.cpu._is_vnni_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _linear(plan: WeightPlan, x: str, bias: str | None, out: str, b: GraphBuilder) -> None:
     """x (..., K) -> MatMulInteger(q8(x), Wq^T) * s_x * s_w (+ bias), as `Int8Linear.forward`."""
     m = plan.module
     p = plan.name or "model"
-    wq = b.const(f"{p}.qweight_t", m.qweight.detach().cpu().numpy().T)
+    codes = m.qweight.detach().cpu().numpy().T
     zp = b.const("slimkit.zero_point_128", np.array(128, np.uint8))
+    if signed_weights_exact():
+        wq, inputs = b.const(f"{p}.qweight_t", codes), []
+    else:  # uint8 weights (codes + 128, zero point 128): the same products, without int16 saturation
+        wq, inputs = b.const(f"{p}.qweight_t", (codes.astype(np.int16) + 128).astype(np.uint8)), [zp]
     if m.input_scale is not None:
         inv = (1.0 / m.input_scale.detach().float()).cpu().numpy().astype(np.float32)
         xq, _ = _quantize_static(x, inv, b)
-        acc = b.op("MatMulInteger", [xq, wq, zp])
+        acc = b.op("MatMulInteger", [xq, wq, zp, *inputs])
         rescale = (m.scale.detach().float() * m.input_scale.detach().float()).cpu().numpy()
         y = b.op("Mul", [b.op("Cast", [acc], to=FLOAT), b.const(f"{p}.out_scale", rescale)],
                  None if bias else out)
     else:
         xq, xs = _quantize_per_token(x, b)
-        acc = b.op("MatMulInteger", [xq, wq, zp])
+        acc = b.op("MatMulInteger", [xq, wq, zp, *inputs])
         y = b.op("Mul", [b.op("Cast", [acc], to=FLOAT), xs])
         y = b.op("Mul", [y, b.const(f"{p}.weight_scale", m.scale.detach().float().cpu().numpy())],
                  None if bias else out)

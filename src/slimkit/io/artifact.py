@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,18 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.codecs import decode_chain, encode_chain
-from slimkit.io.layout import StoredArrays, file_chunks, manifest_json
-from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry, parse_manifest
+from slimkit.core.provenance import base_of
+from slimkit.io.bases import after_load, build_base
+from slimkit.io.codecs import encode_chain
+from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest
+from slimkit.io.decode import decode_tensor as decode_tensor
+from slimkit.io.decode import decoded_budget as decoded_budget
+from slimkit.io.decode import group_arrays as group_arrays
+from slimkit.io.layout import StoredArrays, file_chunks
+from slimkit.io.lazy import LazyStateDict
+from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry
 from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
-
-SIDE_SEP = "::"
-MAX_EXPANSION = 4096  # decoded bytes per stored byte, at most (1-bit packing of fp32 is 32)
-MAX_TOTAL_EXPANSION = 256  # all tensors together, decoded bytes per byte of the file (plus 64 MiB)
-
-
-def decoded_budget(file_size: int) -> int:
-    """The most bytes all decoded tensors of a `file_size`-byte .slim file may take together: without
-    it, thousands of tiny tensors each within its own bound could still expand a file 1000x."""
-    return MAX_TOTAL_EXPANSION * file_size + (1 << 26)
+from slimkit.surgery.edits import compact_edits, replay_edits
 
 
 def codec_chains(model: nn.Module) -> dict[str, list[dict]]:
@@ -68,17 +65,8 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.array(arr, copy=True))
-    if dtype == "bfloat16":
-        return tensor.view(torch.bfloat16)
-    return tensor
-
-
 def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, np.ndarray], Manifest]:
     """Everything `save` writes, in memory: the stored arrays and the manifest."""
-    from slimkit.surgery.edits import compact_edits
-    from slimkit.zoo.registry import base_of
 
     chains = codec_chains(model)
     arrays: dict[str, np.ndarray] = {}
@@ -106,66 +94,6 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
     arrays, manifest = encode_model(model, info)
     atomic_write(path, file_chunks(arrays, manifest))
     return Path(path).stat().st_size
-
-
-def _read_manifest(reader: SafetensorsReader) -> Manifest:
-    return parse_manifest(manifest_json(reader), str(reader.path))
-
-
-def group_arrays(reader: StoredArrays, manifest: Manifest, where: str) -> dict[str, dict[str, str]]:
-    """Tensor name -> {"data" or side name: stored array key}; every stored array must belong to one."""
-    by_tensor: dict[str, dict[str, str]] = {k: {} for k in manifest.tensors}
-    for key in reader.keys():
-        name, _, side = key.partition(SIDE_SEP)
-        if name not in by_tensor:
-            raise SlimFormatError(f"{where}: stored array {key!r} belongs to no manifest tensor")
-        by_tensor[name][side or "data"] = key
-    return by_tensor
-
-
-def decode_tensor(reader: StoredArrays, keys: dict[str, str], name: str, entry: TensorEntry, where: str,
-                  size: int) -> torch.Tensor:
-    """Decode one tensor (`keys` from `group_arrays`), checking sizes before any large allocation."""
-    if "data" not in keys:
-        raise SlimFormatError(f"{where}: tensor {name!r} has no stored data")
-    if entry.dtype not in _DTYPES:
-        raise SlimFormatError(f"{where}: tensor {name!r} has unsupported dtype {entry.dtype!r}")
-    stored_bytes = sum(reader.nbytes(k) for k in keys.values())
-    decoded_bytes = math.prod(entry.shape) * _DTYPES[entry.dtype]
-    limit = min(MAX_EXPANSION * stored_bytes + 4096, 64 * size + 2**26)
-    if decoded_bytes > limit:
-        raise SlimFormatError(f"{where}: tensor {name!r} claims {decoded_bytes} bytes from "
-                              f"{stored_bytes} stored bytes")
-    try:
-        arr = decode_chain({k: reader.get(v) for k, v in keys.items()}, entry.chain, max_bytes=limit)
-    except SlimFormatError as exc:
-        raise SlimFormatError(f"{where}: tensor {name!r}: {exc}") from None
-    if list(arr.shape) != entry.shape:
-        raise SlimFormatError(f"{where}: tensor {name!r} decodes to shape {list(arr.shape)}, "
-                              f"manifest says {entry.shape}")
-    if arr.dtype.kind not in "biuf" or arr.dtype.itemsize != _DTYPES[entry.dtype]:
-        raise SlimFormatError(f"{where}: tensor {name!r} decodes to {arr.dtype}, manifest says {entry.dtype}")
-    return _to_torch(arr, entry.dtype)
-
-
-def _decode_all(file: SafetensorsReader, manifest: Manifest) -> dict[str, torch.Tensor]:
-    where = str(file.path)
-    reader = StoredArrays(file, manifest)
-    by_tensor = group_arrays(reader, manifest, where)
-    size = file.path.stat().st_size
-    claimed = sum(math.prod(e.shape) * _DTYPES.get(e.dtype, 0) for e in manifest.tensors.values())
-    if claimed > decoded_budget(size):
-        raise SlimFormatError(f"{where}: {len(manifest.tensors)} tensors claim {claimed} decoded bytes in all, "
-                              f"more than {decoded_budget(size)} for a file of {size} bytes")
-    out = {name: decode_tensor(reader, by_tensor[name], name, entry, where, size)
-           for name, entry in manifest.tensors.items()}
-    for key, target in manifest.aliases.items():
-        out[key] = out[target]
-    return out
-
-
-_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
-           "int16": 2, "int32": 4, "int64": 8, "bool": 1, "uint16": 2, "uint32": 4}
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -200,8 +128,6 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, to
     (`slimkit.io.lazy.LazyStateDict`; close it, or use it in a `with` block).
     """
     if lazy:
-        from slimkit.io.lazy import LazyStateDict
-
         return LazyStateDict(path)  # type: ignore[return-value]
     with SafetensorsReader(path) as reader:
         manifest = _read_manifest(reader)
@@ -213,9 +139,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
 
     `model` supplies the architecture for files made from a user model (base kind "user").
     """
-    from slimkit.surgery.edits import replay_edits
-    from slimkit.zoo.resolve import build_base
-
     with SafetensorsReader(path) as reader:
         manifest = _read_manifest(reader)
         state = _decode_all(reader, manifest)
@@ -224,9 +147,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     _load_into(net, state, str(path))
     _retie(net, manifest.aliases)
     _restore_chains(net, manifest)
-    from slimkit.nn.bert_fast import install_fast_layers
-
-    install_fast_layers(net)  # bf16 runtime of int8 BERT-style layers (same state dict)
+    after_load(net)  # registered runtime steps, e.g. the fast layers of int8 BERT-style blocks
     net.__dict__["slimkit_base"] = manifest.base
     net.__dict__["slimkit_info"] = manifest.info
     return net.eval()

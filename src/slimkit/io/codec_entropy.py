@@ -13,9 +13,10 @@ import math
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.io.artifact import _to_numpy, codec_chains
 from slimkit.io.codec_ans import ans_decode, ans_encode, ans_header_bytes
-from slimkit.io.codecs import Codec, _dtype, _shape, register_codec
-from slimkit.io.entropy import decode_symbols, encode_symbols
+from slimkit.io.codecs import Codec, _dtype, _shape, get_codec, register_codec
+from slimkit.io.entropy import coding_report, decode_symbols, encode_symbols
 
 CODERS = ("huffman", "ans")
 
@@ -91,9 +92,6 @@ def entropy_report(model) -> dict[str, dict[str, float]]:
     >>> entropy_report(model)["fc1.weight"]
     {'symbols': 1229, 'shannon_bits': 3969.2, 'payload_bits': 4001.0, 'stream_bits': 4080.0, ...}
     """
-    from slimkit.io.artifact import _to_numpy, codec_chains
-    from slimkit.io.codecs import get_codec
-    from slimkit.io.entropy import coding_report
 
     state = model.state_dict()
     out: dict[str, dict[str, float]] = {}

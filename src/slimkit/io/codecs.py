@@ -125,10 +125,6 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 def get_codec(name: object) -> Codec:
-    if isinstance(name, str) and name not in CODECS:
-        from slimkit.plugins import load_all
-
-        load_all()
     if not isinstance(name, str) or name not in CODECS:
         raise SlimFormatError(f"unknown codec {name!r} (known: {', '.join(sorted(CODECS))})")
     return CODECS[name]()
@@ -144,10 +140,6 @@ def encode_chain(array: np.ndarray, chain: list[dict]) -> tuple[dict[str, np.nda
     data = array
     for i, stage in enumerate(chain):
         options = {k: v for k, v in stage.items() if k != "codec"}
-        if stage.get("codec") not in CODECS:
-            from slimkit.plugins import load_all
-
-            load_all()
         codec = CODECS.get(stage.get("codec", ""))
         if codec is None:
             raise SlimError(f"unknown codec {stage.get('codec')!r} (known: {', '.join(sorted(CODECS))})")

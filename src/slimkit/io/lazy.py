@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from slimkit.core.errors import SlimFormatError
-from slimkit.io.artifact import _read_manifest, decode_tensor, group_arrays
+from slimkit.io.decode import _read_manifest, decode_tensor, group_arrays
 from slimkit.io.layout import StoredArrays
 from slimkit.io.manifest import Manifest
 from slimkit.io.safetensors_file import SafetensorsReader

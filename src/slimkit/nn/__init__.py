@@ -1,1 +1,3 @@
 """slimkit.nn"""
+
+from slimkit.nn import bert_fast, codec_affine, hashed, quant_conv, quant_embedding, quant_linear  # noqa: F401  (register)

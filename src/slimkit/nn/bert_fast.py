@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.io.bases import register_after_load
 from slimkit.nn.quant_linear import Int8Linear, _DecodeCache
 
 log = logging.getLogger("slimkit")
@@ -86,6 +87,7 @@ def recognised(layer: nn.Module) -> bool:
     return plain and shapes and norms and _exact_gelu(getattr(layer.intermediate, "intermediate_act_fn", None))
 
 
+@register_after_load
 def install_fast_layers(model: nn.Module) -> int:
     """Give every `recognised` layer of `model` the fast bf16 forward (idempotent); returns how
     many layers have it. Does nothing when SLIMKIT_FAST_LAYERS=0.

@@ -154,7 +154,7 @@ def estimate_recipe(model: nn.Module, recipe, task=None) -> dict:
 
 def model_name(model: nn.Module) -> str | None:
     """The builtin name `model` came from, if any."""
-    from slimkit.zoo.registry import base_of
+    from slimkit.core.provenance import base_of
 
     base = base_of(model)
     return base.get("name") if base.get("kind") == "zoo" else None

@@ -9,5 +9,6 @@ model; `api` holds the configs. Recipes: `kmeans`, `lowrank`, `hashed`, `deep-co
 """
 
 from slimkit.sharing.api import Hashed, KMeansSharing, LowRank, ShareConfigError
+from slimkit.sharing import apply_deep_kmeans  # noqa: F401  (registers deep-kmeans)
 
 __all__ = ["Hashed", "KMeansSharing", "LowRank", "ShareConfigError"]

@@ -22,7 +22,7 @@ from slimkit.io.artifact import SIDE_SEP
 from slimkit.io.codecs import encode_chain, pack_bits
 from slimkit.io.manifest import TensorEntry
 from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
-from slimkit.stream.codec_affine import matrix_shape, quantize_block
+from slimkit.nn.codec_affine import matrix_shape, quantize_block
 from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
 from slimkit.stream.writer import SlimWriter

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
-from slimkit.stream.codec_affine import matrix_shape
+from slimkit.nn.codec_affine import matrix_shape
 
 BINS = 1 << 16
 

@@ -132,10 +132,10 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
     into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`), one `lowrank` stage
     without fine-tuning, or one `apoz` stage with rounds 1 and epochs 0 (`slimkit.stream.layerwise_apoz`).
-    Calibration data is the model's task (`slimkit.eval.measure.task_for`)."""
+    Calibration data is the model's task (`slimkit.core.provenance.task_for`)."""
     from slimkit.core.torch_utils import num_threads
     from slimkit.dist.blocks import BlockChain, find_blocks
-    from slimkit.eval.measure import task_for
+    from slimkit.core.provenance import task_for
     from slimkit.io.manifest import Manifest
     from slimkit.stream.layerwise_methods import worker_for
     from slimkit.surgery.edits import compact_edits

@@ -56,7 +56,7 @@ def build_skeleton(folder: str | os.PathLike) -> tuple[nn.Module, set[str]]:
     from transformers.pytorch_utils import Conv1D
 
     from slimkit.zoo.hf import ATTN_IMPLEMENTATION, check_folder, first_line, json_safe, linears_for_conv1d, quiet
-    from slimkit.zoo.registry import tag
+    from slimkit.core.provenance import tag
 
     folder = check_folder(folder)
     with quiet() as transformers:

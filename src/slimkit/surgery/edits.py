@@ -102,10 +102,6 @@ def replay_edits(model: nn.Module, edits: list) -> None:
         raise SlimFormatError("manifest 'edits' must be a list")
     for i, edit in enumerate(edits):
         op = edit.get("op") if isinstance(edit, dict) else None
-        if isinstance(op, str) and op not in EDIT_OPS:
-            from slimkit.plugins import load_all
-
-            load_all()  # ops registered by method packages (e.g. distillation's keep_layers)
         if not isinstance(op, str) or op not in EDIT_OPS:
             raise SlimFormatError(f"edit #{i} has an unknown op: {str(edit)[:80]}")
         try:

@@ -107,10 +107,6 @@ def _build(kind: str, args: dict) -> nn.Module:
         if "pruned_from" in args:
             restore_note(module, args["pruned_from"])
         return module
-    if kind not in MODULE_TYPES:
-        from slimkit.plugins import load_all
-
-        load_all()
     if kind in MODULE_TYPES:
         return MODULE_TYPES[kind].from_slim_spec(args)
     raise SlimFormatError(f"unknown module type {kind!r} in the manifest")

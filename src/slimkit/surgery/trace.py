@@ -20,6 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimkit.core.errors import SlimError
+from slimkit.surgery.hooktrace import hook_graph
 from slimkit.surgery.walk import NORMS, PRODUCERS, Group, Member, follow
 
 TRACERS = ("auto", "fx", "hooks")
@@ -61,7 +62,6 @@ def trace_groups(model: nn.Module, inputs, tracer: str = "auto") -> tuple[list[G
     >>> [str(g) for g in groups], problems
     (['fc1[out] <-> fc2[in]', 'fc2[out] <-> fc3[in]'], {'fc3': 'feeds the model output'})
     """
-    from slimkit.surgery.hooktrace import hook_graph
 
     if tracer not in TRACERS:
         raise ValueError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")

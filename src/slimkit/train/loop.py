@@ -12,7 +12,6 @@ are averaged, and all replicas end identical. Nothing in the caller changes.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
 import math
@@ -29,6 +28,8 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Batch
+from slimkit.dist.collectives import world
+from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
 
 Target = torch.Tensor | None
 LossFn = Callable[[nn.Module, Batch, Target], torch.Tensor]
@@ -97,41 +98,6 @@ def lr_factor(step: int, total: int, settings: LoopSettings) -> float:
     if settings.schedule == "linear":
         return 1.0 - frac
     return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> bool:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); False when not
-    launched by torchrun. Idempotent."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        atexit.register(_leave_group)
-    return True
-
-
-def _leave_group() -> None:
-    """At exit, leave the group slimkit joined together with the other ranks: a rank that exits
-    while another still tears down gloo can make that one abort (SIGABRT)."""
-    import torch.distributed as dist
-
-    try:
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - best effort at interpreter exit
-        pass
 
 
 class _Objective(nn.Module):
@@ -304,7 +270,6 @@ def _settings_key(settings: LoopSettings) -> dict:
 
 def _save_checkpoint(path: Path, objective: nn.Module, opt: torch.optim.Optimizer,
                      best: dict[str, torch.Tensor], state: dict, settings: LoopSettings) -> None:
-    from slimkit.io.safetensors_file import atomic_write, serialize
 
     arrays = {f"model.{k}": v for k, v in objective.state_dict().items()}
     arrays.update({f"best.{k}": v for k, v in best.items()})
@@ -320,7 +285,6 @@ def _save_checkpoint(path: Path, objective: nn.Module, opt: torch.optim.Optimize
 
 def _load_checkpoint(path: Path, objective: nn.Module, opt: torch.optim.Optimizer,
                      settings: LoopSettings) -> tuple[dict, dict[str, torch.Tensor]]:
-    from slimkit.io.safetensors_file import SafetensorsReader
 
     with SafetensorsReader(path) as reader:
         try:

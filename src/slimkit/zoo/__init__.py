@@ -13,6 +13,9 @@ from torch import nn
 
 from slimkit.zoo import builtin as _builtin  # noqa: F401  (registers the digits models)
 from slimkit.zoo import minilm as _minilm  # noqa: F401  (registers minilm)
+from slimkit.zoo import tasks as _tasks  # noqa: F401  (registers the task finder)
+from slimkit.zoo.corpus import sentences
+from slimkit.zoo.digits import load_digits
 from slimkit.zoo.registry import ZOO, base_of, entry, names, tag
 
 
@@ -24,12 +27,10 @@ def load(name: str) -> nn.Module:
 def data(name: str) -> Any:
     """Data by name: `digits` (or a digits model's name) -> DigitsData; `english` (or `minilm`)
     -> list of sentences."""
-    from slimkit.zoo.digits import load_digits
 
     if name in ("digits", "lenet-300-100", "lenet5"):
         return load_digits()
     if name in ("english", "minilm"):
-        from slimkit.zoo.corpus import sentences
 
         return sentences()
     raise ValueError(f"unknown data set {name!r} (known: digits, english)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slimkit.zoo.digits_task import DigitsTask
 from slimkit.zoo.lenet import LeNet5, LeNet300100
 from slimkit.zoo.registry import ZooEntry, register, tag, trained_digits_model
 
@@ -9,7 +10,6 @@ CACHE_VERSION = "v1"
 
 
 def _digits_task():
-    from slimkit.zoo.digits_task import DigitsTask
 
     return DigitsTask()
 

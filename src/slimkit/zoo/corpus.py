@@ -57,7 +57,7 @@ def _packaged(domain: str) -> tuple[str, ...]:
 def _external(domain: str) -> str:
     """The text of a large training corpus, from the optional `slimkit-corpora` package."""
     try:
-        import slimkit_corpora
+        import slimkit_corpora  # optional data package: imported only here, never at module level
     except ImportError:
         raise SlimError(f"corpus {domain!r} is in the optional data package {CORPORA_PACKAGE}, which is not "
                         f"installed ({CORPORA_INSTALL})") from None

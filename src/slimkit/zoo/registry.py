@@ -1,4 +1,6 @@
-"""Named embedded models. Each entry builds its architecture, loads trained weights, has a task."""
+"""Named embedded models. Each entry builds its architecture, loads trained weights, has a task.
+
+`tag` / `base_of` (re-exported here) live in `slimkit.core.provenance`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.provenance import base_of, tag
 from slimkit.core.task import Task
+from slimkit.zoo.cache import load_cached, save_cached
+from slimkit.zoo.digits import load_digits
+from slimkit.zoo.train import fit
 
 
 @dataclass(frozen=True)
@@ -42,21 +48,8 @@ def names() -> list[str]:
     return sorted({e.name for e in ZOO.values()})
 
 
-def tag(model: nn.Module, base: dict) -> nn.Module:
-    """Remember where a model came from, so a saved .slim can rebuild its architecture."""
-    model.__dict__["slimkit_base"] = base
-    return model
-
-
-def base_of(model: nn.Module) -> dict:
-    return model.__dict__.get("slimkit_base", {"kind": "user"})
-
-
 def trained_digits_model(name: str, make: Callable[[], nn.Module], **fit_kwargs) -> nn.Module:
     """Load `name` from the cache, or train it deterministically and cache it."""
-    from slimkit.zoo.cache import load_cached, save_cached
-    from slimkit.zoo.digits import load_digits
-    from slimkit.zoo.train import fit
 
     model = make()
     state = load_cached(name)
@@ -71,3 +64,6 @@ def trained_digits_model(name: str, make: Callable[[], nn.Module], **fit_kwargs)
     fit(model, load_digits(), seed=0, **fit_kwargs)
     save_cached(name, model.state_dict())
     return model.eval()
+
+
+__all__ = ["ZOO", "ZooEntry", "base_of", "entry", "names", "register", "tag", "trained_digits_model"]

@@ -9,16 +9,19 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.zoo.registry import ZOO, entry, tag
-
-if TYPE_CHECKING:
-    from slimkit.io.manifest import Manifest
+from slimkit.core.provenance import tag
+from slimkit.io.artifact import load
+from slimkit.io.bases import register_base
+from slimkit.io.manifest import Manifest
+from slimkit.io.safetensors_file import SafetensorsReader
+from slimkit.zoo.hf import build_from_base, load_hf_folder
+from slimkit.zoo.registry import ZOO, entry
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
@@ -43,10 +46,6 @@ class WeightsOnly(nn.Module):
 
 def load_safetensors_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Read a weights-only `.safetensors` checkpoint (no pickle) into a `WeightsOnly` module."""
-    from safetensors.torch import load_file
-
-    from slimkit.io.safetensors_file import SafetensorsReader
-
     with SafetensorsReader(path):  # validates the header before anything is allocated
         pass
     state = load_file(str(path))
@@ -86,12 +85,8 @@ def resolve(ref: str, trust_pickle: bool = False) -> nn.Module:
         hint = f" (did you mean builtin:{ref}?)" if ref in ZOO else ""
         raise SlimError(f"no such model or file: {ref}{hint}")
     if path.is_dir():
-        from slimkit.zoo.hf import load_hf_folder
-
         return load_hf_folder(path)
     if path.suffix == ".slim":
-        from slimkit.io.artifact import load
-
         return load(path)
     if path.suffix == ".safetensors":
         return load_safetensors_checkpoint(path)
@@ -104,33 +99,34 @@ def resolve(ref: str, trust_pickle: bool = False) -> nn.Module:
                     "or a Hugging Face folder)")
 
 
-def build_base(base: dict, model: nn.Module | None, manifest: Manifest | None = None) -> nn.Module:
-    """The architecture a .slim file was made from, with its original (uncompressed) shapes."""
-    kind = base.get("kind")
-    if model is not None:
-        return model
-    if kind == "zoo":
-        name = base.get("name")
-        if not isinstance(name, str) or name not in ZOO:
-            raise SlimFormatError(f"the manifest names an unknown builtin model {str(name)[:80]!r}")
-        return entry(name).build()
-    if kind == "hf":
-        from slimkit.zoo.hf import build_from_base
+@register_base("zoo")
+def build_zoo_base(base: dict, manifest: Manifest | None) -> nn.Module:
+    """A builtin model's architecture (random weights)."""
+    name = base.get("name")
+    if not isinstance(name, str) or name not in ZOO:
+        raise SlimFormatError(f"the manifest names an unknown builtin model {str(name)[:80]!r}")
+    return entry(name).build()
 
-        if manifest is None:
-            return build_from_base(base)
-        stored = sum(math.prod(t.shape) * 8 for t in manifest.tensors.values())
-        try:  # the architecture may not outgrow what the file holds (64x, as for decoded tensors)
-            return build_from_base(base, max_bytes=64 * stored + (1 << 26))
-        except SlimFormatError:
-            raise
-        except SlimError as exc:
-            raise SlimFormatError(f"the manifest's Hugging Face base: {exc}") from None
-    if kind == "weights" and manifest is not None:
-        shapes = {k: (v.shape, getattr(torch, v.dtype)) for k, v in manifest.tensors.items()}
-        shapes.update({k: shapes[t] for k, t in manifest.aliases.items()})
-        return tag(WeightsOnly(shapes, device="meta"), base)
-    if kind == "user":
-        raise SlimError("this .slim file was made from a user model: pass its architecture, "
-                        "load(path, model=...)")
-    raise SlimFormatError(f"unknown base model kind {str(kind)[:80]!r} in the manifest")
+
+@register_base("hf")
+def build_hf_base(base: dict, manifest: Manifest | None) -> nn.Module:
+    """A Hugging Face architecture from the config in the manifest."""
+    if manifest is None:
+        return build_from_base(base)
+    stored = sum(math.prod(t.shape) * 8 for t in manifest.tensors.values())
+    try:  # the architecture may not outgrow what the file holds (64x, as for decoded tensors)
+        return build_from_base(base, max_bytes=64 * stored + (1 << 26))
+    except SlimFormatError:
+        raise
+    except SlimError as exc:
+        raise SlimFormatError(f"the manifest's Hugging Face base: {exc}") from None
+
+
+@register_base("weights")
+def build_weights_base(base: dict, manifest: Manifest | None) -> nn.Module:
+    """A bare checkpoint: its tensors' names and shapes, from the manifest."""
+    if manifest is None:
+        raise SlimError("a weights-only base needs the manifest that lists its tensors")
+    shapes = {k: (v.shape, getattr(torch, v.dtype)) for k, v in manifest.tensors.items()}
+    shapes.update({k: shapes[t] for k, t in manifest.aliases.items()})
+    return tag(WeightsOnly(shapes, device="meta"), base)

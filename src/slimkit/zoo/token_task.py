@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 
 from slimkit.core.errors import SlimError
+from slimkit.zoo.corpus import sentences as embedded
+from slimkit.zoo.corpus import split
 from slimkit.zoo.embedding_task import MAX_LENGTH, EmbeddingTask
+from slimkit.zoo.hf import check_folder, load_hf_folder
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
@@ -79,9 +82,6 @@ def token_task(path: str | Path, sentences: list[str] | None = None) -> Embeddin
     >>> task.calibration(64)[0]["input_ids"].shape[0]                  # doctest: +SKIP
     32
     """
-    from slimkit.zoo.corpus import sentences as embedded
-    from slimkit.zoo.corpus import split
-    from slimkit.zoo.hf import check_folder, load_hf_folder
 
     folder = check_folder(path)
     try:

@@ -23,6 +23,7 @@ import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import Codec, _shape, register_codec
+from slimkit.nn.quant_math import Granularity, dequantize, rtn_quantize
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 SCALE_DTYPES = ("float16", "float32")
@@ -41,7 +42,6 @@ def quantize_block(w, bits: int, symmetric: bool, group_size: int, scale_dtype: 
     be quantized in blocks of rows and the results concatenated)."""
     import torch
 
-    from slimkit.nn.quant_math import Granularity, rtn_quantize
 
     gran = Granularity.CHANNEL if group_size == w.shape[1] else Granularity.GROUP
     qw = rtn_quantize(w, bits, symmetric, gran, group_size, mse, getattr(torch, scale_dtype))
@@ -50,7 +50,6 @@ def quantize_block(w, bits: int, symmetric: bool, group_size: int, scale_dtype: 
 
 def dequantize_block(codes, scale, zero, bits: int, group_size: int):
     """float32 torch values of a 2-D block of codes (inverse of `quantize_block`, up to rounding)."""
-    from slimkit.nn.quant_math import dequantize
 
     rows, cols = codes.shape
     grouped = codes.reshape(rows, cols // group_size, group_size)
