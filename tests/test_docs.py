@@ -158,7 +158,7 @@ def test_readme_results_are_copied_from_bench_results():
         assert model in sections, f"bench/RESULTS.md has no case {model!r}"
         bench_rows = {r[0]: r for r in _table_rows(sections[model])}
         assert variant in bench_rows, f"bench/RESULTS.md, {model}: no row {variant!r}"
-        for name, cell in zip(header[2:], cells):
+        for name, cell in zip(header[2:], cells, strict=True):
             assert cell in bench_rows[variant], f"README {model} / {variant} / {name}: {cell!r} is not in RESULTS.md"
 
 

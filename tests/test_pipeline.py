@@ -5,8 +5,8 @@ import json
 import pytest
 
 import slimkit as sk
+from slimkit.pipeline.recipes import Recipe, run_recipe
 from slimkit.pipeline.runner import run_pipeline
-from slimkit.pipeline.recipes import Recipe
 
 
 def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):
@@ -27,3 +27,28 @@ def test_a_failing_stage_keeps_the_earlier_artifacts(lenet, digits_task, tmp_pat
     stages = json.loads((tmp_path / "stages.json").read_text())
     assert stages[0]["error"] is None and stages[1]["error"].startswith("ConfigError")
     assert sk.load(stages[0]["path"]) is not None
+
+
+def test_run_recipe_is_the_one_loop_its_callbacks_steer(lenet, digits_task):
+    """`before_stage` chooses the config each stage applies (the search cuts time limits with it) and
+    may stop the run; `on_stage` sees every finished stage."""
+    recipe = Recipe("two", "", [sk.MagnitudePruning(sparsity=0.5), sk.MagnitudePruning(sparsity=0.6)])
+    seen = []
+
+    def before(i, config):
+        return config.model_copy(update={"sparsity": 0.7}) if i == 1 else config
+
+    model = run_recipe(lenet, recipe, digits_task, on_stage=lambda i, c, _m: seen.append((i, c.sparsity)),
+                       before_stage=before)
+    assert seen == [(0, 0.5), (1, 0.7)]
+    assert float((model.fc1.weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+
+    def stop(i, config):
+        if i == 1:
+            raise TimeoutError("out of time")
+        return config
+
+    seen.clear()
+    with pytest.raises(TimeoutError):
+        run_recipe(lenet, recipe, digits_task, on_stage=lambda i, c, _m: seen.append(i), before_stage=stop)
+    assert seen == [0]

@@ -11,7 +11,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.autosearch.certify import Certification, CrossValidation, certified, drop_bounds, mean_drop_bounds
-from slimkit.autosearch.run import _best
+from slimkit.autosearch.pareto import best_record
 from slimkit.autosearch.trial import TrialRecord
 from slimkit.zoo.digits import load_digits
 
@@ -124,14 +124,14 @@ def test_best_needs_a_certificate_when_there_is_one():
     lucky = rec(0, 1000, 0.0, 0.9)          # within budget on validation, bound outside it
     partial = rec(1, 1200, 0.0, 0.3, folds=4)
     solid = rec(2, 3000, 0.0, 0.45)
-    assert _best([lucky, partial, solid], max_drop=0.5) is solid
-    assert _best([lucky, partial], max_drop=0.5) is None
-    assert _best([lucky, partial, solid], max_drop=1.0) is lucky
+    assert best_record([lucky, partial, solid], max_drop=0.5) is solid
+    assert best_record([lucky, partial], max_drop=0.5) is None
+    assert best_record([lucky, partial, solid], max_drop=1.0) is lucky
     one_image = rec(3, 2000, 0.56, 0.4)      # one validation image lost: within the screen's slack
     one_image.certificate["screen_slack_pts"] = 0.5587
     two_images = rec(4, 1500, 1.12, 0.3)
     two_images.certificate["screen_slack_pts"] = 0.5587
-    assert _best([solid, one_image, two_images], max_drop=0.5) is one_image
+    assert best_record([solid, one_image, two_images], max_drop=0.5) is one_image
     assert one_image.worst_drop() == 0.4 and two_images.worst_drop() == pytest.approx(1.12 - 0.5587)
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.zoo.digits_task import DigitsTask
 from slimkit.autosearch.certify import Certification, CrossValidation, certified
 from slimkit.autosearch.guide import fresh_copy
+from slimkit.zoo.digits_task import DigitsTask
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import slimkit as sk
-from slimkit.autosearch.run import _best
-from slimkit.autosearch.trial import TrialRecord, reseeded
+from slimkit.autosearch.pareto import best_record
+from slimkit.autosearch.stages import reseeded
+from slimkit.autosearch.trial import TrialRecord
 
 
 def test_reseeded_moves_every_training_seed():
@@ -22,6 +23,6 @@ def test_best_needs_a_confirmed_second_run():
     unchecked = rec(1, 1500, 0.0, None)
     solid = rec(2, 3000, 0.0, 0.4)
     outside = rec(3, 500, 1.1, 0.0)
-    assert _best([lucky, unchecked, solid, outside], max_drop=0.5) is solid
-    assert _best([lucky, outside], max_drop=0.5) is None
-    assert _best([lucky, outside], max_drop=2.5) is outside
+    assert best_record([lucky, unchecked, solid, outside], max_drop=0.5) is solid
+    assert best_record([lucky, outside], max_drop=0.5) is None
+    assert best_record([lucky, outside], max_drop=2.5) is outside

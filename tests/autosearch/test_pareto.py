@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from slimkit.core.errors import SlimError
 from slimkit.autosearch.pareto import STATE, dominated, front, read_state, write_json
+from slimkit.core.errors import SlimError
 
 
 def test_front_keeps_exactly_the_non_dominated_points():

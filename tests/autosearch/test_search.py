@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.zoo.digits_task import DigitsTask
 from slimkit.autosearch import search
 from slimkit.autosearch.certify import Certification, certified
 from slimkit.autosearch.pareto import dominated
+from slimkit.zoo.digits_task import DigitsTask
 
 # Cheap candidates: a tenth of the shipped epochs (they lose ~9-11 points on validation, ~18-37 on the
 # two folds' baselines trained on half the images in 20 epochs), and a budget wide enough that they fit.

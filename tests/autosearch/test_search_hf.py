@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.zoo.token_task import token_task
 from slimkit.autosearch import search
 from slimkit.autosearch.space_encoder import EmbeddingSpace
 from slimkit.autosearch.trial import Budget, TrialRecord, run_candidate
+from slimkit.zoo.token_task import token_task
 
 SENTENCES = [f"Sentence number {i} says something about {w} and compression." for i, w in
              enumerate(["tokens", "layers", "heads", "weights", "bits", "models"] * 20)]

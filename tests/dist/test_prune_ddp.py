@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 import slimkit as sk
-from slimkit.dist.data_parallel import TaskLoss, shard_rows
+from slimkit.dist.data_parallel import shard_rows
+from slimkit.train.supervised import cross_entropy
 
 WEIGHTS = ("fc1.weight", "fc2.weight", "fc3.weight")
 
@@ -39,20 +40,22 @@ def test_sharded_losses_average_to_the_batch_mean_gradient(lenet_trained):
     batch-mean gradient, also when the shards differ in size (a batch of 7 on 2 ranks)."""
     task = sk.zoo.entry("lenet-300-100").task()
     inputs, target = task.train_batches(7, seed=0)[0]
-    objective = TaskLoss(lenet_trained, task)
+    loss_fn = cross_entropy(task)
 
-    def grad(loss: torch.Tensor) -> torch.Tensor:
+    def grad(inputs, target, weight) -> torch.Tensor:
         lenet_trained.zero_grad()
-        loss.backward()
+        (loss_fn(lenet_trained, inputs, target) * weight).backward()
         return lenet_trained.fc1.weight.grad.clone()
 
-    single = grad(objective(*shard_rows(inputs, target)))
+    single = grad(*shard_rows(inputs, target))
     shards = [shard_rows(inputs, target, rank=r, size=2) for r in (0, 1)]
     assert [s[1].shape[0] for s in shards] == [4, 3] and [s[2] for s in shards] == [8 / 7, 6 / 7]
-    averaged = sum(grad(objective(*s)) for s in shards) / 2
+    averaged = sum(grad(*s) for s in shards) / 2
     assert torch.allclose(averaged, single, atol=1e-6) and single.abs().sum() > 0
-    empty = shard_rows(inputs, target[:1], rank=1, size=2)       # a rank without rows still joins
-    assert empty[1].shape[0] == 0 and objective(*empty).item() == 0.0
+    empty = shard_rows(inputs, target[:1], rank=1, size=2)       # a rank without rows weighs 0
+    assert empty[1].shape[0] == 0 and empty[2] == 0.0
+    unlabelled = shard_rows(inputs, None, rank=0, size=2)        # rows counted on the inputs
+    assert unlabelled[0]["x"].shape[0] == 4 and unlabelled[1] is None and unlabelled[2] == 8 / 7
     lenet_trained.zero_grad(set_to_none=True)
 
 

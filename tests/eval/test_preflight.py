@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import slimkit as sk
+from slimkit.io.sizing import Plan, estimate_stage, file_size, sparse_index_bytes
 from slimkit.pipeline.preflight import capabilities, coupled_groups, estimate_recipe, preflight
-from slimkit.eval.sizing import Plan, file_size, sparse_index_bytes
 from slimkit.pipeline.recipes import Recipe
 
 TOLERANCE = 0.15  # estimate vs real file size, relative
@@ -77,8 +77,6 @@ def test_int8_payload_is_exact(lenet):
     from slimkit.quantization.api import Int8
 
     plan = Plan.of(lenet)
-    from slimkit.eval.estimators import estimate_stage
-
     note = estimate_stage(plan, Int8())
     assert sorted(note["touched"]) == ["fc1", "fc2", "fc3"] and note["basis"].startswith("exact")
     arrays, _ = encode_model(sk.quantize_(copy.deepcopy(lenet), Int8()))

@@ -10,9 +10,9 @@ from onnx import numpy_helper
 from torch import nn
 
 import slimkit as sk
+from slimkit.export import onnx_qdq
 from slimkit.export.onnx import OrtModule, export, export_onnx, float_copy
 from slimkit.export.onnx_codes import compact_weights
-from slimkit.export import onnx_qdq
 from slimkit.export.onnx_qdq import quantize_graph
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear, QuantLinear

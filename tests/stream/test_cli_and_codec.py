@@ -76,7 +76,7 @@ def test_affine_codec_refuses_a_wrong_scale_shape():
 
 
 def test_routing(tmp_path, ckpt, tensors):
-    from slimkit.stream.console import wants_streaming
+    from slimkit.stream.route import wants_streaming
 
     assert wants_streaming(str(ckpt), "int4")                 # a bare file: always (errors name the stage)
     folder = tmp_path / "hf"

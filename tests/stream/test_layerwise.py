@@ -9,13 +9,13 @@ import torch
 
 import slimkit as sk
 from slimkit.core.errors import SlimError
-from slimkit.zoo.token_task import token_task
 from slimkit.io.artifact import read_manifest
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quantization.api import GPTQ
 from slimkit.pipeline.recipes import Recipe
+from slimkit.quantization.api import GPTQ
 from slimkit.stream.layerwise import compress_layerwise
 from slimkit.stream.skeleton import WeightSource, build_skeleton
+from slimkit.zoo.token_task import token_task
 
 tf = pytest.importorskip("transformers")
 

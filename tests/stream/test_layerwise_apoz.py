@@ -9,10 +9,10 @@ import torch
 import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.io.artifact import read_manifest
+from slimkit.pipeline.recipes import Recipe
 from slimkit.pruning.api import APoZPruning
 from slimkit.pruning.importance import above_mean_std, apoz
 from slimkit.pruning.transformer import prune_ffn_
-from slimkit.pipeline.recipes import Recipe
 from slimkit.stream.layerwise import compress_layerwise
 from slimkit.surgery.edits import replace_module
 from slimkit.surgery.shrink import shrink_linear

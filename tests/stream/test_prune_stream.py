@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.io.artifact import read_manifest
+from slimkit.pipeline.recipes import Recipe
 from slimkit.pruning.api import MagnitudePruning, NMPruning
 from slimkit.pruning.masks import _keep_top, nm_mask
-from slimkit.pipeline.recipes import Recipe
 from slimkit.stream import StreamPlan, compress_checkpoint
 from slimkit.stream.checkpoint import open_checkpoint
 from slimkit.stream.global_cut import GlobalCut

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from slimkit.core.errors import SlimError
+from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.io.safetensors_file import SafetensorsReader
-from slimkit.stream.writer import SlimWriter
 
 ARRAYS = {"a": np.arange(7, dtype=np.uint8), "b": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
           "c": np.arange(5, dtype=np.float16), "d": np.arange(3, dtype=np.float64)}

@@ -6,6 +6,7 @@
 """
 
 from slimkit.autosearch.certify import Certification
-from slimkit.autosearch.run import Progress, SearchResult, search
+from slimkit.autosearch.finish import SearchResult
+from slimkit.autosearch.run import Progress, search
 
 __all__ = ["Certification", "Progress", "SearchResult", "search"]

@@ -32,20 +32,26 @@ for the same quantity: the expected drop of the recipe.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from slimkit.core.methods import MethodConfig, apply_
-from slimkit.core.context import original_model
+from slimkit.autosearch.stages import OutOfTime, reseeded, run_stages
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import MethodConfig
+from slimkit.core.provenance import tag
+from slimkit.zoo.builtin import CACHE_VERSION
+from slimkit.zoo.cache import load_cached, save_cached
+from slimkit.zoo.digits import SPLIT_SEED, DigitsData, Split, load_digits
 from slimkit.zoo.digits_task import DigitsTask
-from slimkit.autosearch.guide import fresh_copy
-from slimkit.autosearch.trial import OutOfTime, _teacher, reseeded, within
-from slimkit.zoo.digits import DigitsData, Split
+from slimkit.zoo.registry import ZOO, base_of
+from slimkit.zoo.train import fit
 
 FUTILITY = 0.25       # points: see CrossValidation._hopeless
 DRAWS = 20000          # bootstrap draws (the bound moves by < 0.01 pt between seeds of the draw)
@@ -107,7 +113,6 @@ def mean_drop_bounds(values: torch.Tensor, confidence: float, seed: int = 0) -> 
     ...     drop_bounds(6, 2, 898, 0.9)[1]        # the same outcomes spread over repeats: sharper
     True
     """
-    import numpy as np
 
     if values.numel() == 0:
         return -100.0, 100.0
@@ -175,13 +180,11 @@ class CrossValidation:
     def for_model(cls, model: nn.Module, settings: Certification) -> CrossValidation | None:
         """Fold baselines for a builtin digits model (trained as the zoo trains it); None for any
         other model (its training recipe is unknown, so folds cannot be retrained)."""
-        from slimkit.zoo.registry import ZOO, base_of
 
         base = base_of(model)
         entry = ZOO.get(base.get("name", "")) if base.get("kind") == "zoo" else None
         if entry is None or not entry.train_settings or not isinstance(entry.task(), DigitsTask):
             return None
-        from slimkit.zoo.digits import load_digits
 
         data = load_digits()
         return cls([_fold(entry, data, held, settings.folds) for repeat in range(settings.repeats)
@@ -245,18 +248,6 @@ def certified(cert: dict | None, max_drop: float) -> bool:
     return cert is not None and cert["folds"] == cert["of"] and cert["ucb_pts"] <= max_drop + 1e-9
 
 
-def run_stages(model: nn.Module, stages: list[MethodConfig], task: DigitsTask, deadline: float) -> nn.Module:
-    """The stages applied to a copy of `model` (recover distils from `model` itself)."""
-    net = fresh_copy(model)
-    with original_model(_teacher(model, stages)):
-        for config in stages:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise OutOfTime("out of time while certifying")
-            net = apply_(net, within(config, left), task)
-    return net.eval()
-
-
 @torch.no_grad()
 def _correct(model: nn.Module, split: Split) -> torch.Tensor:
     model.eval()
@@ -268,8 +259,6 @@ def _fold_indices(y: torch.Tensor, folds: int, repeat: int = 0) -> list[torch.Te
     repeat partitions with the next seed)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from slimkit.zoo.digits import SPLIT_SEED
-
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SPLIT_SEED + repeat)
     return [torch.from_numpy(held) for _, held in splitter.split(y.numpy().reshape(-1, 1), y.numpy())]
 
@@ -277,13 +266,6 @@ def _fold_indices(y: torch.Tensor, folds: int, repeat: int = 0) -> list[torch.Te
 def _fold(entry, data: DigitsData, held: torch.Tensor, folds: int) -> Fold:
     """Fold `held`'s task and its baseline, trained as the zoo trains `entry` (cached beside the zoo's
     own weights, keyed on the fold and the training settings)."""
-    import hashlib
-    import json
-
-    from slimkit.zoo.builtin import CACHE_VERSION
-    from slimkit.zoo.cache import load_cached, save_cached
-    from slimkit.core.provenance import tag
-    from slimkit.zoo.train import fit
 
     keep = torch.ones(len(data.train), dtype=torch.bool)
     keep[held] = False

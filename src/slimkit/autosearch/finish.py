@@ -6,26 +6,43 @@ pareto.json and the report with its plots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from torch import nn
 
-from slimkit.autosearch.pareto import PARETO, write_json
-from slimkit.autosearch.run import BEST, SearchResult, _best, pareto_doc, points
+from slimkit.autosearch.pareto import BEST, PARETO, best_record, front, pareto_doc, points, write_json
+from slimkit.autosearch.report import write_report
 from slimkit.autosearch.trial import TrialRecord, quick_latency
+from slimkit.eval.measure import evaluate
+from slimkit.io.artifact import load
+from slimkit.io.safetensors_file import atomic_write
+
+
+@dataclass
+class SearchResult:
+    """What `slimkit.autosearch.search` returns: the best (measured on the test data), the front,
+    every candidate and the report."""
+
+    folder: Path
+    best: dict | None              # the best candidate with its test measurements, None if none fits
+    front: list[dict]
+    trials: list[TrialRecord]
+    baseline: dict
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    report: Path | None = None
 
 
 def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialRecord],
            interrupted: bool) -> SearchResult:
     """Measure the best on test data, write best.yaml, pareto.json and report.html; the result."""
-    from slimkit.eval.measure import evaluate
-    from slimkit.io.artifact import load
 
     max_drop = state["max_drop_pts"]
     base = state["baseline"]
     pts = points(records, base["bytes"], max_drop)
-    best = _best(records, max_drop)
+    best = best_record(records, max_drop)
     if "test_score" not in base:
         base["test_score"] = round(float(task.score(net)), 6)
     final, best_model, notes = None, None, []
@@ -56,7 +73,6 @@ def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialR
         notes.append("interrupted: run the same command again to resume")
     state["final"] = final
     write_json(folder / PARETO, pareto_doc(state, pts, best if final else None, final))
-    from slimkit.autosearch.report import write_report
 
     report, report_notes = write_report(folder, net, best_model, task, state, pts, final)
     return SearchResult(folder=folder, best=final, front=_front(pts), trials=records,
@@ -65,14 +81,11 @@ def finish(folder: Path, net: nn.Module, task, state: dict, records: list[TrialR
 
 
 def _front(pts: list[dict]) -> list[dict]:
-    from slimkit.autosearch.pareto import front
-
     return front(pts, "bytes")
 
 
 def _write_recipe(path: Path, state: dict, best: TrialRecord, final: dict) -> None:
     """The best candidate as a recipe `slimkit compress --recipe best.yaml` can rerun."""
-    from slimkit.io.safetensors_file import atomic_write
 
     name = state["model"].removeprefix("builtin:")
     test = final["test_drop_pts"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.autosearch.pareto import front
+from slimkit.io.artifact import SIDE_SEP, encode_model
 
 MAX_LAYERS = 8      # histograms of the largest layers only (a transformer has dozens)
 
@@ -135,7 +136,6 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
 
 def bits_per_layer(model: nn.Module) -> dict[str, float]:
     """Stored bits per parameter of each weight layer (weights and bias), in the .slim encoding."""
-    from slimkit.io.artifact import SIDE_SEP, encode_model
 
     arrays, _ = encode_model(model)
     stored: dict[str, int] = defaultdict(int)

@@ -10,8 +10,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from slimkit.eval.report import Report
 from slimkit.autosearch.pareto import front
+from slimkit.autosearch.plots import bits_per_layer, plot_apoz, plot_bits, plot_histograms, plot_pareto
+from slimkit.eval.report import Report
+from slimkit.pruning.report import apoz_report
 
 KEY_OPTIONS = ("sparsity", "bits", "bias_bits", "ratio", "budget", "rank", "student", "head_ratio", "group_size",
                "embedding_bits", "finetune_epochs", "epochs", "targets", "ignore")
@@ -31,7 +33,6 @@ def recipe_line(stages: list[dict]) -> str:
 def write_report(folder: Path, original: nn.Module, best: nn.Module | None, task, state: dict,
                  pts: list[dict], final: dict | None) -> tuple[Path, list[str]]:
     """Draw the plots into `folder`, write `folder/report.html`; (path, notes on plots skipped)."""
-    from slimkit.autosearch.plots import bits_per_layer, plot_apoz, plot_bits, plot_histograms, plot_pareto
 
     notes: list[str] = []
     images: list[tuple[str, Path]] = []
@@ -63,8 +64,6 @@ def write_report(folder: Path, original: nn.Module, best: nn.Module | None, task
 
 
 def _apoz_rows(model: nn.Module, task) -> list[dict]:
-    from slimkit.pruning.report import apoz_report
-
     try:
         return apoz_report(model, task)
     except Exception:   # a model the tracer cannot follow (e.g. runtime modules) has no APoZ rows

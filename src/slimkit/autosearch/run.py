@@ -14,21 +14,47 @@ reported on the test data.
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import statistics
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from slimkit.autosearch.certify import Certification, CrossValidation
+from slimkit.autosearch.finish import SearchResult, finish
+from slimkit.autosearch.guide import layer_sensitivity, protect_order
+from slimkit.autosearch.mutate import mutate
+from slimkit.autosearch.pareto import (
+    BEST,
+    PARETO,
+    STATE,
+    VERSION,
+    best_record,
+    front,
+    pareto_doc,
+    points,
+    read_state,
+    write_json,
+)
+from slimkit.autosearch.space import DigitsSpace, Space
+from slimkit.autosearch.space_encoder import EmbeddingSpace
+from slimkit.autosearch.stages import OutOfTime
+from slimkit.autosearch.trial import Budget, TrialRecord, confirm_drop, quick_latency, run_candidate, stage_dict
+from slimkit.autosearch.validation import validation_setup
 from slimkit.core.errors import SlimError
-from slimkit.autosearch.certify import Certification
-from slimkit.autosearch.pareto import PARETO, STATE, VERSION, front, read_state, write_json
-from slimkit.autosearch.trial import Budget, OutOfTime, TrialRecord, quick_latency, run_candidate, stage_dict
+from slimkit.core.provenance import base_of, task_for
+from slimkit.core.task import Task
+from slimkit.eval.measure import baseline_bytes
+from slimkit.io.safetensors_file import atomic_write
+from slimkit.zoo.digits_task import DigitsTask
+from slimkit.zoo.resolve import resolve
 
-BEST = "best.slim"
 TRIALS = "trials"
 
 
@@ -43,18 +69,6 @@ class Progress:
     baseline_bytes: int
     elapsed_s: float
     budget_s: float
-
-
-@dataclass
-class SearchResult:
-    folder: Path
-    best: dict | None              # the best candidate with its test measurements, None if none fits
-    front: list[dict]
-    trials: list[TrialRecord]
-    baseline: dict
-    interrupted: bool = False
-    notes: list[str] = field(default_factory=list)
-    report: Path | None = None
 
 
 def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: float = 1200.0,
@@ -89,7 +103,6 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     (folder / TRIALS).mkdir(exist_ok=True)
     if state is not None and state["model"] != ref:
         raise SlimError(f"{folder} holds a search of {state['model']}, not {ref}; use another --out")
-    from slimkit.autosearch.validation import validation_setup
 
     work, score, where = validation_setup(task)   # candidates are made with `work`, scored by `score`
     cv = _cross_validation(net, task, certification)
@@ -127,14 +140,12 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
             _persist(folder, state, records, max_drop)
             _step_from_best(study, records, max_drop, seed)
             if on_trial is not None:
-                on_trial(Progress(rec, done, len(records), _best(records, max_drop), state["baseline"]["bytes"],
+                on_trial(Progress(rec, done, len(records), best_record(records, max_drop), state["baseline"]["bytes"],
                                   time.monotonic() - started, budget_s))
     except KeyboardInterrupt:
         interrupted = True
     state["elapsed_s"] = round(state.get("elapsed_s", 0.0) + time.monotonic() - started, 1)
     _persist(folder, state, records, max_drop)
-    from slimkit.autosearch.finish import finish
-
     return finish(folder, net, task, state, records, interrupted)
 
 
@@ -159,14 +170,7 @@ def _check(max_drop: float, budget_s: float, max_trials: int | None, effort: flo
 
 
 def _model_and_task(model: str | nn.Module):
-    import json
-
-    from slimkit.core.provenance import task_for
-    from slimkit.core.provenance import base_of
-
     if isinstance(model, str):
-        from slimkit.zoo.resolve import resolve
-
         ref, net = model, resolve(model)
     elif isinstance(model, nn.Module):
         net = model
@@ -183,10 +187,6 @@ def _model_and_task(model: str | nn.Module):
 
 
 def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: float) -> dict:
-    from slimkit.eval.measure import baseline_bytes
-    from slimkit.autosearch.guide import layer_sensitivity, protect_order
-    from slimkit.autosearch.space import space_for
-
     t = time.monotonic()
     val = score(net)
     score_s = time.monotonic() - t
@@ -207,15 +207,24 @@ def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: floa
             "trials": [], "best": None, "elapsed_s": 0.0}
 
 
-def _space(net: nn.Module, task, state: dict, effort: float):
-    from slimkit.autosearch.space import space_for
+def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = None, effort: float = 1.0,
+              score_s: float | None = None) -> Space:
+    """The search space for `model` scored by `task` (digits classifiers or sentence encoders);
+    `effort` scales the training epochs of the digits space (0.1: ten times fewer); `score_s`, the
+    seconds one held-out scoring took, sizes the training stages of the encoder space."""
+    if isinstance(task, DigitsTask):
+        return DigitsSpace(model, protect_order, effort)
+    if hasattr(task, "calib_sentences") and hasattr(task, "encode"):
+        return EmbeddingSpace(model, len(task.calib_sentences), score_s)
+    raise SlimError(f"search has no search space for the task {getattr(task, 'name', type(task).__name__)!r} "
+                    "(supported: digits classifiers and sentence encoders)")
 
+
+def _space(net: nn.Module, task, state: dict, effort: float):
     return space_for(net, task, state.get("protect_order", []), effort, score_s=state.get("score_s"))
 
 
 def _study(space, records: list[TrialRecord], state: dict, max_drop: float, seed: int):
-    import warnings
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -260,8 +269,6 @@ def _ask_new(study, space, records: list[TrialRecord], tries: int = 5):
 
 def _cross_validation(net: nn.Module, task, certification: Certification | None):
     """The cross-validation that certifies candidates (builtin digits models), else None."""
-    from slimkit.zoo.digits_task import DigitsTask
-    from slimkit.autosearch.certify import CrossValidation
 
     if not isinstance(task, DigitsTask):
         return None
@@ -274,9 +281,8 @@ def _confirm(net, stages, task, score, budget: Budget, rec: TrialRecord, records
     the search has it (screened on validation within the budget plus one image, which alone is
     0.56 pt on digits), else by a second run with other training seeds (within the budget on
     validation); only if that keeps it within the budget too can it be the best."""
-    from slimkit.autosearch.trial import confirm_drop
 
-    best = _best(records, budget.max_drop)
+    best = best_record(records, budget.max_drop)
     slack = cv.screen_slack_pts if cv is not None else 0.0
     if rec.feasible(budget.max_drop + slack) and (best is None or rec.bytes < best.bytes):
         start = time.monotonic()
@@ -295,13 +301,10 @@ def _confirm(net, stages, task, score, budget: Budget, rec: TrialRecord, records
 
 def _step_from_best(study, records: list[TrialRecord], max_drop: float, seed: int) -> None:
     """Every other candidate (once the seeds are done) is a local step from the best so far."""
-    import random
 
     import optuna
 
-    from slimkit.autosearch.mutate import mutate
-
-    best = _best(records, max_drop)
+    best = best_record(records, max_drop)
     if best is None or len(records) % 2 or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         return
     dists = {k: optuna.distributions.json_to_distribution(v) for k, v in best.distributions.items()}
@@ -336,33 +339,12 @@ def _tell_fail(study, trial) -> None:
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
-def _best(records: list[TrialRecord], max_drop: float) -> TrialRecord | None:
-    fits = [r for r in records if r.confirmed(max_drop)]
-    return min(fits, key=lambda r: (r.bytes, -r.val_score, r.number)) if fits else None
-
-
-def points(records: list[TrialRecord], baseline_bytes: int, max_drop: float) -> list[dict]:
-    """Measured candidates as plain dicts (what pareto.json and the plots show)."""
-    out = []
-    for r in records:
-        if r.measured:
-            out.append({"trial": r.number, "bytes": r.bytes, "ratio": round(baseline_bytes / r.bytes, 2),
-                        "val_score": r.val_score, "drop_pts": r.drop_pts,
-                        "latency_ms": r.latency_ms.get("batch1"), "latency_batched_ms": r.latency_ms.get("batch32"),
-                        "within_budget": r.feasible(max_drop), "confirm_drop_pts": r.confirm_drop_pts,
-                        "cv_drop_pts": (r.certificate or {}).get("drop_pts"),
-                        "cv_ucb_pts": (r.certificate or {}).get("ucb_pts"),
-                        "confirmed": r.confirmed(max_drop), "stages": r.stages, "path": r.path})
-    return out
-
-
 def _persist(folder: Path, state: dict, records: list[TrialRecord], max_drop: float) -> None:
     """Copy a new best to best.slim, drop artifacts no front needs, rewrite search.json and
     pareto.json (each write atomic: an interruption leaves the old file or the new one)."""
-    from slimkit.io.safetensors_file import atomic_write
 
     base_bytes = state["baseline"]["bytes"]
-    best = _best(records, max_drop)
+    best = best_record(records, max_drop)
     if best is not None and best.path and (state.get("best") != best.number or not (folder / BEST).is_file()):
         atomic_write(folder / BEST, [(folder / best.path).read_bytes()])
         state["best"] = best.number
@@ -379,13 +361,3 @@ def _persist(folder: Path, state: dict, records: list[TrialRecord], max_drop: fl
     state["trials"] = [r.to_dict() for r in records]
     write_json(folder / STATE, state, indent=None)   # rewritten after every candidate: kept compact
     write_json(folder / PARETO, pareto_doc(state, points(records, base_bytes, max_drop), best))
-
-
-def pareto_doc(state: dict, pts: list[dict], best: TrialRecord | None, final: dict | None = None) -> dict:
-    """The content of pareto.json."""
-    return {"model": state["model"], "score_name": state["score_name"], "chosen_on": state["validation"],
-            "max_drop_pts": state["max_drop_pts"], "baseline": state["baseline"],
-            "best": final if final is not None else (None if best is None else
-                                                     next(p for p in pts if p["trial"] == best.number)),
-            "front": front(pts, "bytes"), "latency_front": front(pts, "latency_ms"),
-            "candidates": len(state["trials"]), "elapsed_s": state.get("elapsed_s", 0.0)}

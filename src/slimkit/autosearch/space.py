@@ -5,7 +5,7 @@ one: no k-means bits are drawn when the trial chose no k-means) and returns the 
 the families compose: a structural change first (distillation into a smaller student, low-rank
 factorization or hashing), then pruning, then quantization or weight sharing.
 
->>> space = space_for(model, task, protect_order=["fc3", "fc1", "fc2"])
+>>> space = DigitsSpace(model, protect_order=["fc3", "fc1", "fc2"])   # or run.space_for(model, task)
 >>> stages = space.suggest(study.ask())          # e.g. [MagnitudePruning(...), KMeansSharing(...)]
 """
 
@@ -18,8 +18,7 @@ from typing import Any
 from torch import nn
 
 from slimkit.core.methods import MethodConfig, make_config
-from slimkit.core.errors import SlimError
-from slimkit.core.task import Task
+from slimkit.distillation.students import shrink_mlp
 
 
 class Space(ABC):
@@ -76,8 +75,6 @@ class DigitsSpace(Space):
     @staticmethod
     def _mlp_hidden(model: nn.Module) -> list[int]:
         """Hidden widths if `model` is an MLP a student can be derived from, else []."""
-        from slimkit.distillation.students import shrink_mlp
-
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if len(linears) < 2 or any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in model.modules()):
             return []
@@ -159,20 +156,3 @@ class DigitsSpace(Space):
             out.append(make_config("kmeans", bits=min(8, bits + 2), bias_bits=min(8, bias_bits + 2),
                                    targets=protected, coding="huffman"))
         return out
-
-
-def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = None, effort: float = 1.0,
-              score_s: float | None = None) -> Space:
-    """The search space for `model` scored by `task` (digits classifiers or sentence encoders);
-    `effort` scales the training epochs of the digits space (0.1: ten times fewer); `score_s`, the
-    seconds one held-out scoring took, sizes the training stages of the encoder space."""
-    from slimkit.zoo.digits_task import DigitsTask
-
-    if isinstance(task, DigitsTask):
-        return DigitsSpace(model, protect_order, effort)
-    if hasattr(task, "calib_sentences") and hasattr(task, "encode"):
-        from slimkit.autosearch.space_encoder import EmbeddingSpace
-
-        return EmbeddingSpace(model, len(task.calib_sentences), score_s)
-    raise SlimError(f"search has no search space for the task {getattr(task, 'name', type(task).__name__)!r} "
-                    "(supported: digits classifiers and sentence encoders)")

@@ -23,8 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from slimkit.core.methods import MethodConfig, make_config
 from slimkit.autosearch.space import Space
+from slimkit.core.methods import MethodConfig, make_config
+from slimkit.distillation.students import keep_layers
+from slimkit.pruning.transformer import find_blocks
 
 GROUPS = (32, 64, 128)
 TRAIN_EPOCH_FACTOR = 4.0     # one training epoch ~ this x (one held-out scoring) x sentences / 256
@@ -37,8 +39,6 @@ class EmbeddingSpace(Space):
     name = "embedding"
 
     def __init__(self, model: nn.Module, calib_sentences: int = 0, score_s: float | None = None):
-        from slimkit.pruning.transformer import find_blocks
-
         blocks = find_blocks(model)
         first = next(iter(blocks.values()), None)
         dims = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}
@@ -132,7 +132,6 @@ class EmbeddingSpace(Space):
 
 def _depth(model: nn.Module) -> list[int]:
     """Indices of the transformer layers a `keep_layers` student can choose from ([] if none)."""
-    from slimkit.distillation.students import keep_layers
 
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
     if not lists:

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from slimkit.core.methods import MethodConfig, apply_
-from slimkit.core.context import original_model
+from slimkit.autosearch.certify import certified
+from slimkit.autosearch.stages import OutOfTime, reseeded, run_stages
+from slimkit.core.latency import median_ms
+from slimkit.core.methods import MethodConfig
 from slimkit.core.task import Task
-from slimkit.autosearch.guide import fresh_copy
-
-
-class OutOfTime(Exception):
-    """The search's time budget ran out in the middle of a candidate."""
+from slimkit.io.artifact import save
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,6 @@ class TrialRecord:
         it (the upper confidence bound of the drop within the budget), else by a second run with
         other training seeds."""
         if self.certificate is not None:
-            from slimkit.autosearch.certify import certified
-
             return self.feasible(max_drop + self.certificate.get("screen_slack_pts", 0.0)) and \
                 certified(self.certificate, max_drop)
         if not self.feasible(max_drop):
@@ -102,6 +99,10 @@ def stage_dict(config: MethodConfig) -> dict:
     return {"method": config.method, **config.model_dump(mode="json", exclude_defaults=True)}
 
 
+class _Stopped(Exception):
+    """A candidate stopped after a stage: too far below the budget for the later stages to bring it back."""
+
+
 def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
                   budget: Budget, path: Path, record: TrialRecord) -> TrialRecord:
     """Fill `record` by running `stages` on a copy of `model`; the artifact is written to `path`.
@@ -109,21 +110,27 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
     Raises `OutOfTime` if the deadline passes before a stage starts; any other exception of a
     method is recorded as a failed candidate (the search goes on).
     """
-    from slimkit.io.artifact import save
+
+    def stop_if_far(i: int, _config: MethodConfig, net: nn.Module) -> None:
+        """After every stage but the last: stop (`record` marked "pruned") if it lost too much."""
+        if i < len(stages) - 1:
+            value = score(net)
+            if budget.drop(value) > budget.abort_drop:
+                record.state, record.val_score = "pruned", round(value, 6)
+                record.drop_pts, record.stopped_after = budget.drop(value), i + 1
+                raise _Stopped
 
     start = time.monotonic()
     try:
-        with original_model(_teacher(model, stages)):
-            net = _apply_stages(fresh_copy(model), stages, task, score, budget, record)
-        if net is None:   # stopped early: too far below the budget after a stage
-            return _timed(record, start)
-        net.eval()
+        net = run_stages(model, stages, task, budget.deadline, on_stage=stop_if_far).eval()
         value = score(net)
         save(net, path, info={"search_trial": record.number})
         record.bytes = path.stat().st_size
         record.val_score, record.drop_pts = round(value, 6), budget.drop(value)
         record.latency_ms = quick_latency(net, task)
         record.path = f"{path.parent.name}/{path.name}"
+    except _Stopped:
+        pass
     except (OutOfTime, KeyboardInterrupt):
         path.unlink(missing_ok=True)
         raise
@@ -132,53 +139,6 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
         record.state = "failed"
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     return _timed(record, start)
-
-
-def _apply_stages(net: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
-                  budget: Budget, record: TrialRecord) -> nn.Module | None:
-    """Apply the stages; None (and `record` marked "pruned") if one leaves the model too far below
-    the budget for the later stages to bring it back."""
-    for i, config in enumerate(stages):
-        left = budget.deadline - time.monotonic()
-        if left <= 0:
-            raise OutOfTime(f"out of time before stage {i + 1} ({config.method})")
-        net = apply_(net, within(config, left), task)
-        if i < len(stages) - 1:
-            value = score(net)
-            if budget.drop(value) > budget.abort_drop:
-                record.state, record.val_score = "pruned", round(value, 6)
-                record.drop_pts, record.stopped_after = budget.drop(value), i + 1
-                return None
-    return net
-
-
-def within(config: MethodConfig, left: float) -> MethodConfig:
-    """`config` with its time limit (if it has one) cut to the `left` seconds of the search."""
-    if "time_limit" not in type(config).model_fields:
-        return config
-    own = config.time_limit
-    return config.model_copy(update={"time_limit": max(1.0, left if own is None else min(own, left))})
-
-
-def _teacher(model: nn.Module, stages: list[MethodConfig]) -> nn.Module | None:
-    """A frozen copy of the original for stages that distil from it (`recover`), else None."""
-    if not any(getattr(config, "needs_original", False) for config in stages):
-        return None
-    teacher = fresh_copy(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
-
-
-def reseeded(stages: list[MethodConfig], offset: int = 1) -> list[MethodConfig] | None:
-    """The stages with every training seed moved by `offset`; None if no stage has a seed (the
-    recipe is deterministic: a second run would give the same artifact)."""
-    out, any_seed = [], False
-    for config in stages:
-        if "seed" in type(config).model_fields:
-            config, any_seed = config.model_copy(update={"seed": config.seed + offset}), True
-        out.append(config)
-    return out if any_seed else None
 
 
 def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
@@ -191,16 +151,12 @@ def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score
     again = reseeded(stages)
     if again is None:
         return first_drop
-    net = fresh_copy(model)
     try:
-        with original_model(_teacher(model, again)):
-            for config in again:
-                if time.monotonic() > budget.deadline:
-                    return None
-                net = apply_(net, config, task)
-        net.eval()
+        net = run_stages(model, again, task, budget.deadline, cut=False).eval()
         return budget.drop(score(net))
-    except (KeyboardInterrupt, OutOfTime):
+    except OutOfTime:
+        return None
+    except KeyboardInterrupt:
         raise
     except Exception:   # counted as not confirmed
         return None
@@ -209,10 +165,6 @@ def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score
 def quick_latency(model: nn.Module, task: Task, seconds: float = 2.0) -> dict[str, float]:
     """Median ms at batch 1 and 32 on one thread, with fewer repeats for slow models (about
     `seconds` per batch size, 3 to 20 runs), so that measuring never dominates a search."""
-    import torch
-
-    from slimkit.core.latency import median_ms
-
     out = {}
     for batch in (1, 32):
         inputs = task.example_inputs(batch)

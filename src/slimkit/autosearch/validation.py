@@ -12,6 +12,7 @@ from collections.abc import Callable
 from torch import nn
 
 from slimkit.core.task import Task
+from slimkit.zoo.embedding_task import EmbeddingTask
 
 VAL_SENTENCES = 256          # held-out calibration sentences for sentence encoders
 CALIB_USED = 512             # calibration() never reads past this many sentences in a search
@@ -33,8 +34,6 @@ def validation_setup(task: Task) -> tuple[Task, Callable[[nn.Module], float], st
         return task, own, f"{task.name} validation split" + (f" ({size} images)" if size else "")
     calib = getattr(task, "calib_sentences", None)
     if calib is not None and len(calib) >= CALIB_USED + VAL_SENTENCES:
-        from slimkit.zoo.embedding_task import EmbeddingTask
-
         held = EmbeddingTask(task.tokenizer_path, task.reference, list(calib[:-VAL_SENTENCES]),
                              list(calib[-VAL_SENTENCES:]), name=task.name)
         held.tokenizer_ = getattr(task, "tokenizer_", None)   # e.g. byte-level ids for a folder without one

@@ -7,6 +7,15 @@ from pathlib import Path
 import typer
 
 from slimkit.cli import common
+from slimkit.cli.compress_stream import layerwise_cmd, stream_cmd
+from slimkit.core.provenance import base_of, task_for
+from slimkit.dist.collectives import init, is_main
+from slimkit.eval.measure import evaluate
+from slimkit.io.artifact import save
+from slimkit.pipeline.recipes import load_recipe, run_recipe
+from slimkit.pipeline.runner import run_pipeline
+from slimkit.stream.route import route
+from slimkit.zoo.resolve import resolve
 
 
 def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folder or .safetensors"),
@@ -22,15 +31,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                                              "tensor, gptq on a HF folder block by block."),
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact."""
-    from slimkit.core.provenance import task_for
-    from slimkit.eval.measure import evaluate
-    from slimkit.io.artifact import save
-    from slimkit.pipeline.recipes import load_recipe, run_recipe
-    from slimkit.core.provenance import base_of
-    from slimkit.zoo.resolve import resolve
 
     common.check_out_path(out, [model], force)
-    from slimkit.stream.console import layerwise_cmd, route, stream_cmd
 
     how = route(model, recipe, stream)
     if how == "tensors":  # a bare checkpoint (or --stream): weight-only, tensor by tensor
@@ -38,7 +40,6 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     if how == "layerwise":  # gptq on a HF folder, one block at a time from disk
         return layerwise_cmd(model, recipe, out, as_json, keep_stages)
     plan = load_recipe(recipe)
-    from slimkit.dist.collectives import init, is_main
 
     init()  # under torchrun: calibration and training are split across ranks; rank 0 writes
     with common.status(f"loading {model}"):
@@ -56,8 +57,6 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
 
     with common.status(f"compressing with {plan.name} ({len(plan.stages)} stages)"):
         if keep_stages:
-            from slimkit.pipeline.runner import run_pipeline
-
             folder = out.with_name(out.name + ".stages")
             try:
                 net, _ = run_pipeline(net, plan, task, folder)

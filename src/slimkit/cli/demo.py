@@ -8,13 +8,13 @@ import typer
 from rich.table import Table
 
 from slimkit.cli import common
+from slimkit.cli.demo_run import run_demo
 
 
 def demo_cmd(out: Path = typer.Option(Path("slimkit-demo"), "--out", help="Folder for artifacts and tables."),
              model: str = typer.Option("lenet-300-100", "--model", help="Builtin digits model."),
              ) -> None:
     """Run one method of each family and a combined pipeline; print and save the table."""
-    from slimkit.cli.demo_run import run_demo
 
     rows = run_demo(out, model, progress=common.info)
     table = Table(title=f"slimkit demo: builtin:{model} (artifacts and tables in {out}/)")

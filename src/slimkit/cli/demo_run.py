@@ -11,7 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimkit import zoo
 from slimkit.core.errors import SlimError
+from slimkit.eval.measure import evaluate
+from slimkit.io.artifact import load, save
+from slimkit.io.safetensors_file import atomic_write
+from slimkit.pipeline.recipes import load_recipe, run_recipe
 
 PLAN: list[tuple[str, str]] = [
     ("quantization", "int8"),
@@ -38,29 +43,28 @@ class Row:
 def run_demo(out_dir: str | Path = "slimkit-demo", model_name: str = "lenet-300-100",
              progress: Callable[[str], None] = lambda msg: None) -> list[Row]:
     """Run every row, save artifacts and the table (markdown + JSON) into `out_dir`."""
-    import slimkit as sk
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"loading builtin:{model_name} (trained on first use)")
-    base = sk.zoo.load(model_name)
-    task = sk.zoo.entry(model_name).task()
+    base = zoo.load(model_name)
+    task = zoo.entry(model_name).task()
     path = out / "baseline.slim"
-    sk.save(base, path)
-    ref = sk.evaluate(base, task, path=path)
+    save(base, path)
+    ref = evaluate(base, task, path=path)
     rows = [Row("baseline", "fp32", ref.bytes, round(ref.ratio, 2), ref.score, 0.0,
                 ref.latency_ms["batch1"], ref.latency_ms["batch32"])]
     for family, recipe_name in PLAN:
         try:
-            recipe = sk.load_recipe(recipe_name)
+            recipe = load_recipe(recipe_name)
         except SlimError:
             rows.append(Row(family, recipe_name, note="not yet implemented"))
             continue
         progress(f"{family}: {recipe_name}")
-        model = sk.run_recipe(sk.zoo.load(model_name), recipe, task)
+        model = run_recipe(zoo.load(model_name), recipe, task)
         path = out / f"{recipe_name}.slim"
-        sk.save(model, path, info={"recipe": recipe_name})
-        m = sk.evaluate(sk.load(path), task, path=path)
+        save(model, path, info={"recipe": recipe_name})
+        m = evaluate(load(path), task, path=path)
         rows.append(Row(family, recipe_name, m.bytes, round(m.ratio, 2), m.score,
                         round((m.score - ref.score) * 100, 2), m.latency_ms["batch1"],
                         m.latency_ms["batch32"]))
@@ -69,8 +73,6 @@ def run_demo(out_dir: str | Path = "slimkit-demo", model_name: str = "lenet-300-
 
 
 def write_tables(rows: list[Row], out: Path, model_name: str) -> None:
-    from slimkit.io.safetensors_file import atomic_write
-
     lines = [f"# slimkit demo on {model_name}", "",
              "ratio = the model's fp32 safetensors size / this .slim file's size", "",
              "| family | method | bytes | ratio | accuracy | change (pt) | ms batch 1 | ms batch 32 | note |",

@@ -6,6 +6,8 @@ import typer
 from rich.table import Table
 
 from slimkit.cli import common
+from slimkit.eval.measure import evaluate
+from slimkit.zoo.resolve import resolve
 
 
 def measurement_row(m) -> dict:
@@ -21,8 +23,6 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, 
                                                help="Read a pickled .pt/.bin state dict (weights_only)."),
              ) -> None:
     """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency."""
-    from slimkit.eval.measure import evaluate
-    from slimkit.zoo.resolve import resolve
 
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)

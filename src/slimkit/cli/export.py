@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from slimkit.cli import common
+from slimkit.export.onnx import export
+from slimkit.zoo.resolve import resolve
 
 
 def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:NAME, HF folder)"),
@@ -21,8 +23,6 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
     int8 linears and quantized embeddings stay integer in the graph (MatMulInteger, uint8 Gather),
     weight-only codes, k-means and pruned weights are stored as small codes decoded in the graph,
     unless --float is given; other codecs are written as decoded fp32 weights."""
-    from slimkit.export.onnx import export
-    from slimkit.zoo.resolve import resolve
 
     common.check_out_path(onnx, [model], force)
     with common.status(f"loading {model}"):

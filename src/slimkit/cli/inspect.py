@@ -10,6 +10,13 @@ import typer
 from rich.table import Table
 
 from slimkit.cli import common
+from slimkit.core.errors import SlimError
+from slimkit.core.provenance import task_for
+from slimkit.eval.layers import layer_table
+from slimkit.eval.plots import plot_apoz, plot_histograms
+from slimkit.pipeline.preflight import preflight
+from slimkit.pruning.report import apoz_report, weight_histograms
+from slimkit.zoo.resolve import resolve
 
 
 def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
@@ -24,8 +31,6 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
                                                help="Add what each family can do and the recipe size estimates."),
                 ) -> None:
     """Show where a model's bytes are, layer by layer, and what each recipe would make of it."""
-    from slimkit.eval.layers import layer_table
-    from slimkit.zoo.resolve import resolve
 
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)
@@ -54,18 +59,11 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
 
 
 def _preflight(net, recipes: list[str] | None) -> dict:
-    from slimkit.core.provenance import task_for
-    from slimkit.pipeline.preflight import preflight
-
     with common.status("pre-flight: tracing groups, estimating recipe sizes"):
         return preflight(net, task_for(net), recipes or None)
 
 
 def _apoz_rows(net) -> list[dict]:
-    from slimkit.core.errors import SlimError
-    from slimkit.core.provenance import task_for
-    from slimkit.pruning.report import apoz_report
-
     task = task_for(net)
     if task is None:
         raise SlimError("--apoz needs data: use a builtin model or a .slim file made from one")
@@ -84,9 +82,6 @@ def _print_apoz(rows: list[dict]) -> None:
 
 
 def _plots(net, apoz_rows: list[dict], folder: Path) -> None:
-    from slimkit.eval.plots import plot_apoz, plot_histograms
-    from slimkit.pruning.report import weight_histograms
-
     paths = plot_histograms(weight_histograms(net), folder)
     apoz_path = plot_apoz(apoz_rows, folder)
     common.info(f"wrote {len(paths) + (apoz_path is not None)} plots to {folder}/")

@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-from slimkit.cli import common
+from slimkit.cli import common, compress, demo, evaluate, export, inspect, recipes, search
+from slimkit.core.errors import SlimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained neural networks smaller and faster, and measure it honestly.")
@@ -21,8 +22,6 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _register() -> None:
-    from slimkit.cli import compress, demo, evaluate, export, inspect, recipes, search
-
     for module in (demo, compress, evaluate, inspect, export, recipes, search):
         module.register(app)
 
@@ -32,7 +31,6 @@ _register()
 
 def run() -> None:
     """Console-script entry point."""
-    from slimkit.core.errors import SlimError
 
     try:
         code = app(standalone_mode=False)   # typer.Exit(n) comes back as a return value here

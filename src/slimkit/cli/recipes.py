@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import typer
+import yaml
 
 from slimkit.cli import common
+from slimkit.pipeline.recipes import shipped
 
 
 def recipes_cmd() -> None:
     """List the shipped recipes."""
-    import yaml
-
-    from slimkit.pipeline.recipes import shipped
 
     for name, path in sorted(shipped().items()):
         doc = yaml.safe_load(path.read_text()) or {}

@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slimkit.autosearch import search
+from slimkit.autosearch.certify import Certification
 from slimkit.cli import common
+from slimkit.core.errors import SlimError
 
 
 def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folder"),
@@ -29,9 +33,6 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
                ) -> None:
     """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
-    from slimkit.core.errors import SlimError
-    from slimkit.autosearch import search
-    from slimkit.autosearch.certify import Certification
 
     if not budget > 0 or budget != budget:
         raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")
@@ -77,8 +78,6 @@ class _Display:
 
     def __enter__(self) -> _Display:
         if not common.STATE.quiet and common.console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                                      console=common.console, transient=True)
             self.progress.start()

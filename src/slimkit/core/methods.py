@@ -1,10 +1,11 @@
 """One verb per family, one config type per method, a registry from config type to handler.
 
 >>> import slimkit as sk
->>> sk.quantize_(model, sk.configs["int8"](), data=task)     # in place
+>>> sk.quantize_(model, sk.make_config("int8"), data=task)    # in place
 >>> sk.apply_(model, config)                                  # any family
 
-Method packages register with::
+A method is one config class that registers itself; everything slimkit knows about it hangs off
+that class, so adding a method touches no other file::
 
     @register_method
     class MagnitudePruning(MethodConfig):
@@ -12,7 +13,11 @@ Method packages register with::
         family: ClassVar[Family] = Family.PRUNE
         sparsity: float = 0.9
 
-        def apply(self, model, task, filter_fn): ...
+        def apply(self, model, task, filter_fn): ...             # the work
+        @classmethod
+        def search_choices(cls, trial, model, task): ...         # its entry in `slimkit search`
+
+Its size estimate (for `slimkit inspect`) registers with `slimkit.io.sizing.estimates`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ class MethodConfig(BaseModel):
     def example(cls) -> MethodConfig:
         """A quick configuration for lenet-300-100, used by the conformance suite."""
         return cls()
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MethodConfig | None:
+        """This method's entry in an accuracy-budgeted search: a config whose options are drawn from
+        `trial` (an optuna trial, define-by-run: `trial.suggest_float("magnitude.sparsity", 0.5, 0.95)`),
+        or None when the method has nothing to offer `model`. Name parameters "<method>.<option>".
+        The default offers nothing."""
+        return None
 
 
 METHODS: dict[str, type[MethodConfig]] = {}

@@ -1,60 +1,45 @@
-"""Data-parallel fine-tuning helpers shared by the training-time methods (prune-and-retrain, QAT,
-codebook fine-tuning); in one process each is a no-op or the plain computation.
+"""Data-parallel training helpers for `slimkit.train.loop.fit`; in one process each is a no-op or
+the plain computation.
 
 Under torchrun every rank walks the same list of batches and takes rows ``rank::N`` of each. A
 rank's mean loss is weighted by ``N * (its rows / the batch's rows)``, so averaging gradients over
 ranks (DDP, or `average_grads_` for tensors that are not module parameters) gives exactly the
 single-process gradient of the whole batch's mean, whatever the shard sizes.
 
->>> objective = data_parallel(TaskLoss(model, task))     # DDP under torchrun, the module alone else
->>> loss = objective(*shard_rows(inputs, target))         # this rank's rows, weighted
+>>> objective = data_parallel(objective)                    # DDP under torchrun, the module alone else
+>>> inputs, target, weight = shard_rows(inputs, target)     # this rank's rows and its loss weight
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from slimkit.core.task import Batch, Task
+from slimkit.core.task import Batch
 from slimkit.dist.collectives import all_reduce_sum, world
 
 
-def shard_rows(inputs: Batch, target: torch.Tensor, rank: int | None = None,
-               size: int | None = None) -> tuple[Batch, torch.Tensor, float]:
+def shard_rows(inputs: Batch, target: torch.Tensor | None, rank: int | None = None,
+               size: int | None = None) -> tuple[Batch, torch.Tensor | None, float]:
     """This rank's rows of a batch and the weight of its mean loss (1.0 in one process); `rank`
-    and `size` default to the process group's.
+    and `size` default to the process group's. The rows are counted on `target`, or without one
+    on the first input tensor; inputs of another length pass whole.
 
     >>> shard_rows({"x": torch.ones(5, 2)}, torch.zeros(5), rank=1, size=2)[2]
     0.8
     """
     if rank is None or size is None:
         rank, size = world()
-    rows = int(target.shape[0])
     if size == 1:
         return inputs, target, 1.0
+    lead = target if target is not None else next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+    rows = int(lead.shape[0])
     part = {k: v[rank::size] if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,) else v
             for k, v in inputs.items()}
-    mine = target[rank::size]
-    return part, mine, size * int(mine.shape[0]) / max(1, rows)
-
-
-class TaskLoss(nn.Module):
-    """A model with its cross-entropy on the task as forward, so one DDP wrapper synchronises the
-    model's gradients however `task.forward` calls the model.
-
-    >>> TaskLoss(model, task)(inputs, target, 1.0)          # = cross_entropy(task.forward(...))
-    """
-
-    def __init__(self, model: nn.Module, task: Task):
-        super().__init__()
-        self.model = model
-        self.task = task
-
-    def forward(self, inputs: Batch, target: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        logits = self.task.forward(self.model, inputs)
-        if target.shape[0] == 0:            # a rank with no rows this step still joins the reduction
-            return logits.sum() * 0.0
-        return nn.functional.cross_entropy(logits, target) * weight
+    mine = len(range(rank, rows, size))
+    return part, None if target is None else target[rank::size], size * mine / max(1, rows)
 
 
 def data_parallel(module: nn.Module) -> nn.Module:
@@ -66,8 +51,6 @@ def data_parallel(module: nn.Module) -> nn.Module:
     """
     if world()[1] == 1:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(module)
 
 
@@ -79,8 +62,6 @@ def broadcast_(tensors: list[torch.Tensor]) -> None:
     """
     if world()[1] == 1:
         return
-    import torch.distributed as dist
-
     for t in tensors:
         dist.broadcast(t.data, 0)
 

@@ -6,10 +6,13 @@ DDP-ready training loop, and the `distill` method.
 >>> student = distill(teacher, pruned_student(teacher, ratio=0.9), task, DistillConfig(epochs=60))
 """
 
+from slimkit.distillation import (
+           estimate,  # noqa: F401  (registers the size estimate)
+           recovery,  # noqa: F401  (registers recover)
+)
 from slimkit.distillation.api import DistillConfig, distill
-from slimkit.train.loop import LoopSettings, fit
 from slimkit.distillation.students import keep_layers, pruned_student, shrink_mlp, zoo_student
-from slimkit.distillation import recovery  # noqa: F401  (registers recover)
+from slimkit.train.loop import LoopSettings, fit
 
 __all__ = ["DistillConfig", "LoopSettings", "distill", "fit", "keep_layers", "pruned_student", "shrink_mlp",
            "zoo_student"]

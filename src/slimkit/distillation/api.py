@@ -24,15 +24,15 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from slimkit.core.errors import SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
-from slimkit.distillation.data import Source, as_source, text_task_source
+from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
 from slimkit.dist.collectives import init as init_distributed
-from slimkit.train.loop import EpochInfo, FitResult, LoopSettings, fit
+from slimkit.distillation.data import Source, as_source, text_task_source
 from slimkit.distillation.objective import Objective, Weights
 from slimkit.distillation.students import keep_layers, pruned_student, reinitialise_, shrink_mlp, zoo_student
-from slimkit.core.errors import SlimError
-from slimkit.core.task import Task
-from slimkit.core.select import FilterFn
+from slimkit.train.loop import EpochInfo, FitResult, LoopSettings, fit
 
 
 class StudentInit(str, Enum):
@@ -145,7 +145,7 @@ class DistillConfig(MethodConfig):
         return LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                             schedule=self.schedule.value, warmup=self.warmup, patience=self.patience,
                             seed=self.seed, progress=self.progress, time_limit=self.time_limit,
-                            time_schedule=self.time_schedule)
+                            time_schedule=self.time_schedule, label="distilling")
 
     def make_student(self, teacher: nn.Module, data: object | None = None) -> nn.Module:
         """The student this config derives from `teacher` (`data`: the task a pruned student's

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,18 +18,10 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Batch, Task
-
-Target = torch.Tensor | None
-
-
-@dataclass
-class Source:
-    """`batches(epoch)` -> [(inputs, target or None)]; `validate(student)` -> score or None."""
-
-    batches: Callable[[int], list[tuple[Batch, Target]]]
-    validate: Callable[[nn.Module], float] | None
-    labelled: bool
-    size: int
+from slimkit.distillation.source import BUCKET, Source, Target, augment_sentence, length_batches
+from slimkit.distillation.teacher_cache import cached_text_source
+from slimkit.zoo import corpus
+from slimkit.zoo.embedding_task import EmbeddingTask
 
 
 def _check_batches(found: list, where: str) -> None:
@@ -81,9 +72,7 @@ def _as_pair(item: object, i: int) -> tuple[Batch, Target]:
 
 def read_text(path: str | os.PathLike) -> list[str]:
     """Sentences of a UTF-8 text file, one per line (one-line SlimError when missing or empty)."""
-    from slimkit.zoo.corpus import read_sentences
-
-    return read_sentences(path)
+    return corpus.read_sentences(path)
 
 
 def as_source(data: object, batch_size: int = 64, seed: int = 0,
@@ -114,9 +103,6 @@ def as_source(data: object, batch_size: int = 64, seed: int = 0,
     return _batch_list_source([_as_pair(b, i) for i, b in enumerate(items)], seed, None)
 
 
-BUCKET = 50  # batches per length bucket: sentences of similar length share a batch (less padding)
-
-
 def text_source(texts: list[str], encode: Callable[[Sequence[str]], Batch], batch_size: int,
                 seed: int, augment: float = 0.0, bucket: int = BUCKET) -> Source:
     """Sentences shuffled each epoch, cut into batches and tokenised on the fly.
@@ -145,48 +131,6 @@ def text_source(texts: list[str], encode: Callable[[Sequence[str]], Batch], batc
     return Source(batches, None, False, len(texts))
 
 
-def length_batches(texts: list, batch_size: int, bucket: int = BUCKET, key: Callable = len) -> list[list]:
-    """`texts` cut into batches, sorted by length (`key`) within each run of `bucket` batches
-    (order kept otherwise); `bucket` <= 1 keeps the order as it is.
-
-    >>> length_batches(["a b c", "a", "a b"], 2, bucket=2)
-    [['a', 'a b'], ['a b c']]
-    """
-    span = batch_size * max(1, bucket)
-    out: list[list] = []
-    for start in range(0, len(texts), span):
-        run = texts[start:start + span]
-        if bucket > 1:
-            run = sorted(run, key=key)
-        out += [run[i:i + batch_size] for i in range(0, len(run), batch_size)]
-    return out
-
-
-def augment_sentence(sentence: str, rng: random.Random, pool: Sequence[str] = ()) -> str:
-    """A variant of `sentence` for the teacher to label: words dropped (each with p = 0.15), two
-    spans swapped, or its first part joined to the second part of a sentence from `pool`.
-
-    >>> augment_sentence("one two three four five six", random.Random(0)) != "one two three four five six"
-    True
-    """
-    words = sentence.split()
-    if len(words) < 4:
-        return sentence
-    kind = rng.randrange(3 if pool else 2)
-    if kind == 0:
-        kept = [w for w in words if rng.random() >= 0.15]
-        if len(kept) == len(words):
-            del kept[rng.randrange(len(kept))]
-        return " ".join(kept if len(kept) >= 3 else words[:3])
-    if kind == 1:
-        cut = rng.randrange(1, len(words))
-        return " ".join(words[cut:] + words[:cut])
-    other = pool[rng.randrange(len(pool))].split()
-    head = words[:rng.randrange(2, len(words))]
-    tail = other[rng.randrange(len(other)):] if len(other) > 1 else other
-    return " ".join(head + tail)
-
-
 def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.PathLike | None = None,
                      batch_size: int = 32, seed: int = 0, augment: float = 0.0,
                      teacher: nn.Module | None = None, bf16: bool = False) -> Source:
@@ -198,8 +142,6 @@ def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.Pat
 
     >>> source = text_task_source(minilm_task(), corpora=["libdocs"], batch_size=32)  # doctest: +SKIP
     """
-    from slimkit.zoo import corpus
-
     texts = list(task.calib_sentences)  # type: ignore[attr-defined]
     held_out: list[str] = []
     for name in corpora:
@@ -212,19 +154,19 @@ def text_task_source(task: Task, corpora: Sequence[str] = (), text: str | os.Pat
     if text is not None:
         texts += read_text(text)
     if teacher is not None:
-        from slimkit.distillation.teacher_cache import cached_text_source
-
         source = cached_text_source(texts, task.encode, teacher, batch_size, seed,  # type: ignore[attr-defined]
                                     augment, bf16)
     else:
         source = text_source(texts, task.encode, batch_size, seed, augment)  # type: ignore[attr-defined]
     source.validate = task.score
     if held_out:
-        from slimkit.zoo.embedding_task import EmbeddingTask
-
         base = task  # an EmbeddingTask: same tokenizer and reference model, more held-out sentences
         check = EmbeddingTask(base.tokenizer_path, base.reference,  # type: ignore[attr-defined]
                               base.calib_sentences, base.eval_sentences + held_out,  # type: ignore[attr-defined]
                               name=f"{task.name}+{'+'.join(corpora)}")
         source.validate = check.score
     return source
+
+
+__all__ = ["BUCKET", "Source", "Target", "as_source", "augment_sentence", "length_batches", "read_text",
+           "text_source", "text_task_source"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from slimkit.core.errors import SlimError
+from slimkit.core.task import Batch
 from slimkit.distillation.losses import (
     Projection,
     attention_loss,
@@ -24,8 +26,6 @@ from slimkit.distillation.losses import (
     relation,
     value_relation_loss,
 )
-from slimkit.core.errors import SlimError
-from slimkit.core.task import Batch
 
 
 @dataclass(frozen=True)

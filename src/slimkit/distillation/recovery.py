@@ -29,14 +29,15 @@ from typing import ClassVar
 from pydantic import Field
 from torch import nn
 
-from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.context import current_original
-from slimkit.distillation.api import DistillConfig, FeatureLoss, Schedule, _source, build_objective
-from slimkit.dist.collectives import init as init_distributed
-from slimkit.train.loop import fit
 from slimkit.core.errors import SlimError
-from slimkit.core.task import Task
+from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
+from slimkit.dist.collectives import init as init_distributed
+from slimkit.distillation.api import DistillConfig, FeatureLoss, Schedule, _source, build_objective
+from slimkit.io.artifact import codec_chains
+from slimkit.train.loop import fit
 
 
 @register_method
@@ -82,7 +83,6 @@ class RecoveryConfig(MethodConfig):
 
 
 def _encoded(model: nn.Module) -> list[str]:
-    from slimkit.io.artifact import codec_chains
 
     names = [k for k, chain in codec_chains(model).items() if chain]
     names += [n for n, m in model.named_modules() if type(m).__module__.startswith("slimkit.nn.")]
@@ -128,8 +128,7 @@ def recover(model: nn.Module, teacher: nn.Module, data: object, config: Recovery
         p.requires_grad_(True)
     first_inputs, _ = source.batches(0)[0]
     objective.prepare(model, first_inputs)
-    result = fit(model, objective, source.batches, dconfig.settings(), source.validate,
-                 objective.projections, None, None)
+    result = fit(model, objective, source.batches, dconfig.settings(), source.validate, objective.projections)
     model.__dict__["slimkit_recover"] = {"best_score": result.best_score, "best_epoch": result.best_epoch,
                                          "epochs_run": result.epochs_run}
     return model

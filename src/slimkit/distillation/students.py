@@ -17,8 +17,14 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import apply_
+from slimkit.core.provenance import task_for
 from slimkit.core.task import Task
+from slimkit.pruning.api import Criterion, Norm, NormPruning, StructuredPruning
 from slimkit.surgery import get_submodule, register_op, replace_module
+from slimkit.surgery.edits import edit_log
+from slimkit.surgery.trace import trace_groups
+from slimkit.zoo import load
 
 
 def fresh_copy(teacher: nn.Module) -> nn.Module:
@@ -132,7 +138,6 @@ def keep_layers(teacher: nn.Module, layers: Sequence[int] | None = None, every: 
         raise SlimError(f"layers to keep must be distinct indices in 0..{n - 1}, got {list(layers)}")
     student = fresh_copy(teacher)
     _keep(student, name, keep)
-    from slimkit.surgery.edits import edit_log
 
     edit_log(student).append({"op": "keep_layers", "module": name, "keep": keep})
     return student
@@ -184,9 +189,6 @@ def pruned_student(teacher: nn.Module, ratio: float | None = None, widths: Seque
     >>> student = pruned_student(sk.zoo.load("lenet5"), ratio=0.75, criterion="l2")
     >>> student = pruned_student(sk.zoo.load("lenet-300-100"), widths=[8, 6], criterion="activation")
     """
-    from slimkit.core.methods import apply_
-    from slimkit.core.provenance import task_for
-    from slimkit.surgery.trace import trace_groups
 
     if criterion not in PRUNE_CRITERIA:
         raise SlimError(f"unknown pruning criterion {criterion!r} (known: {', '.join(PRUNE_CRITERIA)})")
@@ -219,7 +221,6 @@ def pruned_student(teacher: nn.Module, ratio: float | None = None, widths: Seque
 
 def _prune_config(criterion: str, ratio: float, target: str | None):
     """The structured-pruning config that removes `ratio` of the units, once, with no retraining."""
-    from slimkit.pruning.api import Criterion, Norm, NormPruning, StructuredPruning
 
     common = {"ratio": ratio, "epochs": 0, "rounds": 1, "max_drop": 100.0, "min_channels": 1,
               "targets": target}
@@ -234,7 +235,6 @@ def zoo_student(name: str, init: str = "trained", seed: int = 0) -> nn.Module:
 
     >>> student = zoo_student("builtin:lenet5")    # 31k parameters, for lenet-300-100's 51k
     """
-    from slimkit.zoo import load
 
     if init not in ("trained", "random"):
         raise SlimError(f"unknown zoo student init {init!r} (known: trained, random)")

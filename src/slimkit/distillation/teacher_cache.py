@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from slimkit.distillation.data import BUCKET, Source, Target, augment_sentence, length_batches
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Batch
+from slimkit.distillation.source import BUCKET, Source, Target, augment_sentence, length_batches
+from slimkit.zoo.embedding_task import last_hidden_state
 
 TEACHER_BATCH = 64
 ENCODE_CHUNK = 1024
@@ -58,8 +59,6 @@ def teacher_states(teacher: nn.Module, texts: Sequence[str], encode: Callable[[S
     """(flat float16 token states `(sum(counts), width)`, start row of each sentence): the
     teacher's last-layer states of every real token, in length-sorted batches, under bfloat16
     autocast with `bf16` (~2x faster on CPUs; pooled embeddings within cosine 0.99998 of fp32)."""
-    from slimkit.zoo.embedding_task import last_hidden_state
-
     order = sorted(range(len(texts)), key=lambda i: counts[i])
     starts = [0] * len(texts)
     total = 0

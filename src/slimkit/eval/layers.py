@@ -7,6 +7,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from slimkit.io.artifact import SIDE_SEP, encode_model
+
 
 def layer_table(model: nn.Module) -> list[dict]:
     """One row per module that owns tensors directly, with what it costs in the artifact.
@@ -15,7 +17,6 @@ def layer_table(model: nn.Module) -> list[dict]:
     >>> rows[0]["name"], rows[0]["bytes"], rows[0]["encoding"]
     ('fc1', 76800, 'raw float32')
     """
-    from slimkit.io.artifact import SIDE_SEP, encode_model
 
     arrays, manifest = encode_model(model)
     stored: dict[str, int] = defaultdict(int)

@@ -14,6 +14,8 @@ import base64
 import html
 from pathlib import Path
 
+from slimkit.io.safetensors_file import atomic_write
+
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1100px; color: #222; background: #fff; padding: 0 1em; }
@@ -77,7 +79,6 @@ class Report:
 
     def write(self, path: str | Path) -> Path:
         """Write the page atomically; returns the path."""
-        from slimkit.io.safetensors_file import atomic_write
 
         atomic_write(path, [self.render().encode("utf-8")])
         return Path(path)

@@ -26,6 +26,11 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.provenance import task_for
+from slimkit.export.onnx_codes import compact_weights
+from slimkit.export.onnx_qdq import quantize_graph
+from slimkit.io.safetensors_file import atomic_write
+from slimkit.surgery.specs import MODULE_TYPES
 
 HF_OUTPUT = "last_hidden_state"
 
@@ -121,7 +126,6 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path,
 
 def float_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose slimkit runtime modules are replaced by plain float equivalents."""
-    from slimkit.surgery.specs import MODULE_TYPES
 
     out = copy.deepcopy(model).eval()
     for name, module in list(out.named_modules()):
@@ -170,8 +174,6 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
     """
-    from slimkit.core.provenance import task_for
-    from slimkit.io.safetensors_file import atomic_write
 
     task = task or task_for(model)
     if task is None:
@@ -214,9 +216,6 @@ def _fp32_reference(model: nn.Module) -> nn.Module:
 def _integer_bytes(float_onnx: Path, model: nn.Module) -> tuple[bytes, dict[str, str], dict[str, str]]:
     """The float export rewritten with integer ops and coded weights for `model`, and what was rewritten."""
     import onnx
-
-    from slimkit.export.onnx_codes import compact_weights
-    from slimkit.export.onnx_qdq import quantize_graph
 
     proto = onnx.load(str(float_onnx))
     replaced = quantize_graph(proto, model)

@@ -32,6 +32,9 @@ from torch import nn
 
 from slimkit.export.onnx_pack import pack_last_axis, packed_bytes, unpack_last_axis
 from slimkit.export.onnx_qdq import FLOAT, GraphBuilder, WeightPlan, find_weights
+from slimkit.nn.quant_conv import QuantConv2d
+from slimkit.nn.quant_linear import QuantLinear
+from slimkit.nn.quant_math import group_view, zero_point
 
 INT32, INT64 = 6, 7  # onnx.TensorProto data types
 MIN_ELEMENTS = 256  # smaller tensors are not worth coding
@@ -41,8 +44,6 @@ MAX_CODED = 0.6  # a coded tensor must be under 60% of its fp32 size
 def code_plans(model: nn.Module) -> list[WeightPlan]:
     """The weight-only quantized linears and convs of `model`, with their decoded float weights
     (a conv's as the 4-D weight the graph's Conv node holds)."""
-    from slimkit.nn.quant_conv import QuantConv2d
-    from slimkit.nn.quant_linear import QuantLinear
 
     with torch.no_grad():
         return [WeightPlan(name, m, m.dequantized_weight().detach().float().cpu().numpy())
@@ -92,7 +93,6 @@ def _numel(init: Any) -> int:
 
 def _decode_codes(plan: WeightPlan, transposed: bool, out: str, b: GraphBuilder) -> None:
     """`out` = ((codes - zero) * scale) of a `QuantLinear`, reshaped (and transposed) as the graph holds it."""
-    from slimkit.nn.quant_math import group_view, zero_point
 
     m = plan.module
     p = plan.name or "model"

@@ -38,6 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.export.onnx_pack import pack_last_axis, unpack_last_axis
+from slimkit.nn.quant_embedding import QuantEmbedding
+from slimkit.nn.quant_linear import Int8Linear
+
 UINT8, FLOAT = 2, 1  # onnx.TensorProto data types
 
 
@@ -84,8 +88,6 @@ class GraphBuilder:
 
 def integer_plans(model: nn.Module) -> list[WeightPlan]:
     """The modules of `model` that have an integer ONNX pattern, with their decoded float weights."""
-    from slimkit.nn.quant_embedding import QuantEmbedding
-    from slimkit.nn.quant_linear import Int8Linear
 
     plans = []
     with torch.no_grad():
@@ -161,8 +163,6 @@ def quantize_graph(proto: Any, model: nn.Module) -> dict[str, str]:
 
 def _rewrite(node: Any, found: dict, b: GraphBuilder) -> WeightPlan | None:
     """Emit into `b` the integer form of `node` when it uses a found weight; return its plan."""
-    from slimkit.nn.quant_embedding import QuantEmbedding
-    from slimkit.nn.quant_linear import Int8Linear
 
     attrs = {a.name: (a.f if a.type == 1 else a.i) for a in node.attribute}
     if node.op_type == "Gather" and node.input[0] in found:
@@ -267,7 +267,6 @@ def _to_uint8(v: str, b: GraphBuilder) -> str:
 def _embedding(plan: WeightPlan, ids: str, out: str, b: GraphBuilder) -> None:
     """Gather(codes) -> float -> minus zero -> times scale, as `QuantEmbedding.forward` (codes of 4
     bits or fewer stay packed in the table; only the looked-up rows are unpacked)."""
-    from slimkit.export.onnx_pack import pack_last_axis, unpack_last_axis
 
     m = plan.module
     p = plan.name or "model"

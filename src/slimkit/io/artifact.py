@@ -65,6 +65,14 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def encode_tensor(key: str, t: torch.Tensor, chain: list[dict]) -> tuple[dict[str, np.ndarray], TensorEntry]:
+    """State-dict tensor `key` through codec `chain`: its stored arrays by name (`key`, side arrays
+    `key::side`) and its manifest entry. `encode_model` and the streaming writers both use it."""
+    stored, stages = encode_chain(_to_numpy(t), chain)
+    arrays = {key if name == "data" else f"{key}{SIDE_SEP}{name}": arr for name, arr in stored.items()}
+    return arrays, TensorEntry(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape), chain=stages)
+
+
 def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, np.ndarray], Manifest]:
     """Everything `save` writes, in memory: the stored arrays and the manifest."""
 
@@ -79,11 +87,8 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
             aliases[key] = seen[ident]
             continue
         seen[ident] = key
-        stored, stages = encode_chain(_to_numpy(t), chains.get(key, []))
-        for name, arr in stored.items():
-            arrays[key if name == "data" else f"{key}{SIDE_SEP}{name}"] = arr
-        tensors[key] = TensorEntry(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
-                                   chain=stages)
+        stored, tensors[key] = encode_tensor(key, t, chains.get(key, []))
+        arrays.update(stored)
     manifest = Manifest(base=base_of(model), edits=compact_edits(model), tensors=tensors,
                         aliases=aliases, info=info or {})
     return arrays, manifest

@@ -24,7 +24,7 @@ from slimkit.core.errors import SlimFormatError
 
 MAX_LEN = 15
 CHUNK = 4096  # symbols per independently decodable chunk (offsets stored for the rest)
-DOUBLING_MAX = 1 << 15  # streams up to this many symbols decode by pointer doubling (measured)
+DOUBLING_MAX = 1 << 15  # streams up to this many symbols decode by pointer doubling (docs/notes/runtime-choices.md)
 
 
 def huffman_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:

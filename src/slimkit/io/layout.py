@@ -12,7 +12,10 @@
   dictionary hold the manifest zlib-compressed, base64, in `__metadata__["slimkit.z"]`; they
   still load.)
 
-Both are validated the same way before anything is allocated.
+Both are validated the same way before anything is allocated. `file_chunks` writes either layout
+from arrays in memory (`slimkit.io.artifact.save`); `SlimWriter` writes the named layout array by
+array, for models that are never whole in memory (`slimkit.stream`). Both write through
+`slimkit.io.safetensors_file` (`header_json`, `AtomicFile`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,26 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import os
+import tempfile
 import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from slimkit.core.errors import SlimFormatError
+from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.manifest import METADATA_KEY, Manifest
-from slimkit.io.safetensors_file import _CODES, _DTYPES, SafetensorsReader, check_entry, serialize
+from slimkit.io.safetensors_file import (
+    _CODES,
+    _DTYPES,
+    AtomicFile,
+    SafetensorsReader,
+    check_entry,
+    header_json,
+    serialize,
+)
 
 PACK_LIMIT = 1 << 20
 PAYLOAD = "payload"
@@ -49,6 +65,7 @@ ZDICT = (
     b'{"codec":"palette","bits":4,"side":["codebook"]},{"codec":"entropy","shape":[300],"coder":"huffman"}]}'
 )
 MAX_MANIFEST = 64 * 1024 * 1024
+COPY_CHUNK = 8 << 20   # bytes per copy while SlimWriter assembles its file
 
 
 def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
@@ -166,3 +183,171 @@ class StoredArrays:
         begin, end = entry["data_offsets"]
         dtype = np.dtype(_DTYPES[entry["dtype"]])
         return self._payload[begin:end].view(dtype).reshape(tuple(entry["shape"]))
+
+
+@dataclass(frozen=True)
+class _Array:
+    name: str
+    code: str
+    shape: list[int]
+    offset: int   # in the payload file
+    nbytes: int
+    itemsize: int
+
+
+class SlimWriter:
+    """A .slim file in the named layout, written array by array: memory stays at one chunk.
+
+    A safetensors file starts with its header, which holds the manifest and every array's offsets,
+    so `add` first appends the payloads to an anonymous temporary file beside the output; `finish`
+    then writes header + payloads (grouped by item size, widest first, so every array is aligned
+    and the data section has no holes) into an `AtomicFile`, which it renames over the output. An
+    error or a kill at any point leaves no partial output; `abort` (or leaving the `with` block by
+    an exception) removes the temporary files.
+
+    When every array's size is known in advance (e.g. int8/int4 codes and raw copies, whose sizes
+    follow from shapes), `reserve` writes the header first and `add` then writes each array at its
+    final offset, so the payload is written once instead of twice.
+
+    >>> with SlimWriter("ck.slim") as w:
+    ...     w.add("fc.weight", np.dtype("uint8"), [4, 8], [codes_block_1, codes_block_2])
+    ...     w.finish(manifest)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise SlimError(f"cannot write {self.path}: folder {folder} does not exist")
+        self._payload = tempfile.TemporaryFile(prefix=f".{self.path.name}.", suffix=".payload", dir=folder)
+        self._arrays: list[_Array] = []
+        self._names: set[str] = set()
+        self._size = 0
+        self.done = False
+        self._reserved: dict[str, tuple[int, int]] | None = None   # name -> (file offset, bytes)
+        self._final: AtomicFile | None = None                       # the output, once reserved
+        self._manifest_json = ""
+
+    @property
+    def payload_bytes(self) -> int:
+        return self._size
+
+    def add(self, name: str, dtype: np.dtype, shape: list[int], chunks: Iterable) -> int:
+        """Append array `name` of `dtype` and `shape` from `chunks` (arrays or bytes, in order);
+        returns its byte count. The chunks must add up to exactly shape x itemsize bytes."""
+        dtype = np.dtype(dtype)
+        if dtype not in _CODES:
+            raise SlimError(f"cannot store array {name!r} of dtype {dtype}")
+        if name in self._names:
+            raise SlimError(f"array {name!r} written twice")
+        expected = math.prod(shape) * dtype.itemsize
+        if self._reserved is not None and self._reserved.get(name, (0, -1))[1] != expected:
+            raise SlimError(f"array {name!r} ({list(shape)} of {dtype}) was not reserved")
+        written = 0
+        for chunk in chunks:
+            view = memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
+                              if isinstance(chunk, np.ndarray) else chunk).cast("B")
+            if self._final is not None and self._reserved is not None:
+                if view.nbytes > expected - written:
+                    raise SlimError("an array is larger than the space reserved for it")
+                self._final.pwrite(view, self._reserved[name][0] + written)
+            else:
+                self._payload.write(view)
+            written += view.nbytes
+        if written != expected:
+            raise SlimError(f"array {name!r}: wrote {written} bytes, shape {shape} of {dtype} needs {expected}")
+        self._arrays.append(_Array(name, _CODES[dtype], list(shape), self._size, written, dtype.itemsize))
+        self._names.add(name)
+        self._size += written
+        return written
+
+    def add_array(self, name: str, arr: np.ndarray) -> int:
+        """Append one in-memory array."""
+        arr = np.asarray(arr)
+        return self.add(name, arr.dtype, list(arr.shape), [arr])
+
+    def reserve(self, arrays: list[tuple[str, np.dtype, list[int]]], manifest: Manifest) -> None:
+        """Write the header for exactly these arrays now; each `add` then writes at its final place."""
+        planned = [_Array(n, _CODES[np.dtype(d)], list(s), 0, math.prod(s) * np.dtype(d).itemsize,
+                          np.dtype(d).itemsize) for n, d, s in arrays]
+        head, ordered = self.header(manifest, planned)
+        self._final = AtomicFile(self.path)
+        self._manifest_json = manifest.to_json()
+        self._final.write(head)
+        offset, self._reserved = len(head), {}
+        for a in ordered:
+            self._reserved[a.name] = (offset, a.nbytes)
+            offset += a.nbytes
+        os.ftruncate(self._final.fd, offset)
+
+    def header(self, manifest: Manifest, arrays: list[_Array] | None = None) -> tuple[bytes, list[_Array]]:
+        """The header bytes (length prefix included) and the arrays in file order."""
+        arrays = self._arrays if arrays is None else arrays
+        ordered = sorted(arrays, key=lambda a: -a.itemsize)   # stable: encoding order within a width
+        raw = header_json({METADATA_KEY: manifest.to_json()}, [(a.name, a.code, a.shape, a.nbytes) for a in ordered])
+        return len(raw).to_bytes(8, "little") + raw, ordered
+
+    def finish(self, manifest: Manifest) -> int:
+        """Write the .slim file (header, then the payloads) atomically; returns its size in bytes."""
+        if self._final is not None:
+            return self._finish_reserved(manifest)
+        head, ordered = self.header(manifest)
+        self._payload.flush()
+        with AtomicFile(self.path) as out:
+            out.write(head)
+            for a in ordered:
+                _copy_range(self._payload.fileno(), out.fd, a.offset, a.nbytes)
+            out.commit()
+        self.done = True
+        self.close()
+        return len(head) + self._size
+
+    def _finish_reserved(self, manifest: Manifest) -> int:
+        if self._final is None or self._reserved is None:
+            raise RuntimeError("internal: finishing a reserved layout that was never reserved")
+        missing = sorted(set(self._reserved) - self._names)
+        if missing or manifest.to_json() != self._manifest_json:
+            raise SlimError(f"cannot finish {self.path}: arrays {missing[:3]} not written or the manifest changed")
+        size = self._final.size()
+        self._final.commit()
+        self._final = None
+        self.done = True
+        self.close()
+        return size
+
+    def close(self) -> None:
+        """Remove the temporary files (the output, if finished, stays)."""
+        self._payload.close()
+        if self._final is not None:
+            self._final.discard()
+            self._final = None
+
+    abort = close
+
+    def __enter__(self) -> SlimWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _copy_range(src: int, dst: int, offset: int, nbytes: int) -> None:
+    """Copy bytes offset..offset+nbytes of file `src` to the end of file `dst`, in chunks."""
+    end = offset + nbytes
+    while offset < end:
+        n = min(COPY_CHUNK, end - offset)
+        if hasattr(os, "copy_file_range"):
+            try:
+                got = os.copy_file_range(src, dst, n, offset)
+                if got > 0:
+                    offset += got
+                    continue
+            except OSError:
+                pass
+        data = os.pread(src, n, offset)
+        if not data:
+            raise SlimError("payload file ended early while assembling the output")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dst, view):]
+        offset += len(data)

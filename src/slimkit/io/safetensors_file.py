@@ -19,6 +19,7 @@ import math
 import mmap
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -38,35 +39,6 @@ TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bf
                "U64": "uint64", "BOOL": "bool"}   # safetensors dtype code -> torch dtype name
 
 
-def atomic_write(path: str | os.PathLike, chunks: list[bytes | memoryview]) -> None:
-    """Write `chunks` to `path` via a temporary file in the same folder, fsync, then rename.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SlimError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    with _suppress():
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 class _suppress:
     def __enter__(self):
         return self
@@ -75,23 +47,111 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+class AtomicFile:
+    """A new file for `path`, written under a temporary name in the same folder and renamed over
+    `path` by `commit` after an fsync: a crash at any moment leaves the old file or the new one,
+    never a partial file. `discard` (or leaving a `with` block without `commit`) removes it.
+
+    Writes go straight to the file descriptor: `write` appends, `pwrite` writes at an offset, so a
+    file far larger than memory can be written piece by piece, in any order.
+
+    >>> with AtomicFile("model.slim") as f:
+    ...     f.write(header)
+    ...     f.pwrite(block, offset)
+    ...     f.commit()
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.folder.is_dir():
+            raise SlimError(f"cannot write {self.path}: folder {self.folder} does not exist")
+        self.fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
+        self.tmp = Path(tmp)
+        self.committed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data` (any C-contiguous buffer)."""
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Write `data` at byte `offset` (the file grows as needed)."""
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def commit(self) -> None:
+        """fsync, rename over `path`, fsync the folder."""
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.path)
+        self.committed = True
+        with _suppress():
+            dfd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, unless committed (then only close)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self.committed:
+            with _suppress():
+                os.unlink(self.tmp)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write `chunks` to `path` via a temporary file in the same folder, fsync, then rename
+    (`AtomicFile`). A crash at any moment leaves either the old file or the new one, never a
+    partial file; `chunks` may be a generator, so the content need never be whole in memory.
+    """
+    with AtomicFile(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.commit()
+
+
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> list[bytes | memoryview]:
     """Return the chunks of a safetensors file holding `arrays` and `metadata`."""
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
+    entries: list[tuple[str, str, list[int], int]] = []
     payload: list[memoryview] = []
     for name in sorted(arrays):
         arr = np.array(arrays[name], order="C", copy=None)
         if arr.dtype not in _CODES:
             raise SlimError(f"cannot store tensor {name!r} of dtype {arr.dtype}")
-        nbytes = arr.nbytes
-        header[name] = {"dtype": _CODES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        entries.append((name, _CODES[arr.dtype], list(arr.shape), arr.nbytes))
         payload.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    raw = header_json(metadata, entries)
+    return [len(raw).to_bytes(8, "little"), raw, *payload]
+
+
+def header_json(metadata: dict[str, str], entries: Iterable[tuple[str, str, list[int], int]]) -> bytes:
+    """The JSON header of a safetensors file (without its 8-byte length) whose data section holds
+    `entries` (name, dtype code, shape, byte count) back to back in this order; padded with spaces
+    to a multiple of 8 bytes, so that the data section starts aligned."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, code, shape, nbytes in entries:
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return [len(raw).to_bytes(8, "little"), raw, *payload]
+    return raw + b" " * (-len(raw) % 8)
 
 
 def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:

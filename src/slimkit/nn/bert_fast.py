@@ -10,7 +10,7 @@ with fewer, larger kernels, exact up to bf16 rounding:
 - query, key and value in one matmul on the three weights concatenated (384 -> 1152 in MiniLM);
 - attention as one `baddbmm` (scores + padding mask, kept to one row per sequence instead of
   HF's (length x length) per head), softmax in fp32 (closer to fp32 than HF's bf16 softmax), one
-  `bmm`; measured faster here than `scaled_dot_product_attention` at MiniLM's 40 tokens;
+  `bmm` (faster than `scaled_dot_product_attention` at short lengths: docs/notes/runtime-choices.md);
 - every matmul through oneDNN (`torch.ops.mkldnn._linear_pointwise`) on weights packed once,
   with GELU fused into the intermediate matmul and the residual add into the two output matmuls
   (plain `F.linear` where oneDNN is missing).

@@ -7,11 +7,9 @@ in_ch * kh * kw axis, bit-packed below 8 bits), with the same codes, scales and 
 
 Runtime: weight-only. The weight is dequantized once (cached, rebuilt only when a code buffer
 changes) and the convolution runs as a float `F.conv2d` in the input's dtype (fp32, or bf16 in a
-model set to compute in bf16). Integer convolution was measured and is not faster here: on
-LeNet-5's convs, one thread, `torch.ops.quantized.conv2d_dynamic` (x86 / fbgemm / oneDNN engines)
-took 33-94 us at batch 1 against 12-21 us for fp32 `F.conv2d`, was at best on par at batch 256,
-and added 1-2% output error (per-tensor activations); im2col + `torch._int_mm` was 5x (batch 1)
-and 20x (batch 256) slower than fp32. So a quantized conv is smaller on disk and as fast as fp32.
+model set to compute in bf16): integer convolution kernels were slower than fp32 at these sizes
+and less exact (docs/notes/runtime-choices.md). So a quantized conv is smaller on disk and as fast
+as fp32.
 
 >>> from slimkit.nn.quant_math import rtn_quantize
 >>> conv = nn.Conv2d(16, 32, 3, padding=1)

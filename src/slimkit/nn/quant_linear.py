@@ -146,8 +146,8 @@ _COMPILED: dict = {"fn": None}
 
 def use_compiled_int8(enable: bool = True) -> bool:
     """Opt in to `torch.compile` fusion of `Int8Linear`'s activation quantization and rescaling
-    (CPU; compiles on first use, seconds to a minute). On MiniLM, batch 32 x 40, it measured
-    1.2-1.9x faster than eager int8 on a busy 2-core machine. `SLIMKIT_COMPILE=1` turns it on.
+    (CPU; compiles on first use, seconds to a minute; see docs/notes/runtime-choices.md).
+    `SLIMKIT_COMPILE=1` turns it on.
     Returns whether compiled kernels are active."""
     if not enable:
         _COMPILED["fn"] = None

@@ -20,8 +20,16 @@ from __future__ import annotations
 from torch import nn
 
 from slimkit.core.errors import SlimError
-from slimkit.eval import sizing
-from slimkit.eval.estimators import estimate_stage
+from slimkit.core.provenance import base_of
+from slimkit.io import sizing
+from slimkit.io.sizing import estimate_stage
+from slimkit.pipeline.recipes import load_recipe, shipped
+from slimkit.pruning.transformer import find_blocks
+from slimkit.pruning.unstructured import WEIGHTED as PRUNABLE
+from slimkit.quantization.convert import select_targets
+from slimkit.sharing.api import WEIGHTED as CLUSTERABLE
+from slimkit.sharing.apply_lowrank import FACTORABLE
+from slimkit.surgery.trace import trace_groups
 
 GROUP_SIZES = (32, 64, 128)
 NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
@@ -66,10 +74,6 @@ def capabilities(model: nn.Module, task=None, groups: dict | None = None) -> lis
     >>> [r["quantization"] for r in capabilities(lenet5)][0][:30]
     'int8 weights (weight-only); 1-8'
     """
-    from slimkit.pruning.unstructured import WEIGHTED as PRUNABLE
-    from slimkit.quantization.convert import select_targets
-    from slimkit.sharing.api import WEIGHTED as CLUSTERABLE
-    from slimkit.sharing.apply_lowrank import FACTORABLE
 
     _, skipped = select_targets(model, None, [], None, (nn.Linear, nn.Embedding, nn.Conv2d))
     groups = groups or coupled_groups(model, task)
@@ -111,8 +115,6 @@ def coupled_groups(model: nn.Module, task=None) -> dict:
     >>> coupled_groups(lenet, task)["groups"][0]["text"]
     'fc1[out] <-> fc2[in]'
     """
-    from slimkit.pruning.transformer import find_blocks
-    from slimkit.surgery.trace import trace_groups
 
     blocks = sorted(find_blocks(model))
     out: dict = {"groups": [], "unprunable": {}, "blocks": blocks, "error": None}
@@ -154,7 +156,6 @@ def estimate_recipe(model: nn.Module, recipe, task=None) -> dict:
 
 def model_name(model: nn.Module) -> str | None:
     """The builtin name `model` came from, if any."""
-    from slimkit.core.provenance import base_of
 
     base = base_of(model)
     return base.get("name") if base.get("kind") == "zoo" else None
@@ -162,7 +163,6 @@ def model_name(model: nn.Module) -> str | None:
 
 def recipe_estimates(model: nn.Module, task=None, names: list[str] | None = None) -> list[dict]:
     """`estimate_recipe` for every shipped recipe (or `names`), smallest first, failures last."""
-    from slimkit.pipeline.recipes import load_recipe, shipped
 
     baseline = sizing.file_size(model)
     mine = model_name(model)

@@ -176,12 +176,23 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
 
 
 def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
-               on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None) -> nn.Module:
+               on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None,
+               before_stage: Callable[[int, MethodConfig], MethodConfig] | None = None) -> nn.Module:
     """Apply the stages in order; `on_stage(i, config, model)` is called after each one.
 
-    A copy of the input model is kept as the teacher of `recover` stages, if there are any."""
+    `before_stage(i, config)`, if given, is called before stage `i` (0-based) and returns the config
+    to apply (e.g. with its time limit cut to the time left). Either callback may raise to stop the
+    run. This is the one loop that applies a recipe: the pipeline runner, the CLI and the search
+    all run their stages through it. A copy of the input model is kept as the teacher of `recover`
+    stages, if there are any.
+
+    >>> model = run_recipe(model, load_recipe("deep-compression"), task,
+    ...                    on_stage=lambda i, config, _m: print(i, config.method))
+    """
     with original_model(keep_original(model, recipe)):
         for i, config in enumerate(recipe.stages):
+            if before_stage is not None:
+                config = before_stage(i, config)
             model = apply_(model, config, task)
             if on_stage is not None:
                 on_stage(i, config, model)

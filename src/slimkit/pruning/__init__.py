@@ -15,3 +15,5 @@ Layout: `masks`, `schedules`, `importance` are pure tensor math; `unstructured`,
 is the shared retraining loop. Sparse weights are stored by the `sparse` codec
 (`slimkit.io.codec_sparse`).
 """
+
+from slimkit.pruning import estimate  # noqa: F401  (registers the size estimates)

@@ -13,10 +13,23 @@ from typing import Any, ClassVar
 from pydantic import Field
 from torch import nn
 
-from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.errors import ConfigError, SlimError
-from slimkit.core.task import Task
+from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
+from slimkit.pruning.structured import (
+    activation_scores,
+    apoz_scores,
+    fraction_cut,
+    mean_std_cut,
+    norm_scores,
+    param_count,
+    prunable_groups,
+    taylor_scores,
+    trim_,
+)
+from slimkit.pruning.transformer import apply_heads_ffn_, find_blocks
+from slimkit.pruning.unstructured import magnitude_prune_, nm_prune_, prunable, store_sparse
 
 
 class PruneConfigError(ConfigError):
@@ -93,8 +106,6 @@ class MagnitudePruning(_Trainable):
             raise PruneConfigError(f"{self.method}: schedule {data['schedule']!r} needs epochs > 0")
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.pruning.unstructured import magnitude_prune_, prunable, store_sparse
-
         modules = prunable(model, self.targets, self.ignore, filter_fn)
         held = magnitude_prune_(model, task, modules, self)
         model.__dict__["slimkit_sparsity"] = store_sparse(held, self.value_dtype.value,
@@ -125,8 +136,6 @@ class NMPruning(_Trainable):
             _in_range(self.method, "n", data.get("n", 2), 1, m)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.pruning.unstructured import nm_prune_, prunable, store_sparse
-
         held = nm_prune_(model, task, prunable(model, self.targets, self.ignore, filter_fn), self)
         model.__dict__["slimkit_sparsity"] = store_sparse(held, self.value_dtype.value,
                                                           self.bias_dtype.value)
@@ -158,8 +167,6 @@ class _Structured(_Trainable):
             _in_range(self.method, "max_drop", data["max_drop"], 0, 100, hi_open=False)
 
     def _run(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None, scorer, choose):
-        from slimkit.pruning.structured import param_count, prunable_groups, trim_
-
         if task is None:
             raise SlimError(f"{self.method} needs a task (example inputs to trace the model)")
         before = param_count(model)
@@ -186,8 +193,6 @@ class APoZPruning(_Structured):
     epochs: int = Field(10, ge=0)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.pruning.structured import apoz_scores, mean_std_cut
-
         if task is None:
             raise SlimError("apoz needs a task: data to measure activations on")
         return self._run(model, task, filter_fn, apoz_scores(task, self.samples), mean_std_cut(self.std))
@@ -213,8 +218,6 @@ class NormPruning(_Structured):
         _in_range(self.method, "ratio", data.get("ratio", 0.5), 0, 1)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.pruning.structured import fraction_cut, norm_scores
-
         return self._run(model, task, filter_fn, norm_scores(1 if self.norm is Norm.L1 else 2),
                          fraction_cut(self.ratio))
 
@@ -246,9 +249,6 @@ class StructuredPruning(_Structured):
         _in_range(self.method, "head_ratio", data.get("head_ratio", 0.0), 0, 1)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.pruning.structured import activation_scores, fraction_cut, taylor_scores
-        from slimkit.pruning.transformer import apply_heads_ffn_, find_blocks
-
         if task is None:
             raise SlimError(f"{self.method} needs a task: calibration data and example inputs")
         if not find_blocks(model):

@@ -1,37 +1,29 @@
-"""Fine-tuning with held masks: the retraining half of prune-and-retrain.
+"""Fine-tuning with held masks: the retraining half of prune-and-retrain, on `slimkit.train`'s loop.
 
-Under `torchrun --nproc_per_node N` (an initialised `torch.distributed` group, gloo on CPU, NCCL
-on GPUs) the same call trains with `DistributedDataParallel` (`slimkit.dist.data_parallel`):
-every rank takes rows ``rank::N`` of each batch, the averaged gradient equals the single-process
-batch mean, masked gradients are zero before they are reduced, and every rank re-applies the same
-masks, so pruned weights stay exactly zero and the replicas end identical.
+Under `torchrun --nproc_per_node N` the loop is data-parallel (DDP): masked gradients are zero
+before they are reduced, and every rank re-applies the same masks after every step, so pruned
+weights stay exactly zero and the replicas end identical.
 
 >>> history = finetune(model, task, epochs=10, masks=held)   # best epoch kept, chosen on validation
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
-from slimkit.dist.data_parallel import TaskLoss, data_parallel, shard_rows
-from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
 from slimkit.pruning.masks import MaskSet
+from slimkit.train.loop import Hooks, LoopSettings, fit
+from slimkit.train.supervised import cross_entropy, task_batches
+
+_HINT = "; or set epochs=0"
 
 
 def training_data(task: Task | None, batch_size: int, seed: int) -> list:
     """The task's labelled batches, or a one-line error saying fine-tuning needs them."""
-    if task is None:
-        raise SlimError("fine-tuning needs a task with training data (pass data=...) or epochs=0")
-    try:
-        return task.train_batches(batch_size, seed)
-    except NotImplementedError as exc:
-        raise SlimError(f"cannot fine-tune: {exc}; set epochs=0") from None
+    return task_batches(task, batch_size, seed, "fine-tuning", _HINT)(0)
 
 
 def validation(task: Task | None, model: nn.Module) -> float | None:
@@ -50,34 +42,13 @@ def finetune(model: nn.Module, task: Task | None, epochs: int, lr: float = 5e-4,
     epoch with the best validation score is kept. Returns the validation scores per epoch.
     """
     masks = masks or MaskSet()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    per_epoch = len(training_data(task, batch_size, seed))
-    objective = data_parallel(TaskLoss(model, task))      # DDP under torchrun
-    start, span = select_from * per_epoch, max(1, (epochs - select_from) * per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 1.0 if i < start else 0.5 * (1 + math.cos(math.pi * min(1.0, (i - start) / span))))
-    history: list[float] = []
-    best, best_score = None, -1.0
-    step = 0
+    batches = task_batches(task, batch_size, seed, "fine-tuning", _HINT)
+    if epochs < 1:
+        return []
+    settings = LoopSettings(epochs=epochs, lr=lr, weight_decay=0.0, optimizer="adam", schedule="cosine",
+                            hold=select_from, seed=None)
+    validate = (lambda m: validation(task, m)) if hasattr(task, "validation_score") else None
+    hooks = Hooks(before_step=on_iteration, after_step=lambda _step: masks.apply())
     with masks:
-        for epoch in range(epochs):
-            model.train()
-            for inputs, target in training_data(task, batch_size, seed + epoch):
-                if on_iteration is not None:
-                    on_iteration(step)
-                opt.zero_grad()
-                loss = objective(*shard_rows(inputs, target))
-                loss.backward()
-                opt.step()
-                sched.step()
-                masks.apply()
-                step += 1
-            model.eval()
-            score = validation(task, model)
-            history.append(score if score is not None else float("nan"))
-            if epoch >= select_from and score is not None and score > best_score:
-                best, best_score = copy.deepcopy(model.state_dict()), score
-    if best is not None:
-        model.load_state_dict(best)
-    model.eval()
-    return history
+        result = fit(model, cross_entropy(task), batches, settings, validate, hooks=hooks)
+    return [float("nan") if h["score"] is None else h["score"] for h in result.history]

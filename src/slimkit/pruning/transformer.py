@@ -18,8 +18,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from slimkit.core.errors import SlimError
+from slimkit.core.select import matches
 from slimkit.surgery.edits import replace_module, set_attr
-from slimkit.surgery.shrink import shrink_linear
+from slimkit.surgery.shrink import guarded, shrink_linear
 
 _PATHS = ("attention.self.query", "attention.self.key", "attention.self.value",
           "attention.output.dense", "intermediate.dense", "output.dense")
@@ -147,9 +149,6 @@ def apply_heads_ffn_(model: nn.Module, task, filter_fn, cfg) -> dict:
     """Score, cut and check every selected block (`cfg`: ratio of FFN neurons, head_ratio,
     samples, refit, targets, ignore). If the pruned model cannot run, the original is kept and
     the problem raised."""
-    from slimkit.core.errors import SlimError
-    from slimkit.core.select import matches
-    from slimkit.surgery.shrink import guarded
 
     blocks = find_blocks(model)
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.select import FilterFn, select_modules
 from slimkit.core.task import Task
+from slimkit.dist.data_parallel import broadcast_
 from slimkit.io.artifact import codec_chain, set_codec
 from slimkit.pruning.finetune import finetune, training_data
 from slimkit.pruning.masks import MaskSet, magnitude_masks, nm_mask, sparsity_of
 from slimkit.pruning.schedules import event_iterations, polynomial_schedule
-from slimkit.core.select import FilterFn, select_modules
 
 if TYPE_CHECKING:
     from slimkit.pruning.api import MagnitudePruning, NMPruning
@@ -39,7 +40,6 @@ def _magnitude(modules: dict[str, nn.Module], sparsity: float, scope: str) -> di
 def same_start(model: nn.Module) -> None:
     """Under torchrun, give every rank rank 0's weights before masks are chosen, so all ranks
     prune the same entries (a no-op in one process)."""
-    from slimkit.dist.data_parallel import broadcast_
 
     broadcast_([*model.parameters(), *model.buffers()])
 

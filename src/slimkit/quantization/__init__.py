@@ -11,9 +11,10 @@ embeddings. Math lives in `math.py`, `gptq.py`, `observers.py` and `static_searc
 modules in `slimkit.nn.quant_*`.
 """
 
+from slimkit.nn.quant_math import Granularity
+from slimkit.quantization import estimate  # noqa: F401  (registers the size estimates)
 from slimkit.quantization.api import GPTQ, Int8, WeightOnly
 from slimkit.quantization.convert import quant_report
-from slimkit.nn.quant_math import Granularity
 from slimkit.quantization.qat import QAT
 from slimkit.quantization.sensitivity import sensitivity
 from slimkit.quantization.static import Int8Static

@@ -18,11 +18,18 @@ from typing import ClassVar
 from pydantic import field_validator, model_validator
 from torch import nn
 
+from slimkit.core.errors import SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
-from slimkit.core.task import Task
-from slimkit.quantization.convert import convert, note_skipped, select_targets
-from slimkit.nn.quant_math import Granularity, check_bits, check_group, rtn_quantize
 from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
+from slimkit.nn.bert_fast import install_fast_layers
+from slimkit.nn.quant_embedding import QuantEmbedding
+from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
+from slimkit.nn.quant_math import Granularity, check_bits, check_calibration, check_group, rtn_quantize
+from slimkit.quantization.conv import conv_layout, int8_conv, layout_note, quantized_layer, weight_matrix
+from slimkit.quantization.convert import convert, log, low_precision_blockers, note_skipped, select_targets
+from slimkit.quantization.gptq import gptq_quantize, hessian_value
+from slimkit.quantization.sequential import hessian_stages
 
 
 class ScaleDtype(str, Enum):
@@ -42,8 +49,6 @@ INT8_CONV = "int8 per-channel weights (conv: weight-only, fp32 activations)"
 
 
 def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
-    from slimkit.nn.quant_linear import Int8Linear
-
     return Int8Linear.from_linear(linear)
 
 
@@ -72,8 +77,6 @@ class Int8(MethodConfig):
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.quantization.conv import int8_conv
-
         handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ()) \
             + ((nn.Conv2d,) if self.conv else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
@@ -97,8 +100,6 @@ def set_compute_dtype(model: nn.Module, entries: list[nn.Module], mode: ComputeD
     >>> set_compute_dtype(model, [model.embeddings.word_embeddings], ComputeDtype.AUTO, task)
     'auto'
     """
-    from slimkit.nn.bert_fast import install_fast_layers
-    from slimkit.quantization.convert import log, low_precision_blockers
 
     install_fast_layers(model)  # bf16 runtime of int8 BERT-style layers (same state dict), before the trial
     mode = ComputeDtype(mode).value
@@ -124,8 +125,6 @@ def _bf16_trial(model: nn.Module, entries: list[nn.Module], task: Task) -> bool:
     """Whether one forward pass on 2 example inputs runs with bf16 activations."""
     import torch
 
-    from slimkit.quantization.convert import log
-
     flags = {m: m.training for m in model.modules()}
     for module in entries:
         module.compute_dtype = "bfloat16"
@@ -146,8 +145,6 @@ def _bf16_trial(model: nn.Module, entries: list[nn.Module], task: Task) -> bool:
 
 def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool,
                        scale_dtype: str = "float32"):
-    from slimkit.nn.quant_embedding import QuantEmbedding
-
     gran = Granularity.CHANNEL if group_size is None else Granularity.GROUP
 
     def make(name: str, emb: nn.Module) -> nn.Module:
@@ -217,7 +214,6 @@ class _WeightQuant(MethodConfig):
     def _layout(self, layer: nn.Module) -> tuple[Granularity, int]:
         """(granularity, group size) for `layer`: the config's, or per-channel for a conv whose
         flattened in*kh*kw its groups do not divide."""
-        from slimkit.quantization.conv import conv_layout, weight_matrix
 
         if type(layer) is nn.Conv2d:
             return conv_layout(weight_matrix(layer).shape[1], self.granularity, self.group_size)
@@ -225,7 +221,6 @@ class _WeightQuant(MethodConfig):
 
     def _convert(self, model: nn.Module, layers: list, make, how: str) -> None:
         """`convert` the layers, each conv labelled with its own layout when it differs."""
-        from slimkit.quantization.conv import layout_note, weight_matrix
 
         plain = [(n, m) for n, m in layers if type(m) is not nn.Conv2d]
         convert(model, plain, make, how)
@@ -236,8 +231,6 @@ class _WeightQuant(MethodConfig):
 
     def _rtn(self, layer: nn.Module) -> nn.Module:
         """`layer` (Linear or Conv2d) round-to-nearest quantized and packed."""
-        from slimkit.nn.quant_linear import SCALE_DTYPES
-        from slimkit.quantization.conv import quantized_layer, weight_matrix
 
         gran, size = self._layout(layer)
         qw = rtn_quantize(weight_matrix(layer), self.bits, self.symmetric, gran, size,
@@ -297,13 +290,6 @@ class GPTQ(_WeightQuant):
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.core.errors import SlimError
-        from slimkit.nn.quant_linear import SCALE_DTYPES
-        from slimkit.quantization.conv import quantized_layer, weight_matrix
-        from slimkit.quantization.gptq import gptq_quantize, hessian_value
-        from slimkit.nn.quant_math import check_calibration
-        from slimkit.quantization.sequential import hessian_stages
-
         linears, embeddings, skipped = self._select(model, filter_fn)
         if task is None:
             raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")

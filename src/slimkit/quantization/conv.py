@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.nn.quant_math import Granularity, QuantizedWeight
+from slimkit.nn.quant_conv import QuantConv2d
+from slimkit.nn.quant_linear import QuantLinear
+from slimkit.nn.quant_math import Granularity, QuantizedWeight, rtn_quantize
 
 CONV_TYPES = (nn.Conv2d,)
 
@@ -96,10 +98,7 @@ def quantized_layer(module: nn.Module, qw: QuantizedWeight, symmetric: bool, sca
     """The packed runtime module for codes `qw` of `module`'s weight matrix: `QuantConv2d` for a
     conv, `QuantLinear` for a Linear (the module's float bias is kept)."""
     if is_conv(module):
-        from slimkit.nn.quant_conv import QuantConv2d
-
         return QuantConv2d.from_conv(module, qw, symmetric, scale_dtype)
-    from slimkit.nn.quant_linear import QuantLinear
 
     return QuantLinear.from_quantized(qw, module.bias, symmetric, scale_dtype)
 
@@ -107,7 +106,6 @@ def quantized_layer(module: nn.Module, qw: QuantizedWeight, symmetric: bool, sca
 def int8_conv(conv: nn.Conv2d) -> nn.Module:
     """`conv` with int8 weights: symmetric, per output channel, fp32 scales (the codes of
     `quantize_int8_rows` shifted by 128), weight-only at run time (see `slimkit.nn.quant_conv`)."""
-    from slimkit.nn.quant_math import rtn_quantize
 
     qw = rtn_quantize(weight_matrix(conv), 8, True, Granularity.CHANNEL)
     return quantized_layer(conv, qw, True, "float32")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from slimkit.core.torch_utils import num_threads
 from slimkit.core.errors import ConfigError
+from slimkit.core.torch_utils import num_threads
+from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, is_distributed
 from slimkit.nn.quant_math import Granularity, QuantizedWeight, check_bits, check_group, qparams
 
 
@@ -42,7 +43,6 @@ def hessian_all_reduce(acc: dict) -> dict:
 
     >>> acc = hessian_all_reduce(acc)      # then hessian_value(acc) is the same on every rank
     """
-    from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, is_distributed
 
     if is_distributed():
         all_reduce_sum(acc["h"])

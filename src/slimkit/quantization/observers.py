@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from slimkit.core.errors import ConfigError
+from slimkit.dist.collectives import all_reduce_float_max, all_reduce_int, all_reduce_sum, is_distributed
 
 BINS = 2048
 LEVELS = 128  # positive int8 levels, 0..127
@@ -77,7 +78,6 @@ class Observer:
 
         >>> obs.all_reduce().scale()          # the same on every rank
         """
-        from slimkit.dist.collectives import all_reduce_float_max, all_reduce_int, all_reduce_sum, is_distributed
 
         if is_distributed():
             top = all_reduce_float_max(self.max_)

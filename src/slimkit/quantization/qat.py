@@ -9,7 +9,6 @@ methods produce.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -18,11 +17,14 @@ from pydantic import field_validator
 from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
-from slimkit.core.errors import SlimError
-from slimkit.core.task import Task
-from slimkit.quantization.convert import convert, select_targets
-from slimkit.nn.quant_math import Granularity, QuantizedWeight, check_bits
 from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
+from slimkit.nn.quant_conv import QuantConv2d
+from slimkit.nn.quant_math import Granularity, QuantizedWeight, check_bits
+from slimkit.quantization.conv import quantized_layer
+from slimkit.quantization.convert import convert, select_targets
+from slimkit.train.loop import Batches, Hooks, LoopSettings, fit
+from slimkit.train.supervised import cross_entropy, task_batches
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +100,6 @@ class FakeQuantConv2d(FakeQuantLinear):
 
     def to_packed(self) -> nn.Module:
         """The `QuantConv2d` holding this layer's codes, scales and trained bias."""
-        from slimkit.nn.quant_conv import QuantConv2d
-
         qw = self.to_quantized()
         layer = QuantConv2d(**self.geometry, bias=self.bias is not None, bits=qw.bits, symmetric=True,
                             granularity=qw.granularity, group_size=qw.group_size, scale_dtype="float32")
@@ -145,22 +145,13 @@ class QAT(MethodConfig):
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.quantization.conv import quantized_layer
-
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, (nn.Linear, nn.Conv2d))
-        if task is None:
-            raise SlimError("qat needs labelled training data: pass data=<task>")
-        try:
-            batches = task.train_batches(self.batch_size, self.seed)
-        except NotImplementedError as exc:
-            raise SlimError(f"qat needs labelled training data: {exc}") from None
-        if not batches:
-            raise SlimError("qat training data is empty")
+        batches = task_batches(task, self.batch_size, self.seed, "qat")
         fakes = {name: (FakeQuantConv2d if type(m) is nn.Conv2d else FakeQuantLinear)(m, self.bits, self.lsq)
                  for name, m in picked}
         for name, fake in fakes.items():
             _swap(model, name, fake)
-        self.train(model, task)
+        self.train(model, task, batches)
         how = f"qat w{self.bits} per-channel{' lsq' if self.lsq else ''}"
         linears = [(n, f) for n, f in fakes.items() if not isinstance(f, FakeQuantConv2d)]
         convert(model, linears, lambda _n, f: quantized_layer(f, f.to_quantized(), True, "float32"), how, skipped)
@@ -168,41 +159,21 @@ class QAT(MethodConfig):
         convert(model, convs, lambda _n, f: f.to_packed(), f"{how} (conv)")
         return model
 
-    def train(self, model: nn.Module, task: Task) -> None:
-        """The fine-tuning loop (Adam, cross-entropy); BatchNorm statistics stay frozen.
+    def train(self, model: nn.Module, task: Task, batches: Batches | None = None) -> None:
+        """Fine-tune on `slimkit.train`'s loop: Adam, constant LR, cross-entropy, the last epoch
+        kept; BatchNorm statistics stay frozen.
 
         With `checkpoint`, the model, optimizer and RNG are saved (pickle-free, atomically) after
         every epoch, and a later run with the same settings resumes after the last saved epoch."""
-        from slimkit.dist.collectives import is_main
-        from slimkit.dist.data_parallel import TaskLoss, data_parallel, shard_rows
-        from slimkit.train.loop import CHECKPOINT, LoopSettings, load_checkpoint, save_checkpoint
-
+        batches = batches or task_batches(task, self.batch_size, self.seed, "qat")
+        settings = LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=0.0, optimizer="adam",
+                                schedule="constant", seed=None, freeze_norm=True)
+        hooks = Hooks(resume_key={"bits": self.bits, "lsq": self.lsq, "seed": self.seed})
         was_training = model.training
-        model.train()
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
-        objective = data_parallel(TaskLoss(model, task))   # under torchrun: DDP, rows split across ranks
-        settings = LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=0.0, schedule="constant",
-                                seed=self.seed)
-        path = Path(self.checkpoint) / CHECKPOINT if self.checkpoint else None
-        first = 0
-        if path is not None and path.is_file():
-            state, _ = load_checkpoint(path, model, opt, settings)
-            if state.get("bits") != self.bits or state.get("lsq") != self.lsq:
-                raise SlimError(f"{path} was written by qat with other bits/lsq; use a new checkpoint folder")
-            first = int(state["epoch"])
-        for epoch in range(first, self.epochs):
-            for inputs, target in task.train_batches(self.batch_size, self.seed + epoch):
-                opt.zero_grad()
-                loss = objective(*shard_rows(inputs, target))
-                loss.backward()
-                opt.step()
-            if path is not None and is_main():
-                save_checkpoint(path, model, opt, {}, {"epoch": epoch + 1, "bits": self.bits, "lsq": self.lsq},
-                                settings)
-        model.train(was_training)
+        try:
+            fit(model, cross_entropy(task), batches, settings, hooks=hooks, checkpoint=self.checkpoint)
+        finally:
+            model.train(was_training)
 
     @classmethod
     def example(cls) -> QAT:

@@ -20,17 +20,18 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
-from slimkit.core.methods import Family, MethodConfig, register_method
-from slimkit.dist.collectives import shard
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import Family, MethodConfig, register_method
+from slimkit.core.select import FilterFn
 from slimkit.core.task import Task
+from slimkit.dist.collectives import all_reduce_sum, is_distributed, shard
+from slimkit.nn.quant_linear import Int8Linear
+from slimkit.nn.quant_math import check_calibration
 from slimkit.quantization.api import INT8_CONV, _embedding_factory
 from slimkit.quantization.conv import int8_conv
 from slimkit.quantization.convert import convert, note_skipped, select_targets
-from slimkit.nn.quant_math import check_calibration
 from slimkit.quantization.observers import Observer, ObserverKind
 from slimkit.quantization.static_search import RowSampler, candidate_errors, choose_threshold, thresholds_for
-from slimkit.core.select import FilterFn
 
 
 def observe_inputs(model: nn.Module, task: Task, batches: list, names: list[str],
@@ -97,8 +98,6 @@ class Int8Static(MethodConfig):
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.nn.quant_linear import Int8Linear
-
         handled = (nn.Linear,) + ((nn.Embedding,) if self.embeddings else ()) + ((nn.Conv2d,) if self.conv else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
         linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
@@ -130,7 +129,6 @@ class Int8Static(MethodConfig):
     def _scales(self, reached: list, observers: dict[str, Observer], samplers: dict | None
                 ) -> tuple[dict[str, float], dict[str, float]]:
         """({layer: static input scale}, {layer kept dynamic: static / dynamic output error})."""
-        from slimkit.dist.collectives import all_reduce_sum, is_distributed
 
         scales, dynamic = {}, {}
         for name, m in reached:

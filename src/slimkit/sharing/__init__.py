@@ -8,7 +8,10 @@ Math lives in `kmeans`, `lowrank` and `hashing` (arrays in, arrays out); `apply_
 model; `api` holds the configs. Recipes: `kmeans`, `lowrank`, `hashed`, `deep-compression`.
 """
 
+from slimkit.sharing import (
+    apply_deep_kmeans,  # noqa: F401  (registers deep-kmeans)
+    estimate,  # noqa: F401  (registers the size estimates)
+)
 from slimkit.sharing.api import Hashed, KMeansSharing, LowRank, ShareConfigError
-from slimkit.sharing import apply_deep_kmeans  # noqa: F401  (registers deep-kmeans)
 
 __all__ = ["Hashed", "KMeansSharing", "LowRank", "ShareConfigError"]

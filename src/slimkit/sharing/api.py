@@ -14,9 +14,12 @@ from typing import Any, ClassVar
 from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
-from slimkit.core.errors import ConfigError
-from slimkit.core.task import Task
 from slimkit.core.select import FilterFn, select_modules
+from slimkit.core.task import Task
+from slimkit.sharing.apply_hashed import hash_model
+from slimkit.sharing.apply_kmeans import share_kmeans
+from slimkit.sharing.apply_lowrank import FACTORABLE, RankRule, factorize_model
+from slimkit.sharing.errors import ShareConfigError, in_range
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -48,18 +51,6 @@ class CodebookDtype(str, Enum):
     FLOAT32 = "float32"
 
 
-class ShareConfigError(ConfigError):
-    """An option outside its range (one line, naming the option)."""
-
-
-def _in_range(method: str, name: str, value: Any, lo: float, hi: float) -> None:
-    """One-line range check run before pydantic (which reports type errors itself)."""
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if not lo <= value <= hi:
-        raise ShareConfigError(f"{method}: {name} must be in {lo:g}..{hi:g}, got {value!r}")
-
-
 @register_method
 class KMeansSharing(MethodConfig):
     """Deep Compression's weight sharing: a per-layer codebook of 2**bits centroids.
@@ -85,16 +76,14 @@ class KMeansSharing(MethodConfig):
     seed: int = 0
 
     def __init__(self, **data: Any):
-        _in_range(self.method, "bits", data.get("bits"), 2, 8)
-        _in_range(self.method, "bias_bits", data.get("bias_bits"), 2, 8)
-        _in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
-        _in_range(self.method, "max_iter", data.get("max_iter"), 0, 1_000_000)
-        _in_range(self.method, "lr", data.get("lr"), 0, 10)
+        in_range(self.method, "bits", data.get("bits"), 2, 8)
+        in_range(self.method, "bias_bits", data.get("bias_bits"), 2, 8)
+        in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
+        in_range(self.method, "max_iter", data.get("max_iter"), 0, 1_000_000)
+        in_range(self.method, "lr", data.get("lr"), 0, 10)
         super().__init__(**data)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.sharing.apply_kmeans import share_kmeans
-
         layers = select_modules(model, self.targets, WEIGHTED, filter_fn, self.ignore)
         share_kmeans(model, layers, task, bits=self.bits, bias_bits=self.bias_bits,
                      init=self.init.value, solver=self.solver.value, max_iter=self.max_iter,
@@ -146,14 +135,12 @@ class LowRank(MethodConfig):
             value = data.get(name)
             if isinstance(value, int | float) and not 0 < value <= 1:
                 raise ShareConfigError(f"lowrank: {name} must be in (0, 1], got {value!r}")
-        _in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
-        _in_range(self.method, "calibration_samples", data.get("calibration_samples"), 1, 10**7)
-        _in_range(self.method, "lr", data.get("lr"), 0, 10)
+        in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
+        in_range(self.method, "calibration_samples", data.get("calibration_samples"), 1, 10**7)
+        in_range(self.method, "lr", data.get("lr"), 0, 10)
         super().__init__(**data)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.sharing.apply_lowrank import FACTORABLE, RankRule, factorize_model
-
         layers = select_modules(model, self.targets, FACTORABLE, filter_fn, self.ignore)
         rule = RankRule(self.rank, self.energy, self.budget)
         factorize_model(model, layers, task, rule=rule, aware=self.mode == LowRankMode.PCA,
@@ -191,15 +178,13 @@ class Hashed(MethodConfig):
         ratio = data.get("ratio")
         if isinstance(ratio, int | float) and not isinstance(ratio, bool) and not 0 < ratio <= 1:
             raise ShareConfigError(f"hashed: ratio must be in (0, 1], got {ratio!r}")
-        _in_range(self.method, "buckets", data.get("buckets"), 1, 2**62)
-        _in_range(self.method, "seed", data.get("seed"), 0, 2**32 - 1)
-        _in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
-        _in_range(self.method, "lr", data.get("lr"), 0, 10)
+        in_range(self.method, "buckets", data.get("buckets"), 1, 2**62)
+        in_range(self.method, "seed", data.get("seed"), 0, 2**32 - 1)
+        in_range(self.method, "finetune_epochs", data.get("finetune_epochs"), 0, 100_000)
+        in_range(self.method, "lr", data.get("lr"), 0, 10)
         super().__init__(**data)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        from slimkit.sharing.apply_hashed import hash_model
-
         layers = select_modules(model, self.targets, (nn.Linear,), filter_fn, self.ignore)
         hash_model(model, layers, task, ratio=self.ratio, buckets=self.buckets, seed=self.seed,
                    init=self.init.value, epochs=self.finetune_epochs, lr=self.lr,

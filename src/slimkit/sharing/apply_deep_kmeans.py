@@ -13,11 +13,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import Family, MethodConfig, register_method
+from slimkit.core.select import FilterFn, select_modules
 from slimkit.core.task import Task
 from slimkit.io.artifact import codec_chain, set_codec
-from slimkit.core.select import FilterFn, select_modules
 from slimkit.sharing.deep_kmeans import spectral_penalty, sub_vectors, top_singular_basis, vector_kmeans
 from slimkit.sharing.train import fine_tune
 

@@ -12,6 +12,7 @@ from torch import nn
 from slimkit.core.task import Task
 from slimkit.nn.hashed import HashedLinear
 from slimkit.nn.hashing import MAX_SEED, project
+from slimkit.sharing.errors import ShareConfigError
 from slimkit.sharing.train import fine_tune
 from slimkit.surgery import replace_module
 
@@ -21,8 +22,6 @@ def buckets_for(name: str, layer: nn.Linear, ratio: float | None, buckets: int |
     size = layer.in_features * layer.out_features
     k = buckets if buckets is not None else math.ceil((ratio or 0.125) * size)
     if not 1 <= k <= size:
-        from slimkit.sharing.api import ShareConfigError
-
         raise ShareConfigError(f"hashed: buckets {k} for {name} must be in 1..{size} "
                                f"(the layer's {layer.out_features} x {layer.in_features} weights)")
     return k

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimkit.dist.blocks import BlockChain, find_blocks
-from slimkit.dist.collectives import all_reduce_int, all_reduce_min, all_reduce_sum, shard
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
+from slimkit.dist.blocks import BlockChain, find_blocks
+from slimkit.dist.collectives import all_reduce_int, all_reduce_min, all_reduce_sum, shard
+from slimkit.sharing.errors import ShareConfigError
 from slimkit.sharing.lowrank import (
     rank_for_budget,
     rank_for_energy,
@@ -150,8 +151,6 @@ def choose_rank(name: str, layer: nn.Module, rule: RankRule, cov: torch.Tensor |
     limit = min(out, fan_in)
     if rule.rank is not None:
         if not 1 <= rule.rank <= limit:
-            from slimkit.sharing.api import ShareConfigError
-
             raise ShareConfigError(f"lowrank: rank {rule.rank} for {name} must be in 1..{limit} "
                                    f"({type(layer).__name__} {fan_in} -> {out})")
         return rule.rank

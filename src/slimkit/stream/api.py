@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slimkit.core.errors import SlimError
+from slimkit.core.torch_utils import num_threads
+from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import Manifest, TensorEntry
+from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.checkpoint import Item, open_checkpoint
 from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
+from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
-from slimkit.stream.writer import SlimWriter
 
 M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
 OnTensor = Callable[[Item, int, int], None]   # (tensor just done, bytes done, bytes in all)
@@ -65,8 +68,6 @@ def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
     if isinstance(recipe, StreamPlan):
         return recipe
     if isinstance(recipe, str):
-        from slimkit.pipeline.recipes import load_recipe
-
         recipe = load_recipe(recipe)
     return plan_from_recipe(recipe)
 
@@ -83,7 +84,6 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     `threads=1` (the default) ran at ~470 MB/s here, while 2 torch threads on a shared, busy 2-core
     machine stalled in OpenMP barriers (~20 MB/s); None keeps torch's setting.
     """
-    from slimkit.core.torch_utils import num_threads
 
     _large_blocks_to_os()
     plan = _plan(recipe)
@@ -101,7 +101,6 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
         info = {"recipe": plan.name, "source": str(source), "streamed": True}
         cut = None
         if plan.sparsity is not None and plan.scope == "global" and plan.nm is None:   # pass 1 and 2: the threshold
-            from slimkit.stream.global_cut import GlobalCut
 
             chosen = [it for it in items if plan.selected(it.name, it.shape, it.is_float)]
             cut = GlobalCut.fit(ck, chosen, plan.sparsity, block_bytes)

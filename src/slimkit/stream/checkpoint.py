@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.safetensors_file import TORCH_NAMES, read_header
 
@@ -115,7 +117,6 @@ class Checkpoint:
     def rows(self, item: Item, r0: int, r1: int):
         """Rows r0..r1-1 of `item` (its first dimension; a 0-/1-D tensor is one row) as a torch view
         of the map, shape (r1 - r0, cols). Read-only: copy before writing into it."""
-        import torch
 
         rows = item.shape[0] if len(item.shape) >= 2 else 1
         cols = math.prod(item.shape[1:]) if len(item.shape) >= 2 else math.prod(item.shape)

@@ -17,15 +17,18 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import torch
 
 from slimkit.io.artifact import SIDE_SEP
 from slimkit.io.codecs import encode_chain, pack_bits
+from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import TensorEntry
-from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.nn.codec_affine import matrix_shape, quantize_block
+from slimkit.pruning.masks import nm_mask
+from slimkit.sharing.kmeans import cluster_1d
+from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
-from slimkit.stream.writer import SlimWriter
 
 BLOCK_BYTES = 4 << 20   # input bytes per block: peak memory is about 5 blocks (temporaries of the math)
 KMEANS_SAMPLE = 1 << 18  # values the centroids are fitted on (all of them in a smaller tensor)
@@ -111,7 +114,6 @@ def raw_layout(item: Item) -> tuple[TensorEntry, str, Layout]:
 def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWriter,
                   block_bytes: int) -> tuple[TensorEntry, str]:
     """Round-to-nearest codes block by block (per row, or group-wise when the group divides the row)."""
-    import torch
 
     entry, how, arrays = affine_layout(item, spec)
     rows, cols = matrix_shape(item.shape)
@@ -152,7 +154,6 @@ def _codebook_dtype(dtype: str) -> np.dtype:
 
 def fit_codebook(sample: np.ndarray, spec: KMeansSpec, dtype: np.dtype) -> np.ndarray:
     """Sorted distinct centroids (in `dtype`) of a 1-D k-means fit, by `slimkit.sharing.kmeans`."""
-    from slimkit.sharing.kmeans import cluster_1d
 
     fit = cluster_1d(sample, 2**spec.bits, init=spec.init, solver=spec.solver, max_iter=spec.max_iter,
                      seed=spec.seed)
@@ -186,7 +187,6 @@ def palette_stages(labels: np.ndarray, centroids: np.ndarray, spec: KMeansSpec, 
 
 def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest sorted centroid of each value (uint8): how many midpoints lie at or below it."""
-    import torch
 
     v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     bounds = torch.from_numpy(((centroids[1:].astype(np.float64) + centroids[:-1]) / 2).astype(np.float32))
@@ -196,7 +196,6 @@ def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWriter,
                   block_bytes: int) -> tuple[TensorEntry, str]:
     """k-means sharing of one tensor: fit on up to `KMEANS_SAMPLE` values, label every value."""
-    import torch
 
     numel = math.prod(item.shape)
     flat = ck.tensor(item).reshape(-1)
@@ -221,7 +220,6 @@ def keep_largest(w, prune: int):
     """The mask of `slimkit.pruning.masks.magnitude_masks` for one tensor (drop exactly `prune` of the
     smallest |w|, ties dropped in position order), by `kthvalue` instead of a full argsort (7x faster,
     a quarter of the memory)."""
-    import torch
 
     score = w.float().abs().reshape(-1)
     keep = torch.ones(score.numel(), dtype=torch.bool)
@@ -239,9 +237,6 @@ def encode_pruned(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWrit
     """Magnitude pruning (as `slimkit.pruning.masks`: per tensor, or by the global `cut`) or N:M pruning,
     stored by the `sparse` codec; the kept values then go through k-means when the plan has it, else
     a float16 `cast` if asked."""
-    import torch
-
-    from slimkit.pruning.masks import nm_mask
 
     w = ck.tensor(item)
     if plan.nm is not None:

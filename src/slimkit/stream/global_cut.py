@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.nn.codec_affine import matrix_shape
+from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 
 BINS = 1 << 16
 

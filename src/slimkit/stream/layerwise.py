@@ -34,10 +34,19 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.provenance import task_for
+from slimkit.core.torch_utils import num_threads
+from slimkit.dist.blocks import BlockChain, find_blocks
+from slimkit.io.artifact import codec_chains, encode_tensor
+from slimkit.io.layout import SlimWriter
+from slimkit.io.manifest import Manifest, TensorEntry
+from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
-from slimkit.stream.layerwise_methods import _inside
+from slimkit.stream.layerwise_apoz import check_one_shot
+from slimkit.stream.layerwise_blocks import inside
+from slimkit.stream.layerwise_methods import worker_for
 from slimkit.stream.skeleton import WeightSource, build_skeleton
-from slimkit.stream.writer import SlimWriter
+from slimkit.surgery.edits import compact_edits
 
 OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, blocks in all)
 
@@ -45,13 +54,10 @@ OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, 
 def layerwise_config(recipe: str | object):
     """(recipe name, config) of a recipe of one `gptq` stage, one `lowrank` stage without
     fine-tuning, or one one-shot `apoz` stage; else a one-line SlimError saying what can run layer by layer."""
-    from slimkit.pipeline.recipes import load_recipe
 
     plan = load_recipe(recipe) if isinstance(recipe, str) else recipe
     methods = [cfg.method for cfg in plan.stages]
     if methods == ["apoz"]:
-        from slimkit.stream.layerwise_apoz import check_one_shot
-
         check_one_shot(plan.stages[0])
         return plan.name, plan.stages[0]
     if methods == ["gptq"] or (methods == ["lowrank"] and not plan.stages[0].finetune_epochs):
@@ -100,19 +106,15 @@ class _OnDemand:
 
 
 class _Output:
-    """Encodes modules' tensors into the writer as `slimkit.save` would, and remembers the entries."""
+    """Encodes modules' tensors into the writer as `slimkit.save` does (`encode_tensor`), and
+    remembers their manifest entries."""
 
     def __init__(self, model: nn.Module, writer: SlimWriter):
-        from slimkit.io.manifest import TensorEntry
-
-        self.model, self.writer, self.entry = model, writer, TensorEntry
-        self.tensors: dict = {}
+        self.model, self.writer = model, writer
+        self.tensors: dict[str, TensorEntry] = {}
 
     def write(self, name: str, keys: list[str] | None = None) -> None:
         """Write the state-dict tensors of module `name` (only `keys`, full names, when given)."""
-        from slimkit.io.artifact import SIDE_SEP, _to_numpy, codec_chains
-        from slimkit.io.codecs import encode_chain
-
         module = self.model.get_submodule(name) if name else self.model
         chains = codec_chains(module)
         prefix = f"{name}." if name else ""
@@ -120,11 +122,9 @@ class _Output:
             key = prefix + local
             if (keys is not None and key not in keys) or key in self.tensors:
                 continue
-            stored, stages = encode_chain(_to_numpy(t), chains.get(local, []))
-            for side, arr in stored.items():
-                self.writer.add_array(key if side == "data" else f"{key}{SIDE_SEP}{side}", arr)
-            self.tensors[key] = self.entry(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
-                                           chain=stages)
+            stored, self.tensors[key] = encode_tensor(key, t, chains.get(local, []))
+            for array, arr in stored.items():
+                self.writer.add_array(array, arr)
 
 
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
@@ -133,12 +133,6 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`), one `lowrank` stage
     without fine-tuning, or one `apoz` stage with rounds 1 and epochs 0 (`slimkit.stream.layerwise_apoz`).
     Calibration data is the model's task (`slimkit.core.provenance.task_for`)."""
-    from slimkit.core.torch_utils import num_threads
-    from slimkit.dist.blocks import BlockChain, find_blocks
-    from slimkit.core.provenance import task_for
-    from slimkit.io.manifest import Manifest
-    from slimkit.stream.layerwise_methods import worker_for
-    from slimkit.surgery.edits import compact_edits
 
     _large_blocks_to_os()
     start, out = time.perf_counter(), Path(out)
@@ -148,7 +142,7 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     blocks = find_blocks(model)
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")
-    rest = [n for n, _ in model.named_modules() if not _inside(n, blocks)]
+    rest = [n for n, _ in model.named_modules() if not inside(n, blocks)]
     with num_threads(threads), WeightSource(model, folder, transposed) as source, SlimWriter(out) as writer:
         if any(out.resolve() == s.path.resolve() for s in source.ck.shards):
             raise SlimError(f"--out {out} is one of the input files; choose another output path")
@@ -164,7 +158,7 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
                             "compressed block by block (load it whole: compress without --stream)")
         worker.outside(blocks)
         output = _Output(model, writer)
-        output.write("", [k for k in model.state_dict() if not _inside(k.rpartition(".")[0], blocks)])
+        output.write("", [k for k in model.state_dict() if not inside(k.rpartition(".")[0], blocks)])
         for n in rest:
             source.release(n, recurse=False)
         last = max(per_block, default=-1)

@@ -25,6 +25,13 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.select import matches
+from slimkit.dist.collectives import reduce_keyed, shard
+from slimkit.pruning.importance import channels_first, zero_fraction
+from slimkit.pruning.structured import mean_std_cut
+from slimkit.stream.layerwise_blocks import inside, step
+from slimkit.surgery.edits import replace_module
+from slimkit.surgery.shrink import shrink_linear
 
 
 def check_one_shot(cfg) -> None:
@@ -62,7 +69,6 @@ def ffn_blocks(model: nn.Module, cfg) -> dict[str, tuple[str, str, str]]:
     """{module: (up, down, activation)} of the FFNs (`FFN_LAYOUTS`) whose up projection the config
     selects (targets / ignore); a one-line SlimError when there is none, or when a selected FFN's
     activation is not a ReLU (GELU / SiLU have no exact zeros)."""
-    from slimkit.core.select import matches
 
     patterns = [cfg.targets] if isinstance(cfg.targets, str) else list(cfg.targets or [])
     config = getattr(model, "config", None)
@@ -95,7 +101,6 @@ def keep_by_apoz(scores: torch.Tensor, std: float, min_channels: int) -> torch.T
     >>> keep_by_apoz(torch.tensor([0.1, 0.2, 0.1, 0.9]), 1.0, 1)
     tensor([0, 1, 2])
     """
-    from slimkit.pruning.structured import mean_std_cut
 
     cut = mean_std_cut(std)(scores)
     floor = max(min_channels, 1)
@@ -110,8 +115,6 @@ class ApozWorker:
     doc). Holds block names, never modules."""
 
     def __init__(self, model: nn.Module, task, cfg):
-        from slimkit.dist.collectives import shard
-
         check_one_shot(cfg)
         self.model, self.task, self.cfg = model, task, cfg
         self.layouts = ffn_blocks(model, cfg)   # FFN module -> (up, down, activation) names
@@ -124,17 +127,13 @@ class ApozWorker:
         self.apoz_: dict[str, torch.Tensor] = {}   # block -> APoZ per original neuron
 
     def plan(self, blocks: list[str], probe) -> dict[int, list]:
-        from slimkit.stream.layerwise_methods import _inside
-
-        return {i: [n for n in self.targets if _inside(n, [b])] for i, b in enumerate(blocks)
-                if any(_inside(n, [b]) for n in self.targets)}
+        return {i: [n for n in self.targets if inside(n, [b])] for i, b in enumerate(blocks)
+                if any(inside(n, [b]) for n in self.targets)}
 
     def outside(self, blocks: list[str]) -> None:
         """Nothing outside the blocks is trimmed."""
 
     def block(self, name: str, block: nn.Module, chain, names: list[str], advance: bool) -> None:
-        from slimkit.stream.layerwise_methods import _step
-
         for ffn in names:
             scores = self._apoz(ffn, block, chain)
             keep = keep_by_apoz(scores, self.cfg.std, self.cfg.min_channels)
@@ -146,13 +145,11 @@ class ApozWorker:
                 self.counts["apoz: unchanged (no FFN neuron above the cut)"] += 2
             self.info["apoz_ffn_neurons"]["before"] += len(scores)
             self.info["apoz_ffn_neurons"]["after"] += len(keep)
-        _step(chain, block, advance)   # the pruned block makes the next block's inputs
+        step(chain, block, advance)   # the pruned block makes the next block's inputs
 
     def _cut(self, ffn: str, keep: torch.Tensor) -> None:
         """Keep neurons `keep`: rows of the up projection, columns of the down projection (as
         `slimkit.pruning.transformer.prune_ffn_` cuts a BERT block's FFN, without refit), recorded edits."""
-        from slimkit.surgery.edits import replace_module
-        from slimkit.surgery.shrink import shrink_linear
 
         up, down, _ = self.layouts[ffn]
         module = self.model.get_submodule(ffn)
@@ -161,8 +158,6 @@ class ApozWorker:
 
     def _apoz(self, ffn: str, block: nn.Module, chain) -> torch.Tensor:
         """APoZ of each neuron of FFN `ffn` (inside `block`) over the cached inputs (summed over ranks)."""
-        from slimkit.dist.collectives import reduce_keyed
-        from slimkit.pruning.importance import channels_first, zero_fraction
 
         zeros: dict[str, torch.Tensor] = {}
         counts = {ffn: 0}

@@ -16,17 +16,17 @@ from collections import Counter
 from torch import nn
 
 from slimkit.core.errors import SlimError
-
-
-def _inside(name: str, blocks: list[str]) -> bool:
-    return any(name == b or name.startswith(b + ".") for b in blocks)
-
-
-def _step(chain, block: nn.Module, advance: bool) -> None:
-    if advance:
-        chain.advance(block)
-    else:
-        chain.position += 1   # nothing after this block is calibrated: no need to run it
+from slimkit.core.select import select_modules
+from slimkit.dist.collectives import shard
+from slimkit.nn.quant_linear import SCALE_DTYPES, QuantLinear
+from slimkit.nn.quant_math import check_calibration, rtn_quantize
+from slimkit.quantization.convert import convert, note_skipped
+from slimkit.quantization.gptq import gptq_quantize, hessian_value
+from slimkit.quantization.sequential import accumulate, collect_hessians, linear_stages, plan_blocks
+from slimkit.sharing.apply_lowrank import RankRule, _matrix, _moment_hooks, _moments, choose_rank, factorize
+from slimkit.stream.layerwise_apoz import ApozWorker
+from slimkit.stream.layerwise_blocks import inside, step
+from slimkit.surgery.edits import replace_module
 
 
 class GptqWorker:
@@ -35,11 +35,6 @@ class GptqWorker:
     would need the whole model's forward."""
 
     def __init__(self, model: nn.Module, task, cfg):
-        from slimkit.dist.collectives import shard
-        from slimkit.nn.quant_linear import SCALE_DTYPES
-        from slimkit.quantization.convert import note_skipped
-        from slimkit.nn.quant_math import check_calibration
-
         self.model, self.task, self.cfg = model, task, cfg
         self.batches = shard(check_calibration(task.calibration(cfg.samples), "gptq calibration data"))
         linears, embeddings, skipped = cfg._select(model, None)
@@ -53,8 +48,6 @@ class GptqWorker:
         self.reused: set[str] = set()
 
     def plan(self, blocks: list[str], probe) -> dict[int, list] | None:
-        from slimkit.quantization.sequential import linear_stages, plan_blocks
-
         stages, self.reused = linear_stages(self.model, self.task, probe, list(self.targets))
         found = plan_blocks(stages, blocks)
         if found is None:
@@ -63,36 +56,27 @@ class GptqWorker:
         return per_block
 
     def outside(self, blocks: list[str]) -> None:
-        from slimkit.quantization.sequential import collect_hessians
-
         for stage in self.before:   # Linears before the blocks: their forward stops before any block
             self._gptq(stage, collect_hessians(self.model, self.task, self.batches, stage,
                                                stop_early=not self.reused & set(stage)))
-        self._rtn([n for n in self.targets if not _inside(n, blocks)])
+        self._rtn([n for n in self.targets if not inside(n, blocks)])
         self.cfg._quantize_embeddings(self.model, [(n, self.model.get_submodule(n)) for n in self.embeddings
-                                                   if not _inside(n, blocks)])
+                                                   if not inside(n, blocks)])
 
     def block(self, name: str, block: nn.Module, chain, stages: list, advance: bool) -> None:
-        from slimkit.quantization.sequential import accumulate
-
         for stage in stages:
             self._gptq(stage, accumulate(self.model, stage, chain.passes(block), not self.reused & set(stage)))
-        _step(chain, block, advance)
-        self._rtn([n for n in self.targets if _inside(n, [name])])
+        step(chain, block, advance)
+        self._rtn([n for n in self.targets if inside(n, [name])])
 
     def _take(self, name: str) -> nn.Module:
         del self.targets[name]
         return self.model.get_submodule(name)
 
     def _layer(self, linear: nn.Module, qw) -> nn.Module:
-        from slimkit.nn.quant_linear import QuantLinear
-
         return QuantLinear.from_quantized(qw, linear.bias, self.cfg.symmetric, self.cfg.scale_dtype.value)
 
     def _gptq(self, stage: list[str], hessians: dict[str, dict]) -> None:
-        from slimkit.quantization.convert import convert
-        from slimkit.quantization.gptq import gptq_quantize, hessian_value
-
         cfg = self.cfg
 
         def make(name: str, linear: nn.Module) -> nn.Module:
@@ -106,8 +90,6 @@ class GptqWorker:
 
     def _rtn(self, names: list[str]) -> None:
         """Round-to-nearest for target Linears calibration did not reach (as `GPTQ.apply` does)."""
-        from slimkit.quantization.convert import convert
-        from slimkit.nn.quant_math import rtn_quantize
 
         cfg = self.cfg
 
@@ -128,10 +110,6 @@ class LowRankWorker:
     Linears outside the blocks stay dense (their inputs would need the whole model's forward)."""
 
     def __init__(self, model: nn.Module, task, cfg):
-        from slimkit.dist.collectives import shard
-        from slimkit.core.select import select_modules
-        from slimkit.sharing.apply_lowrank import RankRule
-
         self.model, self.task, self.cfg = model, task, cfg
         self.batches = shard(task.calibration(cfg.calibration_samples))
         if not self.batches:
@@ -142,17 +120,15 @@ class LowRankWorker:
         self.counts: Counter[str] = Counter()
 
     def plan(self, blocks: list[str], probe) -> dict[int, list]:
-        return {i: [n for n in self.targets if _inside(n, [b])] for i, b in enumerate(blocks)
-                if any(_inside(n, [b]) for n in self.targets)}
+        return {i: [n for n in self.targets if inside(n, [b])] for i, b in enumerate(blocks)
+                if any(inside(n, [b]) for n in self.targets)}
 
     def outside(self, blocks: list[str]) -> None:
-        kept = [n for n in self.targets if not _inside(n, blocks)]
+        kept = [n for n in self.targets if not inside(n, blocks)]
         if kept:
             self.counts["dense (outside the blocks)"] += len(kept)
 
     def block(self, name: str, block: nn.Module, chain, names: list[str], advance: bool) -> None:
-        from slimkit.sharing.apply_lowrank import _moment_hooks, _moments
-
         covs: dict = {}
         if names and self.aware:
             sums, counts, hooks = _moment_hooks([(n, self.model.get_submodule(n)) for n in names])
@@ -163,13 +139,10 @@ class LowRankWorker:
                     h.remove()
             covs = _moments(sums, counts)
         else:
-            _step(chain, block, advance)
+            step(chain, block, advance)
         self._factorize(names, covs)
 
     def _factorize(self, names: list[str], covs: dict) -> None:
-        from slimkit.sharing.apply_lowrank import _matrix, choose_rank, factorize
-        from slimkit.surgery.edits import replace_module
-
         ranks = self.model.__dict__.setdefault("slimkit_ranks", {})
         for name in names:
             layer = self.model.get_submodule(name)
@@ -188,7 +161,5 @@ class LowRankWorker:
 def worker_for(model: nn.Module, task, cfg):
     """The worker of a `GPTQ`, `LowRank` or one-shot `APoZPruning` config."""
     if cfg.method == "apoz":
-        from slimkit.stream.layerwise_apoz import ApozWorker
-
         return ApozWorker(model, task, cfg)
     return GptqWorker(model, task, cfg) if cfg.method == "gptq" else LowRankWorker(model, task, cfg)

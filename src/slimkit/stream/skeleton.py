@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.provenance import tag
 from slimkit.stream.checkpoint import Checkpoint, Item, open_checkpoint
+from slimkit.zoo.hf import ATTN_IMPLEMENTATION, check_folder, first_line, json_safe, linears_for_conv1d, quiet
 
 META = torch.device("meta")
 
@@ -54,9 +56,6 @@ def build_skeleton(folder: str | os.PathLike) -> tuple[nn.Module, set[str]]:
     Returns the model and the names of the modules that were `Conv1D` (their weights are stored
     transposed in the checkpoint)."""
     from transformers.pytorch_utils import Conv1D
-
-    from slimkit.zoo.hf import ATTN_IMPLEMENTATION, check_folder, first_line, json_safe, linears_for_conv1d, quiet
-    from slimkit.core.provenance import tag
 
     folder = check_folder(folder)
     with quiet() as transformers:

@@ -1,1 +1,1 @@
-"""slimkit.train"""
+"""slimkit.train: the one training loop (`loop.fit`), its checkpoints, and supervised data from a Task."""

@@ -1,14 +1,21 @@
-"""Byte arithmetic for pre-flight size estimates: how many bytes a tensor takes once stored
-through a method's encoding, from its shape and the config alone (plus cheap weight statistics
-where the size depends on the values: sparse positions, Huffman-coded cluster indices).
+"""Pre-flight size estimates: how many bytes a model's tensors would take once stored, from
+shapes and a method's config alone (plus cheap weight statistics where the size depends on the
+values: sparse positions, entropy-coded symbols), computed with the real codecs and file layout.
 
 A `Plan` is the model being estimated (a proxy that only structural stages edit) and one
-`Stored` record per state-dict tensor. Method estimators (`slimkit.eval.estimators`) rewrite
-records; `Plan.total()` adds the file's header.
+`Stored` record per state-dict tensor; `Plan.total()` adds the file's header. This module knows
+no method: each method's package registers its estimator with `estimates`, and an estimator
+rewrites the records of the tensors its method would touch. Nothing here trains, calibrates or
+reads data.
 
+>>> @estimates("int8")                                  # in slimkit.quantization.estimate
+... def _int8(plan: Plan, cfg, task) -> Note: ...
 >>> plan = Plan.of(model)
 >>> plan.tensors["fc1.weight"].nbytes
 76800
+>>> note = estimate_stage(plan, Int8(), task=None)
+>>> note["touched"]["fc1"], plan.total()
+('int8 per-channel weights, fp32 scales', 53793)
 >>> sparse_index_bytes(model.fc1.weight.abs() > 0.1)    # positions, coded by the real codec
 2060.0
 """
@@ -17,11 +24,19 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+
+import slimkit.io.codec_sparse  # noqa: F401  (registers the `sparse` codec)
+from slimkit.core.errors import SlimError
+from slimkit.core.methods import MethodConfig
+from slimkit.io.artifact import SIDE_SEP, encode_model
+from slimkit.io.codecs import encode_chain
+from slimkit.io.layout import PACK_LIMIT, file_chunks
 
 SAMPLE = 1 << 16          # values sampled from a large tensor for a value-dependent estimate
 PACKED_ENTRY = 28         # bytes one more stored array adds to a packed (small) file's header, measured
@@ -40,7 +55,7 @@ class Stored:
     how: str = "raw float32"
     exact: bool = True
     arrays: int = 1       # stored arrays (each costs a header entry)
-    kind: str = "raw"     # raw, cast, sparse, quant, cluster, hashed, encoded (already in a .slim file)
+    kind: str = "raw"     # raw, cast, sparse, encoded (already in a .slim file), or a method's own kind
 
     @property
     def nbytes(self) -> int:
@@ -71,9 +86,6 @@ class Plan:
     @classmethod
     def of(cls, model: nn.Module) -> Plan:
         """The model as it would be saved today (compressed tensors at their real size)."""
-        from slimkit.io.artifact import SIDE_SEP, encode_model
-        from slimkit.io.layout import file_chunks
-
         arrays, manifest = encode_model(model)
         header = _chunks_size(file_chunks(arrays, manifest)) - sum(a.nbytes for a in arrays.values())
         stored: dict[str, int] = {}
@@ -103,7 +115,7 @@ class Plan:
         return self.model
 
     def replace_model(self, model: nn.Module) -> None:
-        """A new model altogether (a distilled student): every tensor is raw again."""
+        """A new model altogether (e.g. a student): every tensor is raw again."""
         self.model, self._owned, self.tensors = model, True, {}
         self.refresh()
 
@@ -125,8 +137,6 @@ class Plan:
 
     def total(self) -> int:
         """Estimated file size: payload plus header (grown by the arrays the methods add)."""
-        from slimkit.io.layout import PACK_LIMIT
-
         payload = self.payload()
         arrays = sum(s.arrays for s in self.tensors.values())
         packed = payload <= PACK_LIMIT
@@ -140,8 +150,6 @@ class Plan:
 
     @property
     def header_packed(self) -> bool:
-        from slimkit.io.layout import PACK_LIMIT
-
         return self.__dict__.setdefault("_packed0", self.payload() <= PACK_LIMIT)
 
     @property
@@ -159,9 +167,6 @@ def file_size(model: nn.Module) -> int:
     >>> file_size(sk.zoo.load("lenet-300-100"))
     202669
     """
-    from slimkit.io.artifact import encode_model
-    from slimkit.io.layout import file_chunks
-
     return _chunks_size(file_chunks(*encode_model(model)))
 
 
@@ -169,9 +174,6 @@ def sparse_index_bytes(mask: torch.Tensor, limit: int = 1 << 18) -> float:
     """Bytes of the `sparse` codec's positions (bitmask or gap code, as the codec picks) for the
     nonzeros of `mask`, coded by the real codec; a large tensor is coded on its first `limit`
     elements and scaled up."""
-    import slimkit.io.codec_sparse  # noqa: F401  (registers the codec)
-    from slimkit.io.codecs import encode_chain
-
     flat = mask.detach().reshape(-1)
     part = flat[:limit].to(torch.float32).numpy()
     stored, _ = encode_chain(part, [{"codec": "sparse"}])
@@ -189,8 +191,6 @@ def sparse_record(mask: torch.Tensor, value_bits: int, how: str) -> Stored:
 def coded_bytes(labels: np.ndarray, k: int, chain: list[dict], total: int) -> tuple[float, int]:
     """(bytes, arrays) of `total` symbols distributed like `labels` (values 0..k-1), coded by `chain`
     through the real codecs; the sample's size is scaled to `total`."""
-    from slimkit.io.codecs import encode_chain
-
     sym = np.asarray(labels, dtype=np.uint8)
     stored, _ = encode_chain(sym, chain)
     return sum(a.nbytes for a in stored.values()) * total / max(1, sym.size), len(stored)
@@ -202,3 +202,42 @@ def sample(values: torch.Tensor, limit: int = SAMPLE) -> np.ndarray:
     if flat.numel() > limit:
         flat = flat[:: math.ceil(flat.numel() / limit)]
     return flat.numpy()
+
+
+# -- the estimator registry -------------------------------------------------------------------
+
+Note = dict  # {"touched": {layer: how}, "skipped": {layer: why}, "basis": str}
+Estimator = Callable[[Plan, MethodConfig, object], Note]
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def estimates(*methods: str):
+    """Decorator: register an estimator for configs whose `method` is one of `methods`.
+
+    An estimator asks the method's own selection code which modules its config would touch,
+    updates `plan` as the stored model would change, and returns a `note` of what it touched,
+    what it skipped and why, and its `basis` ("exact: ..." when sizes follow from shapes alone).
+    """
+    def wrap(fn: Estimator) -> Estimator:
+        for m in methods:
+            ESTIMATORS[m] = fn
+        return fn
+    return wrap
+
+
+def estimate_stage(plan: Plan, config: MethodConfig, task=None) -> Note:
+    """Update `plan` as `config` would change the stored model; return what it touched and why not."""
+    fn = ESTIMATORS.get(config.method)
+    if fn is None:
+        raise SlimError(f"no size estimate for method {config.method!r}")
+    return fn(plan, config, task)
+
+
+def note(touched: dict, skipped: dict, basis: str) -> Note:
+    """An estimator's answer: {layer: how stored}, {layer: why not}, and what the numbers rest on."""
+    return {"touched": touched, "skipped": skipped, "basis": basis}
+
+
+def tensor_key(module: str, attr: str) -> str:
+    """The state-dict key of `module`'s `attr` ("fc1", "weight" -> "fc1.weight"; the root: "weight")."""
+    return f"{module}.{attr}" if module else attr

@@ -1,6 +1,6 @@
-"""The `slimkit compress` path for bare checkpoints: when to take it, a progress bar, the summary.
+"""The streaming paths of `slimkit compress` (see `slimkit.stream.route`): a progress bar and the summary.
 
->>> if wants_streaming("model.safetensors", "int8"):
+>>> if route("model.safetensors", "int8") == "tensors":
 ...     stream_cmd("model.safetensors", "int8", Path("model.slim"), as_json=False)
 """
 
@@ -8,89 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import progress as rp
+
+from slimkit.cli import common
 from slimkit.core.errors import SlimError
-from slimkit.stream.checkpoint import is_sharded
-
-
-def wants_streaming(model: str, recipe: str) -> bool:
-    """A `.safetensors` file or an index json always streams (there is no architecture to run);
-    a folder holding a sharded checkpoint streams when the recipe is weight-only, or when the folder
-    has no `config.json` (then a data-dependent recipe gets the streaming path's one-line error)."""
-    path = Path(model)
-    if path.is_file() and (path.suffix == ".safetensors" or is_sharded(path)):
-        return True
-    if not is_sharded(path):
-        return False
-    if not (path / "config.json").is_file():
-        return True
-    from slimkit.pipeline.recipes import load_recipe
-    from slimkit.stream.plan import plan_from_recipe
-
-    try:
-        plan_from_recipe(load_recipe(recipe))
-    except SlimError:
-        return False
-    return True
-
-
-def route(model: str, recipe: str, stream: bool = False) -> str | None:
-    """How `compress` runs: "tensors" (weight-only recipe, tensor by tensor: a bare checkpoint, see
-    `wants_streaming`, or any safetensors folder with `--stream`), "layerwise" (a Hugging Face folder
-    and a recipe of one gptq stage or one lowrank stage without fine-tuning, block by block from
-    disk: with `--stream`, or automatically when the checkpoint is larger than half the memory
-    available now), or None (the model in memory)."""
-    from slimkit.pipeline.recipes import load_recipe
-    from slimkit.stream.layerwise import layerwise_config
-    from slimkit.stream.plan import plan_from_recipe
-
-    if wants_streaming(model, recipe):
-        return "tensors"
-    path = Path(model)
-    folder = path.is_dir() and (path / "config.json").is_file()
-    plan = load_recipe(recipe)
-    try:
-        layerwise_config(plan)
-        blockwise, why_not_blockwise = True, None
-    except SlimError as e:
-        blockwise, why_not_blockwise = False, e
-    if folder and blockwise:
-        if stream:
-            return "layerwise"
-        from slimkit.stream.skeleton import checkpoint_bytes
-
-        available = _available_memory()
-        return "layerwise" if available is not None and checkpoint_bytes(path) > available // 2 else None
-    if not stream:
-        return None
-    if not folder:
-        raise SlimError(f"--stream needs a Hugging Face folder or a safetensors checkpoint, not {model}")
-    try:
-        plan_from_recipe(plan)   # a one-line error naming the stage that needs data
-    except SlimError:
-        if {cfg.method for cfg in plan.stages} & {"gptq", "lowrank", "apoz"}:
-            raise why_not_blockwise from None   # says how to make it run block by block
-        raise
-    return "tensors"
-
-
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+from slimkit.stream.api import compress_checkpoint
+from slimkit.stream.layerwise import compress_layerwise
 
 
 def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
     """A gptq / lowrank / apoz recipe block by block from disk with a progress bar; print the size, ratio and time."""
-    from rich import progress as rp
-
-    from slimkit.cli import common
-    from slimkit.stream.layerwise import compress_layerwise
 
     if keep_stages:
         raise SlimError("--keep-stages needs the whole model in memory; layer-by-layer streaming writes one artifact")
@@ -112,10 +39,6 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
 
 def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
     """Compress `model` tensor by tensor with a progress bar; print the size, ratio and throughput."""
-    from rich import progress as rp
-
-    from slimkit.cli import common
-    from slimkit.stream.api import compress_checkpoint
 
     if keep_stages:
         raise SlimError("--keep-stages needs a model to evaluate; a bare checkpoint is compressed in one pass")
@@ -138,7 +61,6 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
 
 def _summary(report, as_json: bool, unit: str, **extra) -> bool:
     """Emit the JSON result (True: nothing more to print) or list what was stored per kind."""
-    from slimkit.cli import common
 
     if as_json:
         common.emit_json({"out": str(report.out), "bytes": report.bytes, "input_bytes": report.input_bytes,

@@ -1,0 +1,108 @@
+"""Size estimates of the quantization methods (`int8`, `int8-static`, `rtn`, `gptq`, `qat`) for
+`slimkit inspect`: packed codes, scales and zero points from shapes and the config alone, the
+layers chosen by the methods' own `select_targets` (see `slimkit.io.sizing`).
+
+>>> plan = Plan.of(model)
+>>> estimate_stage(plan, Int8())["touched"]["fc1"]
+'int8 per-channel weights, fp32 scales'
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from slimkit.io.sizing import Note, Plan, Stored, estimates, note, tensor_key
+from slimkit.nn.quant_math import check_group
+from slimkit.quantization.conv import conv_layout
+from slimkit.quantization.convert import select_targets
+
+
+def _codes(rows: int, cols: int, bits: int, groups: int, scale_bytes: int, zero: bool) -> Stored:
+    """A `QuantLinear` / `QuantEmbedding` weight: packed codes, one scale (and zero) per group."""
+    extra = groups * scale_bytes + (math.ceil(groups * bits / 8) if zero else 0)
+    return Stored(rows * cols, rows * cols, bits, extra, arrays=2 + zero, kind="quant")
+
+
+def _quant_targets(plan: Plan, cfg, handled: tuple) -> tuple[list, dict]:
+    return select_targets(plan.model, cfg.targets, cfg.ignore, None, handled)
+
+
+@estimates("int8", "int8-static")
+def _int8(plan: Plan, cfg, task) -> Note:
+    static = cfg.method == "int8-static"
+    handled = ((nn.Linear,) if getattr(cfg, "linear", True) else ()) + ((nn.Embedding,) if cfg.embeddings else ()) \
+        + ((nn.Conv2d,) if getattr(cfg, "conv", True) else ())
+    picked, skipped = _quant_targets(plan, cfg, handled)
+    touched = {}
+    for name, m in picked:
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
+        if type(m) is nn.Conv2d:   # QuantConv2d: uint8 codes, a (rows, 1) fp32 scale
+            how = "int8 per-channel weights, fp32 scales (conv: weight-only)"
+            plan.set(tensor_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows, how, arrays=2,
+                                                        kind="quant"))
+        elif type(m) is nn.Linear:
+            how = "int8 per-channel weights, fp32 scales" + (", static input scale" if static else "")
+            plan.set(tensor_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows + 4 * static, how,
+                                                        arrays=2 + static, kind="quant"))
+        else:
+            how = "int8 rows, fp32 scales"
+            plan.set(tensor_key(name, "weight"), Stored(rows * cols, rows * cols, 8, 4 * rows, how, arrays=2,
+                                                        kind="quant"))
+        touched[name] = how
+    basis = "exact: int8 codes and fp32 scales from shapes"
+    if static and getattr(cfg, "dynamic_fallback", None) is not None:
+        basis += " (4 B less per layer calibration keeps dynamic)"
+    return note(touched, skipped, basis)
+
+
+def _group_count(cols: int, granularity: str, group_size: int) -> tuple[int, int]:
+    """(scale rows factor, groups per row) of a weight with `cols` inputs."""
+    if granularity == "tensor":
+        return 0, 1
+    return 1, (cols // group_size if granularity == "group" else 1)
+
+
+@estimates("rtn", "gptq")
+def _weight_only(plan: Plan, cfg, task) -> Note:
+    handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if cfg.embedding_bits else ())
+    picked, skipped = _quant_targets(plan, cfg, handled)
+    scale_bytes = 2 if cfg.scale_dtype.value == "float16" else 4
+    touched = {}
+    for name, m in picked:
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
+        if type(m) is nn.Conv2d:   # the method's own layout: per-channel where groups do not fit
+            gran, size = conv_layout(cols, cfg.granularity, cfg.group_size)
+            per_row, groups = _group_count(cols, gran.value, size)
+            stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
+            where = gran.value if gran.value != "group" else f"groups of {size}"
+            how = f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {where} (conv), {cfg.scale_dtype.value} scales"
+        elif type(m) is nn.Linear:
+            size = check_group(cols, cfg.granularity, cfg.group_size, name)   # the method's own check
+            per_row, groups = _group_count(cols, cfg.granularity.value, size)
+            stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
+            where = cfg.granularity.value if cfg.granularity.value != "group" else f"groups of {size}"
+            how = f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {where}, {cfg.scale_dtype.value} scales"
+        else:
+            size = cfg.embedding_group_size or cols
+            check_group(cols, "group", size, name)
+            stored = _codes(rows, cols, cfg.embedding_bits, rows * (cols // size), scale_bytes, False)
+            how = f"{cfg.embedding_bits}-bit rows in groups of {size}"
+        plan.set(tensor_key(name, "weight"), Stored(stored.numel, stored.values, stored.bits, stored.extra, how,
+                                                    arrays=stored.arrays, kind="quant"))
+        touched[name] = how
+    return note(touched, skipped, "exact: packed codes, scales and zero points from shapes")
+
+
+@estimates("qat")
+def _qat(plan: Plan, cfg, task) -> Note:
+    picked, skipped = _quant_targets(plan, cfg, (nn.Linear, nn.Conv2d))
+    touched = {}
+    for name, m in picked:
+        rows, cols = m.weight.shape[0], m.weight[0].numel()
+        how = f"{cfg.bits}-bit per-channel (QAT), fp32 scales"
+        plan.set(tensor_key(name, "weight"), Stored(rows * cols, rows * cols, cfg.bits, 4 * rows, how, arrays=2,
+                                                    kind="quant"))
+        touched[name] = how
+    return note(touched, skipped, "exact: packed codes and scales from shapes")
