@@ -217,8 +217,8 @@ def slim_candidate(spec: CaseSpec, recipe_name: str, task, workdir: Path, timeou
     import torch
 
     import slimkit as sk
-    from slimkit.core.torch_utils import num_threads
     from slimkit.core.errors import SlimError
+    from slimkit.core.torch_utils import num_threads
     from slimkit.eval.measure import count_params
 
     try:

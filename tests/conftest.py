@@ -44,3 +44,23 @@ def digits_task():
     from slimkit.zoo.digits_task import DigitsTask
 
     return DigitsTask()
+
+
+QUICK_EPOCHS = 20
+
+
+@pytest.fixture(scope="session")
+def quick_folds():
+    """Search certification: fold baselines of the digits models train for QUICK_EPOCHS epochs, cached
+    under their own key (the protocol is the same; the zoo's 100 epochs per fold would make every
+    search test take a minute)."""
+    import dataclasses
+
+    from slimkit.zoo.registry import ZOO
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("lenet-300-100", "lenet5"):
+            entry = ZOO[name]
+            mp.setitem(ZOO, name, dataclasses.replace(entry, train_settings={**entry.train_settings,
+                                                                             "epochs": QUICK_EPOCHS}))
+        yield

@@ -98,31 +98,31 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _visit(node: ast.AST, in_function: bool, module: str, is_package: bool, graph: Graph) -> None:
+    edges = graph.edges[module]
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for sub in child.orelse:
+                _visit(sub, in_function, module, is_package, graph)
+            continue
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            for target in _targets(child, module, is_package, graph.modules):
+                if target == module:
+                    continue
+                edges.add(target)
+                if in_function:
+                    graph.function_level.append((module, child.lineno, target))
+            continue
+        inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        _visit(child, inner, module, is_package, graph)
+
+
 def import_graph(root: Path) -> Graph:
     """Edges between the modules of the package at `root` (imports under `if TYPE_CHECKING:` excluded)."""
     files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
     graph = Graph(modules=set(files))
     for module, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        edges = graph.edges.setdefault(module, set())
-        is_package = path.name == "__init__.py"
-
-        def visit(node: ast.AST, in_function: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child.test):
-                    for sub in child.orelse:
-                        visit(sub, in_function)
-                    continue
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    for target in _targets(child, module, is_package, graph.modules):
-                        if target == module:
-                            continue
-                        edges.add(target)
-                        if in_function:
-                            graph.function_level.append((module, child.lineno, target))
-                    continue
-                inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                visit(child, inner)
-
-        visit(tree, False)
+        graph.edges.setdefault(module, set())
+        _visit(tree, False, module, path.name == "__init__.py", graph)
     return graph

@@ -48,7 +48,7 @@ def test_nothing_imports_the_root_package():
 
 
 def _lint(tree: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT), "--config", str(tree / ".importlinter"), "--no-cache"],
+    return subprocess.run([str(LINT), "--no-cache", str(tree / ".importlinter")],
                           cwd=tree, env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=300)
 

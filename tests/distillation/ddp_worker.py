@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 import slimkit as sk
-from slimkit.distillation import DistillConfig, distill, shrink_mlp
 from slimkit.dist.collectives import world
+from slimkit.distillation import DistillConfig, distill, shrink_mlp
 
 torch.set_num_threads(1)
 teacher = sk.zoo.load("lenet-300-100")

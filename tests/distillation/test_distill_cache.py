@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimkit.core.errors import SlimError
 from slimkit.distillation import DistillConfig, distill, keep_layers
 from slimkit.distillation.api import _source, build_objective
 from slimkit.distillation.teacher_cache import cached_text_source
-from slimkit.core.errors import SlimError
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
+from slimkit.core.errors import SlimError
 from slimkit.distillation import DistillConfig, keep_layers
 from slimkit.distillation.api import build_objective
 from slimkit.distillation.data import augment_sentence, length_batches, text_source, text_task_source
-from slimkit.core.errors import SlimError
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -107,7 +107,7 @@ class _FakeTask:
 
 
 def test_text_task_source_adds_corpora_and_their_held_out_part(monkeypatch):
-    from slimkit.zoo import embedding_task
+    from slimkit.distillation import data
     from slimkit.zoo import corpus
 
     made = {}
@@ -119,7 +119,7 @@ def test_text_task_source_adds_corpora_and_their_held_out_part(monkeypatch):
         def score(self, model):
             return 0.25
 
-    monkeypatch.setattr(embedding_task, "EmbeddingTask", Recorder)
+    monkeypatch.setattr(data, "EmbeddingTask", Recorder)
     task = _FakeTask()
     plain = text_task_source(task, batch_size=64)
     assert plain.size == 1 and plain.validate(None) == 0.5 and not made

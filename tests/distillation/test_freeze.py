@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimkit.core.errors import SlimError
 from slimkit.distillation import DistillConfig, distill
 from slimkit.distillation.students import pruned_student
-from slimkit.core.errors import SlimError
 
 BASE = {"alpha": 1.0, "temperature": 1.0, "epochs": 2, "lr": 1e-2, "batch_size": 64, "seed": 0}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimkit.core.errors import SlimError
 from slimkit.distillation import DistillConfig, distill
 from slimkit.distillation.api import build_objective
 from slimkit.distillation.students import pruned_student
-from slimkit.core.errors import SlimError
 
 
 def test_named_hints_compare_same_named_modules_through_a_learned_projection(lenet, digits_task):

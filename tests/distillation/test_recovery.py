@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.core.methods import make_config
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import make_config
 from slimkit.core.provenance import task_for
-from slimkit.pipeline.runner import run_pipeline
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
+from slimkit.pipeline.runner import run_pipeline
 
 
 @pytest.fixture(scope="module")

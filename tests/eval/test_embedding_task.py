@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
-from slimkit.zoo.embedding_task import EmbeddingTask, hf_task, last_hidden_state, mean_pool
-from slimkit.zoo.minilm import minilm_task
 from slimkit.zoo.corpus import sentences, split
-from slimkit.zoo.minilm import model_path
+from slimkit.zoo.embedding_task import EmbeddingTask, hf_task, last_hidden_state, mean_pool
+from slimkit.zoo.minilm import minilm_task, model_path
 
 
 @pytest.fixture(scope="module")

@@ -176,8 +176,8 @@ def test_a_failing_kernel_turns_the_layer_off_with_a_warning(monkeypatch, caplog
 
 
 def test_skip_padding_keeps_real_tokens_and_zeros_padded_ones(monkeypatch):
-    from slimkit.zoo.embedding_task import mean_pool
     from slimkit.nn.bert_fast import skip_padding
+    from slimkit.zoo.embedding_task import mean_pool
 
     q = int8(tiny_bert())
     x = inputs()

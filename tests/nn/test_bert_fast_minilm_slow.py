@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_int8_artifact_runs_fast_layers_with_the_same_fidelity(tmp_path, monkeypatch):
-    from slimkit.zoo.minilm import minilm_task
     from slimkit.nn.quant_linear import fast_bf16
+    from slimkit.zoo.minilm import minilm_task
 
     if not fast_bf16():
         pytest.skip("this CPU has no fast bf16: the int8 model computes in fp32 and keeps HF's forward")

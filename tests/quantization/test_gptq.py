@@ -10,10 +10,10 @@ import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
 from slimkit.nn.quant_linear import QuantLinear
+from slimkit.nn.quant_math import rtn_quantize
 from slimkit.quantization.api import GPTQ, WeightOnly
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.gptq import gptq_quantize, hessian_init, hessian_update, hessian_value
-from slimkit.nn.quant_math import rtn_quantize
 from slimkit.quantization.sequential import linear_stages
 
 

@@ -12,8 +12,8 @@ import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quantization.api import WeightOnly
 from slimkit.nn.quant_math import rtn_quantize
+from slimkit.quantization.api import WeightOnly
 
 
 class _Tiny(nn.Module):

@@ -8,8 +8,8 @@ import torch
 
 import slimkit as sk
 from slimkit.nn.hashed import HashedLinear
-from slimkit.sharing.api import Hashed, ShareConfigError
 from slimkit.nn.hashing import hash_indices, project
+from slimkit.sharing.api import Hashed, ShareConfigError
 
 
 def test_hash_is_pinned_and_deterministic():

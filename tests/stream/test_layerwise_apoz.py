@@ -1,5 +1,5 @@
-"""One-shot APoZ block by block from disk (`slimkit.stream.layerwise_apoz`) equals the same rule
-applied block after block to the model in memory."""
+"""One-shot APoZ block by block from disk (`slimkit.pruning.apoz_blocks`, driven by
+`slimkit.stream.layerwise`) equals the same rule applied block after block to the model in memory."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_gelu_and_multi_round_refused(folders, tmp_path):
 
 
 def test_keep_by_apoz_never_empties_a_layer():
-    from slimkit.stream.layerwise_apoz import keep_by_apoz
+    from slimkit.pruning.apoz_blocks import keep_by_apoz
 
     scores = torch.tensor([0.1, 0.2, 0.05, 0.9, 0.15], dtype=torch.float64)
     assert keep_by_apoz(scores, 1.0, 2).tolist() == [0, 1, 2, 4]       # 0.9 > mean + 1 std

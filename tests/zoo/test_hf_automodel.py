@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.zoo.embedding_task import hf_task
 from slimkit.core.provenance import task_for
+from slimkit.zoo.embedding_task import hf_task
 from slimkit.zoo.token_task import ByteTokenizer, token_task
 
 SENTENCES = [f"Sentence number {i} talks about compression and tokens." for i in range(48)]

@@ -44,6 +44,7 @@ from slimkit.autosearch.pareto import (
 )
 from slimkit.autosearch.space import DigitsSpace, Space
 from slimkit.autosearch.space_encoder import EmbeddingSpace
+from slimkit.autosearch.space_registered import RegisteredSpace
 from slimkit.autosearch.stages import OutOfTime
 from slimkit.autosearch.trial import Budget, TrialRecord, confirm_drop, quick_latency, run_candidate, stage_dict
 from slimkit.autosearch.validation import validation_setup
@@ -74,7 +75,7 @@ class Progress:
 def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: float = 1200.0,
            max_trials: int | None = None, seed: int = 0, effort: float = 1.0,
            on_trial: Callable[[Progress], None] | None = None,
-           certification: Certification | None = None) -> SearchResult:
+           certification: Certification | None = None, methods: list[str] | None = None) -> SearchResult:
     """Search recipes for `model` (a builtin name like "builtin:lenet-300-100", a HF folder, or a
     model from `sk.zoo.load`); keep the smallest artifact whose held-out score is at most
     `max_drop` points below the original's. Writes best.slim, best.yaml, pareto.json, report.html
@@ -84,6 +85,9 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     `certification` (default: 3 x 10-fold cross-validation over the training split, 90% upper
     bound of the drop; see `slimkit.autosearch.certify`) keeps it within the budget too; on other models only if a
     second run with other training seeds does.
+
+    `methods` restricts the search to these registered methods, each drawing its own options
+    (`MethodConfig.search_choices`); by default builtin models get their curated space.
 
     >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget_s=600)
     >>> r.best["bytes"], r.best["test_score"]
@@ -109,7 +113,10 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     if cv is not None:
         where = cv.describe()
     if state is None:
-        state = _new_state(net, ref, work, score, where, budget_s)
+        state = _new_state(net, ref, work, score, where, budget_s, methods)
+    elif state.get("methods") != (None if methods is None else list(methods)):
+        raise SlimError(f"{folder} holds a search over methods {state.get('methods') or 'of the curated space'}; "
+                        "use another --out to search other methods")
     state["max_drop_pts"] = max_drop
     space = _space(net, work, state, effort)
     records = [TrialRecord.from_dict(d) for d in state["trials"]]
@@ -186,12 +193,13 @@ def _model_and_task(model: str | nn.Module):
     return net.eval(), ref, task
 
 
-def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: float) -> dict:
+def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: float,
+               methods: list[str] | None = None) -> dict:
     t = time.monotonic()
     val = score(net)
     score_s = time.monotonic() - t
     base = {"bytes": baseline_bytes(net), "val_score": round(val, 6), "latency_ms": quick_latency(net, task)}
-    space = space_for(net, task)
+    space = space_for(net, task, methods=methods)
     layers, probes = space.layers(), space.probes()
     cost = len(layers) * len(probes) * (score_s + 0.05)
     rows: list[dict] = []
@@ -204,24 +212,28 @@ def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: floa
             "score_s": round(score_s, 3),
             "validation": where, "space": space.name, "baseline": base, "sensitivity": rows,
             "sensitivity_note": note, "protect_order": protect_order(rows) if rows else [],
-            "trials": [], "best": None, "elapsed_s": 0.0}
+            "trials": [], "best": None, "elapsed_s": 0.0, "methods": None if methods is None else list(methods)}
 
 
 def space_for(model: nn.Module, task: Task, protect_order: list[str] | None = None, effort: float = 1.0,
-              score_s: float | None = None) -> Space:
-    """The search space for `model` scored by `task` (digits classifiers or sentence encoders);
-    `effort` scales the training epochs of the digits space (0.1: ten times fewer); `score_s`, the
-    seconds one held-out scoring took, sizes the training stages of the encoder space."""
+              score_s: float | None = None, methods: list[str] | None = None) -> Space:
+    """The search space for `model` scored by `task`: the registered methods' own entries when
+    `methods` names some (or the task has no curated space), else the curated space of digits
+    classifiers or sentence encoders. `effort` scales the training epochs of the digits space (0.1:
+    ten times fewer); `score_s`, the seconds one held-out scoring took, sizes the training stages
+    of the encoder space."""
+    if methods is not None:
+        return RegisteredSpace(model, task, methods)
     if isinstance(task, DigitsTask):
         return DigitsSpace(model, protect_order, effort)
     if hasattr(task, "calib_sentences") and hasattr(task, "encode"):
         return EmbeddingSpace(model, len(task.calib_sentences), score_s)
-    raise SlimError(f"search has no search space for the task {getattr(task, 'name', type(task).__name__)!r} "
-                    "(supported: digits classifiers and sentence encoders)")
+    return RegisteredSpace(model, task)
 
 
 def _space(net: nn.Module, task, state: dict, effort: float):
-    return space_for(net, task, state.get("protect_order", []), effort, score_s=state.get("score_s"))
+    return space_for(net, task, state.get("protect_order", []), effort, score_s=state.get("score_s"),
+                     methods=state.get("methods"))
 
 
 def _study(space, records: list[TrialRecord], state: dict, max_drop: float, seed: int):

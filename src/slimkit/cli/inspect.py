@@ -13,9 +13,9 @@ from slimkit.cli import common
 from slimkit.core.errors import SlimError
 from slimkit.core.provenance import task_for
 from slimkit.eval.layers import layer_table
-from slimkit.eval.plots import plot_apoz, plot_histograms
+from slimkit.eval.plots import plot_histograms
 from slimkit.pipeline.preflight import preflight
-from slimkit.pruning.report import apoz_report, weight_histograms
+from slimkit.pruning.report import apoz_report, plot_apoz, weight_histograms
 from slimkit.zoo.resolve import resolve
 
 

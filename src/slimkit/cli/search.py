@@ -30,6 +30,9 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                                                                           "within --max-drop."),
                repeats: int = typer.Option(3, "--repeats", help="Cross-validation repeats (other fold partitions; "
                                                                 "outcomes averaged per image: a sharper bound)."),
+               method: list[str] | None = typer.Option(
+                   None, "--method", help="Search only this registered method (repeatable); default: the "
+                                          "curated space of builtin models."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
                ) -> None:
     """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
@@ -39,7 +42,8 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
     certification = Certification(folds=folds, confidence=confidence, repeats=repeats)
     with _Display(budget * 60) as display:
         result = search(model, max_drop=max_drop, out=out, budget_s=budget * 60, max_trials=trials, seed=seed,
-                        effort=effort, on_trial=display.update, certification=certification)
+                        effort=effort, on_trial=display.update, certification=certification,
+                        methods=list(method) if method else None)
     summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
                "front": len(result.front), "report": str(result.report) if result.report else None,
                "interrupted": result.interrupted}

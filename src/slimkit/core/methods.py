@@ -17,7 +17,8 @@ that class, so adding a method touches no other file::
         @classmethod
         def search_choices(cls, trial, model, task): ...         # its entry in `slimkit search`
 
-Its size estimate (for `slimkit inspect`) registers with `slimkit.io.sizing.estimates`.
+Its size estimate (for `slimkit inspect`) registers with `slimkit.io.sizing.estimates`, its streaming
+support (checkpoints larger than memory) with `slimkit.core.streaming.register_streaming`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ DDP-ready training loop, and the `distill` method.
 """
 
 from slimkit.distillation import (
-           estimate,  # noqa: F401  (registers the size estimate)
-           recovery,  # noqa: F401  (registers recover)
+    estimate,  # noqa: F401  (registers the size estimate)
+    recovery,  # noqa: F401  (registers recover)
+    streaming,  # noqa: F401  (registers its streaming refusal)
 )
 from slimkit.distillation.api import DistillConfig, distill
 from slimkit.distillation.students import keep_layers, pruned_student, shrink_mlp, zoo_student

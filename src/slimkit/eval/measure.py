@@ -18,11 +18,11 @@ from torch import nn
 
 from slimkit.core.latency import median_ms
 from slimkit.core.provenance import base_of, task_for
+from slimkit.core.task import Task
 from slimkit.io.artifact import encode_model
 from slimkit.io.bases import build_base
 from slimkit.io.layout import file_chunks
 from slimkit.zoo.resolve import load_safetensors_checkpoint
-from slimkit.core.task import Task
 
 BATCH = 32
 

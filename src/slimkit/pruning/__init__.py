@@ -16,4 +16,7 @@ is the shared retraining loop. Sparse weights are stored by the `sparse` codec
 (`slimkit.io.codec_sparse`).
 """
 
-from slimkit.pruning import estimate  # noqa: F401  (registers the size estimates)
+from slimkit.pruning import (
+    estimate,  # noqa: F401  (registers the size estimates)
+    streaming,  # noqa: F401  (registers the streaming support)
+)

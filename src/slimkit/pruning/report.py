@@ -3,9 +3,12 @@
 
 >>> rows = apoz_report(model, task)          # [{"layer": "fc1", "apoz_mean": 0.21, ...}, ...]
 >>> hists = weight_histograms(model)         # {"fc1.weight": {"edges": [...], "counts": [...]}}
+>>> plot_apoz(rows, "plots/")                # plots/apoz.png (matplotlib is imported only then)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,3 +46,29 @@ def weight_histograms(model: nn.Module, bins: int = 41) -> dict[str, dict]:
             out[f"{name}.weight"] = {"edges": torch.linspace(-top, top, bins + 1).tolist(),
                                      "counts": [int(c) for c in counts], "sparsity": round(zeros, 6)}
     return out
+
+
+def plot_apoz(rows: list[dict], out_dir: str | Path) -> Path | None:
+    """One PNG with every layer's per-neuron APoZ, sorted, and the trimming threshold."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 2.2 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows, strict=True):
+        values = sorted(row["apoz"], reverse=True)
+        ax.bar(range(len(values)), values, width=1.0, color="#cc6677")
+        ax.axhline(row["apoz_mean"] + row["apoz_std"], color="black", lw=0.8, ls="--")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{row['layer']}: APoZ mean {row['apoz_mean']:.2f}, "
+                     f"{row['above_mean_std']} above mean+std, {row['dead']} never fire", fontsize=9)
+    fig.tight_layout()
+    path = out / "apoz.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

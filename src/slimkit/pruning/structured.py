@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.select import FilterFn, matches
 from slimkit.core.task import Task
 from slimkit.pruning.finetune import finetune, training_data, validation
 from slimkit.pruning.importance import above_mean_std, activation_mean, apoz, channels_first, hooked, weight_norm
-from slimkit.core.select import FilterFn, matches
 from slimkit.surgery.edits import edit_log
 from slimkit.surgery.shrink import prune_groups_, same_output_shape
 from slimkit.surgery.trace import Group, trace_groups

@@ -12,7 +12,10 @@ modules in `slimkit.nn.quant_*`.
 """
 
 from slimkit.nn.quant_math import Granularity
-from slimkit.quantization import estimate  # noqa: F401  (registers the size estimates)
+from slimkit.quantization import (
+    estimate,  # noqa: F401  (registers the size estimates)
+    streaming,  # noqa: F401  (registers the streaming support)
+)
 from slimkit.quantization.api import GPTQ, Int8, WeightOnly
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.qat import QAT

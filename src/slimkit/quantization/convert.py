@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from slimkit.quantization.conv import unsupported
 from slimkit.core.select import FilterFn, select_modules
+from slimkit.quantization.conv import unsupported
 from slimkit.surgery.edits import replace_module
 
 log = logging.getLogger("slimkit.quantization")

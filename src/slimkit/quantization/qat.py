@@ -23,7 +23,7 @@ from slimkit.nn.quant_conv import QuantConv2d
 from slimkit.nn.quant_math import Granularity, QuantizedWeight, check_bits
 from slimkit.quantization.conv import quantized_layer
 from slimkit.quantization.convert import convert, select_targets
-from slimkit.train.loop import Batches, Hooks, LoopSettings, fit
+from slimkit.train.loop import Hooks, LoopSettings, fit
 from slimkit.train.supervised import cross_entropy, task_batches
 
 
@@ -146,12 +146,12 @@ class QAT(MethodConfig):
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, (nn.Linear, nn.Conv2d))
-        batches = task_batches(task, self.batch_size, self.seed, "qat")
+        task_batches(task, self.batch_size, self.seed, "qat")   # labelled data first, before any surgery
         fakes = {name: (FakeQuantConv2d if type(m) is nn.Conv2d else FakeQuantLinear)(m, self.bits, self.lsq)
                  for name, m in picked}
         for name, fake in fakes.items():
             _swap(model, name, fake)
-        self.train(model, task, batches)
+        self.train(model, task)
         how = f"qat w{self.bits} per-channel{' lsq' if self.lsq else ''}"
         linears = [(n, f) for n, f in fakes.items() if not isinstance(f, FakeQuantConv2d)]
         convert(model, linears, lambda _n, f: quantized_layer(f, f.to_quantized(), True, "float32"), how, skipped)
@@ -159,13 +159,13 @@ class QAT(MethodConfig):
         convert(model, convs, lambda _n, f: f.to_packed(), f"{how} (conv)")
         return model
 
-    def train(self, model: nn.Module, task: Task, batches: Batches | None = None) -> None:
+    def train(self, model: nn.Module, task: Task) -> None:
         """Fine-tune on `slimkit.train`'s loop: Adam, constant LR, cross-entropy, the last epoch
         kept; BatchNorm statistics stay frozen.
 
         With `checkpoint`, the model, optimizer and RNG are saved (pickle-free, atomically) after
         every epoch, and a later run with the same settings resumes after the last saved epoch."""
-        batches = batches or task_batches(task, self.batch_size, self.seed, "qat")
+        batches = task_batches(task, self.batch_size, self.seed, "qat")
         settings = LoopSettings(epochs=self.epochs, lr=self.lr, weight_decay=0.0, optimizer="adam",
                                 schedule="constant", seed=None, freeze_norm=True)
         hooks = Hooks(resume_key={"bits": self.bits, "lsq": self.lsq, "seed": self.seed})

@@ -15,9 +15,9 @@ import copy
 from torch import nn
 
 from slimkit.core.methods import MethodConfig, apply_
+from slimkit.core.select import FilterFn
 from slimkit.core.task import Task
 from slimkit.quantization.convert import select_targets
-from slimkit.core.select import FilterFn
 
 
 def _score(task: Task, model: nn.Module) -> float:

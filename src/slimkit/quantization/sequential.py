@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from slimkit.core.task import Batch, Task
 from slimkit.dist.blocks import BlockChain, StopForward, find_blocks
 from slimkit.dist.collectives import is_distributed, shard
-from slimkit.core.task import Batch, Task
 from slimkit.quantization.conv import layer_rows
 from slimkit.quantization.gptq import hessian_all_reduce, hessian_init, hessian_update
 

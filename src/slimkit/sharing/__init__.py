@@ -11,6 +11,7 @@ model; `api` holds the configs. Recipes: `kmeans`, `lowrank`, `hashed`, `deep-co
 from slimkit.sharing import (
     apply_deep_kmeans,  # noqa: F401  (registers deep-kmeans)
     estimate,  # noqa: F401  (registers the size estimates)
+    streaming,  # noqa: F401  (registers the streaming support)
 )
 from slimkit.sharing.api import Hashed, KMeansSharing, LowRank, ShareConfigError
 

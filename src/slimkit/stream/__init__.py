@@ -1,8 +1,10 @@
 """Streaming post-training compression of checkpoints larger than memory.
 
-Weight-only recipes run tensor by tensor without an architecture (`compress_checkpoint`); GPTQ and
-activation-aware low-rank run block by block on a Hugging Face folder, each block read from disk
-when it is worked on (`slimkit.stream.layerwise.compress_layerwise`).
+Weight-only recipes run tensor by tensor without an architecture (`compress_checkpoint`); recipes of
+one data-dependent stage whose method streams block by block (GPTQ, activation-aware low-rank,
+one-shot APoZ) run on a Hugging Face folder, each block read from disk when it is worked on
+(`slimkit.stream.layerwise.compress_layerwise`). Which method streams how is said by the method's
+own package (`slimkit.core.streaming`); this package only orchestrates.
 
 >>> from slimkit.stream import compress_checkpoint
 >>> compress_checkpoint("model.safetensors.index.json", "int8", "model.slim")
@@ -11,6 +13,6 @@ when it is worked on (`slimkit.stream.layerwise.compress_layerwise`).
 """
 
 from slimkit.stream.api import StreamReport, compress_checkpoint
-from slimkit.stream.plan import StreamPlan, plan_from_recipe
+from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan, plan_from_recipe
 
-__all__ = ["StreamPlan", "StreamReport", "compress_checkpoint", "plan_from_recipe"]
+__all__ = ["KMeansSpec", "QuantSpec", "StreamPlan", "StreamReport", "compress_checkpoint", "plan_from_recipe"]

@@ -1,10 +1,13 @@
-"""Per-tensor streaming encoders: read one tensor from the checkpoint, append its stored arrays to
-the writer, return its manifest entry.
+"""Per-tensor streaming encoders, one per kind of `StreamPlan` entry (the methods' `tensors` hooks
+fill the plan, `slimkit.core.streaming`): read one tensor from the checkpoint, append its stored
+arrays to the writer, return its manifest entry.
 
-- `affine` (int8 / int4 round-to-nearest): blocks of rows, so memory is one block, not the tensor;
-- `kmeans`: centroids fitted on (a sample of) the tensor, labels assigned block by block;
-- `magnitude` (+ `kmeans`): the whole tensor at once (a per-tensor threshold, or the global one of
-  `slimkit.stream.global_cut`), `sparse` codec; `nm`: the N:M mask of each row, `sparse` codec;
+- `quant` (affine round-to-nearest codes, e.g. int8 / int4): blocks of rows, so memory is one
+  block, not the tensor;
+- `kmeans` (a codebook): centroids fitted on (a sample of) the tensor, labels assigned block by block;
+- `sparsity` (+ `kmeans`): the whole tensor at once (the smallest |w| of the tensor, or below the
+  global threshold of `slimkit.stream.global_cut`), `sparse` codec; `nm`: the N:M mask of each row,
+  `sparse` codec;
 - anything else is copied as it is, block by block.
 
 The arrays and chains are exactly what `slimkit.io.codecs.encode_chain` would give for the same
@@ -19,6 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from slimkit.core.streaming import KMeansSpec, QuantSpec, StreamPlan
 from slimkit.io.artifact import SIDE_SEP
 from slimkit.io.codecs import encode_chain, pack_bits
 from slimkit.io.layout import SlimWriter
@@ -28,7 +32,6 @@ from slimkit.pruning.masks import nm_mask
 from slimkit.sharing.kmeans import cluster_1d
 from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.stream.global_cut import GlobalCut
-from slimkit.stream.plan import KMeansSpec, QuantSpec, StreamPlan
 
 BLOCK_BYTES = 4 << 20   # input bytes per block: peak memory is about 5 blocks (temporaries of the math)
 KMEANS_SAMPLE = 1 << 18  # values the centroids are fitted on (all of them in a smaller tensor)

@@ -1,20 +1,20 @@
-"""GPTQ (or activation-aware low-rank) on a Hugging Face transformer larger than memory: one block
-at a time, read from disk.
+"""A one-stage recipe on a Hugging Face transformer larger than memory: one block at a time, read
+from disk. The stage's method says how it works on a block (`slimkit.core.streaming`: its package
+registers a `BlockWorker`, e.g. GPTQ in `slimkit.quantization.streaming`); this module only drives it.
 
 The model is built without weights (`slimkit.stream.skeleton`); only the layers outside the repeated
 blocks (embeddings, norms) and the block being worked on hold real tensors:
 
 1. two probe forwards on one calibration batch, each block loaded from the checkpoint's memory map
-   just before it runs and emptied right after, find the calibration stages (Linears reading the
-   same input) and check that the blocks form a plain chain (`slimkit.dist.blocks`);
+   just before it runs and emptied right after, let the worker plan its work per block (`plan`;
+   GPTQ finds its calibration stages, Linears reading the same input) and check that the blocks
+   form a plain chain (`slimkit.dist.blocks`);
 2. the inputs of block 0 are cached for every calibration batch; the layers outside the blocks are
-   then quantized (embeddings as the recipe says; Linears outside the blocks, e.g. BERT's pooler,
-   round-to-nearest: they would need the whole model's forward), written and emptied;
-3. block by block: load it, calibrate and GPTQ-quantize its stages on the cached inputs (as the
-   in-memory `GPTQ` does, same Hessians, same codes), run it once more to make the next block's
-   inputs, append its encoded tensors to the output (`SlimWriter`), empty it. A `lowrank` recipe
-   factorizes each block's Linears instead (`slimkit.stream.layerwise_methods`); a one-shot `apoz`
-   recipe trims each block's ReLU FFN neurons (`slimkit.stream.layerwise_apoz`).
+   then handled (`outside`: GPTQ quantizes the embeddings as the recipe says and rounds Linears
+   outside the blocks, e.g. BERT's pooler, to nearest), written and emptied;
+3. block by block: load it, let the worker compress it on the cached inputs and carry them to the
+   next block (`block`: GPTQ calibrates and quantizes its stages as the in-memory `GPTQ` does, same
+   Hessians, same codes), append its encoded tensors to the output (`SlimWriter`), empty it.
 
 Peak memory is about the embeddings plus one block plus the cached activations. The output is a
 normal .slim file: `slimkit.load` rebuilds the model from the Hugging Face config in its manifest.
@@ -35,6 +35,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.provenance import task_for
+from slimkit.core.streaming import STREAMING, inside, stream_support
 from slimkit.core.torch_utils import num_threads
 from slimkit.dist.blocks import BlockChain, find_blocks
 from slimkit.io.artifact import codec_chains, encode_tensor
@@ -42,9 +43,6 @@ from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
-from slimkit.stream.layerwise_apoz import check_one_shot
-from slimkit.stream.layerwise_blocks import inside
-from slimkit.stream.layerwise_methods import worker_for
 from slimkit.stream.skeleton import WeightSource, build_skeleton
 from slimkit.surgery.edits import compact_edits
 
@@ -52,19 +50,24 @@ OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, 
 
 
 def layerwise_config(recipe: str | object):
-    """(recipe name, config) of a recipe of one `gptq` stage, one `lowrank` stage without
-    fine-tuning, or one one-shot `apoz` stage; else a one-line SlimError saying what can run layer by layer."""
+    """(recipe name, config) of a recipe of one stage whose method streams block by block and whose
+    config allows it; else a one-line SlimError saying what can run layer by layer."""
 
     plan = load_recipe(recipe) if isinstance(recipe, str) else recipe
     methods = [cfg.method for cfg in plan.stages]
-    if methods == ["apoz"]:
-        check_one_shot(plan.stages[0])
+    support = stream_support(methods[0]) if len(methods) == 1 else None
+    if support is not None and support.blocks is not None:
+        if support.check_blocks is not None:
+            support.check_blocks(plan.stages[0])
         return plan.name, plan.stages[0]
-    if methods == ["gptq"] or (methods == ["lowrank"] and not plan.stages[0].finetune_epochs):
-        return plan.name, plan.stages[0]
+    ways = [f"one {m} stage" + (f" {s.blocks_when}" if s.blocks_when else "") for m, s in STREAMING.items() if s.blocks]
     raise SlimError(f"recipe {plan.name} ({' + '.join(methods)}): layer-by-layer streaming runs a recipe of "
-                    f"one gptq stage (e.g. int4), one lowrank stage with finetune_epochs: 0 or one apoz stage "
-                    f"with rounds: 1, epochs: 0; weight-only recipes stream tensor by tensor")
+                    f"{_one_of(ways)}; weight-only recipes stream tensor by tensor")
+
+
+def _one_of(ways: list[str]) -> str:
+    """"a, b or c"."""
+    return " or ".join(filter(None, [", ".join(ways[:-1]), ways[-1]])) if ways else "no stage (none registered)"
 
 
 def _probe(batch):
@@ -130,15 +133,15 @@ class _Output:
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
                        on_block: OnBlock | None = None, threads: int | None = None) -> StreamReport:
     """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
-    into `out` (see the module doc); `recipe`: one `gptq` stage (`int4`), one `lowrank` stage
-    without fine-tuning, or one `apoz` stage with rounds 1 and epochs 0 (`slimkit.stream.layerwise_apoz`).
-    Calibration data is the model's task (`slimkit.core.provenance.task_for`)."""
+    into `out` (see the module doc); `recipe`: one stage whose method streams block by block
+    (`layerwise_config`: e.g. `int4`, one `gptq` stage). Calibration data is the model's task
+    (`slimkit.core.provenance.task_for`)."""
 
     _large_blocks_to_os()
     start, out = time.perf_counter(), Path(out)
     name, cfg = layerwise_config(recipe)
     model, transposed = build_skeleton(folder)
-    worker = worker_for(model, task_for(model), cfg)
+    worker = stream_support(cfg.method).blocks(model, task_for(model), cfg)
     blocks = find_blocks(model)
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")

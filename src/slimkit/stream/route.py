@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimkit.core.errors import SlimError
+from slimkit.core.streaming import stream_support
 from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.checkpoint import is_sharded
 from slimkit.stream.layerwise import layerwise_config
@@ -39,9 +40,9 @@ def wants_streaming(model: str, recipe: str) -> bool:
 def route(model: str, recipe: str, stream: bool = False) -> str | None:
     """How `compress` runs: "tensors" (weight-only recipe, tensor by tensor: a bare checkpoint, see
     `wants_streaming`, or any safetensors folder with `--stream`), "layerwise" (a Hugging Face folder
-    and a recipe of one gptq stage or one lowrank stage without fine-tuning, block by block from
-    disk: with `--stream`, or automatically when the checkpoint is larger than half the memory
-    available now), or None (the model in memory)."""
+    and a recipe of one stage that streams block by block, `slimkit.stream.layerwise.layerwise_config`,
+    e.g. one gptq stage: with `--stream`, or automatically when the checkpoint is larger than half the
+    memory available now), or None (the model in memory)."""
 
     if wants_streaming(model, recipe):
         return "tensors"
@@ -66,7 +67,7 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
     try:
         plan_from_recipe(plan)   # a one-line error naming the stage that needs data
     except SlimError:
-        if {cfg.method for cfg in plan.stages} & {"gptq", "lowrank", "apoz"}:
+        if any(stream_support(cfg.method).blocks for cfg in plan.stages):
             raise why_not_blockwise from None   # says how to make it run block by block
         raise
     return "tensors"

@@ -1,6 +1,6 @@
-"""APoZ (Network Trimming, Hu et al. 2016) block by block from disk: a one-shot trim of the FFN
-neurons of transformer blocks whose FFN activation is a ReLU (`FFN_LAYOUTS`: BERT's
-`intermediate.dense -> output.dense`, e.g. with hidden_act "relu"; OPT's `fc1 -> fc2`).
+"""APoZ (Network Trimming, Hu et al. 2016) block by block from disk (`slimkit.stream.layerwise`): a
+one-shot trim of the FFN neurons of transformer blocks whose FFN activation is a ReLU (`FFN_LAYOUTS`:
+BERT's `intermediate.dense -> output.dense`, e.g. with hidden_act "relu"; OPT's `fc1 -> fc2`).
 
 For each block, in order: the zeros of the up projection's output (what the ReLU makes zero) are
 counted per neuron over the cached calibration inputs (`slimkit.pruning.importance.zero_fraction`, as
@@ -26,10 +26,10 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.select import matches
+from slimkit.core.streaming import inside, step
 from slimkit.dist.collectives import reduce_keyed, shard
 from slimkit.pruning.importance import channels_first, zero_fraction
 from slimkit.pruning.structured import mean_std_cut
-from slimkit.stream.layerwise_blocks import inside, step
 from slimkit.surgery.edits import replace_module
 from slimkit.surgery.shrink import shrink_linear
 
@@ -111,8 +111,8 @@ def keep_by_apoz(scores: torch.Tensor, std: float, min_channels: int) -> torch.T
 
 
 class ApozWorker:
-    """The per-block steps of `slimkit.stream.layerwise` for an `APoZPruning` config (see the module
-    doc). Holds block names, never modules."""
+    """The per-block steps of an `APoZPruning` config (see the module doc), as a
+    `slimkit.core.streaming.BlockWorker`. Holds block names, never modules."""
 
     def __init__(self, model: nn.Module, task, cfg):
         check_one_shot(cfg)
