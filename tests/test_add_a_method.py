@@ -98,3 +98,23 @@ def test_search_refuses_a_method_without_a_search_entry(toy, tmp_path, monkeypat
                        "--max-drop", "1", "--trials", "1", "--out", str(tmp_path / "s"))
     assert code == 2
     assert "method 'recover' has no search entry" in err.strip().splitlines()[-1]
+
+
+def test_installed_plugins_register_through_entry_points(monkeypatch):
+    """A package declaring `[project.entry-points."slimkit.plugins"]` gets its module imported by
+    `import slimkit` (so the CLI sees its methods); a broken one is a warning, not a crash."""
+    from importlib.metadata import EntryPoint
+
+    import slimkit
+
+    good = EntryPoint("toy", "toy_method", slimkit.PLUGIN_GROUP)    # tests/ is on sys.path
+    broken = EntryPoint("broken", "no_such_module_anywhere", slimkit.PLUGIN_GROUP)
+    monkeypatch.setattr(slimkit, "entry_points", lambda group: [good, broken] if group == slimkit.PLUGIN_GROUP else [])
+    monkeypatch.delitem(__import__("sys").modules, "toy_method", raising=False)
+    try:
+        with pytest.warns(UserWarning, match="slimkit plugin 'broken'"):
+            assert slimkit.load_plugins() == ["toy"]
+        assert "toy-half" in sk.methods()
+    finally:
+        METHODS.pop("toy-half", None)
+        ESTIMATORS.pop("toy-half", None)

@@ -11,6 +11,10 @@ the packages here is also what registers every method, codec, runtime module and
 No module of slimkit imports this one.
 """
 
+import importlib
+import warnings
+from importlib.metadata import entry_points
+
 from slimkit import export, stream, zoo
 from slimkit.autosearch import search  # optuna loads on first use
 from slimkit.core.errors import ConfigError, SlimError, SlimFormatError
@@ -29,6 +33,25 @@ from slimkit.sharing.apply_deep_kmeans import DeepKMeans
 from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"
+PLUGIN_GROUP = "slimkit.plugins"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules installed packages declare under the `slimkit.plugins` entry-point group
+    (e.g. `[project.entry-points."slimkit.plugins"] toy = "my_pkg.toy_method"`), so the methods, codecs
+    and model builders they register work everywhere, the CLI included. Returns their names."""
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            importlib.import_module(ep.value.split(":")[0])
+        except Exception as exc:   # a broken plugin must not break slimkit: say which one, once
+            warnings.warn(f"slimkit plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        loaded.append(ep.name)
+    return loaded
+
+
+load_plugins()
 
 __all__ = [
     # verbs and the registry
@@ -42,4 +65,5 @@ __all__ = [
     "resolve", "run_recipe", "save", "search", "stream", "zoo",
     # errors
     "ConfigError", "SlimError", "SlimFormatError",
+    "load_plugins",
 ]

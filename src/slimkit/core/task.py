@@ -41,3 +41,8 @@ class Task(ABC):
     def train_batches(self, batch_size: int = 64, seed: int = 0) -> list[tuple[Batch, torch.Tensor]]:
         """(inputs, target) batches for fine-tuning; tasks without labels may raise."""
         raise NotImplementedError(f"{self.name} has no labelled training data")
+
+
+def has_labels(task: Task | None) -> bool:
+    """Whether `task` supplies labelled training batches (it overrides `Task.train_batches`)."""
+    return task is not None and type(task).train_batches is not Task.train_batches

@@ -16,7 +16,7 @@ from torch import nn
 from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn
-from slimkit.core.task import Task
+from slimkit.core.task import Task, has_labels
 from slimkit.pruning.structured import (
     activation_scores,
     apoz_scores,
@@ -104,6 +104,14 @@ class MagnitudePruning(_Trainable):
         _in_range(self.method, "end_fraction", data.get("end_fraction", 0.7), 0.01, 1, hi_open=False)
         if data.get("schedule", "oneshot") != "oneshot" and not data.get("epochs"):
             raise PruneConfigError(f"{self.method}: schedule {data['schedule']!r} needs epochs > 0")
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MagnitudePruning:
+        """Global sparsity 0.3-0.95; gradual with fine-tuning when the task has labels."""
+        sparsity = round(trial.suggest_float("magnitude.sparsity", 0.3, 0.95), 4)
+        epochs = trial.suggest_int("magnitude.epochs", 0, 30, step=10) if has_labels(task) else 0
+        return cls(sparsity=sparsity, scope=Scope.GLOBAL, epochs=epochs,
+                   schedule=Schedule.GRADUAL if epochs else Schedule.ONESHOT)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         modules = prunable(model, self.targets, self.ignore, filter_fn)

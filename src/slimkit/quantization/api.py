@@ -13,7 +13,7 @@ Mixed precision: every config takes `targets` / `ignore` (exact names or `"re:"`
 from __future__ import annotations
 
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import field_validator, model_validator
 from torch import nn
@@ -75,6 +75,11 @@ class Int8(MethodConfig):
     embeddings: bool = True
     conv: bool = True
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> Int8:
+        """No options to draw: int8 weights and activations as they are."""
+        return cls()
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         handled = ((nn.Linear,) if self.linear else ()) + ((nn.Embedding,) if self.embeddings else ()) \
@@ -259,6 +264,11 @@ class WeightOnly(_WeightQuant):
     @classmethod
     def example(cls) -> WeightOnly:
         return cls(bits=4, granularity=Granularity.CHANNEL)
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> WeightOnly:
+        """3-8 bits, one scale per output channel (fits any layer width)."""
+        return cls(bits=trial.suggest_int("rtn.bits", 3, 8), granularity=Granularity.CHANNEL)
 
 
 @register_method

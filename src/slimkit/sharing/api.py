@@ -15,7 +15,7 @@ from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn, select_modules
-from slimkit.core.task import Task
+from slimkit.core.task import Task, has_labels
 from slimkit.sharing.apply_hashed import hash_model
 from slimkit.sharing.apply_kmeans import share_kmeans
 from slimkit.sharing.apply_lowrank import FACTORABLE, RankRule, factorize_model
@@ -94,6 +94,13 @@ class KMeansSharing(MethodConfig):
     @classmethod
     def example(cls) -> KMeansSharing:
         return cls(bits=4, bias_bits=4)
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> KMeansSharing:
+        """2-6 bit indices, entropy-coded; codebook fine-tuning when the task has labels."""
+        epochs = trial.suggest_int("kmeans.finetune_epochs", 0, 10, step=5) if has_labels(task) else 0
+        return cls(bits=trial.suggest_int("kmeans.bits", 2, 6), bias_bits=trial.suggest_int("kmeans.bias_bits", 3, 8),
+                   coding=Coding.HUFFMAN, finetune_epochs=epochs)
 
 
 class LowRankMode(str, Enum):
