@@ -10,7 +10,7 @@ from slimkit.pipeline.runner import run_pipeline
 
 
 def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):
-    recipe = Recipe("two", "", [sk.MagnitudePruning(sparsity=0.5, scope="global"), sk.make_config("int8")])
+    recipe = Recipe("two", "", [sk.MagnitudePruningConfig(sparsity=0.5, scope="global"), sk.make_config("int8")])
     model, stages = run_pipeline(lenet, recipe, digits_task, tmp_path, timing=False)
     assert [s.method for s in stages] == ["magnitude", "int8"]
     for s in stages:
@@ -21,7 +21,7 @@ def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):
 
 def test_a_failing_stage_keeps_the_earlier_artifacts(lenet, digits_task, tmp_path):
     bad = sk.make_config("rtn", bits=4, granularity="group", group_size=128)  # 64 inputs: cannot divide
-    recipe = Recipe("fails", "", [sk.MagnitudePruning(sparsity=0.5), bad])
+    recipe = Recipe("fails", "", [sk.MagnitudePruningConfig(sparsity=0.5), bad])
     with pytest.raises(sk.SlimError):
         run_pipeline(lenet, recipe, digits_task, tmp_path, timing=False)
     stages = json.loads((tmp_path / "stages.json").read_text())
@@ -32,7 +32,7 @@ def test_a_failing_stage_keeps_the_earlier_artifacts(lenet, digits_task, tmp_pat
 def test_run_recipe_is_the_one_loop_its_callbacks_steer(lenet, digits_task):
     """`before_stage` chooses the config each stage applies (the search cuts time limits with it) and
     may stop the run; `on_stage` sees every finished stage."""
-    recipe = Recipe("two", "", [sk.MagnitudePruning(sparsity=0.5), sk.MagnitudePruning(sparsity=0.6)])
+    recipe = Recipe("two", "", [sk.MagnitudePruningConfig(sparsity=0.5), sk.MagnitudePruningConfig(sparsity=0.6)])
     seen = []
 
     def before(i, config):

@@ -2,7 +2,7 @@
 
 >>> import slimkit as sk
 >>> model = sk.zoo.load("lenet-300-100")
->>> sk.prune_(model, sk.MagnitudePruning(sparsity=0.9))
+>>> sk.prune_(model, sk.MagnitudePruningConfig(sparsity=0.9))
 >>> sk.save(model, "lenet.slim")
 >>> sk.evaluate(sk.load("lenet.slim")).score
 
@@ -24,12 +24,23 @@ from slimkit.distillation.recovery import RecoveryConfig
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
-from slimkit.pruning.api import APoZPruning, MagnitudePruning, NMPruning, NormPruning, StructuredPruning
-from slimkit.quantization.api import GPTQ, Int8, WeightOnly
-from slimkit.quantization.qat import QAT
-from slimkit.quantization.static import Int8Static
-from slimkit.sharing.api import Hashed, KMeansSharing, LowRank
-from slimkit.sharing.apply_deep_kmeans import DeepKMeans
+from slimkit.pruning.api import (
+    APoZPruning,
+    APoZPruningConfig,
+    MagnitudePruning,
+    MagnitudePruningConfig,
+    NMPruning,
+    NMPruningConfig,
+    NormPruning,
+    NormPruningConfig,
+    StructuredPruning,
+    StructuredPruningConfig,
+)
+from slimkit.quantization.api import GPTQ, GPTQConfig, Int8, Int8Config, WeightOnly, WeightOnlyConfig
+from slimkit.quantization.qat import QAT, QATConfig
+from slimkit.quantization.static import Int8Static, Int8StaticConfig
+from slimkit.sharing.api import Hashed, HashedConfig, KMeansConfig, KMeansSharing, LowRank, LowRankConfig
+from slimkit.sharing.apply_deep_kmeans import DeepKMeans, DeepKMeansConfig
 from slimkit.zoo.resolve import resolve
 
 __version__ = "0.1.0"
@@ -54,16 +65,19 @@ def load_plugins() -> list[str]:
 load_plugins()
 
 __all__ = [
-    # verbs and the registry
-    "Family", "MethodConfig", "apply_", "distill", "make_config", "methods", "prune_", "quantize_", "share_",
+    # verbs, the registry, plugins
+    "Family", "MethodConfig", "apply_", "distill", "load_plugins", "make_config", "methods", "prune_",
+    "quantize_", "share_",
     # method configs
-    "APoZPruning", "DeepKMeans", "DistillConfig", "GPTQ", "Hashed", "Int8", "Int8Static", "KMeansSharing",
-    "LowRank", "MagnitudePruning", "NMPruning", "NormPruning", "QAT", "RecoveryConfig", "StructuredPruning",
-    "WeightOnly",
+    "APoZPruningConfig", "DeepKMeansConfig", "DistillConfig", "GPTQConfig", "HashedConfig", "Int8Config",
+    "Int8StaticConfig", "KMeansConfig", "LowRankConfig", "MagnitudePruningConfig", "NMPruningConfig",
+    "NormPruningConfig", "QATConfig", "RecoveryConfig", "StructuredPruningConfig", "WeightOnlyConfig",
     # files, models, measurement, recipes, search
     "Measurement", "Recipe", "evaluate", "export", "load", "load_recipe", "load_state_dict", "read_manifest",
     "resolve", "run_recipe", "save", "search", "stream", "zoo",
     # errors
     "ConfigError", "SlimError", "SlimFormatError",
-    "load_plugins",
+    # names before the `<Method>Config` scheme, kept for existing code (CHANGELOG.md)
+    "APoZPruning", "DeepKMeans", "GPTQ", "Hashed", "Int8", "Int8Static", "KMeansSharing", "LowRank",
+    "MagnitudePruning", "NMPruning", "NormPruning", "QAT", "StructuredPruning", "WeightOnly",
 ]

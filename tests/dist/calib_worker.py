@@ -127,7 +127,7 @@ def results(batches: int = 4) -> dict[str, torch.Tensor]:
     from slimkit.dist.collectives import world
     from slimkit.nn.quant_linear import QuantLinear
     from slimkit.pruning.importance import activation_mean, apoz
-    from slimkit.quantization.api import GPTQ
+    from slimkit.quantization.api import GPTQConfig
     from slimkit.quantization.gptq import hessian_value
     from slimkit.quantization.sequential import hessian_stages
     from slimkit.quantization.static import observe_inputs
@@ -144,7 +144,7 @@ def results(batches: int = 4) -> dict[str, torch.Tensor]:
     for stage, hessians in hessian_stages(blocks, tokens, tokens.calibration(), names):
         for name in stage:
             out[f"hessian.{name}"] = hessian_value(hessians[name])
-    quantized = sk.quantize_(TinyBlocks(), GPTQ(bits=4, group_size=8), data=tokens)
+    quantized = sk.quantize_(TinyBlocks(), GPTQConfig(bits=4, group_size=8), data=tokens)
     for name, module in quantized.named_modules():
         if isinstance(module, QuantLinear):
             for key, value in module.state_dict().items():

@@ -8,7 +8,7 @@ import slimkit as sk
 from slimkit.dist.blocks import BlockChain, find_blocks
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.quantization import sequential
-from slimkit.quantization.api import GPTQ
+from slimkit.quantization.api import GPTQConfig
 
 
 def _codes(model):
@@ -35,7 +35,7 @@ def test_no_chain_without_repeated_blocks():
 
 
 def test_blockwise_gptq_equals_full_forward_driver(monkeypatch, make_bert, tokens_task):
-    task, config = tokens_task, GPTQ(bits=4, group_size=16, samples=32)
+    task, config = tokens_task, GPTQConfig(bits=4, group_size=16, samples=32)
 
     def quantize(model):
         calls = []
@@ -55,9 +55,9 @@ def test_blockwise_gptq_equals_full_forward_driver(monkeypatch, make_bert, token
 
 def test_blockwise_lowrank_pca_equals_one_pass(monkeypatch, make_bert, tokens_task):
     from slimkit.sharing import apply_lowrank
-    from slimkit.sharing.api import LowRank
+    from slimkit.sharing.api import LowRankConfig
 
-    config = LowRank(energy=0.9, mode="pca", calibration_samples=32)
+    config = LowRankConfig(energy=0.9, mode="pca", calibration_samples=32)
     bert = make_bert()
     linears = [(n, m) for n, m in bert.named_modules() if isinstance(m, torch.nn.Linear)]
     groups = list(apply_lowrank.second_moments_by_block(bert, tokens_task, linears, 32))
@@ -106,7 +106,7 @@ def test_blocks_that_do_not_chain_fall_back_to_the_full_forward():
     model, task = _Residual(), _Task()
     assert find_blocks(model) == ["layers.0", "layers.1"]
     assert BlockChain.trace(model, task, task.calibration()) is None
-    quantized = sk.quantize_(model, GPTQ(bits=4, group_size=8), data=task)
+    quantized = sk.quantize_(model, GPTQConfig(bits=4, group_size=8), data=task)
     assert all(isinstance(quantized.layers[i][0], QuantLinear) for i in range(2))
 
 
@@ -122,5 +122,5 @@ def test_a_kv_cache_passed_positionally_is_not_replayed(tmp_path):
     model, task = sk.resolve(str(tmp_path)), token_task(tmp_path)
     chain = BlockChain.trace(model, task, task.calibration(8))
     assert chain is not None and all(a is None or isinstance(a, torch.Tensor) for a in chain.calls[0].args)
-    sk.quantize_(model, GPTQ(bits=4, group_size=16, samples=8), data=task)
+    sk.quantize_(model, GPTQConfig(bits=4, group_size=16, samples=8), data=task)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 4 * 2

@@ -56,9 +56,9 @@ def test_estimate_against_the_full_recipe(lenet, digits_task, name):
 def test_lenet5_quantization_estimates_count_the_convs(lenet5_trained, digits_task, name, monkeypatch):
     """Convs are quantized now: the estimate must follow them to within 1% of the real file."""
     from slimkit.nn.quant_conv import QuantConv2d
-    from slimkit.quantization.qat import QAT
+    from slimkit.quantization.qat import QATConfig
 
-    monkeypatch.setattr(QAT, "train", lambda self, *args: None)   # sizes do not depend on training
+    monkeypatch.setattr(QATConfig, "train", lambda self, *args: None)   # sizes do not depend on training
 
     if name == "rtn-4bit-g4":   # conv1 (in*kh*kw = 9) falls back to per-channel, conv2 keeps groups of 4
         recipe = Recipe(name, "", [sk.make_config("rtn", bits=4, group_size=4, symmetric=False)], [])
@@ -74,12 +74,12 @@ def test_lenet5_quantization_estimates_count_the_convs(lenet5_trained, digits_ta
 
 def test_int8_payload_is_exact(lenet):
     from slimkit.io.artifact import encode_model
-    from slimkit.quantization.api import Int8
+    from slimkit.quantization.api import Int8Config
 
     plan = Plan.of(lenet)
-    note = estimate_stage(plan, Int8())
+    note = estimate_stage(plan, Int8Config())
     assert sorted(note["touched"]) == ["fc1", "fc2", "fc3"] and note["basis"].startswith("exact")
-    arrays, _ = encode_model(sk.quantize_(copy.deepcopy(lenet), Int8()))
+    arrays, _ = encode_model(sk.quantize_(copy.deepcopy(lenet), Int8Config()))
     assert plan.payload() == sum(a.nbytes for a in arrays.values())
 
 
@@ -150,9 +150,9 @@ def test_minilm_preflight(digits_task):
 
 
 def test_compressed_model_reports_layers_as_stored_and_recipes_as_no_op(lenet, digits_task):
-    from slimkit.quantization.api import Int8
+    from slimkit.quantization.api import Int8Config
 
-    model = sk.quantize_(lenet, Int8())
+    model = sk.quantize_(lenet, Int8Config())
     rows = {r["layer"]: r for r in capabilities(model, digits_task)}
     assert rows["fc1"]["float_reason"] == "already compressed (Int8Linear)"
     est = estimate_recipe(model, sk.load_recipe("int8"), digits_task)

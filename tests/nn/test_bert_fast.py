@@ -14,7 +14,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.nn import bert_fast
 from slimkit.nn.bert_fast import install_fast_layers, recognised
-from slimkit.quantization.api import Int8
+from slimkit.quantization.api import Int8Config
 
 
 def tiny_bert(attn: str = "eager") -> nn.Module:
@@ -38,7 +38,7 @@ def inputs(mask: bool = True) -> dict[str, torch.Tensor]:
 
 
 def int8(model: nn.Module, mode: str = "bfloat16") -> nn.Module:
-    return sk.quantize_(copy.deepcopy(model), Int8(compute_dtype=mode))
+    return sk.quantize_(copy.deepcopy(model), Int8Config(compute_dtype=mode))
 
 
 def plain(model: nn.Module) -> nn.Module:
@@ -120,7 +120,7 @@ def test_only_int8_bert_layers_are_recognised():
     assert install_fast_layers(tiny_bert()) == 0, "float linears keep HF's forward"
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
                                                           n_positions=32)).eval()
-    q = sk.quantize_(gpt2, Int8())           # auto: its Conv1D layers stay float
+    q = sk.quantize_(gpt2, Int8Config())           # auto: its Conv1D layers stay float
     assert install_fast_layers(q) == 0
     assert hidden(q, {"input_ids": inputs()["input_ids"]}).shape == (4, 12, 32)
 

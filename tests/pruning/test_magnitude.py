@@ -8,35 +8,35 @@ import torch
 import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.io.artifact import codec_chain
-from slimkit.pruning.api import MagnitudePruning, NMPruning
+from slimkit.pruning.api import MagnitudePruningConfig, NMPruningConfig
 from slimkit.pruning.masks import sparsity_of
 
 
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1])
 def test_sparsity_out_of_range_is_a_one_line_value_error(bad):
     with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)") as info:
-        MagnitudePruning(sparsity=bad)
+        MagnitudePruningConfig(sparsity=bad)
     assert "\n" not in str(info.value)
 
 
 def test_scope_and_schedule_are_word_choices():
-    assert MagnitudePruning(scope="global", schedule="gradual", epochs=1).scope.value == "global"
+    assert MagnitudePruningConfig(scope="global", schedule="gradual", epochs=1).scope.value == "global"
     with pytest.raises(ValueError):
-        MagnitudePruning(scope="row")
+        MagnitudePruningConfig(scope="row")
     with pytest.raises(ValueError, match="needs epochs"):
-        MagnitudePruning(schedule="gradual")
+        MagnitudePruningConfig(schedule="gradual")
     with pytest.raises(ValueError):
-        MagnitudePruning(unknown=1)
+        MagnitudePruningConfig(unknown=1)
 
 
 def test_selector_matching_nothing_is_an_error(lenet, digits_task):
     with pytest.raises(SlimError, match="fc9"):
-        sk.prune_(lenet, MagnitudePruning(targets="fc9"), digits_task)
+        sk.prune_(lenet, MagnitudePruningConfig(targets="fc9"), digits_task)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_oneshot_prunes_stores_sparse_and_reloads(scope, lenet, digits_task, tmp_path):
-    model = sk.prune_(lenet, MagnitudePruning(sparsity=0.9, scope=scope), digits_task)
+    model = sk.prune_(lenet, MagnitudePruningConfig(sparsity=0.9, scope=scope), digits_task)
     weights = [model.fc1.weight, model.fc2.weight, model.fc3.weight]
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
@@ -55,7 +55,7 @@ def test_oneshot_prunes_stores_sparse_and_reloads(scope, lenet, digits_task, tmp
 @pytest.mark.parametrize("schedule", ["gradual", "iterative"])
 def test_schedules_with_finetuning_hold_masks(schedule, lenet, digits_task):
     before = digits_task.validation_score(lenet)
-    cfg = MagnitudePruning(sparsity=0.8, scope="global", schedule=schedule, steps=4, epochs=4, lr=2e-3)
+    cfg = MagnitudePruningConfig(sparsity=0.8, scope="global", schedule=schedule, steps=4, epochs=4, lr=2e-3)
     model = sk.prune_(lenet, cfg, digits_task)
     sp = model.__dict__["slimkit_sparsity"]
     total = sum(m.weight.numel() for m in (model.fc1, model.fc2, model.fc3))
@@ -65,7 +65,7 @@ def test_schedules_with_finetuning_hold_masks(schedule, lenet, digits_task):
 
 
 def test_float16_storage_is_exact_after_reload(lenet, digits_task, tmp_path):
-    cfg = MagnitudePruning(sparsity=0.9, scope="global", value_dtype="float16", bias_dtype="float16")
+    cfg = MagnitudePruningConfig(sparsity=0.9, scope="global", value_dtype="float16", bias_dtype="float16")
     model = sk.prune_(lenet, cfg, digits_task)
     assert codec_chain(model.fc1, "weight")[-1] == {"codec": "cast", "to": "float16"}
     sk.save(model, tmp_path / "h.slim")
@@ -74,7 +74,7 @@ def test_float16_storage_is_exact_after_reload(lenet, digits_task, tmp_path):
 
 
 def test_nm_2_4(lenet, digits_task, tmp_path):
-    model = sk.prune_(lenet, NMPruning(), digits_task)
+    model = sk.prune_(lenet, NMPruningConfig(), digits_task)
     for m in (model.fc1, model.fc2, model.fc3):
         assert m.weight.reshape(-1, 4).ne(0).sum(1).le(2).all()
         assert sparsity_of(m.weight) >= 0.5
@@ -83,7 +83,7 @@ def test_nm_2_4(lenet, digits_task, tmp_path):
     assert torch.equal(sk.load(tmp_path / "nm.slim")(x), model(x))
     assert size < 0.6 * sk.evaluate(model, digits_task, timing=False).baseline_bytes
     with pytest.raises(ValueError, match="n must be"):
-        NMPruning(n=4, m=4)
+        NMPruningConfig(n=4, m=4)
 
 
 @pytest.mark.slow

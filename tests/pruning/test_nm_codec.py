@@ -13,7 +13,7 @@ from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.artifact import set_codec
 from slimkit.io.codec_nm import bits_per_group, decode_nm, encode_nm, nm_structure, packing
 from slimkit.io.codecs import decode_chain, encode_chain
-from slimkit.pruning.api import NMPruning
+from slimkit.pruning.api import NMPruningConfig
 from slimkit.pruning.masks import nm_mask
 
 
@@ -145,7 +145,7 @@ def test_random_byte_flips_never_crash(seed):
 
 
 def test_nm_pruned_lenet_file_uses_the_compact_index(lenet, digits_task, tmp_path):
-    model = sk.prune_(lenet, NMPruning(n=2, m=4), digits_task)
+    model = sk.prune_(lenet, NMPruningConfig(n=2, m=4), digits_task)
     size = sk.save(model, tmp_path / "nm.slim")
     manifest = sk.read_manifest(tmp_path / "nm.slim")
     chains = [t.chain[0] for t in manifest.tensors.values() if t.chain]

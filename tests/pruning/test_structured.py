@@ -8,7 +8,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.core.errors import SlimError
-from slimkit.pruning.api import APoZPruning, NormPruning
+from slimkit.pruning.api import APoZPruningConfig, NormPruningConfig
 from slimkit.pruning.importance import above_mean_std, apoz, weight_norm, zero_fraction
 from slimkit.pruning.structured import param_count
 
@@ -41,7 +41,7 @@ def test_apoz_round_shrinks_lenet5_and_reloads(lenet5_trained, digits_task, tmp_
 
     model = copy.deepcopy(lenet5_trained)
     before = param_count(model)
-    model = sk.prune_(model, APoZPruning(rounds=1, epochs=0, max_drop=100), digits_task)
+    model = sk.prune_(model, APoZPruningConfig(rounds=1, epochs=0, max_drop=100), digits_task)
     assert param_count(model) < before
     assert model.fc1.out_features < 120 and model.fc1.in_features == 4 * model.conv2.out_channels
     assert model.bn2.num_features == model.conv2.out_channels
@@ -51,14 +51,14 @@ def test_apoz_round_shrinks_lenet5_and_reloads(lenet5_trained, digits_task, tmp_
 
 
 def test_round_over_budget_is_undone(lenet, digits_task):
-    cfg = NormPruning(ratio=0.95, max_drop=0.0, min_channels=1)
+    cfg = NormPruningConfig(ratio=0.95, max_drop=0.0, min_channels=1)
     with pytest.warns(UserWarning, match="round 1 lost .* undone"):
         model = sk.prune_(lenet, cfg, digits_task)
     assert model.fc1.out_features == 300 and model.__dict__["slimkit_trim"]["rounds"] == []
 
 
 def test_weight_norm_removes_the_requested_fraction(lenet, digits_task):
-    model = sk.prune_(lenet, NormPruning(ratio=0.5, norm="l2", max_drop=100), digits_task)
+    model = sk.prune_(lenet, NormPruningConfig(ratio=0.5, norm="l2", max_drop=100), digits_task)
     assert (model.fc1.out_features, model.fc2.in_features) == (150, 150)
     assert (model.fc2.out_features, model.fc3.in_features) == (50, 50)
     assert model(digits_task.example_inputs(2)["x"]).shape == (2, 10)
@@ -66,11 +66,11 @@ def test_weight_norm_removes_the_requested_fraction(lenet, digits_task):
 
 def test_structured_errors_name_the_problem(lenet, digits_task):
     with pytest.raises(SlimError, match="fc3 feeds the model output"):
-        sk.prune_(lenet, NormPruning(targets="fc3"), digits_task)
+        sk.prune_(lenet, NormPruningConfig(targets="fc3"), digits_task)
     with pytest.raises(ValueError, match="ratio must be in"):
-        NormPruning(ratio=1.0)
+        NormPruningConfig(ratio=1.0)
     with pytest.raises(SlimError, match="needs a task"):
-        NormPruning().apply(lenet, None, None)
+        NormPruningConfig().apply(lenet, None, None)
 
 
 @pytest.mark.slow
@@ -93,11 +93,11 @@ def test_recipe_apoz_meets_lenet5_targets(lenet5_trained, digits_task):
 def test_taylor_and_activation_criteria_shrink_lenet5(lenet5_trained, digits_task):
     import copy
 
-    from slimkit.pruning.api import StructuredPruning
+    from slimkit.pruning.api import StructuredPruningConfig
 
     for criterion in ("taylor", "activation"):
         model = copy.deepcopy(lenet5_trained)
-        sk.prune_(model, StructuredPruning(ratio=0.25, criterion=criterion, max_drop=100), digits_task)
+        sk.prune_(model, StructuredPruningConfig(ratio=0.25, criterion=criterion, max_drop=100), digits_task)
         assert (model.conv2.out_channels, model.fc1.out_features) == (24, 90)
         assert model(digits_task.example_inputs(2)["x"]).shape == (2, 10)
 

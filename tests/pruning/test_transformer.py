@@ -7,7 +7,7 @@ import torch
 
 import slimkit as sk
 from slimkit.core.errors import SlimError
-from slimkit.pruning.api import StructuredPruning
+from slimkit.pruning.api import StructuredPruningConfig
 from slimkit.pruning.transformer import find_blocks, keep_top, refit_
 from tiny_bert import TokensTask, tiny_bert
 
@@ -38,7 +38,7 @@ def test_heads_and_ffn_shrink_run_and_reload(refit, tmp_path):
     model, task = tiny_bert(), TokensTask()
     x = task.example_inputs(3)
     ref = _hidden(model, x)
-    sk.prune_(model, StructuredPruning(ratio=0.5, head_ratio=0.5, refit=refit, samples=64), task)
+    sk.prune_(model, StructuredPruningConfig(ratio=0.5, head_ratio=0.5, refit=refit, samples=64), task)
     block = model.encoder.layer[0]
     assert block.intermediate.dense.out_features == 32 and block.output.dense.in_features == 32
     assert block.attention.self.query.out_features == 16 and block.attention.self.num_attention_heads == 2
@@ -58,18 +58,18 @@ def test_refit_keeps_outputs_closer():
     for refit in (True, False):
         model = tiny_bert()
         ref = _hidden(model, x)
-        sk.prune_(model, StructuredPruning(ratio=0.5, refit=refit, samples=128), task)
+        sk.prune_(model, StructuredPruningConfig(ratio=0.5, refit=refit, samples=128), task)
         errs[refit] = float((_hidden(model, x) - ref).pow(2).mean())
     assert errs[True] < errs[False]
 
 
 def test_transformer_errors(lenet):
     with pytest.raises(SlimError, match="no transformer block"):
-        sk.prune_(tiny_bert(), StructuredPruning(targets="re:encoder.layer.9"), TokensTask())
+        sk.prune_(tiny_bert(), StructuredPruningConfig(targets="re:encoder.layer.9"), TokensTask())
     with pytest.raises(ValueError, match="fine-tuning transformer blocks"):
-        sk.prune_(tiny_bert(), StructuredPruning(epochs=1), TokensTask())
+        sk.prune_(tiny_bert(), StructuredPruningConfig(epochs=1), TokensTask())
     with pytest.raises(ValueError, match="head_ratio must be in"):
-        StructuredPruning(head_ratio=1.0)
+        StructuredPruningConfig(head_ratio=1.0)
 
 
 @pytest.mark.slow

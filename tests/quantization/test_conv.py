@@ -13,11 +13,11 @@ from torch import nn
 import slimkit as sk
 from slimkit.nn.quant_conv import QuantConv2d
 from slimkit.nn.quant_math import Granularity, quantize_int8_rows, rtn_quantize
-from slimkit.quantization.api import GPTQ, Int8, WeightOnly
+from slimkit.quantization.api import GPTQConfig, Int8Config, WeightOnlyConfig
 from slimkit.quantization.conv import int8_conv, layer_rows, weight_matrix
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.gptq import gptq_quantize, hessian_init, hessian_update, hessian_value
-from slimkit.quantization.qat import QAT, FakeQuantConv2d
+from slimkit.quantization.qat import FakeQuantConv2d, QATConfig
 
 GEOMETRIES = {
     "3x3-pad1": dict(in_channels=6, out_channels=8, kernel_size=3, padding=1),
@@ -95,7 +95,7 @@ class _Net(nn.Module):
 def test_conv_codes_packed_and_identical_after_loading(bits, tmp_path):
     torch.manual_seed(bits)
     model = _Net()
-    cfg = WeightOnly(bits=bits, symmetric=bits == 8, group_size=8)   # 1-bit codes need asymmetric
+    cfg = WeightOnlyConfig(bits=bits, symmetric=bits == 8, group_size=8)   # 1-bit codes need asymmetric
     sk.quantize_(model, cfg)
     assert all(isinstance(getattr(model, n), QuantConv2d) for n in ("conv1", "conv2", "dw"))
     report = quant_report(model)["quantized"]
@@ -113,7 +113,7 @@ def test_conv_codes_packed_and_identical_after_loading(bits, tmp_path):
 
 
 def test_unsupported_convs_stay_float_and_are_listed():
-    model = sk.quantize_(_Net(padding_mode="reflect"), Int8())
+    model = sk.quantize_(_Net(padding_mode="reflect"), Int8Config())
     assert type(model.conv2) is nn.Conv2d and isinstance(model.conv1, QuantConv2d)
     assert "padding_mode='reflect'" in quant_report(model)["skipped"]["conv2"]
 
@@ -141,7 +141,7 @@ def test_gptq_on_im2col_hessian_beats_round_to_nearest():
 def test_gptq_quantizes_lenet5_convs(lenet5_trained, digits_task):
     model = copy.deepcopy(lenet5_trained)
     base = digits_task.score(model)
-    sk.quantize_(model, GPTQ(bits=4, granularity=Granularity.CHANNEL, samples=32), data=digits_task)
+    sk.quantize_(model, GPTQConfig(bits=4, granularity=Granularity.CHANNEL, samples=32), data=digits_task)
     report = quant_report(model)["quantized"]
     assert report["conv1"].startswith("gptq") and report["conv2"].startswith("gptq")
     assert isinstance(model.conv1, QuantConv2d) and model.conv1.bits == 4
@@ -164,7 +164,7 @@ def test_gptq_grouped_convs_fall_back_to_round_to_nearest():
         def forward(self, model, batch):
             return model(batch)
 
-    model = sk.quantize_(_Net(), GPTQ(bits=4, granularity=Granularity.CHANNEL), data=_Images())
+    model = sk.quantize_(_Net(), GPTQConfig(bits=4, granularity=Granularity.CHANNEL), data=_Images())
     report = quant_report(model)["quantized"]
     assert report["conv2"].startswith("gptq") and "grouped conv" in report["dw"]
 
@@ -184,8 +184,8 @@ def test_fake_quant_conv_gradients_flow_and_pack_exactly():
 
 
 def test_qat_packs_lenet5_convs(lenet5_trained, digits_task, monkeypatch):
-    monkeypatch.setattr(QAT, "train", lambda self, *args: None)   # the conversion, not the training
-    model = sk.quantize_(copy.deepcopy(lenet5_trained), QAT(bits=4), data=digits_task)
+    monkeypatch.setattr(QATConfig, "train", lambda self, *args: None)   # the conversion, not the training
+    model = sk.quantize_(copy.deepcopy(lenet5_trained), QATConfig(bits=4), data=digits_task)
     assert isinstance(model.conv1, QuantConv2d) and model.conv2.bits == 4
     assert quant_report(model)["quantized"]["conv2"] == "qat w4 per-channel lsq (conv)"
 
@@ -195,7 +195,7 @@ def test_onnx_export_keeps_conv_codes(lenet5_trained, digits_task, tmp_path):
 
     from slimkit.export.onnx import export
 
-    model = sk.quantize_(copy.deepcopy(lenet5_trained), Int8(), data=digits_task)
+    model = sk.quantize_(copy.deepcopy(lenet5_trained), Int8Config(), data=digits_task)
     ints = export(model, tmp_path / "int.onnx", digits_task)
     flt = export(model, tmp_path / "float.onnx", digits_task, integer=False)
     assert ints["cosine"] >= 0.9999 and flt["cosine"] >= 0.999, (ints, flt)

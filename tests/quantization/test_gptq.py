@@ -11,7 +11,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
-from slimkit.quantization.api import GPTQ, WeightOnly
+from slimkit.quantization.api import GPTQConfig, WeightOnlyConfig
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.gptq import gptq_quantize, hessian_init, hessian_update, hessian_value
 from slimkit.quantization.sequential import linear_stages
@@ -97,7 +97,7 @@ def test_stages_group_layers_sharing_an_input():
 
 
 def test_gptq_method_on_a_block_falls_back_for_unreached_layers():
-    model = sk.quantize_(_Block(), GPTQ(bits=4, group_size=8), data=_BlockTask())
+    model = sk.quantize_(_Block(), GPTQConfig(bits=4, group_size=8), data=_BlockTask())
     assert all(isinstance(getattr(model, n), QuantLinear) for n in ("q", "k", "v", "out", "unused"))
     report = quant_report(model)["quantized"]
     assert report["q"].startswith("gptq") and "not reached" in report["unused"]
@@ -105,16 +105,16 @@ def test_gptq_method_on_a_block_falls_back_for_unreached_layers():
 
 def test_gptq_needs_calibration_data():
     with pytest.raises(SlimError, match="calibration"):
-        sk.quantize_(_Block(), GPTQ(bits=4, group_size=8), data=_BlockTask(n=0))
+        sk.quantize_(_Block(), GPTQConfig(bits=4, group_size=8), data=_BlockTask(n=0))
     with pytest.raises(SlimError, match="calibration"):
-        GPTQ(bits=4, group_size=8).apply(_Block(), None, None)
+        GPTQConfig(bits=4, group_size=8).apply(_Block(), None, None)
 
 
 def test_gptq_on_lenet_beats_rtn_at_two_bits(lenet, lenet_trained, digits_task):
     import copy
 
-    rtn = sk.quantize_(copy.deepcopy(lenet), WeightOnly(bits=2, granularity="channel"), data=digits_task)
-    gptq = sk.quantize_(lenet, GPTQ(bits=2, granularity="channel", samples=256), data=digits_task)
+    rtn = sk.quantize_(copy.deepcopy(lenet), WeightOnlyConfig(bits=2, granularity="channel"), data=digits_task)
+    gptq = sk.quantize_(lenet, GPTQConfig(bits=2, granularity="channel", samples=256), data=digits_task)
     base = digits_task.validation_score(lenet_trained)
     assert digits_task.validation_score(gptq) > digits_task.validation_score(rtn) + 0.05
     assert base - digits_task.validation_score(gptq) < 0.03

@@ -11,7 +11,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear
-from slimkit.quantization.api import Int8
+from slimkit.quantization.api import Int8Config
 from slimkit.quantization.convert import quant_report
 
 
@@ -60,7 +60,7 @@ def test_int8_embedding_rowwise():
 
 def test_int8_on_lenet_keeps_accuracy(lenet, digits_task, tmp_path):
     base = digits_task.score(lenet)
-    model = sk.quantize_(lenet, Int8(), data=digits_task)
+    model = sk.quantize_(lenet, Int8Config(), data=digits_task)
     assert all(isinstance(getattr(model, n), Int8Linear) for n in ("fc1", "fc2", "fc3"))
     drop = base - digits_task.score(model)
     assert drop <= 0.003, f"int8 costs {100 * drop:.2f} pt"
@@ -79,18 +79,18 @@ def test_int8_on_lenet5_quantizes_convolutions_too(lenet5_trained, digits_task):
 
     model = copy.deepcopy(lenet5_trained)
     base = digits_task.score(model)
-    model = sk.quantize_(model, Int8(), data=digits_task)
+    model = sk.quantize_(model, Int8Config(), data=digits_task)
     report = quant_report(model)
     assert set(report["quantized"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"} and report["skipped"] == {}
     assert "weight-only" in report["quantized"]["conv1"]
     assert isinstance(model.conv2, QuantConv2d) and model.conv2.bits == 8 and model.conv2.scale.dtype == torch.float32
     assert base - digits_task.score(model) <= 0.003
-    plain = sk.quantize_(copy.deepcopy(lenet5_trained), Int8(conv=False), data=digits_task)
+    plain = sk.quantize_(copy.deepcopy(lenet5_trained), Int8Config(conv=False), data=digits_task)
     assert type(plain.conv1) is nn.Conv2d and "conv1" not in quant_report(plain)["skipped"]
 
 
 def test_targets_and_ignore_select_layers(lenet, digits_task):
-    model = sk.quantize_(lenet, Int8(targets="re:fc[12]", ignore=["fc2"]), data=digits_task)
+    model = sk.quantize_(lenet, Int8Config(targets="re:fc[12]", ignore=["fc2"]), data=digits_task)
     assert isinstance(model.fc1, Int8Linear)
     assert type(model.fc2) is nn.Linear and type(model.fc3) is nn.Linear
 
@@ -103,7 +103,7 @@ def test_int8_recipe_ships():
 
 def test_unknown_option_rejected():
     with pytest.raises(ValueError):
-        Int8(bits=4)
+        Int8Config(bits=4)
 
 
 @pytest.mark.slow

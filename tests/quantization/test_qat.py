@@ -8,7 +8,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quantization.qat import QAT, FakeQuantLinear, round_ste
+from slimkit.quantization.qat import FakeQuantLinear, QATConfig, round_ste
 
 
 def test_ste_passes_gradient_through_round():
@@ -43,7 +43,7 @@ def test_fake_quant_converts_to_identical_packed_layer():
 
 def test_qat_on_lenet_4bit(lenet, lenet_trained, digits_task, tmp_path):
     base = digits_task.score(lenet_trained)
-    model = sk.quantize_(lenet, QAT(bits=4, epochs=1), data=digits_task)
+    model = sk.quantize_(lenet, QATConfig(bits=4, epochs=1), data=digits_task)
     assert isinstance(model.fc1, QuantLinear) and model.fc1.bits == 4
     assert base - digits_task.score(model) <= 0.005
     path = tmp_path / "qat.slim"
@@ -66,9 +66,9 @@ def test_qat_needs_labels(lenet):
             return [{"x": torch.zeros(4, 64)}]
 
     with pytest.raises(sk.SlimError, match="labelled"):
-        sk.quantize_(lenet, QAT(), data=Unlabelled())
+        sk.quantize_(lenet, QATConfig(), data=Unlabelled())
     with pytest.raises(ValueError, match="bits"):
-        QAT(bits=1)
+        QATConfig(bits=1)
 
 
 def test_qat_recipe_ships():
@@ -84,7 +84,7 @@ def test_interrupted_qat_resumes_to_the_uninterrupted_result(lenet_trained, digi
         model.__dict__["slimkit_base"] = dict(lenet_trained.__dict__["slimkit_base"])
         return model
 
-    straight = sk.quantize_(fresh(), QAT(bits=4, epochs=3), data=digits_task)
+    straight = sk.quantize_(fresh(), QATConfig(bits=4, epochs=3), data=digits_task)
     folder = tmp_path / "ckpt"
     calls = {"n": 0}
     forward = type(digits_task).forward
@@ -98,7 +98,7 @@ def test_interrupted_qat_resumes_to_the_uninterrupted_result(lenet_trained, digi
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(digits_task), "forward", dies_in_epoch_two)
         with pytest.raises(KeyboardInterrupt):
-            sk.quantize_(fresh(), QAT(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
+            sk.quantize_(fresh(), QATConfig(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
     assert (folder / "checkpoint.safetensors").is_file()
     steps = {"n": 0}
 
@@ -108,10 +108,10 @@ def test_interrupted_qat_resumes_to_the_uninterrupted_result(lenet_trained, digi
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(digits_task), "forward", counted)
-        resumed = sk.quantize_(fresh(), QAT(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
+        resumed = sk.quantize_(fresh(), QATConfig(bits=4, epochs=3, checkpoint=str(folder)), data=digits_task)
     assert steps["n"] == 2 * len(digits_task.train_batches(64, 0))     # epochs 2 and 3 only
     for name in ("fc1", "fc2", "fc3"):
         assert torch.equal(getattr(resumed, name).qweight, getattr(straight, name).qweight)
         assert torch.equal(getattr(resumed, name).scale, getattr(straight, name).scale)
     with pytest.raises(sk.SlimError, match="other bits/lsq"):
-        sk.quantize_(fresh(), QAT(bits=3, epochs=3, checkpoint=str(folder)), data=digits_task)
+        sk.quantize_(fresh(), QATConfig(bits=3, epochs=3, checkpoint=str(folder)), data=digits_task)

@@ -17,7 +17,7 @@ import slimkit as sk
 from slimkit.io.artifact import load_state_dict, read_manifest
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear, fast_bf16, forced_compute_dtype, resolve_compute_dtype
-from slimkit.quantization.api import Int8
+from slimkit.quantization.api import Int8Config
 from slimkit.quantization.convert import low_precision_blockers
 
 
@@ -52,7 +52,7 @@ def token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def quantized(model: nn.Module, mode: str, data=None) -> nn.Module:
     q = copy.deepcopy(model)
-    sk.quantize_(q, Int8(compute_dtype=mode), data=data)
+    sk.quantize_(q, Int8Config(compute_dtype=mode), data=data)
     return q
 
 
@@ -134,7 +134,7 @@ def test_model_casts_set_the_compute_dtype_and_device_moves_do_not():
 
 def test_int8_config_rejects_unknown_compute_dtype():
     with pytest.raises(ValueError, match="compute_dtype"):
-        Int8(compute_dtype="fp8")
+        Int8Config(compute_dtype="fp8")
 
 
 # ----------------------------------------------------------------------------- a tiny BERT end to end
@@ -176,7 +176,7 @@ def test_auto_stays_float32_when_a_float_linear_remains(caplog):
     model = tiny_bert()
     q = copy.deepcopy(model)
     with caplog.at_level(logging.INFO, logger="slimkit.quantization"):
-        sk.quantize_(q, Int8(ignore=["pooler.dense"]))
+        sk.quantize_(q, Int8Config(ignore=["pooler.dense"]))
     assert low_precision_blockers(q) == {"pooler.dense": "Linear"}
     assert q.embeddings.word_embeddings.compute_dtype == "float32"
     assert "pooler.dense (Linear)" in caplog.text
@@ -198,7 +198,7 @@ def test_minilm_int8_fidelity_in_both_compute_dtypes(tmp_path):
 
     task = minilm_task()
     model = sk.zoo.load("minilm")
-    sk.quantize_(model, Int8(compute_dtype="bfloat16"), data=task)
+    sk.quantize_(model, Int8Config(compute_dtype="bfloat16"), data=task)
     sk.save(model, tmp_path / "m.slim")
     loaded = sk.load(tmp_path / "m.slim")
     assert loaded.embeddings.word_embeddings.compute_dtype == "bfloat16"

@@ -9,7 +9,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.nn.quant_linear import Int8Linear
 from slimkit.quantization.observers import BINS, Observer, ObserverKind
-from slimkit.quantization.static import Int8Static
+from slimkit.quantization.static import Int8StaticConfig
 
 
 def _heavy_tailed(seed=0):
@@ -72,7 +72,7 @@ def test_static_linear_close_to_float_and_saturates():
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse", "kl"])
 def test_int8_static_on_lenet(observer, lenet, digits_task, tmp_path):
     base = digits_task.score(lenet)
-    model = sk.quantize_(lenet, Int8Static(observer=observer, samples=128), data=digits_task)
+    model = sk.quantize_(lenet, Int8StaticConfig(observer=observer, samples=128), data=digits_task)
     assert model.fc2.static and model.fc2.input_scale.item() > 0
     assert base - digits_task.score(model) <= 0.005
     path = tmp_path / "s.slim"
@@ -85,7 +85,7 @@ def test_int8_static_on_lenet(observer, lenet, digits_task, tmp_path):
 def test_int8_static_recipe_and_bad_data(lenet):
     assert sk.load_recipe("int8-static").stages[0].method == "int8-static"
     with pytest.raises(sk.SlimError, match="calibration"):
-        Int8Static().apply(lenet, None, None)
+        Int8StaticConfig().apply(lenet, None, None)
 
 
 def _outlier_rows(seed=0):
@@ -116,11 +116,11 @@ def test_output_search_beats_the_observer_and_reports_dynamic_error():
 def test_int8_static_keeps_layers_dynamic_above_the_fallback(fallback, dynamic, lenet, digits_task):
     from slimkit.quantization.convert import quant_report
 
-    model = sk.quantize_(lenet, Int8Static(samples=64, dynamic_fallback=fallback), data=digits_task)
+    model = sk.quantize_(lenet, Int8StaticConfig(samples=64, dynamic_fallback=fallback), data=digits_task)
     report = quant_report(model)["quantized"]
     kept = [n for n in ("fc1", "fc2", "fc3") if not getattr(model, n).static]
     assert bool(kept) == dynamic
     assert all("dynamic per-token" in report[n] for n in kept)
     assert all("output-searched" in report[n] for n in ("fc1", "fc2", "fc3") if n not in kept)
     with pytest.raises(ValueError, match="dynamic_fallback"):
-        Int8Static(dynamic_fallback=0.5)
+        Int8StaticConfig(dynamic_fallback=0.5)

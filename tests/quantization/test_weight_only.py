@@ -13,7 +13,7 @@ from slimkit.core.errors import SlimError
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
-from slimkit.quantization.api import WeightOnly
+from slimkit.quantization.api import WeightOnlyConfig
 
 
 class _Tiny(nn.Module):
@@ -32,7 +32,7 @@ class _Tiny(nn.Module):
 def test_save_load_identical_and_packed(bits, symmetric, tmp_path):
     torch.manual_seed(bits)
     model = _Tiny()
-    cfg = WeightOnly(bits=bits, symmetric=symmetric, group_size=32, embedding_bits=bits)
+    cfg = WeightOnlyConfig(bits=bits, symmetric=symmetric, group_size=32, embedding_bits=bits)
     sk.quantize_(model, cfg, data=None)
     assert isinstance(model.fc, QuantLinear) and isinstance(model.emb, QuantEmbedding)
     path = tmp_path / "m.slim"
@@ -52,7 +52,7 @@ def test_save_load_identical_and_packed(bits, symmetric, tmp_path):
 def test_four_bit_file_is_about_an_eighth_of_fp32(tmp_path):
     model = nn.Sequential(nn.Linear(512, 512, bias=False))
     fp32 = sk.save(model, tmp_path / "f.slim")
-    sk.quantize_(model, WeightOnly(bits=4, group_size=128), data=None)
+    sk.quantize_(model, WeightOnlyConfig(bits=4, group_size=128), data=None)
     q4 = sk.save(model, tmp_path / "q.slim")
     assert q4 < fp32 / 7.5                     # 0.5 B/weight + fp16 scale per 128 weights
 
@@ -94,13 +94,13 @@ def test_decoded_layer_not_slower_than_fp32():
 
 def test_lenet_4bit_per_channel(lenet, digits_task):
     base = digits_task.score(lenet)
-    sk.quantize_(lenet, WeightOnly(bits=4, granularity="channel"), data=digits_task)
+    sk.quantize_(lenet, WeightOnlyConfig(bits=4, granularity="channel"), data=digits_task)
     assert base - digits_task.score(lenet) <= 0.01
 
 
 def test_group_size_not_dividing_is_one_line_error(lenet):
     with pytest.raises(ValueError, match=r"group_size=128 does not divide the input dimension 64 of fc1"):
-        sk.quantize_(lenet, WeightOnly(bits=4, group_size=128), data=None)
+        sk.quantize_(lenet, WeightOnlyConfig(bits=4, group_size=128), data=None)
     assert type(lenet.fc1) is nn.Linear          # nothing changed
 
 
@@ -109,7 +109,7 @@ def test_group_size_not_dividing_is_one_line_error(lenet):
 def test_bad_options_name_the_parameter(options):
     key = next(iter(options))
     with pytest.raises(ValueError, match=key.split("_")[0]):
-        WeightOnly(**options)
+        WeightOnlyConfig(**options)
 
 
 def test_bad_options_in_a_recipe_are_one_line(tmp_path):
@@ -123,7 +123,7 @@ def test_bad_options_in_a_recipe_are_one_line(tmp_path):
 def test_unsupported_modules_listed():
     from slimkit.quantization.convert import quant_report
 
-    model = sk.quantize_(_Tiny(), WeightOnly(bits=4, group_size=32), data=None)
+    model = sk.quantize_(_Tiny(), WeightOnlyConfig(bits=4, group_size=32), data=None)
     assert quant_report(model)["skipped"] == {"conv": "Conv1d is not supported"}
     assert type(model.emb) is nn.Embedding               # embedding_bits not set: stays float
 

@@ -9,7 +9,7 @@ import torch
 import slimkit as sk
 from slimkit.nn.hashed import HashedLinear
 from slimkit.nn.hashing import hash_indices, project
-from slimkit.sharing.api import Hashed, ShareConfigError
+from slimkit.sharing.api import HashedConfig, ShareConfigError
 
 
 def test_hash_is_pinned_and_deterministic():
@@ -60,7 +60,7 @@ def test_hashed_linear_refuses_bad_sizes():
 
 
 def test_hashed_method_saves_only_real_parameters(lenet, digits_task, tmp_path):
-    model = sk.share_(lenet, Hashed(ratio=0.125, finetune_epochs=2), data=digits_task)
+    model = sk.share_(lenet, HashedConfig(ratio=0.125, finetune_epochs=2), data=digits_task)
     assert isinstance(model.fc1, HashedLinear) and model.fc1.buckets == 2400
     assert model.fc2.buckets == 3750 and model.fc3.buckets == 125
     path = tmp_path / "h.slim"
@@ -76,16 +76,16 @@ def test_hashed_method_saves_only_real_parameters(lenet, digits_task, tmp_path):
 
 def test_hash_budget_larger_than_the_layer_is_refused(lenet, digits_task):
     with pytest.raises(ShareConfigError, match=r"buckets 1001 for fc3 must be in 1\.\.1000") as info:
-        sk.share_(lenet, Hashed(buckets=1001, targets="fc3", finetune_epochs=0), data=digits_task)
+        sk.share_(lenet, HashedConfig(buckets=1001, targets="fc3", finetune_epochs=0), data=digits_task)
     assert "\n" not in str(info.value)
     with pytest.raises(ShareConfigError, match="ratio"):
-        Hashed(ratio=1.5)
+        HashedConfig(ratio=1.5)
 
 
 def test_lying_spec_is_a_format_error(lenet, digits_task, tmp_path):
     from slimkit.io.artifact import read_raw, write_raw
 
-    model = sk.share_(lenet, Hashed(targets="fc3", finetune_epochs=0), data=digits_task)
+    model = sk.share_(lenet, HashedConfig(targets="fc3", finetune_epochs=0), data=digits_task)
     path = tmp_path / "h.slim"
     sk.save(model, path)
     arrays, manifest = read_raw(path)

@@ -7,7 +7,7 @@ import torch
 
 import slimkit as sk
 from slimkit.io.artifact import codec_chain, set_codec
-from slimkit.sharing.api import KMeansSharing, ShareConfigError
+from slimkit.sharing.api import KMeansConfig, ShareConfigError
 
 
 def _save_load(model, tmp_path, name="m"):
@@ -17,7 +17,7 @@ def _save_load(model, tmp_path, name="m"):
 
 
 def test_weights_equal_centroids_and_round_trip(lenet, digits_task, tmp_path):
-    sk.share_(lenet, KMeansSharing(bits=3, bias_bits=4), data=digits_task)
+    sk.share_(lenet, KMeansConfig(bits=3, bias_bits=4), data=digits_task)
     for name in ("fc1", "fc2", "fc3"):
         layer = getattr(lenet, name)
         assert layer.weight.unique().numel() <= 8
@@ -36,17 +36,17 @@ def test_huffman_beats_bitpack(lenet, digits_task, tmp_path):
 
     other = copy.deepcopy(lenet)
     other.__dict__["slimkit_base"] = dict(lenet.__dict__["slimkit_base"])
-    sk.share_(lenet, KMeansSharing(bits=5), data=digits_task)
-    sk.share_(other, KMeansSharing(bits=5, coding="bitpack"), data=digits_task)
+    sk.share_(lenet, KMeansConfig(bits=5), data=digits_task)
+    sk.share_(other, KMeansConfig(bits=5, coding="bitpack"), data=digits_task)
     huff, _ = _save_load(lenet, tmp_path, "h")
     packed, _ = _save_load(other, tmp_path, "b")
     assert huff < packed
 
 
 def test_reclustering_an_encoded_tensor_is_refused(lenet, digits_task):
-    sk.share_(lenet, KMeansSharing(bits=2, targets=["fc2"]), data=digits_task)
+    sk.share_(lenet, KMeansConfig(bits=2, targets=["fc2"]), data=digits_task)
     with pytest.raises(sk.SlimError, match="already encoded"):
-        sk.share_(lenet, KMeansSharing(bits=2, targets=["fc2"]), data=digits_task)
+        sk.share_(lenet, KMeansConfig(bits=2, targets=["fc2"]), data=digits_task)
 
 
 def test_centroid_gradient_is_the_sum_over_its_cluster():
@@ -65,8 +65,8 @@ def test_fine_tuned_codebooks_stay_exact(lenet, digits_task, tmp_path):
     import copy
 
     plain = copy.deepcopy(lenet)
-    sk.share_(plain, KMeansSharing(bits=2, targets=["fc2"]), data=digits_task)
-    sk.share_(lenet, KMeansSharing(bits=2, targets=["fc2"], finetune_epochs=2), data=digits_task)
+    sk.share_(plain, KMeansConfig(bits=2, targets=["fc2"]), data=digits_task)
+    sk.share_(lenet, KMeansConfig(bits=2, targets=["fc2"], finetune_epochs=2), data=digits_task)
     assert lenet.fc2.weight.unique().numel() <= 4
     assert digits_task.validation_score(lenet) >= digits_task.validation_score(plain)
     _, loaded = _save_load(lenet, tmp_path)
@@ -84,7 +84,7 @@ def test_pruned_weights_cluster_only_nonzeros(lenet, digits_task, tmp_path):
         w[w.abs() < w.abs().quantile(0.9)] = 0.0
     set_codec(lenet.fc1, "weight", [{"codec": "sparse"}, {"codec": "cast", "to": "float16"}])
     zeros = lenet.fc1.weight == 0
-    sk.share_(lenet, KMeansSharing(bits=4, targets="fc1"), data=digits_task)
+    sk.share_(lenet, KMeansConfig(bits=4, targets="fc1"), data=digits_task)
     assert torch.equal(lenet.fc1.weight == 0, zeros)
     assert lenet.fc1.weight[~zeros].unique().numel() <= 16
     chain = [s["codec"] for s in codec_chain(lenet.fc1, "weight")]
@@ -98,7 +98,7 @@ def test_pruned_weights_cluster_only_nonzeros(lenet, digits_task, tmp_path):
 @pytest.mark.parametrize("bad", [{"bits": 1}, {"bits": 9}, {"bias_bits": 0}, {"finetune_epochs": -1}])
 def test_bad_options_give_one_line_errors(bad):
     with pytest.raises(ShareConfigError) as info:
-        KMeansSharing(**bad)
+        KMeansConfig(**bad)
     assert "\n" not in str(info.value) and next(iter(bad)) in str(info.value)
     assert isinstance(info.value, ValueError)
 

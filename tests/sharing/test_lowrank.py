@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.sharing.api import LowRank, ShareConfigError
+from slimkit.sharing.api import LowRankConfig, ShareConfigError
 from slimkit.sharing.lowrank import (
     rank_for_budget,
     rank_for_energy,
@@ -54,7 +54,7 @@ def test_rank_rules():
 
 def test_factorized_model_saves_loads_and_is_smaller(lenet, digits_task, tmp_path):
     base = digits_task.score(lenet)
-    model = sk.share_(lenet, LowRank(budget=0.2, targets=["fc1", "fc2"]), data=digits_task)
+    model = sk.share_(lenet, LowRankConfig(budget=0.2, targets=["fc1", "fc2"]), data=digits_task)
     assert isinstance(model.fc1, nn.Sequential) and model.fc1[0].out_features == 10
     assert model.fc2[0].out_features == 15 and model.fc2[0].bias is None
     assert isinstance(model.fc3, nn.Linear)
@@ -69,29 +69,29 @@ def test_factorized_model_saves_loads_and_is_smaller(lenet, digits_task, tmp_pat
 
 
 def test_energy_rule_keeps_dense_layers_that_would_grow(lenet, digits_task):
-    model = sk.share_(lenet, LowRank(energy=0.999999, mode="svd"), data=digits_task)
+    model = sk.share_(lenet, LowRankConfig(energy=0.999999, mode="svd"), data=digits_task)
     assert isinstance(model.fc3, nn.Linear)  # 10 x 100: no rank saves anything
 
 
 @pytest.mark.parametrize("rank", [0, -3])
 def test_non_positive_rank_is_refused(rank):
     with pytest.raises(ShareConfigError, match="rank") as info:
-        LowRank(rank=rank)
+        LowRankConfig(rank=rank)
     assert "\n" not in str(info.value)
 
 
 def test_rank_above_layer_size_names_the_layer(lenet, digits_task):
     with pytest.raises(ShareConfigError, match=r"rank 65 for fc1 must be in 1\.\.64"):
-        sk.share_(lenet, LowRank(rank=65, targets="fc1"), data=digits_task)
+        sk.share_(lenet, LowRankConfig(rank=65, targets="fc1"), data=digits_task)
 
 
 def test_conflicting_and_out_of_range_options():
     with pytest.raises(ShareConfigError, match="one of rank, energy, budget"):
-        LowRank(rank=3, energy=0.9)
+        LowRankConfig(rank=3, energy=0.9)
     with pytest.raises(ShareConfigError, match="energy"):
-        LowRank(energy=1.5)
+        LowRankConfig(energy=1.5)
     with pytest.raises(ShareConfigError, match="budget"):
-        LowRank(budget=0)
+        LowRankConfig(budget=0)
 
 
 def test_pca_mode_needs_data(lenet):
@@ -111,7 +111,7 @@ def test_convolutions_factorize_and_round_trip(lenet5_trained, digits_task, tmp_
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
         before = model(x)
-    model = sk.share_(model, LowRank(rank=16, targets="conv2", mode=mode), data=digits_task)
+    model = sk.share_(model, LowRankConfig(rank=16, targets="conv2", mode=mode), data=digits_task)
     first, second = model.conv2
     assert first.out_channels == 16 and first.kernel_size == (3, 3) and second.kernel_size == (1, 1)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from slimkit.core.errors import SlimError
 from slimkit.io.artifact import read_manifest
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.pipeline.recipes import Recipe
-from slimkit.quantization.api import GPTQ
+from slimkit.quantization.api import GPTQConfig
 from slimkit.stream.layerwise import compress_layerwise
 from slimkit.stream.skeleton import WeightSource, build_skeleton
 from slimkit.zoo.token_task import token_task
@@ -52,7 +52,7 @@ def folders(tmp_path_factory):
 
 
 def _recipe(**options) -> Recipe:
-    return Recipe(name="test-gptq", description="", stages=[GPTQ(**(GPTQ_OPTIONS | options))])
+    return Recipe(name="test-gptq", description="", stages=[GPTQConfig(**(GPTQ_OPTIONS | options))])
 
 
 def _in_memory(folder):
@@ -60,7 +60,7 @@ def _in_memory(folder):
 
     model = sk.resolve(str(folder))
     task = task_for(model)
-    return sk.quantize_(model, GPTQ(**GPTQ_OPTIONS), data=task), task
+    return sk.quantize_(model, GPTQConfig(**GPTQ_OPTIONS), data=task), task
 
 
 def _codes(model) -> dict[str, dict[str, torch.Tensor]]:
@@ -160,9 +160,9 @@ def test_refuses_recipes_it_cannot_run_block_by_block(folders, tmp_path):
 
 def test_lowrank_pca_block_by_block_equals_in_memory(folders, tmp_path):
     from slimkit.core.provenance import task_for
-    from slimkit.sharing.api import LowRank
+    from slimkit.sharing.api import LowRankConfig
 
-    config = LowRank(energy=0.9, mode="pca", calibration_samples=16)
+    config = LowRankConfig(energy=0.9, mode="pca", calibration_samples=16)
     report = compress_layerwise(folders["bert"], Recipe(name="lr", description="", stages=[config]),
                                 tmp_path / "lr.slim")
     streamed = sk.load(tmp_path / "lr.slim")

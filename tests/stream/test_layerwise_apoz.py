@@ -10,7 +10,7 @@ import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.io.artifact import read_manifest
 from slimkit.pipeline.recipes import Recipe
-from slimkit.pruning.api import APoZPruning
+from slimkit.pruning.api import APoZPruningConfig
 from slimkit.pruning.importance import above_mean_std, apoz
 from slimkit.pruning.transformer import prune_ffn_
 from slimkit.stream.layerwise import compress_layerwise
@@ -20,7 +20,7 @@ from slimkit.surgery.shrink import shrink_linear
 tf = pytest.importorskip("transformers")
 
 DEAD = {0: [3, 10, 50, 77], 1: [1, 2, 90]}   # block -> FFN neurons made mostly zero before the ReLU
-CFG = APoZPruning(rounds=1, epochs=0, std=1.0, samples=16, min_channels=2)
+CFG = APoZPruningConfig(rounds=1, epochs=0, std=1.0, samples=16, min_channels=2)
 # arch -> (FFN modules, up projection, down projection)
 FFNS = {"bert": (["encoder.layer.0", "encoder.layer.1"], "intermediate.dense", "output.dense"),
         "opt": (["decoder.layers.0", "decoder.layers.1"], "fc1", "fc2")}

@@ -10,14 +10,14 @@ import pytest
 from bench.rss import run_measured
 from bench.synth import write_llama_folder
 
-GPTQ = ("from slimkit.quantization.api import GPTQ; from slimkit.pipeline.recipes import Recipe; "
-        "cfg = GPTQ(bits=4, symmetric=False, group_size=64, samples=16); "
+GPTQ_SETUP = ("from slimkit.quantization.api import GPTQConfig; from slimkit.pipeline.recipes import Recipe; "
+        "cfg = GPTQConfig(bits=4, symmetric=False, group_size=64, samples=16); "
         "recipe = Recipe(name='t', description='', stages=[cfg]); import sys, torch; torch.set_num_threads(1); ")
-WARM = GPTQ + "import transformers.models.llama.modeling_llama; import slimkit.stream.layerwise, slimkit.zoo.hf"
-STREAM = GPTQ + ("from slimkit.stream.layerwise import compress_layerwise; "
+WARM = GPTQ_SETUP + "import transformers.models.llama.modeling_llama; import slimkit.stream.layerwise, slimkit.zoo.hf"
+STREAM = GPTQ_SETUP + ("from slimkit.stream.layerwise import compress_layerwise; "
                  "compress_layerwise(sys.argv[1], recipe, sys.argv[2], threads=1)")
-MEMORY = GPTQ + ("import slimkit as sk; from slimkit.core.provenance import task_for; m = sk.resolve(sys.argv[1]); "
-                 "sk.quantize_(m, cfg, data=task_for(m)); sk.save(m, sys.argv[2])")
+MEMORY = GPTQ_SETUP + ("import slimkit as sk; from slimkit.core.provenance import task_for; "
+                       "m = sk.resolve(sys.argv[1]); sk.quantize_(m, cfg, data=task_for(m)); sk.save(m, sys.argv[2])")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.io.artifact import read_manifest
 from slimkit.pipeline.recipes import Recipe
-from slimkit.pruning.api import MagnitudePruning, NMPruning
+from slimkit.pruning.api import MagnitudePruningConfig, NMPruningConfig
 from slimkit.pruning.masks import _keep_top, nm_mask
 from slimkit.stream import StreamPlan, compress_checkpoint
 from slimkit.stream.checkpoint import open_checkpoint
@@ -83,9 +83,10 @@ def test_nm_streams_with_the_compact_index(tmp_path, ckpt, tensors):
 
 
 def test_recipes_map_onto_the_streaming_plan():
-    plan = plan_from_recipe(Recipe(name="g", description="", stages=[MagnitudePruning(sparsity=0.8, scope="global")]))
+    stages = [MagnitudePruningConfig(sparsity=0.8, scope="global")]
+    plan = plan_from_recipe(Recipe(name="g", description="", stages=stages))
     assert plan.sparsity == 0.8 and plan.scope == "global"
-    plan = plan_from_recipe(Recipe(name="nm", description="", stages=[NMPruning(n=2, m=4)]))
+    plan = plan_from_recipe(Recipe(name="nm", description="", stages=[NMPruningConfig(n=2, m=4)]))
     assert plan.nm == (2, 4) and plan.sparsity == 0.5
     with pytest.raises(SlimError, match="epochs 20; use epochs: 0"):
-        plan_from_recipe(Recipe(name="nm", description="", stages=[NMPruning(n=2, m=4, epochs=20)]))
+        plan_from_recipe(Recipe(name="nm", description="", stages=[NMPruningConfig(n=2, m=4, epochs=20)]))

@@ -192,10 +192,10 @@ def test_cat_groups_cut_together_keep_the_right_columns():
 
 
 def test_prune_api_uses_hooks_when_fx_fails(digits_task):
-    from slimkit.pruning.api import NormPruning
+    from slimkit.pruning.api import NormPruningConfig
 
     torch.manual_seed(0)
-    model = sk.prune_(BranchyCNN(), NormPruning(ratio=0.5, max_drop=100), digits_task)
+    model = sk.prune_(BranchyCNN(), NormPruningConfig(ratio=0.5, max_drop=100), digits_task)
     assert (model.conv1.out_channels, model.bn1.num_features, model.conv2.out_channels) == (4, 4, 3)
     assert model.fc.in_features == 3 * 16
     assert model(digits_task.example_inputs(2)["x"]).shape == (2, 10)
@@ -243,7 +243,7 @@ def test_values_used_for_control_flow_make_the_group_unprunable():
 
 
 def test_bert_ffn_groups_are_found_and_cut(tmp_path):
-    from slimkit.pruning.api import NormPruning
+    from slimkit.pruning.api import NormPruningConfig
     from slimkit.pruning.structured import activation_scores
 
     pytest.importorskip("transformers")
@@ -257,7 +257,7 @@ def test_bert_ffn_groups_are_found_and_cut(tmp_path):
     x = task.example_inputs(8)
     with torch.no_grad():
         ref = model(**x).last_hidden_state
-    sk.prune_(model, NormPruning(ratio=1 / 16, max_drop=100), task)
+    sk.prune_(model, NormPruningConfig(ratio=1 / 16, max_drop=100), task)
     ffn = model.encoder.layer[1]
     assert ffn.intermediate.dense.out_features == 60 and ffn.output.dense.in_features == 60
     with torch.no_grad():

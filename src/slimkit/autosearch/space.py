@@ -6,7 +6,7 @@ the families compose: a structural change first (distillation into a smaller stu
 factorization or hashing), then pruning, then quantization or weight sharing.
 
 >>> space = DigitsSpace(model, protect_order=["fc3", "fc1", "fc2"])   # or run.space_for(model, task)
->>> stages = space.suggest(study.ask())          # e.g. [MagnitudePruning(...), KMeansSharing(...)]
+>>> stages = space.suggest(study.ask())          # e.g. [MagnitudePruning(...), KMeansConfig(...)]
 """
 
 from __future__ import annotations

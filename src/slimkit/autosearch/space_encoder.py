@@ -12,7 +12,7 @@ only while the time left covers about three of their epochs (estimated from how 
 scoring took), and each gets a time limit of a third of the time left.
 
 >>> space = EmbeddingSpace(minilm, calib_sentences=1477, score_s=6.0)
->>> space.suggest(study.ask())   # e.g. [StructuredPruning(ratio=0.25, head_ratio=0.21), GPTQ(bits=4)]
+>>> space.suggest(study.ask())   # e.g. [StructuredPruning(ratio=0.25, head_ratio=0.21), GPTQConfig(bits=4)]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ own options. It is the space of models without a curated one, and of any search 
 methods (`search(..., methods=["kmeans", "magnitude"])`, `slimkit search --method kmeans`).
 
 >>> space = RegisteredSpace(model, task, ["magnitude", "kmeans"])
->>> space.suggest(study.ask())       # e.g. [MagnitudePruning(sparsity=0.81), KMeansSharing(bits=5)]
+>>> space.suggest(study.ask())       # e.g. [MagnitudePruning(sparsity=0.81), KMeansConfig(bits=5)]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A method is one config class that registers itself; everything slimkit knows abo
 that class, so adding a method touches no other file::
 
     @register_method
-    class MagnitudePruning(MethodConfig):
+    class MagnitudePruningConfig(MethodConfig):
         method: ClassVar[str] = "magnitude"
         family: ClassVar[Family] = Family.PRUNE
         sparsity: float = 0.9

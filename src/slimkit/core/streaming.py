@@ -16,7 +16,7 @@ with no entry is refused as "not a streaming method".
 
 >>> register_streaming("kmeans", tensors=kmeans_plan, tensors_when="finetune_epochs: 0")  # slimkit.sharing.streaming
 >>> register_streaming("gptq", blocks=GptqWorker, blocks_when="(e.g. int4)", needs="calibration data")
->>> stream_support("kmeans").tensors(KMeansSharing(bits=4, finetune_epochs=0), StreamPlan()).kmeans.bits
+>>> stream_support("kmeans").tensors(KMeansConfig(bits=4, finetune_epochs=0), StreamPlan()).kmeans.bits
 4
 """
 

@@ -20,7 +20,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.methods import apply_
 from slimkit.core.provenance import task_for
 from slimkit.core.task import Task
-from slimkit.pruning.api import Criterion, Norm, NormPruning, StructuredPruning
+from slimkit.pruning.api import Criterion, Norm, NormPruningConfig, StructuredPruningConfig
 from slimkit.surgery import get_submodule, register_op, replace_module
 from slimkit.surgery.edits import edit_log
 from slimkit.surgery.trace import trace_groups
@@ -225,8 +225,8 @@ def _prune_config(criterion: str, ratio: float, target: str | None):
     common = {"ratio": ratio, "epochs": 0, "rounds": 1, "max_drop": 100.0, "min_channels": 1,
               "targets": target}
     if criterion in ("l1", "l2"):
-        return NormPruning(norm=Norm(criterion), **common)
-    return StructuredPruning(criterion=Criterion(criterion), **common)
+        return NormPruningConfig(norm=Norm(criterion), **common)
+    return StructuredPruningConfig(criterion=Criterion(criterion), **common)
 
 
 def zoo_student(name: str, init: str = "trained", seed: int = 0) -> nn.Module:

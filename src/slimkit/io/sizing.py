@@ -13,7 +13,7 @@ reads data.
 >>> plan = Plan.of(model)
 >>> plan.tensors["fc1.weight"].nbytes
 76800
->>> note = estimate_stage(plan, Int8(), task=None)
+>>> note = estimate_stage(plan, Int8Config(), task=None)
 >>> note["touched"]["fc1"], plan.total()
 ('int8 per-channel weights, fp32 scales', 53793)
 >>> sparse_index_bytes(model.fc1.weight.abs() > 0.1)    # positions, coded by the real codec

@@ -2,7 +2,7 @@
 
 >>> import slimkit as sk
 >>> from slimkit.pruning.api import MagnitudePruning
->>> sk.prune_(model, MagnitudePruning(sparsity=0.92, scope="global", schedule="gradual", epochs=30), task)
+>>> sk.prune_(model, MagnitudePruningConfig(sparsity=0.92, scope="global", schedule="gradual", epochs=30), task)
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class _Trainable(MethodConfig):
 
 
 @register_method
-class MagnitudePruning(_Trainable):
+class MagnitudePruningConfig(_Trainable):
     """Unstructured magnitude pruning (Han et al. 2015; Zhu & Gupta 2017).
 
     Weights with the smallest |w| are set to exactly zero, per layer or over all selected layers,
@@ -106,7 +106,7 @@ class MagnitudePruning(_Trainable):
             raise PruneConfigError(f"{self.method}: schedule {data['schedule']!r} needs epochs > 0")
 
     @classmethod
-    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MagnitudePruning:
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MagnitudePruningConfig:
         """Global sparsity 0.3-0.95; gradual with fine-tuning when the task has labels."""
         sparsity = round(trial.suggest_float("magnitude.sparsity", 0.3, 0.95), 4)
         epochs = trial.suggest_int("magnitude.epochs", 0, 30, step=10) if has_labels(task) else 0
@@ -121,12 +121,12 @@ class MagnitudePruning(_Trainable):
         return model
 
     @classmethod
-    def example(cls) -> MagnitudePruning:
+    def example(cls) -> MagnitudePruningConfig:
         return cls(sparsity=0.8, scope=Scope.GLOBAL)
 
 
 @register_method
-class NMPruning(_Trainable):
+class NMPruningConfig(_Trainable):
     """N:M semi-structured sparsity: n of every m consecutive input weights kept (2:4 default)."""
 
     method: ClassVar[str] = "nm"
@@ -186,7 +186,7 @@ class _Structured(_Trainable):
 
 
 @register_method
-class APoZPruning(_Structured):
+class APoZPruningConfig(_Structured):
     """Network Trimming (Hu et al. 2016): remove ReLU neurons / filters whose Average Percentage
     of Zeros over data exceeds the layer's mean + `std` standard deviations; retrain; repeat.
     Layers shrink physically (Linear rows and the next layer's columns; conv filters, BN entries
@@ -206,12 +206,12 @@ class APoZPruning(_Structured):
         return self._run(model, task, filter_fn, apoz_scores(task, self.samples), mean_std_cut(self.std))
 
     @classmethod
-    def example(cls) -> APoZPruning:
+    def example(cls) -> APoZPruningConfig:
         return cls(rounds=1, epochs=0, max_drop=100.0)
 
 
 @register_method
-class NormPruning(_Structured):
+class NormPruningConfig(_Structured):
     """Structured weight-norm pruning (Li et al. 2017): remove the `ratio` of neurons / filters with
     the smallest L1 (or L2) norm from each selected layer, physically; optional retraining."""
 
@@ -230,12 +230,12 @@ class NormPruning(_Structured):
                          fraction_cut(self.ratio))
 
     @classmethod
-    def example(cls) -> NormPruning:
+    def example(cls) -> NormPruningConfig:
         return cls(ratio=0.5, max_drop=100.0)
 
 
 @register_method
-class StructuredPruning(_Structured):
+class StructuredPruningConfig(_Structured):
     """Remove the least important units, physically. In transformer blocks (BERT-style, e.g.
     MiniLM): FFN intermediate neurons (`ratio`) and attention heads (`head_ratio`), importance =
     mean |activation| x the norm of the unit's outgoing weights on `samples` calibration inputs,
@@ -270,5 +270,13 @@ class StructuredPruning(_Structured):
         return model
 
     @classmethod
-    def example(cls) -> StructuredPruning:
+    def example(cls) -> StructuredPruningConfig:
         return cls(ratio=0.3, max_drop=100.0)
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+APoZPruning = APoZPruningConfig
+MagnitudePruning = MagnitudePruningConfig
+NMPruning = NMPruningConfig
+NormPruning = NormPruningConfig
+StructuredPruning = StructuredPruningConfig

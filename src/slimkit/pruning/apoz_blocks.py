@@ -14,7 +14,7 @@ One round, no retraining: Network Trimming's trim-retrain rounds need the whole 
 backward, which a block-by-block pass does not have (a recipe with rounds > 1 or epochs > 0 is refused).
 GELU / SiLU models have no exact zeros after their activation: they are refused in one line.
 
->>> worker = ApozWorker(model, task, APoZPruning(rounds=1, epochs=0, std=1.0))
+>>> worker = ApozWorker(model, task, APoZPruningConfig(rounds=1, epochs=0, std=1.0))
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - one-shot `apoz` runs block by block on a Hugging Face folder (`slimkit.pruning.apoz_blocks`);
 - `structured` and `weight-norm` need an architecture (they remove neurons).
 
->>> plan = magnitude_plan(MagnitudePruning(sparsity=0.5), StreamPlan())
+>>> plan = magnitude_plan(MagnitudePruningConfig(sparsity=0.5), StreamPlan())
 >>> plan.sparsity, plan.scope
 (0.5, 'layer')
 """

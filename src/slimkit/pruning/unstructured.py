@@ -19,7 +19,7 @@ from slimkit.pruning.masks import MaskSet, magnitude_masks, nm_mask, sparsity_of
 from slimkit.pruning.schedules import event_iterations, polynomial_schedule
 
 if TYPE_CHECKING:
-    from slimkit.pruning.api import MagnitudePruning, NMPruning
+    from slimkit.pruning.api import MagnitudePruningConfig, NMPruningConfig
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -45,7 +45,7 @@ def same_start(model: nn.Module) -> None:
 
 
 def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module],
-                     cfg: MagnitudePruning) -> MaskSet:
+                     cfg: MagnitudePruningConfig) -> MaskSet:
     """Prune `modules` by weight magnitude following `cfg.schedule`; returns the final masks."""
     held = MaskSet()
     same_start(model)
@@ -77,7 +77,7 @@ def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.
     return held
 
 
-def nm_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module], cfg: NMPruning) -> MaskSet:
+def nm_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module], cfg: NMPruningConfig) -> MaskSet:
     """N:M masks on every selected layer whose input size divides by M, then optional fine-tuning."""
     held = MaskSet()
     same_start(model)

@@ -2,8 +2,8 @@
 
 >>> import slimkit as sk
 >>> from slimkit.quantization import GPTQ, Int8, WeightOnly
->>> sk.quantize_(model, Int8())                                  # w8a8 dynamic + int8 embeddings
->>> sk.quantize_(model, GPTQ(bits=4, symmetric=False), data=task)
+>>> sk.quantize_(model, Int8Config())                                  # w8a8 dynamic + int8 embeddings
+>>> sk.quantize_(model, GPTQConfig(bits=4, symmetric=False), data=task)
 
 Methods: `int8`, `int8-static`, `rtn` (`WeightOnly`), `gptq`, `qat`; each quantizes Linear and
 Conv2d layers (a conv's weight as the matrix out x in*kh*kw, `conv.py`) and, where asked,
@@ -16,10 +16,12 @@ from slimkit.quantization import (
     estimate,  # noqa: F401  (registers the size estimates)
     streaming,  # noqa: F401  (registers the streaming support)
 )
-from slimkit.quantization.api import GPTQ, Int8, WeightOnly
+from slimkit.quantization.api import GPTQ, GPTQConfig, Int8, Int8Config, WeightOnly, WeightOnlyConfig
 from slimkit.quantization.convert import quant_report
-from slimkit.quantization.qat import QAT
+from slimkit.quantization.qat import QAT, QATConfig
 from slimkit.quantization.sensitivity import sensitivity
-from slimkit.quantization.static import Int8Static
+from slimkit.quantization.static import Int8Static, Int8StaticConfig
 
-__all__ = ["GPTQ", "QAT", "Granularity", "Int8", "Int8Static", "WeightOnly", "quant_report", "sensitivity"]
+__all__ = ["GPTQConfig", "Granularity", "Int8Config", "Int8StaticConfig", "QATConfig", "WeightOnlyConfig",
+           "quant_report", "sensitivity",
+           "GPTQ", "Int8", "Int8Static", "QAT", "WeightOnly"]   # names before the <Method>Config scheme

@@ -2,9 +2,9 @@
 
 >>> import slimkit as sk
 >>> from slimkit.quantization.api import Int8, WeightOnly
->>> sk.quantize_(model, Int8())                                   # int8 linears + embeddings
->>> sk.quantize_(model, WeightOnly(bits=4, group_size=32), data=task)
->>> sk.quantize_(model, GPTQ(bits=4, group_size=128), data=task)  # needs calibration data
+>>> sk.quantize_(model, Int8Config())                                   # int8 linears + embeddings
+>>> sk.quantize_(model, WeightOnlyConfig(bits=4, group_size=32), data=task)
+>>> sk.quantize_(model, GPTQConfig(bits=4, group_size=128), data=task)  # needs calibration data
 
 Mixed precision: every config takes `targets` / `ignore` (exact names or `"re:"` regexes) and
 `filter_fn`; list several configs in a recipe, each with its own targets.
@@ -53,7 +53,7 @@ def _int8_linear(_name: str, linear: nn.Module) -> nn.Module:
 
 
 @register_method
-class Int8(MethodConfig):
+class Int8Config(MethodConfig):
     """Per-channel symmetric int8 weights, dynamic per-token int8 activations (`torch._int_mm`),
     and row-wise int8 embeddings. No calibration needed.
 
@@ -77,7 +77,7 @@ class Int8(MethodConfig):
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
 
     @classmethod
-    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> Int8:
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> Int8Config:
         """No options to draw: int8 weights and activations as they are."""
         return cls()
 
@@ -244,7 +244,7 @@ class _WeightQuant(MethodConfig):
 
 
 @register_method
-class WeightOnly(_WeightQuant):
+class WeightOnlyConfig(_WeightQuant):
     """Round-to-nearest weight-only quantization, 1-8 bits, stored bit-packed.
 
     `mse=True` picks each group's clipping range by minimizing the rounding error."""
@@ -262,17 +262,17 @@ class WeightOnly(_WeightQuant):
         return model
 
     @classmethod
-    def example(cls) -> WeightOnly:
+    def example(cls) -> WeightOnlyConfig:
         return cls(bits=4, granularity=Granularity.CHANNEL)
 
     @classmethod
-    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> WeightOnly:
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> WeightOnlyConfig:
         """3-8 bits, one scale per output channel (fits any layer width)."""
         return cls(bits=trial.suggest_int("rtn.bits", 3, 8), granularity=Granularity.CHANNEL)
 
 
 @register_method
-class GPTQ(_WeightQuant):
+class GPTQConfig(_WeightQuant):
     """GPTQ weight-only quantization (arXiv 2210.17323), layer by layer on calibration data.
 
     Layers the calibration forward never reaches fall back to round-to-nearest (reported)."""
@@ -331,5 +331,11 @@ class GPTQ(_WeightQuant):
         return model
 
     @classmethod
-    def example(cls) -> GPTQ:
+    def example(cls) -> GPTQConfig:
         return cls(bits=4, granularity=Granularity.CHANNEL, samples=64)
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+GPTQ = GPTQConfig
+Int8 = Int8Config
+WeightOnly = WeightOnlyConfig

@@ -3,7 +3,7 @@
 layers chosen by the methods' own `select_targets` (see `slimkit.io.sizing`).
 
 >>> plan = Plan.of(model)
->>> estimate_stage(plan, Int8())["touched"]["fc1"]
+>>> estimate_stage(plan, Int8Config())["touched"]["fc1"]
 'int8 per-channel weights, fp32 scales'
 """
 

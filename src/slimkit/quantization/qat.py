@@ -3,7 +3,7 @@ optionally a learned step size (LSQ, Esser et al. 2019), fine-tuned on the task'
 then converted to the same packed `QuantLinear` (`QuantConv2d` for a Conv2d) the post-training
 methods produce.
 
->>> sk.quantize_(model, QAT(bits=4, epochs=3), data=digits_task)
+>>> sk.quantize_(model, QATConfig(bits=4, epochs=3), data=digits_task)
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @register_method
-class QAT(MethodConfig):
+class QATConfig(MethodConfig):
     """Fine-tune with fake-quantized weights (STE; LSQ step sizes when `lsq`), then pack."""
 
     method: ClassVar[str] = "qat"
@@ -176,5 +176,9 @@ class QAT(MethodConfig):
             model.train(was_training)
 
     @classmethod
-    def example(cls) -> QAT:
+    def example(cls) -> QATConfig:
         return cls(bits=4, epochs=1)
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+QAT = QATConfig

@@ -3,7 +3,7 @@
 Use it to pick mixed precision: keep the most sensitive layers at more bits (a second recipe
 stage with `targets` naming them).
 
->>> rows = sensitivity(model, WeightOnly(bits=3, granularity="channel"), task)
+>>> rows = sensitivity(model, WeightOnlyConfig(bits=3, granularity="channel"), task)
 >>> rows[0]                        # most sensitive first
 {'module': 'fc3', 'score': 0.9541, 'delta': -0.0236}
 """

@@ -9,7 +9,7 @@ stays dynamic, and the report says so (on MiniLM: the attention keys). Conv2d la
 get int8 per-channel weights as in `int8`, run weight-only with fp32 activations (no integer
 convolution is faster here, see `slimkit.nn.quant_conv`), so they need no calibration.
 
->>> sk.quantize_(model, Int8Static(observer="percentile", percentile=99.99), data=task)
+>>> sk.quantize_(model, Int8StaticConfig(observer="percentile", percentile=99.99), data=task)
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def observe_inputs(model: nn.Module, task: Task, batches: list, names: list[str]
 
 
 @register_method
-class Int8Static(MethodConfig):
+class Int8StaticConfig(MethodConfig):
     """int8 weights (per channel) and int8 activations with calibrated per-tensor scales."""
 
     method: ClassVar[str] = "int8-static"
@@ -148,3 +148,7 @@ class Int8Static(MethodConfig):
             else:
                 scales[name] = max(threshold, 1e-12) / 127.0
         return scales, dynamic
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+Int8Static = Int8StaticConfig

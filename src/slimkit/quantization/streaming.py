@@ -5,7 +5,7 @@
   stage by stage, with the same Hessians and the same codes;
 - `int8-static` and `qat` need data a bare checkpoint does not have.
 
->>> worker = GptqWorker(model, task, GPTQ(bits=4))
+>>> worker = GptqWorker(model, task, GPTQConfig(bits=4))
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 >>> import slimkit as sk
 >>> from slimkit.sharing.api import KMeansSharing
->>> sk.share_(model, KMeansSharing(bits=5, finetune_epochs=10), data=task)
+>>> sk.share_(model, KMeansConfig(bits=5, finetune_epochs=10), data=task)
 >>> sk.save(model, "lenet-k5.slim")          # palette indices, Huffman-coded, + codebooks
 """
 
@@ -52,7 +52,7 @@ class CodebookDtype(str, Enum):
 
 
 @register_method
-class KMeansSharing(MethodConfig):
+class KMeansConfig(MethodConfig):
     """Deep Compression's weight sharing: a per-layer codebook of 2**bits centroids.
 
     `solver="optimal"` uses the exact 1-D dynamic programme instead of Lloyd's iterations;
@@ -92,11 +92,11 @@ class KMeansSharing(MethodConfig):
         return model
 
     @classmethod
-    def example(cls) -> KMeansSharing:
+    def example(cls) -> KMeansConfig:
         return cls(bits=4, bias_bits=4)
 
     @classmethod
-    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> KMeansSharing:
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> KMeansConfig:
         """2-6 bit indices, entropy-coded; codebook fine-tuning when the task has labels."""
         epochs = trial.suggest_int("kmeans.finetune_epochs", 0, 10, step=5) if has_labels(task) else 0
         return cls(bits=trial.suggest_int("kmeans.bits", 2, 6), bias_bits=trial.suggest_int("kmeans.bias_bits", 3, 8),
@@ -109,7 +109,7 @@ class LowRankMode(str, Enum):
 
 
 @register_method
-class LowRank(MethodConfig):
+class LowRankConfig(MethodConfig):
     """Factorize each Linear(in, out) into Linear(in, r) -> Linear(r, out) (a convolution into
     a k x k convolution to r channels followed by a 1 x 1 one).
 
@@ -156,7 +156,7 @@ class LowRank(MethodConfig):
         return model
 
     @classmethod
-    def example(cls) -> LowRank:
+    def example(cls) -> LowRankConfig:
         return cls(budget=0.25, targets=["fc1", "fc2"])
 
 
@@ -166,7 +166,7 @@ class HashInit(str, Enum):
 
 
 @register_method
-class Hashed(MethodConfig):
+class HashedConfig(MethodConfig):
     """HashedNets: each Linear's weights are read from `ratio` x its size real parameters through
     a hash of (i, j) with a sign hash; only the real parameters and the seed are stored."""
 
@@ -199,5 +199,11 @@ class Hashed(MethodConfig):
         return model
 
     @classmethod
-    def example(cls) -> Hashed:
+    def example(cls) -> HashedConfig:
         return cls(ratio=0.125, finetune_epochs=1)
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+Hashed = HashedConfig
+KMeansSharing = KMeansConfig
+LowRank = LowRankConfig

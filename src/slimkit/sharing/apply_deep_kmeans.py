@@ -23,7 +23,7 @@ from slimkit.sharing.train import fine_tune
 
 
 @register_method
-class DeepKMeans(MethodConfig):
+class DeepKMeansConfig(MethodConfig):
     """Deep k-Means (Wu et al. 2018): conv kernels (or kernel rows) share K centroid vectors;
     Linear layers named in `targets` share runs of `linear_dim` weights the same way.
 
@@ -48,7 +48,7 @@ class DeepKMeans(MethodConfig):
     seed: int = 0
 
     @classmethod
-    def example(cls) -> DeepKMeans:
+    def example(cls) -> DeepKMeansConfig:
         return cls(clusters=16, targets=["fc1"], finetune_epochs=0)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
@@ -65,7 +65,7 @@ class DeepKMeans(MethodConfig):
         return model
 
 
-def _check(name: str, conv: nn.Conv2d, cfg: DeepKMeans) -> None:
+def _check(name: str, conv: nn.Conv2d, cfg: DeepKMeansConfig) -> None:
     if codec_chain(conv, "weight"):
         raise SlimError(f"deep-kmeans: {name}.weight is already encoded; apply deep-kmeans first")
     try:
@@ -78,7 +78,7 @@ def _check(name: str, conv: nn.Conv2d, cfg: DeepKMeans) -> None:
 
 
 def _regularised_retraining(model: nn.Module, task: Task | None, layers: list[tuple[str, nn.Module]],
-                            cfg: DeepKMeans) -> None:
+                            cfg: DeepKMeansConfig) -> None:
     def penalty() -> torch.Tensor:
         total = torch.zeros(())
         for _, conv in layers:
@@ -92,7 +92,7 @@ def _regularised_retraining(model: nn.Module, task: Task | None, layers: list[tu
 
 
 class _SharedConv:
-    def __init__(self, name: str, conv: nn.Conv2d, cfg: DeepKMeans):
+    def __init__(self, name: str, conv: nn.Conv2d, cfg: DeepKMeansConfig):
         self.name, self.conv = name, conv
         x = sub_vectors(conv.weight.detach(), cfg.vector)
         # a layer with at most `clusters` vectors keeps them all (its codebook is the layer itself)
@@ -110,7 +110,7 @@ class _SharedConv:
         self.conv.weight.copy_(self.rebuild())
 
 
-def _share(model: nn.Module, task: Task | None, layers: list[tuple[str, nn.Module]], cfg: DeepKMeans) -> None:
+def _share(model: nn.Module, task: Task | None, layers: list[tuple[str, nn.Module]], cfg: DeepKMeansConfig) -> None:
     shared = [_SharedConv(name, conv, cfg) for name, conv in layers]
     for s in shared:
         s.write()
@@ -132,3 +132,7 @@ def _share(model: nn.Module, task: Task | None, layers: list[tuple[str, nn.Modul
         set_codec(s.conv, "weight", [{"codec": "vq", "dim": s.dim}, {"codec": "entropy"}])
         s.conv.__dict__.setdefault("slim_shared", {})["weight"] = {
             "clusters": cfg.clusters, "vector": cfg.vector, "sse": round(s.sse, 6)}
+
+
+# Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
+DeepKMeans = DeepKMeansConfig

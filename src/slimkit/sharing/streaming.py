@@ -4,7 +4,7 @@
 - `lowrank` without fine-tuning runs block by block on a Hugging Face folder (`LowRankWorker`);
 - `hashed` needs training data.
 
->>> worker = LowRankWorker(model, task, LowRank(energy=0.9, mode="pca"))
+>>> worker = LowRankWorker(model, task, LowRankConfig(energy=0.9, mode="pca"))
 """
 
 from __future__ import annotations
