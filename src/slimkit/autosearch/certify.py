@@ -1,8 +1,9 @@
 """Certifying a candidate's accuracy drop with more held-out images than the validation split has.
 
 On digits the validation split has 179 images: one image is 0.56 pt, so a 0.5-pt budget judged on
-it is a coin toss (a search once chose 106.8x at validation -0.00 that lost 0.97 pt on test). And the
-methods pick their best fine-tuning epoch on that split, so it flatters every candidate a little.
+it is a coin toss: the smallest candidate within budget on validation is often the one whose
+validation noise was kindest. And the methods pick their best fine-tuning epoch on that split, so it
+flatters every candidate a little (the runs behind this design: docs/notes/search-certification.md).
 
 The protocol here is k-fold cross-validation over the training split, which never touches the test
 split. For fold k a baseline is trained the way the zoo trained the original (same settings, epochs
@@ -19,10 +20,8 @@ partitions of the training split (new fold baselines, other candidate seeds), so
 out once per repeat. The paired outcome of an image (+1 lost, -1 gained, 0 agreed) is averaged over
 its repeats and the bootstrap resamples *images*, not outcomes: the repeats of one image are not
 counted as independent evidence. What they remove is training noise. Which near-boundary images a
-compressed fold model disagrees on changes from run to run (deep-compression: 29 discordant images in
-one repeat, 54 distinct ones among 77 discordant outcomes in three), so the mean over repeats has less
-variance per image and the bound is sharper (90% bound 0.89 pt with one repeat, 0.40 pt with three),
-for the same quantity: the expected drop of the recipe.
+compressed fold model disagrees on changes from run to run, so the mean over repeats has less
+variance per image and the bound is sharper for the same quantity: the expected drop of the recipe.
 
 >>> cv = CrossValidation.for_model(model, Certification(folds=10, confidence=0.9, repeats=3))
 >>> cert = cv.certify(stages, max_drop=0.5, deadline=time.monotonic() + 120)
@@ -54,7 +53,7 @@ from slimkit.zoo.registry import ZOO, base_of
 from slimkit.zoo.train import fit
 
 FUTILITY = 0.25       # points: see CrossValidation._hopeless
-DRAWS = 20000          # bootstrap draws (the bound moves by < 0.01 pt between seeds of the draw)
+DRAWS = 20000          # bootstrap draws: enough that the bound hardly depends on the draw's seed
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,7 @@ class Certification:
 
     Ten folds, not five: fold baselines then train on 90% of the training images. With 80% they are
     weaker than the original, and fine-tuning candidates gain on them what they would not gain on
-    the original (deep-compression: -0.78 pt on 5 folds, +0.11 pt on 10; its test drop over 10 seeds
-    is +0.18 pt).
+    the original (docs/notes/search-certification.md).
 
     `repeats` partitions of the training split into folds (see the module's docstring): each adds
     `folds` fold baselines (trained once, cached) and a run of the recipe per fold.

@@ -108,7 +108,8 @@ def text_source(texts: list[str], encode: Callable[[Sequence[str]], Batch], batc
     """Sentences shuffled each epoch, cut into batches and tokenised on the fly.
 
     Each epoch shuffles the sentences, sorts every run of `bucket` batches' worth by length
-    (batches pad to their longest sentence, so this roughly halves the compute on mixed text),
+    (batches pad to their longest sentence, so this saves much of the padding's compute on mixed
+    text: docs/notes/distillation-choices.md),
     cuts them into batches and shuffles the batches. `augment` is the fraction of each epoch's
     sentences replaced by an `augment_sentence` variant (the teacher labels any input).
 

@@ -1,11 +1,11 @@
 """Teacher outputs computed once and reused every epoch (text distillation of sentence encoders).
 
-The teacher's forward pass is ~40% of a distillation step of MiniLM 6 -> 3 layers. On a fixed
-training text its outputs never change, so `cached_text_source` runs the teacher once over every
-sentence (sorted by token count, so batches hardly pad), keeps each sentence's last-layer token
-states in one flat float16 tensor (~35 MB per 1,000 sentences of ~23 tokens at width 384), and
-serves batches whose target is the teacher's token states `(batch, tokens, width)` padded with
-zeros. The objective then runs only the student.
+The teacher's forward pass is a large share of a distillation step (docs/notes/distillation-choices.md).
+On a fixed training text its outputs never change, so `cached_text_source` runs the teacher once over
+every sentence (sorted by token count, so batches hardly pad), keeps each sentence's last-layer token
+states in one flat float16 tensor (2 bytes per token and unit of width), and serves batches whose
+target is the teacher's token states `(batch, tokens, width)` padded with zeros. The objective then
+runs only the student.
 
 >>> source = cached_text_source(sentences, task.encode, teacher, batch_size=32, seed=0)  # doctest: +SKIP
 >>> inputs, teacher_states = source.batches(0)[0]                                       # doctest: +SKIP
@@ -58,7 +58,7 @@ def teacher_states(teacher: nn.Module, texts: Sequence[str], encode: Callable[[S
                    ) -> tuple[torch.Tensor, list[int]]:
     """(flat float16 token states `(sum(counts), width)`, start row of each sentence): the
     teacher's last-layer states of every real token, in length-sorted batches, under bfloat16
-    autocast with `bf16` (~2x faster on CPUs; pooled embeddings within cosine 0.99998 of fp32)."""
+    autocast with `bf16` (faster on CPUs, and close to fp32: docs/notes/distillation-choices.md)."""
     order = sorted(range(len(texts)), key=lambda i: counts[i])
     starts = [0] * len(texts)
     total = 0

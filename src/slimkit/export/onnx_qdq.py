@@ -16,9 +16,8 @@ gave it) and replaces the node that uses it with the integer pattern of the slim
 
 Standard opsets have no per-token QuantizeLinear (and ORT's `MatMulIntegerToFloat` has no
 per-row activation scale), hence the explicit ops; the graph uses standard ops only (opset 17).
-ONNX Runtime's outputs are bit-identical to slimkit's on LeNet; on MiniLM (batch 32 x 40) the
-graph takes ~1.15-1.4x the time of ORT's own `quantize_dynamic` graph (whose per-tensor
-activations are less exact).
+The per-token activation quantization is not fused, so the graph is somewhat slower than ORT's own
+`quantize_dynamic` graph, whose per-tensor activations are less exact (docs/notes/runtime-choices.md).
 
 >>> model_proto = onnx.load("float.onnx")
 >>> replaced = quantize_graph(model_proto, sk.load("minilm-int8.slim"))
@@ -259,7 +258,7 @@ def _quantize_static(x: str, inv: np.ndarray, b: GraphBuilder) -> tuple[str, Non
 def _to_uint8(v: str, b: GraphBuilder) -> str:
     """round(v) + 128 as uint8 for v in [-127, 127] (QuantizeLinear with scale 1 rounds half to even,
     as slimkit does): with zero point 128, `MatMulInteger` gives exactly the int8 products, and ONNX
-    Runtime's u8 x s8 kernel is ~40x faster than its s8 x s8."""
+    Runtime's u8 x s8 kernel is much faster than its s8 x s8 (docs/notes/runtime-choices.md)."""
     one = b.const("slimkit.one", np.array(1.0, np.float32))
     return b.op("QuantizeLinear", [v, one, b.const("slimkit.zero_point_128", np.array(128, np.uint8))])
 

@@ -64,7 +64,8 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     for attempt in range(6):
         try:
             l_factor = torch.linalg.cholesky(h + (damp * 10**attempt) * diag_mean * eye)
-            hinv = torch.cholesky_solve(eye, l_factor)  # ~10x faster than cholesky_inverse on CPU
+            # faster than cholesky_inverse on CPU (docs/notes/linear-algebra-choices.md)
+            hinv = torch.cholesky_solve(eye, l_factor)
             return torch.linalg.cholesky(hinv, upper=True)
         except torch.linalg.LinAlgError:
             continue

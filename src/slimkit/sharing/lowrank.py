@@ -21,8 +21,8 @@ import torch
 
 @contextmanager
 def _lapack_threads(n: int = 1) -> Iterator[None]:
-    """Run decompositions single-threaded: on a busy machine torch's threaded LAPACK took ~300x
-    longer (9 s instead of 0.03 s for a 300 x 300 eigh with 2 threads on 2 loaded cores)."""
+    """Run decompositions single-threaded: on a busy machine torch's threaded LAPACK can take
+    orders of magnitude longer on these small matrices (docs/notes/linear-algebra-choices.md)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

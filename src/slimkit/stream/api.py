@@ -54,8 +54,9 @@ class StreamReport:
 
 def _large_blocks_to_os() -> None:
     """Have glibc map every allocation of 1 MiB or more and unmap it when freed. Its default dynamic
-    threshold grows to the block size, after which freed blocks stay in a fragmenting heap: resident
-    memory crept up by ~200 MB over a 6 GiB checkpoint, and stays flat with this (process-wide)."""
+    threshold grows to the block size, after which freed blocks stay in a fragmenting heap and resident
+    memory creeps up over a large checkpoint; with this it stays flat (process-wide; figures in
+    docs/notes/streaming-choices.md)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -80,9 +81,9 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
 
     Tensors are read from memory maps and written as they are encoded: memory stays near a few
     blocks of `block_bytes` for int8/int4 (one tensor, a few times over, for k-means and pruning). The
-    output appears atomically when complete; the input is never modified. The work is memory-bound:
-    `threads=1` (the default) ran at ~470 MB/s here, while 2 torch threads on a shared, busy 2-core
-    machine stalled in OpenMP barriers (~20 MB/s); None keeps torch's setting.
+    output appears atomically when complete; the input is never modified. The work is memory-bound,
+    so `threads=1` is the default: more torch threads on a shared, busy machine stall in OpenMP
+    barriers (docs/notes/streaming-choices.md); None keeps torch's setting.
     """
 
     _large_blocks_to_os()

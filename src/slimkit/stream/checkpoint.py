@@ -153,7 +153,8 @@ class Checkpoint:
         if shard.map is None or end <= begin or not hasattr(mmap, "MADV_DONTNEED"):
             return
         # from a little before `begin`: the kernel's fault-around maps up to 64 KiB of neighbouring,
-        # already released pages when a block starts; without the margin RSS crept ~15 MB per GB read
+        # already released pages when a block starts; without the margin RSS creeps up as the file is
+        # read (docs/notes/streaming-choices.md)
         lo = max(0, item.begin + begin - RELEASE_MARGIN) // PAGE * PAGE
         hi = min(shard.size, -(-(item.begin + end) // PAGE) * PAGE)
         shard.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)

@@ -221,8 +221,8 @@ def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWrit
 
 def keep_largest(w, prune: int):
     """The mask of `slimkit.pruning.masks.magnitude_masks` for one tensor (drop exactly `prune` of the
-    smallest |w|, ties dropped in position order), by `kthvalue` instead of a full argsort (7x faster,
-    a quarter of the memory)."""
+    smallest |w|, ties dropped in position order), by `kthvalue` instead of a full argsort (faster, and
+    less memory: docs/notes/streaming-choices.md)."""
 
     score = w.float().abs().reshape(-1)
     keep = torch.ones(score.numel(), dtype=torch.bool)

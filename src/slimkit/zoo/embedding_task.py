@@ -153,8 +153,8 @@ class EmbeddingTask(Task):
     def eval_batches(self) -> list[Batch]:
         """The evaluation sentences, tokenized once, in batches of 64 (at most 128 tokens each).
 
-        Batches group sentences of similar length (less padding: ~2.5x less compute on the
-        embedded corpus); `embed_all` puts the embeddings back in sentence order.
+        Batches group sentences of similar length (less padding, so much less compute:
+        docs/notes/distillation-choices.md); `embed_all` puts the embeddings back in sentence order.
         """
         if self._eval_batches is None:
             sents = self.eval_sentences
