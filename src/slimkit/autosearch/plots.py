@@ -15,18 +15,14 @@ import torch
 from torch import nn
 
 from slimkit.autosearch.pareto import front
+from slimkit.core.optional import pyplot
 from slimkit.io.artifact import SIDE_SEP, encode_model
 
 MAX_LAYERS = 8      # histograms of the largest layers only (a transformer has dozens)
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 

@@ -49,6 +49,7 @@ from slimkit.autosearch.stages import OutOfTime
 from slimkit.autosearch.trial import Budget, TrialRecord, confirm_drop, quick_latency, run_candidate, stage_dict
 from slimkit.autosearch.validation import validation_setup
 from slimkit.core.errors import SlimError
+from slimkit.core.optional import require
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
 from slimkit.eval.measure import baseline_bytes
@@ -92,6 +93,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget_s=600)
     >>> r.best["bytes"], r.best["test_score"]
     """
+    require("optuna", "search", "search")
     _check(max_drop, budget_s, max_trials, effort)
     started = time.monotonic()
     folder = Path(out)

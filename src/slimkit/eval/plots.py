@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slimkit.core.optional import pyplot
+
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def plot_histograms(hists: dict[str, dict], out_dir: str | Path) -> list[Path]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.optional import require
 from slimkit.core.provenance import task_for
 from slimkit.export.onnx_codes import compact_weights
 from slimkit.export.onnx_qdq import quantize_graph
@@ -175,6 +176,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     37
     """
 
+    require("onnx", "onnx", "ONNX export")
+    require("onnxruntime", "onnx", "ONNX export")
     task = task or task_for(model)
     if task is None:
         raise SlimError("ONNX export needs example inputs: use a builtin model or a .slim file made from one")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimkit.core.optional import pyplot
 from slimkit.core.task import Task
 from slimkit.pruning.importance import above_mean_std, apoz
 from slimkit.surgery.trace import trace_groups
@@ -52,11 +53,7 @@ def plot_apoz(rows: list[dict], out_dir: str | Path) -> Path | None:
     """One PNG with every layer's per-neuron APoZ, sorted, and the trimming threshold."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(rows), 1, figsize=(6, 2.2 * len(rows)), squeeze=False)

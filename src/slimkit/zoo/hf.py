@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.optional import require
 from slimkit.core.provenance import tag
 
 ATTN_IMPLEMENTATION = "eager"
@@ -33,6 +34,7 @@ ATTN_IMPLEMENTATION = "eager"
 
 def transformers_offline() -> ModuleType:
     """Import `transformers` with the Hugging Face Hub switched offline (no download, ever)."""
+    require("transformers", "hf", "loading a Hugging Face model")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import transformers
