@@ -243,3 +243,23 @@ def test_tail_manifest_is_validated_and_old_base64_files_still_load(lenet, tmp_p
     write(cut, {"slimkit.zb": str(tail)})
     with pytest.raises(sk.SlimFormatError):
         sk.load(path)
+
+
+def test_large_models_are_written_by_the_one_writer(tmp_path, monkeypatch):
+    """Above the packed layout's limit, `save` writes through `SlimWriter` (the writer streaming uses):
+    same size as the named layout's bytes, same tensors back."""
+    from slimkit.io import layout
+    from slimkit.io.artifact import encode_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 10))   # ~1.5 MB
+    used = []
+    real = layout.SlimWriter.finish
+    monkeypatch.setattr(layout.SlimWriter, "finish", lambda self, m: used.append(self.path) or real(self, m))
+    size = sk.save(model, tmp_path / "big.slim")
+    assert used == [tmp_path / "big.slim"]
+    arrays, manifest = encode_model(model)
+    assert size == (tmp_path / "big.slim").stat().st_size == sum(
+        len(c) if isinstance(c, bytes) else c.nbytes for c in layout.file_chunks(arrays, manifest))
+    loaded = sk.load_state_dict(tmp_path / "big.slim")
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.slim"]   # no temporary file left

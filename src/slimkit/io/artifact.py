@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest
 from slimkit.io.decode import decode_tensor as decode_tensor
 from slimkit.io.decode import decoded_budget as decoded_budget
 from slimkit.io.decode import group_arrays as group_arrays
-from slimkit.io.layout import StoredArrays, file_chunks
+from slimkit.io.layout import StoredArrays, write_slim
 from slimkit.io.lazy import LazyStateDict
 from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry
 from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
@@ -97,8 +96,7 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
 def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> int:
     """Write `model` to `path` as a .slim file (atomically) and return its size in bytes."""
     arrays, manifest = encode_model(model, info)
-    atomic_write(path, file_chunks(arrays, manifest))
-    return Path(path).stat().st_size
+    return write_slim(path, arrays, manifest)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

@@ -12,10 +12,10 @@
   dictionary hold the manifest zlib-compressed, base64, in `__metadata__["slimkit.z"]`; they
   still load.)
 
-Both are validated the same way before anything is allocated. `file_chunks` writes either layout
-from arrays in memory (`slimkit.io.artifact.save`); `SlimWriter` writes the named layout array by
-array, for models that are never whole in memory (`slimkit.stream`). Both write through
-`slimkit.io.safetensors_file` (`header_json`, `AtomicFile`).
+Both are validated the same way before anything is allocated. There is one writer: `write_slim`
+(used by `slimkit.io.artifact.save`) writes the packed layout in one piece and the named layout
+through `SlimWriter`, which `slimkit.stream` also uses array by array for models that are never
+whole in memory. `file_chunks` gives the bytes of either layout without writing (for sizes).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from slimkit.io.safetensors_file import (
     _DTYPES,
     AtomicFile,
     SafetensorsReader,
+    atomic_write,
     check_entry,
     header_json,
     serialize,
@@ -71,8 +72,12 @@ COPY_CHUNK = 8 << 20   # bytes per copy while SlimWriter assembles its file
 def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
     """The bytes of the .slim file holding `arrays` and `manifest` (layout chosen by size)."""
     total = sum(a.nbytes for a in arrays.values())
-    if total > PACK_LIMIT:
-        return serialize(arrays, {METADATA_KEY: manifest.to_json()})
+    if total > PACK_LIMIT:   # the named layout, byte for byte as `SlimWriter` writes it
+        ordered = sorted(arrays.items(), key=lambda kv: -kv[1].dtype.itemsize)
+        raw = header_json({METADATA_KEY: manifest.to_json()},
+                          [(name, _CODES[a.dtype], list(a.shape), a.nbytes) for name, a in ordered])
+        return [len(raw).to_bytes(8, "little") + raw,
+                *(np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a in ordered)]
     index: dict[str, list] = {}
     parts: list[bytes] = []
     offset = 0
@@ -86,6 +91,21 @@ def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
     tail = deflate.compress(packed.to_json().encode()) + deflate.flush()
     payload = np.frombuffer(b"".join(parts) + tail, dtype=np.uint8)
     return serialize({PAYLOAD: payload}, {TAIL_KEY: str(len(tail))})
+
+
+def write_slim(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: Manifest) -> int:
+    """Write `arrays` and `manifest` as a .slim file at `path`, atomically; returns its size in bytes.
+
+    >>> write_slim("m.slim", {"fc.weight": np.zeros((4, 8), np.float32)}, manifest)
+    """
+    if sum(a.nbytes for a in arrays.values()) <= PACK_LIMIT:
+        atomic_write(path, file_chunks(arrays, manifest))
+        return Path(path).stat().st_size
+    with SlimWriter(path) as writer:
+        writer.reserve([(name, arr.dtype, list(arr.shape)) for name, arr in arrays.items()], manifest)
+        for name, arr in arrays.items():
+            writer.add_array(name, arr)
+        return writer.finish(manifest)
 
 
 def _tail_length(reader: SafetensorsReader) -> int:
