@@ -8,7 +8,6 @@ from torch import nn
 
 from slimkit.train.loop import LoopSettings
 from slimkit.train.loop import fit as train_loop
-from slimkit.train.supervised import cross_entropy
 from slimkit.zoo.digits import DigitsData, Split
 
 
@@ -38,5 +37,10 @@ def fit(model: nn.Module, data: DigitsData, epochs: int = 60, lr: float = 2e-3, 
 
     settings = LoopSettings(epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer="adam",
                             schedule="cosine-epoch", seed=None, data_parallel=False)
-    train_loop(model, cross_entropy(), batches, settings, lambda m: accuracy(m, data.val))
+    train_loop(model, _positional_cross_entropy, batches, settings, lambda m: accuracy(m, data.val))
     return model
+
+
+def _positional_cross_entropy(model: nn.Module, inputs: dict, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `model(x)`: any classifier taking one tensor (an `nn.Sequential` included)."""
+    return nn.functional.cross_entropy(model(inputs["x"]), target)
