@@ -6,7 +6,7 @@ would make of it.
 - `coupled_groups(model, task)`: the groups structured pruning cuts together
   (`fc1[out] <-> fc2[in]`), transformer blocks, and why other layers cannot be cut.
 - `estimate_recipe(model, recipe, task)`: the expected file size under a recipe, from shapes and
-  the config only (no training, no calibration data); see `slimkit.eval.estimators`.
+  the config only (no training, no calibration data); see `slimkit.io.sizing` and each method package's `estimate.py`.
 
 >>> report = preflight(sk.zoo.load("lenet-300-100"))
 >>> report["groups"]["groups"][0]["text"]
