@@ -74,8 +74,9 @@ def _module_name(path: Path, root: Path) -> str:
 
 def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]) -> list[str]:
     names: list[str] = []
-    if isinstance(node, ast.Import):
+    if isinstance(node, ast.Import):   # `import a.b.c` also binds (and so uses) the top package `a`
         names = [alias.name for alias in node.names]
+        names += [alias.name.split(".")[0] for alias in node.names if alias.asname is None and "." in alias.name]
     else:
         if node.level:
             base = module.split(".") if is_package else module.split(".")[:-1]

@@ -29,6 +29,16 @@ def test_graph_sees_function_level_imports(tmp_path):
     assert graph.cycles() == [["pkg.a", "pkg.b"]]
 
 
+def test_dotted_import_statements_use_the_top_package(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import pkg.b\nimport pkg.c as c\n")
+    (pkg / "b.py").write_text("")
+    (pkg / "c.py").write_text("")
+    assert import_graph(pkg).edges["pkg.a"] == {"pkg", "pkg.b", "pkg.c"}
+
+
 def test_import_graph_is_acyclic():
     graph = import_graph(SRC)
     assert len(graph.modules) > 100

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import slimkit.io.codec_sparse  # noqa: F401  (registers the `sparse` codec)
 from slimkit.core.errors import SlimError
 from slimkit.core.methods import MethodConfig
 from slimkit.io.artifact import SIDE_SEP, encode_model
