@@ -17,25 +17,25 @@ SRC = ROOT / "src" / "slimkit"
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
-def test_graph_sees_function_level_imports(tmp_path):
-    pkg = tmp_path / "pkg"
+def _package(root: Path, **modules: str) -> Path:
+    """A package `pkg` under `root` holding `modules` (name -> source) and an empty __init__."""
+    pkg = root / "pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from pkg import b\n")
-    (pkg / "b.py").write_text("def f():\n    from pkg.a import x\n    return x\n")
-    graph = import_graph(pkg)
+    for name, source in {"__init__": "", **modules}.items():
+        (pkg / f"{name}.py").write_text(source)
+    return pkg
+
+
+def test_graph_sees_function_level_imports(tmp_path):
+    graph = import_graph(_package(tmp_path, a="from pkg import b\n",
+                                  b="def f():\n    from pkg.a import x\n    return x\n"))
     assert graph.edges["pkg.a"] == {"pkg.b"} and graph.edges["pkg.b"] == {"pkg.a"}
     assert graph.function_level == [("pkg.b", 2, "pkg.a")]
     assert graph.cycles() == [["pkg.a", "pkg.b"]]
 
 
 def test_dotted_import_statements_use_the_top_package(tmp_path):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("import pkg.b\nimport pkg.c as c\n")
-    (pkg / "b.py").write_text("")
-    (pkg / "c.py").write_text("")
+    pkg = _package(tmp_path, a="import pkg.b\nimport pkg.c as c\n", b="", c="")
     assert import_graph(pkg).edges["pkg.a"] == {"pkg", "pkg.b", "pkg.c"}
 
 

@@ -13,22 +13,16 @@ special case where W is ignored when choosing the subspace; this one is never wo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
+from slimkit.core.torch_utils import num_threads
 
-@contextmanager
-def _lapack_threads(n: int = 1) -> Iterator[None]:
+
+def _lapack_threads():
     """Run decompositions single-threaded: on a busy machine torch's threaded LAPACK can take
     orders of magnitude longer on these small matrices (docs/notes/linear-algebra-choices.md)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return num_threads(1)
 
 
 def _sqrt_and_inverse(cov: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
