@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from slimkit.autosearch.pareto import BEST, PARETO, best_record, front, pareto_doc, points, write_json
@@ -18,6 +17,7 @@ from slimkit.autosearch.trial import TrialRecord, quick_latency
 from slimkit.eval.measure import evaluate
 from slimkit.io.artifact import load
 from slimkit.io.safetensors_file import atomic_write
+from slimkit.pipeline.recipe_yaml import dump_yaml
 
 
 @dataclass
@@ -95,4 +95,4 @@ def _write_recipe(path: Path, state: dict, best: TrialRecord, final: dict) -> No
            "stages": best.stages}
     if state["model"].startswith("builtin:"):
         doc["models"] = [name]
-    atomic_write(path, [yaml.safe_dump(doc, sort_keys=False).encode()])
+    atomic_write(path, [dump_yaml(doc).encode()])

@@ -47,8 +47,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     task = task_for(net)
     name = base_of(net).get("name")
     if plan.models and name not in plan.models:
-        common.console.print(f"[yellow]warning:[/yellow] recipe {plan.name} was made for "
-                             f"{', '.join(plan.models)}, not {name or 'this model'}")
+        common.warn(f"recipe {plan.name} was made for {', '.join(plan.models)}, not {name or 'this model'}")
     with common.status("measuring the original"):
         before = evaluate(net, task)
 
@@ -77,8 +76,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
         return
     delta = "" if after.score is None or before.score is None else \
         f", {after.score_name} {before.score:.4f} -> {after.score:.4f}"
-    common.out.print(f"wrote {out}: {common.fmt_bytes(after.bytes)} ({after.ratio:.1f}x smaller than "
-                     f"fp32 {common.fmt_bytes(after.baseline_bytes)}){delta}")
+    common.say(f"wrote {out}: {common.fmt_bytes(after.bytes)} ({after.ratio:.1f}x smaller than "
+               f"fp32 {common.fmt_bytes(after.baseline_bytes)}){delta}")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from rich import progress as rp
 
 from slimkit.cli import common
 from slimkit.core.errors import SlimError
+from slimkit.core.text import clean
 from slimkit.stream.api import compress_checkpoint
 from slimkit.stream.layerwise import compress_layerwise
 
@@ -22,19 +23,19 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
     if keep_stages:
         raise SlimError("--keep-stages needs the whole model in memory; layer-by-layer streaming writes one artifact")
     quiet = common.STATE.quiet or not common.console.is_terminal
-    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+    with rp.Progress(rp.TextColumn("{task.description}", markup=False), rp.BarColumn(), rp.MofNCompleteColumn(),
                      rp.TimeRemainingColumn(), console=common.console, disable=quiet, transient=True) as bar:
-        task = bar.add_task(f"block by block: {Path(model).name}", total=None)
+        task = bar.add_task(clean(f"block by block: {Path(model).name}"), total=None)
 
         def on_block(name: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=name[-40:])
+            bar.update(task, completed=done, total=total, description=clean(name[-40:]))
 
         report = compress_layerwise(model, recipe, out, on_block=on_block)
     if _summary(report, as_json, "layer(s)", streamed="layerwise"):
         return
-    common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
-                     f"checkpoint's {common.fmt_bytes(report.input_bytes)}) in {report.seconds:.1f} s, block by "
-                     f"block; score it with: slimkit eval {out}")
+    common.say(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
+               f"checkpoint's {common.fmt_bytes(report.input_bytes)}) in {report.seconds:.1f} s, block by "
+               f"block; score it with: slimkit eval {out}")
 
 
 def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
@@ -43,20 +44,20 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
     if keep_stages:
         raise SlimError("--keep-stages needs a model to evaluate; a bare checkpoint is compressed in one pass")
     quiet = common.STATE.quiet or not common.console.is_terminal
-    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
+    columns = (rp.TextColumn("{task.description}", markup=False), rp.BarColumn(), rp.DownloadColumn(),
                rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
     with rp.Progress(*columns, console=common.console, disable=quiet, transient=True) as bar:
-        task = bar.add_task(f"compressing {Path(model).name}", total=None)
+        task = bar.add_task(clean(f"compressing {Path(model).name}"), total=None)
 
         def on_tensor(item, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=item.name[-40:])
+            bar.update(task, completed=done, total=total, description=clean(item.name[-40:]))
 
         report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor)
     if _summary(report, as_json, "tensor(s)", throughput_mb_s=round(report.throughput_mb_s, 1)):
         return
-    common.out.print(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
-                     f"checkpoint's {common.fmt_bytes(report.input_bytes)}); {report.tensors} tensors in "
-                     f"{report.seconds:.1f} s, {report.throughput_mb_s:.0f} MB/s")
+    common.say(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
+               f"checkpoint's {common.fmt_bytes(report.input_bytes)}); {report.tensors} tensors in "
+               f"{report.seconds:.1f} s, {report.throughput_mb_s:.0f} MB/s")
 
 
 def _summary(report, as_json: bool, unit: str, **extra) -> bool:

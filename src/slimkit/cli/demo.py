@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from slimkit.cli import common
 from slimkit.cli.demo_run import run_demo
@@ -17,14 +16,10 @@ def demo_cmd(out: Path = typer.Option(Path("slimkit-demo"), "--out", help="Folde
     """Run one method of each family and a combined pipeline; print and save the table."""
 
     rows = run_demo(out, model, progress=common.info)
-    table = Table(title=f"slimkit demo: builtin:{model} (artifacts and tables in {out}/)")
-    for col in ("family", "method", "bytes", "ratio", "accuracy", "change pt", "ms b1", "ms b32", "note"):
-        table.add_column(col)
-    for r in rows:
-        cells = [r.family, r.method, r.bytes, r.ratio and f"{r.ratio}x", r.score and f"{r.score:.4f}",
-                 r.delta_pt, r.latency_b1_ms, r.latency_b32_ms, r.note]
-        table.add_row(*["" if c is None else str(c) for c in cells])
-    common.out.print(table)
+    cells = [[r.family, r.method, r.bytes, r.ratio and f"{r.ratio}x", r.score and f"{r.score:.4f}",
+              r.delta_pt, r.latency_b1_ms, r.latency_b32_ms, r.note] for r in rows]
+    columns = ["family", "method", "bytes", "ratio", "accuracy", "change pt", "ms b1", "ms b32", "note"]
+    common.out.print(common.table(f"slimkit demo: builtin:{model} (artifacts and tables in {out}/)", columns, cells))
 
 
 def register(app: typer.Typer) -> None:

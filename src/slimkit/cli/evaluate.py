@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from slimkit.cli import common
 from slimkit.eval.measure import evaluate
@@ -33,15 +32,12 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, 
     if as_json:
         common.emit_json({"model": model, **row})
         return
-    table = Table(title=f"slimkit eval {model}")
-    for key in ("score_name", "score", "bytes", "baseline_bytes", "ratio", "params", "nonzeros"):
-        table.add_column(key)
-    table.add_column("latency ms (b1 / b32)")
+    columns = ["score_name", "score", "bytes", "baseline_bytes", "ratio", "params", "nonzeros",
+               "latency ms (b1 / b32)"]
     lat = m.latency_ms
-    table.add_row(m.score_name, "-" if m.score is None else f"{m.score:.4f}", str(m.bytes),
-                  str(m.baseline_bytes), f"{m.ratio:.2f}x", str(m.params), str(m.nonzeros),
-                  " / ".join(f"{v:.3f}" for v in lat.values()) or "-")
-    common.out.print(table)
+    cells = [m.score_name, "-" if m.score is None else f"{m.score:.4f}", m.bytes, m.baseline_bytes,
+             f"{m.ratio:.2f}x", m.params, m.nonzeros, " / ".join(f"{v:.3f}" for v in lat.values()) or "-"]
+    common.out.print(common.table(f"slimkit eval {model}", columns, [cells]))
 
 
 def register(app: typer.Typer) -> None:

@@ -35,7 +35,7 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
     layers, coded = report["integer_layers"], report["coded_weights"]
     ints = f", {layers} layer{'s' * (layers != 1)} as integer ops" if layers else ""
     ints += f", {coded} weight{'s' * (coded != 1)} stored as codes" if coded else ""
-    common.out.print(f"wrote {onnx} ({common.fmt_bytes(report['bytes'])}{ints}); ONNX Runtime vs slimkit: "
+    common.say(f"wrote {onnx} ({common.fmt_bytes(report['bytes'])}{ints}); ONNX Runtime vs slimkit: "
                      f"max abs diff {report['max_abs_diff']:.3g}, cosine {report['cosine']:.6f}")
 
 

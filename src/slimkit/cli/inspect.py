@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from slimkit.cli import common
 from slimkit.core.errors import SlimError
@@ -44,16 +43,14 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
         return
     if apoz_rows:
         _print_apoz(apoz_rows)
-    table = Table(title=f"slimkit inspect {model}")
-    for col in ("layer", "type", "shape", "params", "nonzeros", "bytes", "encoding"):
-        table.add_column(col, justify="right" if col in ("params", "nonzeros", "bytes") else "left")
-    for r in rows:
-        table.add_row(r["name"], r["type"], "x".join(map(str, r["shape"])), str(r["params"]),
-                      str(r["nonzeros"]), str(r["bytes"]), r["encoding"])
-    total = sum(r["bytes"] for r in rows)
-    table.add_row("total", "", "", str(sum(r["params"] for r in rows)),
-                  str(sum(r["nonzeros"] for r in rows)), str(total), "")
-    common.out.print(table)
+    cells = [[r["name"], r["type"], "x".join(map(str, r["shape"])), r["params"], r["nonzeros"], r["bytes"],
+              r["encoding"]] for r in rows]
+    cells.append(["total", "", "", sum(r["params"] for r in rows), sum(r["nonzeros"] for r in rows),
+                  sum(r["bytes"] for r in rows), ""])
+    right = {"justify": "right"}
+    common.out.print(common.table(f"slimkit inspect {model}",
+                                  ["layer", "type", "shape", "params", "nonzeros", "bytes", "encoding"], cells,
+                                  params=right, nonzeros=right, bytes=right))
     if report is not None:
         _print_preflight(report)
 
@@ -72,13 +69,11 @@ def _apoz_rows(net) -> list[dict]:
 
 
 def _print_apoz(rows: list[dict]) -> None:
-    table = Table(title="APoZ (average percentage of zeros after ReLU, Network Trimming)")
-    for col in ("layer", "neurons", "APoZ mean", "APoZ std", "above mean+std", "never fire"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["layer"], str(r["channels"]), f"{r['apoz_mean']:.3f}", f"{r['apoz_std']:.3f}",
-                      str(r["above_mean_std"]), str(r["dead"]))
-    common.out.print(table)
+    cells = [[r["layer"], r["channels"], f"{r['apoz_mean']:.3f}", f"{r['apoz_std']:.3f}", r["above_mean_std"],
+              r["dead"]] for r in rows]
+    common.out.print(common.table("APoZ (average percentage of zeros after ReLU, Network Trimming)",
+                                  ["layer", "neurons", "APoZ mean", "APoZ std", "above mean+std", "never fire"],
+                                  cells))
 
 
 def _plots(net, apoz_rows: list[dict], folder: Path) -> None:
@@ -88,38 +83,40 @@ def _plots(net, apoz_rows: list[dict], folder: Path) -> None:
 
 
 def _print_preflight(report: dict) -> None:
-    table = Table(title="What each family can do (pre-flight)")
-    for col in ("layer", "type", "quantization", "pruning", "sharing"):
-        table.add_column(col, overflow="fold")
-    for r in report["capabilities"]:
-        quant = r["quantization"] if not r["float_reason"] else f"{r['quantization']}: {r['float_reason']}"
-        table.add_row(r["layer"], r["type"], quant, r["pruning"], r["sharing"])
-    common.out.print(table)
+    fold = {"overflow": "fold"}
+    cells = [[r["layer"], r["type"],
+              r["quantization"] if not r["float_reason"] else f"{r['quantization']}: {r['float_reason']}",
+              r["pruning"], r["sharing"]] for r in report["capabilities"]]
+    columns = ["layer", "type", "quantization", "pruning", "sharing"]
+    common.out.print(common.table("What each family can do (pre-flight)", columns, cells,
+                                  **dict.fromkeys(columns, fold)))
     groups = report["groups"]
-    common.out.print("[bold]Structured pruning: coupled groups (cut together)[/bold]")
+    common.out.print(common.plain("Structured pruning: coupled groups (cut together)", "bold"))
     for g in groups["groups"]:
         relu = f", ReLU after {g['relu_after']}" if g["relu_after"] else ""
-        common.out.print(f"  {g['text']}  ({g['channels']} channels{relu})", markup=False)
+        common.say(f"  {g['text']}  ({g['channels']} channels{relu})")
     for name, why in groups["unprunable"].items():
-        common.out.print(f"  {name}: not prunable ({why})", markup=False)
+        common.say(f"  {name}: not prunable ({why})")
     if groups["blocks"]:
-        common.out.print(f"  transformer blocks (heads and FFN neurons): {', '.join(groups['blocks'])}", markup=False)
+        common.say(f"  transformer blocks (heads and FFN neurons): {', '.join(groups['blocks'])}")
     if groups["error"] and not groups["blocks"]:
-        common.out.print(f"  not traced: {groups['error']}", markup=False)
+        common.say(f"  not traced: {groups['error']}")
     base = report["baseline_bytes"]
-    table = Table(title=f"Expected size under each shipped recipe (ESTIMATES from shapes and configs; "
-                        f"nothing was trained or run; the file now: {common.fmt_bytes(base)})")
-    for col in ("recipe", "made for", "estimated size", "smaller", "basis / why not"):
-        table.add_column(col, justify="right" if col in ("estimated size", "smaller") else "left", overflow="fold")
+    cells = []
     for r in report["recipes"]:
         made_for = ", ".join(r["made_for"]) or "any"
         if r["bytes"] is None:
-            table.add_row(r["recipe"], made_for, "-", "-", f"cannot apply: {r['error']}")
+            cells.append([r["recipe"], made_for, "-", "-", f"cannot apply: {r['error']}"])
             continue
         approx = "" if r["exact"] else "~"
         basis = "; ".join(f"{s['method']}: {s['basis']}" for s in r["stages"])
-        table.add_row(r["recipe"], made_for, approx + common.fmt_bytes(r["bytes"]), f"{r['ratio']:.1f}x", basis)
-    common.out.print(table)
+        cells.append([r["recipe"], made_for, approx + common.fmt_bytes(r["bytes"]), f"{r['ratio']:.1f}x", basis])
+    columns = ["recipe", "made for", "estimated size", "smaller", "basis / why not"]
+    options = {col: {"overflow": "fold", "justify": "right" if col in ("estimated size", "smaller") else "left"}
+               for col in columns}
+    common.out.print(common.table(f"Expected size under each shipped recipe (ESTIMATES from shapes and configs; "
+                                  f"nothing was trained or run; the file now: {common.fmt_bytes(base)})",
+                                  columns, cells, **options))
 
 
 def register(app: typer.Typer) -> None:

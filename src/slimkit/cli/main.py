@@ -3,12 +3,15 @@ public API and saves. Errors a user can act on print one line and exit with code
 
 from __future__ import annotations
 
+import io
+import logging
 import sys
 
 import typer
 
 from slimkit.cli import common, compress, demo, evaluate, export, inspect, recipes, search
 from slimkit.core.errors import SlimError
+from slimkit.core.text import clean
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained neural networks smaller and faster, and measure it honestly.")
@@ -29,9 +32,31 @@ def _register() -> None:
 _register()
 
 
+class _CleanHandler(logging.Handler):
+    """slimkit's warnings on (the current) stderr with control characters escaped: layer names
+    and other strings in them come from files."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(clean(self.format(record)) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _clean_logs() -> None:
+    """Route the `slimkit` loggers' warnings through `_CleanHandler` (in place of logging's raw
+    last-resort handler); records still propagate to any handler the caller set up."""
+    logger = logging.getLogger("slimkit")
+    if not any(isinstance(h, _CleanHandler) for h in logger.handlers):
+        handler = _CleanHandler()
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+
+
 def run() -> None:
     """Console-script entry point."""
 
+    _clean_logs()
     try:
         code = app(standalone_mode=False)   # typer.Exit(n) comes back as a return value here
         if isinstance(code, int) and code:
@@ -48,7 +73,9 @@ def run() -> None:
         common.fail("aborted")
     except Exception as exc:  # click usage errors and the like
         if _usage_error(exc):
-            exc.show()
+            shown = io.StringIO()
+            exc.show(file=shown)
+            sys.stderr.write("".join(clean(line) + "\n" for line in shown.getvalue().splitlines()))
             sys.exit(2)
         if common.STATE.debug:
             raise

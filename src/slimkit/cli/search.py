@@ -12,6 +12,7 @@ from slimkit.autosearch import search
 from slimkit.autosearch.certify import Certification
 from slimkit.cli import common
 from slimkit.core.errors import SlimError
+from slimkit.core.text import clean
 
 
 def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folder"),
@@ -58,17 +59,17 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
 def _print(result, max_drop: float) -> None:
     best, base = result.best, result.baseline
     if best:
-        common.out.print(
+        common.say(
             f"best: {result.folder / 'best.slim'}: {common.fmt_bytes(best['bytes'])}, {best['ratio']}x smaller "
             f"than fp32 {common.fmt_bytes(base['bytes'])}; validation {best['val_score']:.4f} "
             f"({-best['drop_pts']:+.2f} pt), test {best['test_score']:.4f} ({-best['test_drop_pts']:+.2f} pt)")
         if best.get("cv_ucb_pts") is not None:
-            common.out.print(f"certified: cross-validated drop {best['cv_drop_pts']:+.2f} pt, upper bound "
-                             f"{best['cv_ucb_pts']:.2f} pt <= {max_drop:g}")
+            common.say(f"certified: cross-validated drop {best['cv_drop_pts']:+.2f} pt, upper bound "
+                       f"{best['cv_ucb_pts']:.2f} pt <= {max_drop:g}")
     for note in result.notes:
-        common.out.print(f"note: {note}")
-    common.out.print(f"{len(result.trials)} candidates, Pareto front of {len(result.front)}; "
-                     f"report: {result.report}")
+        common.say(f"note: {note}")
+    common.say(f"{len(result.trials)} candidates, Pareto front of {len(result.front)}; "
+               f"report: {result.report}")
 
 
 class _Display:
@@ -82,7 +83,7 @@ class _Display:
 
     def __enter__(self) -> _Display:
         if not common.STATE.quiet and common.console.is_terminal:
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+            self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(),
                                      console=common.console, transient=True)
             self.progress.start()
             self.task = self.progress.add_task("searching (per-layer sensitivity first)", total=self.budget_s)
@@ -102,10 +103,10 @@ class _Display:
                 "failed": f"failed: {r.error}"}[r.state]
         best = (f"best {p.baseline_bytes / p.best.bytes:.1f}x ({common.fmt_bytes(p.best.bytes)}, "
                 f"val {-p.best.drop_pts:+.2f} pt)") if p.best else "no candidate within budget yet"
-        common.info(f"[dim]trial {r.number}: {what} in {r.seconds:.1f} s[/dim]")
+        common.info(f"trial {r.number}: {what} in {r.seconds:.1f} s", style="dim")
         if self.progress is not None:
             self.progress.update(self.task, completed=min(p.elapsed_s, self.budget_s),
-                                 description=f"trial {p.total} | {best}")
+                                 description=clean(f"trial {p.total} | {best}"))
 
 
 def register(app: typer.Typer) -> None:

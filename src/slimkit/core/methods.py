@@ -23,16 +23,20 @@ support (checkpoints larger than memory) with `slimkit.core.streaming.register_s
 
 from __future__ import annotations
 
+import logging
+import types
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.provenance import task_for
-from slimkit.core.select import FilterFn
+from slimkit.core.select import FilterFn, select_modules
 from slimkit.core.task import Task
+from slimkit.core.text import clean
+from slimkit.core.torch_utils import first_nonfinite
 
 
 class Family(str, Enum):
@@ -49,8 +53,22 @@ class MethodConfig(BaseModel):
     method: ClassVar[str]
     family: ClassVar[Family]
     summary: ClassVar[str] = ""
+    # Module types whose weights this method encodes (codes, codebooks): `apply_` refuses to run it
+    # on a selected one holding NaN/Inf unless the config's `allow_nonfinite` is true. Empty: no check.
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = ()
     targets: str | list[str] | None = None
     ignore: list[str] = []
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        """No silent coercion from a recipe: `bits: true` or `bits: 4.0` where an int belongs, a
+        number or a string where a bool belongs, `lr: true` where a float belongs are refused
+        (pydantic's lax mode would take them as 1, 4, ...). Enums still take their string values."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        return check_scalar(value, scalar_kinds(field.annotation))
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         """Compress `model` in place (or return a new module) and return it."""
@@ -70,7 +88,37 @@ class MethodConfig(BaseModel):
         return None
 
 
+def scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types among `annotation`'s (`int | None` -> {int}, `str | list[str]` -> {str})."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return scalar_kinds(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(scalar_kinds(a) for a in get_args(annotation)))
+    return {annotation} & {bool, int, float, str} if isinstance(annotation, type) else set()
+
+
+def check_scalar(value: Any, kinds: set[type]) -> Any:
+    """`value` if it has one of `kinds` without a lossy coercion; else a ValueError to act on."""
+    if not kinds or type(value) in kinds:
+        return value
+    if isinstance(value, str) and kinds & {int, float}:
+        want = "an integer" if float not in kinds else "a number"
+        raise ValueError(f"must be {want}, got the string {value!r}"[:200])
+    if isinstance(value, bool):
+        if bool not in kinds:
+            want = "an integer" if int in kinds else "a number"
+            raise ValueError(f"must be {want}, got the bool {value}")
+    elif isinstance(value, float):
+        if float not in kinds and int in kinds:
+            raise ValueError(f"must be an integer, got {value!r}")
+    elif isinstance(value, int | str) and bool in kinds and not kinds & {int, float, str}:
+        raise ValueError(f"must be true or false, got {value!r}"[:200])
+    return value
+
+
 METHODS: dict[str, type[MethodConfig]] = {}
+log = logging.getLogger("slimkit")
 
 
 def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
@@ -99,9 +147,41 @@ def apply_(model: nn.Module, config: MethodConfig, data: Task | None = None,
     """Apply any method config to `model` in place; returns the model (possibly a new root)."""
     if not isinstance(config, MethodConfig):
         raise TypeError(f"expected a slimkit method config, got {type(config).__name__}")
+    config = finite_only(model, config, filter_fn)
     if data is None:
         data = task_for(model)
     return config.apply(model, data, filter_fn)
+
+
+def finite_only(model: nn.Module, config: MethodConfig, filter_fn: FilterFn | None = None) -> MethodConfig:
+    """`config`, checked against NaN/Inf in the weights it would encode (`config.encodes`).
+
+    A scale or a centroid computed from a non-finite weight makes a whole row (or layer) NaN in the
+    artifact, so by default the first such tensor is refused in one line (`SlimError`, exit 2 from
+    the CLI) naming it. With `allow_nonfinite: true` the layers holding NaN/Inf are added to the
+    config's `ignore` instead: they stay float, as they are, and a warning names them.
+    """
+    if not config.encodes:
+        return config
+    chosen = select_modules(model, config.targets, (nn.Module,), filter_fn, config.ignore)
+    bad = []
+    for name, module in chosen:
+        if not isinstance(module, config.encodes):
+            continue
+        found = first_nonfinite((f"{name}.{p}", t) for p, t in module.named_parameters(recurse=False))
+        if found is None:
+            continue
+        if not getattr(config, "allow_nonfinite", False):
+            tensor, count, total = found
+            raise SlimError(f"{config.method}: {clean(tensor)} has {count:,} non-finite (NaN/Inf) value(s) of "
+                            f"{total:,}; fix the weights, leave the layer out with `ignore`, or set "
+                            "allow_nonfinite: true to keep such layers float")
+        bad.append(name)
+    if not bad:
+        return config
+    log.warning("%s: %d layer(s) with NaN/Inf weights stay float (allow_nonfinite): %s", config.method, len(bad),
+                ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
+    return config.model_copy(update={"ignore": [*config.ignore, *bad]})
 
 
 def _family_verb(family: Family):

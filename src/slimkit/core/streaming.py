@@ -80,6 +80,7 @@ class StreamPlan:
     targets: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     min_numel: int = MIN_NUMEL
+    allow_nonfinite: bool = False                 # a tensor holding NaN/Inf is copied as it is, not refused
 
     def selected(self, name: str, shape: tuple[int, ...], is_float: bool) -> bool:
         """Whether tensor `name` is compressed (else it is stored as it is). `targets` / `ignore`

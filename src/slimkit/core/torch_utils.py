@@ -35,3 +35,17 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG and return a generator with the same seed."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def first_nonfinite(tensors: Iterator[tuple[str, torch.Tensor]]) -> tuple[str, int, int] | None:
+    """(name, NaN/Inf count, numel) of the first floating tensor with a non-finite value, or None.
+
+    >>> first_nonfinite(iter([("fc1.weight", torch.tensor([1.0, float("nan")]))]))
+    ('fc1.weight', 1, 2)
+    """
+    for name, t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                return name, bad, t.numel()
+    return None

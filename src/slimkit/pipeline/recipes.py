@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 from torch import nn
 
 from slimkit.core.context import original_model
-from slimkit.core.errors import SlimError
+from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.methods import MethodConfig, apply_, methods
 from slimkit.core.task import Task
+from slimkit.core.text import clean
+from slimkit.pipeline.recipe_yaml import read_recipe_yaml
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,7 @@ def load_recipe(name_or_path: str, check_requires: bool = True) -> Recipe:
             raise SlimError(f"unknown recipe {name_or_path!r} (shipped: {', '.join(sorted(known))}; "
                             "or give a .yaml file)")
         path = known[name_or_path]
-    try:
-        text = path.read_text()
-        doc = yaml.safe_load(text)
-        lines = _stage_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise SlimError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    doc, lines = read_recipe_yaml(path)
     recipe = parse_recipe(doc, str(path), path.stem, lines)
     if check_requires:
         require(recipe, str(path))
@@ -107,25 +101,6 @@ def require(recipe: Recipe, where: str | None = None) -> None:
                         f"which is not installed ({hints})")
 
 
-def _stage_lines(text: str) -> dict[tuple[int, str], int]:
-    """(stage index, key) -> 1-based line of that key in the YAML text ("" = the stage itself)."""
-    out: dict[tuple[int, str], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return out
-    if not isinstance(root, yaml.MappingNode):
-        return out
-    for key, value in root.value:
-        if key.value == "stages" and isinstance(value, yaml.SequenceNode):
-            for i, stage in enumerate(value.value):
-                out[(i, "")] = stage.start_mark.line + 1
-                if isinstance(stage, yaml.MappingNode):
-                    for k, _ in stage.value:
-                        out[(i, str(k.value))] = k.start_mark.line + 1
-    return out
-
-
 def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str], int] | None = None) -> Recipe:
     """Validate a recipe document; `lines` (from the YAML text) puts line numbers into errors."""
     lines = lines or {}
@@ -135,44 +110,61 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
         return f"{where}:{line}" if line else where
 
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
-        raise SlimError(f"{where}: a recipe needs a non-empty 'stages' list")
-    extra = set(doc) - {"description", "stages", "models", "requires"}
+        raise ConfigError(f"{where}: a recipe needs a non-empty 'stages' list")
+    extra = sorted(repr(k) for k in set(doc) - {"description", "stages", "models", "requires"})
     if extra:
-        raise SlimError(f"{where}: unknown recipe key {sorted(extra)[0]!r} "
-                        "(expected description, stages, models, requires)")
+        raise ConfigError(f"{where}: unknown recipe key {extra[0]} "
+                          "(expected description, stages, models, requires)")
+    description = doc.get("description") or ""
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: 'description' must be a string, got {_kind(description)}")
     known = methods()
-    stages = []
-    for i, stage in enumerate(doc["stages"]):
-        if not isinstance(stage, dict) or "method" not in stage:
-            raise SlimError(f"{at(i)}: stage {i + 1} needs a 'method' key")
-        options = dict(stage)
-        method = options.pop("method")
-        if method not in known:
-            raise SlimError(f"{at(i, 'method')}: stage {i + 1}: method {method!r} is not implemented "
-                            f"(available: {', '.join(known) or 'none yet'})")
-        try:
-            stages.append(known[method](**options))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or method
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            first = str(err["loc"][0]) if err["loc"] else ""
-            raise SlimError(f"{at(i, first)}: stage {i + 1} ({method}): {key}: {msg}") from None
-        except (ValueError, TypeError, SlimError) as exc:
-            bad = next((k for k in options if f"{k}" in str(exc)), "")
-            raise SlimError(f"{at(i, bad)}: stage {i + 1} ({method}): {exc}") from None
+    stages = [_stage(i, stage, known, at) for i, stage in enumerate(doc["stages"])]
     models = doc.get("models", [])
     if isinstance(models, str):
         models = [models]
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise SlimError(f"{where}: 'models' must be a list of builtin model names")
+        raise ConfigError(f"{where}: 'models' must be a list of builtin model names")
     requires = doc.get("requires", [])
     if isinstance(requires, str):
         requires = [requires]
     if not isinstance(requires, list) or not all(isinstance(r, str) and _DIST_NAME.fullmatch(r) for r in requires):
-        raise SlimError(f"{where}: 'requires' must be a list of distribution names (e.g. [slimkit-corpora])")
-    return Recipe(name=name, description=" ".join(str(doc.get("description", "")).split()), stages=stages,
+        raise ConfigError(f"{where}: 'requires' must be a list of distribution names (e.g. [slimkit-corpora])")
+    return Recipe(name=name, description=" ".join(description.split()), stages=stages,
                   models=[m.removeprefix("builtin:") for m in models], requires=list(requires))
+
+
+def _kind(value: object) -> str:
+    """A short name of a YAML value's type for messages: "a list", "an int", "a mapping"."""
+    kinds = {list: "a list", dict: "a mapping", bool: "a bool", int: "an int", float: "a float", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _stage(i: int, stage: object, known: dict[str, type[MethodConfig]], at: Callable[..., str]) -> MethodConfig:
+    """Stage `i` of a recipe document as a config; a one-line `ConfigError` naming the line and key."""
+    if not isinstance(stage, dict) or "method" not in stage:
+        raise ConfigError(f"{at(i)}: stage {i + 1} needs a 'method' key")
+    options = dict(stage)
+    method = options.pop("method")
+    if not isinstance(method, str):
+        raise ConfigError(f"{at(i, 'method')}: stage {i + 1}: 'method' must be a method name, got {_kind(method)}")
+    if method not in known:
+        raise ConfigError(f"{at(i, 'method')}: stage {i + 1}: method {method!r} is not implemented "
+                          f"(available: {', '.join(known) or 'none yet'})")
+    odd = next((k for k in options if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ConfigError(f"{at(i)}: stage {i + 1} ({method}): option names must be words, got {odd!r}")
+    try:
+        return known[method](**options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or method
+        msg = clean(str(err["msg"]).removeprefix("Value error, "))
+        first = str(err["loc"][0]) if err["loc"] else ""
+        raise ConfigError(f"{at(i, first)}: stage {i + 1} ({method}): {key}: {msg}") from None
+    except (ValueError, TypeError, SlimError) as exc:
+        bad = next((k for k in options if f"{k}" in str(exc)), "")
+        raise ConfigError(f"{at(i, bad)}: stage {i + 1} ({method}): {clean(exc)}") from None
 
 
 def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,

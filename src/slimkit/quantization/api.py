@@ -15,6 +15,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar
 
+import torch
 from pydantic import field_validator, model_validator
 from torch import nn
 
@@ -25,7 +26,13 @@ from slimkit.core.task import Task
 from slimkit.nn.bert_fast import install_fast_layers
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
-from slimkit.nn.quant_math import Granularity, check_bits, check_calibration, check_group, rtn_quantize
+from slimkit.nn.quant_math import (
+    Granularity,
+    check_bits,
+    check_calibration,
+    check_group,
+    rtn_quantize,
+)
 from slimkit.quantization.conv import conv_layout, int8_conv, layout_note, quantized_layer, weight_matrix
 from slimkit.quantization.convert import convert, log, low_precision_blockers, note_skipped, select_targets
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
@@ -75,6 +82,8 @@ class Int8Config(MethodConfig):
     embeddings: bool = True
     conv: bool = True
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding, nn.Conv2d)
+    allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
 
     @classmethod
     def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> Int8Config:
@@ -168,6 +177,8 @@ class _WeightQuant(MethodConfig):
     scale_dtype: ScaleDtype = ScaleDtype.FLOAT16
     embedding_bits: int | None = None
     embedding_group_size: int | None = None
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d, nn.Embedding)
+    allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
 
     @field_validator("bits")
     @classmethod
@@ -234,13 +245,35 @@ class _WeightQuant(MethodConfig):
                 note = layout_note(weight_matrix(m).shape[1], self.granularity, self.group_size)
                 convert(model, [(name, m)], make, f"{how} (conv){note}")
 
+    def _scale_dtype(self, layer: nn.Module) -> str:
+        """The scale dtype for `layer`: the config's, or float32 where float16 scales would lose
+        the layer (weights of subnormal magnitude decoding as zeros, or scales overflowing): when
+        the decoded weight's error with float16 scales exceeds 1.5x its error with float32 ones."""
+
+        if self.scale_dtype is not ScaleDtype.FLOAT16:
+            return self.scale_dtype.value
+        gran, size = self._layout(layer)
+        w = weight_matrix(layer).detach().float()
+        norm = float(w.norm())
+        if norm == 0.0:
+            return self.scale_dtype.value
+        errors = []
+        for dtype in (torch.float16, torch.float32):
+            qw = rtn_quantize(w, self.bits, self.symmetric, gran, size, getattr(self, "mse", False), dtype)
+            errors.append(float((qw.dequantize() - w).norm()) / norm)
+        if not errors[0] <= 1.5 * errors[1] + 1e-7:  # also catches inf / nan from overflowing scales
+            log.info("float32 scales for a %s: float16 ones would under- or overflow", type(layer).__name__)
+            return ScaleDtype.FLOAT32.value
+        return self.scale_dtype.value
+
     def _rtn(self, layer: nn.Module) -> nn.Module:
         """`layer` (Linear or Conv2d) round-to-nearest quantized and packed."""
 
         gran, size = self._layout(layer)
+        dtype = self._scale_dtype(layer)
         qw = rtn_quantize(weight_matrix(layer), self.bits, self.symmetric, gran, size,
-                          getattr(self, "mse", False), SCALE_DTYPES[self.scale_dtype.value])
-        return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
+                          getattr(self, "mse", False), SCALE_DTYPES[dtype])
+        return quantized_layer(layer, qw, self.symmetric, dtype)
 
 
 @register_method
@@ -304,7 +337,6 @@ class GPTQConfig(_WeightQuant):
         if task is None:
             raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
         batches = check_calibration(task.calibration(self.samples), "gptq calibration data")
-        dtype = SCALE_DTYPES[self.scale_dtype.value]
         # a grouped conv's inputs do not form one Hessian over its weight rows: round-to-nearest
         grouped = [(n, m) for n, m in linears if getattr(m, "groups", 1) > 1]
         by_name = {n: m for n, m in linears if getattr(m, "groups", 1) == 1}
@@ -317,9 +349,10 @@ class GPTQConfig(_WeightQuant):
         for stage, hessians in hessian_stages(model, task, batches, list(by_name)):
             def make(name: str, layer: nn.Module, hessians=hessians) -> nn.Module:
                 gran, size = self._layout(layer)
+                scale_dtype = self._scale_dtype(layer)
                 qw = gptq_quantize(weight_matrix(layer), hessian_value(hessians[name]), self.bits, self.symmetric,
-                                   gran, size, self.act_order, self.damp, self.block_size, dtype)
-                return quantized_layer(layer, qw, self.symmetric, self.scale_dtype.value)
+                                   gran, size, self.act_order, self.damp, self.block_size, SCALE_DTYPES[scale_dtype])
+                return quantized_layer(layer, qw, self.symmetric, scale_dtype)
 
             self._convert(model, [(n, by_name.pop(n)) for n in stage if n in hessians], make, self._label("gptq"))
         # layers the calibration forward never reached: round-to-nearest, and say so

@@ -75,6 +75,8 @@ class Int8StaticConfig(MethodConfig):
     search: bool = True
     search_rows: int = 512
     dynamic_fallback: float | None = 4.0
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding, nn.Conv2d)
+    allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
 
     @field_validator("search_rows")
     @classmethod

@@ -15,7 +15,10 @@ from collections import Counter
 
 from torch import nn
 
+from slimkit.core.errors import SlimError
 from slimkit.core.streaming import AFTER_CODES, QuantSpec, StreamPlan, StreamRefused, inside, register_streaming, step
+from slimkit.core.text import clean
+from slimkit.core.torch_utils import first_nonfinite
 from slimkit.dist.collectives import shard
 from slimkit.nn.quant_linear import SCALE_DTYPES, QuantLinear
 from slimkit.nn.quant_math import check_calibration, rtn_quantize
@@ -29,7 +32,8 @@ def int8_plan(cfg, plan: StreamPlan) -> StreamPlan:
     if plan.coded:
         raise StreamRefused(AFTER_CODES)
     return dataclasses.replace(plan, quant=QuantSpec(8) if cfg.linear else None,
-                               embedding_quant=QuantSpec(8) if cfg.embeddings else None)
+                               embedding_quant=QuantSpec(8) if cfg.embeddings else None,
+                               allow_nonfinite=cfg.allow_nonfinite)
 
 
 def rtn_plan(cfg, plan: StreamPlan) -> StreamPlan:
@@ -44,7 +48,7 @@ def rtn_plan(cfg, plan: StreamPlan) -> StreamPlan:
     embedding = None if not cfg.embedding_bits else QuantSpec(
         cfg.embedding_bits, True, cfg.embedding_group_size, cfg.scale_dtype.value, True)
     return dataclasses.replace(plan, quant=QuantSpec(cfg.bits, cfg.symmetric, group, cfg.scale_dtype.value, cfg.mse),
-                               embedding_quant=embedding)
+                               embedding_quant=embedding, allow_nonfinite=cfg.allow_nonfinite)
 
 
 class GptqWorker:
@@ -87,9 +91,19 @@ class GptqWorker:
         step(chain, block, advance)
         self._rtn([n for n in self.targets if inside(n, [name])])
 
-    def _take(self, name: str) -> nn.Module:
+    def _take(self, name: str) -> nn.Module | None:
+        """The Linear `name`, now loaded; None when it holds NaN/Inf and `allow_nonfinite` keeps it
+        float (without it, a one-line `SlimError` naming the tensor, as `apply_` gives)."""
         del self.targets[name]
-        return self.model.get_submodule(name)
+        module = self.model.get_submodule(name)
+        found = first_nonfinite(iter([(f"{name}.weight", module.weight)]))
+        if found is None:
+            return module
+        if not self.cfg.allow_nonfinite:
+            raise SlimError(f"{self.cfg.method}: {clean(found[0])} has {found[1]:,} non-finite (NaN/Inf) value(s); "
+                            "fix the weights, leave the layer out with `ignore`, or set allow_nonfinite: true to "
+                            "keep such layers float")
+        return None
 
     def _layer(self, linear: nn.Module, qw) -> nn.Module:
         return QuantLinear.from_quantized(qw, linear.bias, self.cfg.symmetric, self.cfg.scale_dtype.value)
@@ -102,7 +116,7 @@ class GptqWorker:
                                cfg.granularity, cfg.group_size, cfg.act_order, cfg.damp, cfg.block_size, self.dtype)
             return self._layer(linear, qw)
 
-        picked = [(n, self._take(n)) for n in stage if n in hessians]
+        picked = [(n, m) for n in stage if n in hessians for m in [self._take(n)] if m is not None]
         convert(self.model, picked, make, cfg._label("gptq"))
         self.counts[cfg._label("gptq")] += len(picked)
 
@@ -115,7 +129,7 @@ class GptqWorker:
             return self._layer(linear, rtn_quantize(linear.weight, cfg.bits, cfg.symmetric, cfg.granularity,
                                                     cfg.group_size, False, self.dtype))
 
-        picked = [(n, self._take(n)) for n in names if n in self.targets]
+        picked = [(n, m) for n in names if n in self.targets for m in [self._take(n)] if m is not None]
         if picked:
             convert(self.model, picked, rtn, cfg._label("rtn") + " (not reached by calibration)")
             self.counts[cfg._label("rtn")] += len(picked)

@@ -74,6 +74,8 @@ class KMeansConfig(MethodConfig):
     finetune_epochs: int = 0
     lr: float = 1e-3
     seed: int = 0
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = WEIGHTED
+    allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
 
     def __init__(self, **data: Any):
         in_range(self.method, "bits", data.get("bits"), 2, 8)

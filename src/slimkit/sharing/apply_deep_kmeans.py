@@ -46,6 +46,8 @@ class DeepKMeansConfig(MethodConfig):
     finetune_epochs: int = Field(10, ge=0)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear)
+    allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
 
     @classmethod
     def example(cls) -> DeepKMeansConfig:

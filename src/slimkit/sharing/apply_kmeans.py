@@ -88,6 +88,14 @@ def set_storage(shared: SharedTensor, bits: int, coding: str, codebook: str = "f
         append_codec(shared.module, shared.attr, stage)
 
 
+def fits_float16(centroids: torch.Tensor) -> bool:
+    """Whether a codebook survives float16: no centroid beyond its range (it would become inf),
+    and not all of them below its normal range (subnormals keep too few bits; zeros are fine)."""
+    top = float(centroids.detach().abs().max()) if centroids.numel() else 0.0
+    fp16 = torch.finfo(torch.float16)
+    return top <= fp16.max and (top == 0.0 or top >= fp16.tiny)
+
+
 def share_kmeans(model: nn.Module, layers: list[tuple[str, nn.Module]], task: Task | None, *,
                  bits: int, bias_bits: int | None, init: str, solver: str, max_iter: int,
                  coding: str, epochs: int, lr: float, seed: int, codebook: str = "float32") -> list[SharedTensor]:
@@ -114,11 +122,12 @@ def share_kmeans(model: nn.Module, layers: list[tuple[str, nn.Module]], task: Ta
         fine_tune(model, task, [s.centroids for s in shared] + free, epochs, lr=lr, seed=seed,
                   overrides=overrides, commit=commit)
     for s in shared:
-        if codebook == "float16":
+        book = codebook if codebook != "float16" or fits_float16(s.centroids) else "float32"
+        if book == "float16":
             with torch.no_grad():
                 s.centroids.copy_(s.centroids.half().float())
         s.write()
-        set_storage(s, bias_bits if s.attr == "bias" and bias_bits is not None else bits, coding, codebook)
+        set_storage(s, bias_bits if s.attr == "bias" and bias_bits is not None else bits, coding, book)
         s.module.__dict__.setdefault("slim_shared", {})[s.attr] = {
             "bits": bias_bits if s.attr == "bias" else bits, "clusters": int(s.centroids.numel())}
     return shared

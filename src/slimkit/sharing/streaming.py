@@ -30,7 +30,8 @@ def kmeans_plan(cfg, plan: StreamPlan) -> StreamPlan:
         raise StreamRefused(f"fine-tunes its codebooks on training data (finetune_epochs={cfg.finetune_epochs}; "
                             "set 0 for a bare checkpoint)")
     return dataclasses.replace(plan, kmeans=KMeansSpec(cfg.bits, cfg.init.value, cfg.solver.value, cfg.max_iter,
-                                                       cfg.coding.value, cfg.seed))
+                                                       cfg.coding.value, cfg.seed),
+                               allow_nonfinite=cfg.allow_nonfinite)
 
 
 def check_lowrank_blocks(cfg) -> None:

@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from slimkit.core.errors import SlimError
 from slimkit.core.streaming import KMeansSpec, QuantSpec, StreamPlan
+from slimkit.core.text import clean
 from slimkit.io.artifact import SIDE_SEP
 from slimkit.io.codecs import encode_chain, pack_bits
 from slimkit.io.layout import SlimWriter
@@ -49,12 +51,25 @@ def encode_item(ck: Checkpoint, item: Item, plan: StreamPlan, writer: SlimWriter
             return entry, f"copied (inputs not a multiple of {plan.nm[1]})"
         if plan.sparsity is not None:
             return encode_pruned(ck, item, plan, writer, cut)
+        spec = plan.quant_for(item.name)
+        if (plan.kmeans is not None or spec is not None) and plan.allow_nonfinite \
+                and not all(np.isfinite(b).all() for b in _float_blocks(ck, item, block_bytes)()):
+            entry, _ = copy_raw(ck, item, writer, block_bytes)
+            return entry, "copied (NaN/Inf values, allow_nonfinite)"
         if plan.kmeans is not None:
             return encode_kmeans(ck, item, plan.kmeans, writer, block_bytes)
-        spec = plan.quant_for(item.name)
         if spec is not None:
             return encode_affine(ck, item, spec, writer, block_bytes)
     return copy_raw(ck, item, writer, block_bytes)
+
+
+def refuse_nonfinite(item: Item, values: torch.Tensor | np.ndarray, method: str) -> None:
+    """A one-line `SlimError` naming the tensor if `values` (part of it) holds NaN/Inf."""
+    bad = int((~torch.isfinite(torch.as_tensor(values))).sum())
+    if bad:
+        raise SlimError(f"{method}: {bad:,} non-finite (NaN/Inf) value(s) in {clean(item.name)}; fix the weights, "
+                        "leave the tensor out with `ignore`, or set allow_nonfinite: true to copy such tensors "
+                        "as they are")
 
 
 def _key(name: str, side: str) -> str:
@@ -78,9 +93,10 @@ Layout = list[tuple[str, np.dtype, list[int]]]   # stored arrays: (key, dtype, s
 
 def known_layout(item: Item, plan: StreamPlan) -> tuple[TensorEntry, str, Layout] | None:
     """Manifest entry, description and stored arrays of `item` when they follow from its shape alone
-    (affine codes and raw copies); None when they depend on the values (k-means, pruning)."""
+    (affine codes and raw copies); None when they depend on the values (k-means, pruning, and with
+    `allow_nonfinite` whether the tensor is finite)."""
     if plan.selected(item.name, item.shape, item.is_float):
-        if plan.sparsity is not None or plan.kmeans is not None:
+        if plan.sparsity is not None or plan.kmeans is not None or plan.allow_nonfinite:
             return None
         spec = plan.quant_for(item.name)
         if spec is not None:
@@ -126,8 +142,9 @@ def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWrite
 
     def blocks() -> Iterator[np.ndarray]:
         for r0, r1 in iter_row_blocks(rows, cols, item.itemsize, block_bytes):
-            codes, scale, zero = quantize_block(ck.rows(item, r0, r1), spec.bits, spec.symmetric, group,
-                                                spec.scale_dtype, spec.mse)
+            block = ck.rows(item, r0, r1)
+            refuse_nonfinite(item, block, f"{spec.bits}-bit codes")
+            codes, scale, zero = quantize_block(block, spec.bits, spec.symmetric, group, spec.scale_dtype, spec.mse)
             scales.append(scale)
             zeros.append(zero)
             yield pack_codes(codes.numpy(), spec.bits)
@@ -202,6 +219,7 @@ def encode_kmeans(ck: Checkpoint, item: Item, spec: KMeansSpec, writer: SlimWrit
 
     numel = math.prod(item.shape)
     flat = ck.tensor(item).reshape(-1)
+    refuse_nonfinite(item, flat, "a codebook")
     if numel > KMEANS_SAMPLE:
         idx = np.sort(np.random.default_rng(spec.seed).integers(0, numel, KMEANS_SAMPLE))
         sample = flat[torch.from_numpy(idx)].float().numpy()
