@@ -31,7 +31,8 @@ test: lint
 
 bench: install chromium
 	$(PY) -m pytest -q -m slow
-	$(PY) -m bench
+	$(PY) -m bench --compute-dtype auto --artifacts
+	$(PY) -m bench --compute-dtype float32 --speed-only --artifacts
 
 clean:
 	rm -rf $(VENV) slimkit-demo .pytest_cache .ruff_cache

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from bench import artifacts
 from bench.decode_case import run_decode_case
 from bench.harness import (
     BASELINE,
@@ -35,13 +36,14 @@ from bench.harness import (
     Candidate,
     TimeBudgetExceeded,
     case_result,
-    machine_info,
     time_candidates,
     time_limit,
 )
 from bench.hashed_case import run_hashed_case
 from bench.lowrank_case import run_lowrank_case
-from bench.peers import build_peers
+from bench.machine import compute_pass, machine_info
+from bench.peers import SPEED_PEERS, build_peers
+from bench.runtime_report import record_runtime
 from bench.stream_case import run_stream_case
 
 
@@ -95,6 +97,7 @@ CASES["minilm-lowrank"] = CaseSpec("minilm-lowrank", (), batch=32, weight=0.6, r
                                    runner=run_lowrank_case)
 # cheap cases first; MiniLM takes what is left
 ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense", "minilm-lowrank")
+SPEED_CASES = ("lenet-300-100", "lenet5", "minilm")   # a --speed-only pass's cases (issue #23's models)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class RunOptions:
     threads: int = 2
     command: str = "python -m bench"
     seeds: int | None = None   # override the case's seed count (a --quick run uses 1)
+    speed_only: bool = False   # torch fp32 + ONNX Runtime peers, one seed, no second score
+    artifacts: Path | None = None   # a full pass keeps its .slim files here; --speed-only reloads them
 
 
 def case_name(text: str) -> str:
@@ -345,7 +350,7 @@ def run_case(spec: CaseSpec, opts: RunOptions, deadline: float,
     if spec.runner is not None:
         return spec.runner(spec, opts, deadline, progress)
     protocol = (QUICK if opts.quick else FULL).scaled(spec.repeat_scale)
-    seeds = opts.seeds if opts.seeds is not None else (1 if opts.quick else spec.seeds)
+    seeds = 1 if opts.speed_only else opts.seeds if opts.seeds is not None else (1 if opts.quick else spec.seeds)
     clock = _Clock(deadline, spec.reserve_s * (0.3 if opts.quick else 1.0), opts.quick,
                    spec.recipe_timeout_s)
     start = time.monotonic()
@@ -358,17 +363,26 @@ def run_case(spec: CaseSpec, opts: RunOptions, deadline: float,
     say("loading model and task")
     model = baseline(spec, 0)
     task = sk.zoo.entry(spec.name).task()
-    extra: dict = {}
+    extra: dict = {"compute_pass": compute_pass(), "speed_only": opts.speed_only}
     with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-{spec.name}-") as tmp:
         workdir = Path(tmp)
-        cands = build_peers(model, task, workdir, opts.threads, progress=say)
-        # a slow or busy machine may have spent the budget already: recipes still get a minimum
-        floor = spec.min_recipe_s * (0.25 if opts.quick else 1.0)
-        clock.deadline = max(clock.deadline, time.monotonic() + clock.reserve + floor)
-        cands += _recipes(spec, task, workdir, opts, clock, say)
+        cands = build_peers(model, task, workdir, opts.threads, progress=say,
+                            names=SPEED_PEERS if opts.speed_only else None)
+        kept = artifacts.reload(spec.name, opts.artifacts, task) if opts.speed_only and opts.artifacts else None
+        if kept is not None:
+            say(f"reloaded the artifacts kept in {opts.artifacts / spec.name}")
+            cands += kept[0]
+            extra["artifacts_from"] = kept[1]
+        else:
+            # a slow or busy machine may have spent the budget already: recipes still get a minimum
+            floor = spec.min_recipe_s * (0.25 if opts.quick else 1.0)
+            clock.deadline = max(clock.deadline, time.monotonic() + clock.reserve + floor)
+            cands += _recipes(spec, task, workdir, opts, clock, say)
+        if opts.artifacts and not opts.speed_only:
+            artifacts.keep(spec.name, cands, opts.artifacts, {"command": opts.command, "quick": opts.quick})
         if seeds > 1:
             _more_seeds(spec, cands, task, workdir, seeds, opts, clock, say)
-        if spec.second_score is not None and not opts.quick:
+        if spec.second_score is not None and not opts.quick and not opts.speed_only:
             label, factory = spec.second_score
             say(f"scoring: {label}")
             second = factory()
@@ -379,6 +393,7 @@ def run_case(spec: CaseSpec, opts: RunOptions, deadline: float,
             extra["second_score_name"] = label
         say(f"timing {sum(c.ok for c in cands)} candidates, interleaved")
         time_candidates(cands, task, spec.batch, protocol, opts.threads)
+        record_runtime(cands)
         return case_result(spec.name, cands, score_name=getattr(task, "score_name", "score"),
                            batch=spec.batch, command=opts.command, protocol=protocol,
                            threads=opts.threads, wall_s=time.monotonic() - start,

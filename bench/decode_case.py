@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import BASELINE, Candidate, Protocol, case_result, machine_info
+from bench.harness import BASELINE, Candidate, Protocol, case_result
+from bench.machine import machine_info
 from bench.targets import TARGETS, Target
 
 SHAPES = [(1536, 384), (384, 1536), (384, 384), (384, 384), (384, 384), (384, 384)] * 6   # ~6 blocks

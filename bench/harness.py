@@ -14,10 +14,9 @@ the same rounds.
 
 from __future__ import annotations
 
-import datetime as dt
+import gc
 import json
 import os
-import platform
 import signal
 import statistics
 from collections.abc import Callable, Iterator
@@ -28,9 +27,12 @@ from typing import Any
 
 import torch
 
+from bench.machine import machine_line
 from slimkit.core.latency import interleaved
 
 BASELINE = "torch fp32"
+ORT_FP32 = "onnxruntime fp32"
+ORT_INT8 = "onnxruntime int8 (per-channel)"
 NOT_IMPLEMENTED = "not yet implemented"
 LONG_RUNS = Path(__file__).with_name("long_runs.md")  # hand-measured runs too long for a case, appended
 
@@ -91,7 +93,8 @@ class Candidate:
 
 def time_candidates(cands: list[Candidate], task: Any, batch: int, protocol: Protocol,
                     threads: int) -> None:
-    """Fill `ms_b1` and `ms_batched` of every usable candidate, in interleaved rounds."""
+    """Fill `ms_b1` and `ms_batched` of every usable candidate, in interleaved rounds (after a
+    `gc.collect()`, as every candidate would find a process that is only serving)."""
     live = []
     for c in cands:
         if not c.ok or c.model is None:
@@ -106,6 +109,9 @@ def time_candidates(cands: list[Candidate], task: Any, batch: int, protocol: Pro
     for size, repeats, attr in ((1, protocol.repeats_b1, "ms_b1"),
                                 (batch, protocol.repeats_batched, "ms_batched")):
         inputs = task.example_inputs(size)
+        # garbage left by compression (autograd graphs, hooks) makes the collector run during the
+        # timed calls: it doubled torch fp32's 45 us batch-1 lenet forward after some recipes
+        gc.collect()
         fns: dict[str, Callable[[], object]] = {
             c.name: (lambda m=c.model, i=inputs: task.forward(m, i)) for c in live}
         medians = interleaved(fns, rounds=protocol.rounds, repeats=repeats,
@@ -138,58 +144,6 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-# ----------------------------------------------------------------------------- machine
-
-def _cpu_model() -> tuple[str, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.machine(), flags
-
-
-def machine_info(threads: int) -> dict:
-    """CPU model, cores, relevant ISA flags, library versions, date (UTC)."""
-    import numpy
-
-    model, flags = _cpu_model()
-    info = {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags],
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
-    for lib in ("onnxruntime", "onnx", "transformers"):
-        try:
-            info[lib] = __import__(lib).__version__
-        except ImportError:
-            info[lib] = None
-    return info
-
-
-def machine_line(info: dict) -> str:
-    libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "onnxruntime", "onnx", "transformers", "python")
-                     if info.get(k))
-    isa = " ".join(info.get("isa") or []) or "no AVX-512"
-    load = info.get("load_avg")
-    busy = f"; load average {load[0]:.1f} at the end" if load else ""
-    return (f"{info['cpu']} ({info['cores']} cores, {isa}), {info['threads']} thread(s); {libs}; "
-            f"{info['date']}{busy}")
-
-
 # ----------------------------------------------------------------------------- results
 
 def case_result(name: str, cands: list[Candidate], *, score_name: str, batch: int, command: str,
@@ -213,10 +167,27 @@ def case_result(name: str, cands: list[Candidate], *, score_name: str, batch: in
                 row["speedup_b1"] = round(base.ms_b1 / c.ms_b1, 3)
             if base.ms_batched and c.ms_batched:
                 row["speedup_batched"] = round(base.ms_batched / c.ms_batched, 3)
+        for peer, key in ((ORT_FP32, "ort_fp32_time"), (ORT_INT8, "ort_int8_time")):
+            ref = next((p for p in cands if p.name == peer and p.ok), None)
+            for size in ("b1", "batched"):
+                mine, theirs = getattr(c, f"ms_{size}"), ref and getattr(ref, f"ms_{size}")
+                if c.ok and mine and theirs:
+                    row[f"{key}_{size}"] = round(mine / theirs, 3)
         rows.append(row)
     return {"case": name, "score_name": score_name, "batch": batch, "threads": threads,
             "command": command, "protocol": asdict(protocol), "wall_s": round(wall_s, 1),
             "machine": info, "rows": rows, **extra}
+
+
+def case_key(case: dict) -> str:
+    """The case's key in results.json: its name for a full run on the machine's own compute dtype,
+    else the name with the pass, e.g. "lenet5 [SLIMKIT_COMPUTE_DTYPE=float32, speed only]"."""
+    tags = []
+    if case.get("compute_pass", "auto") != "auto":
+        tags.append(f"SLIMKIT_COMPUTE_DTYPE={case['compute_pass']}")
+    if case.get("speed_only"):
+        tags.append("speed only")
+    return f"{case['case']} [{', '.join(tags)}]" if tags else case["case"]
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -253,28 +224,50 @@ def _fmt_score(score: float | None, score_name: str) -> str:
     return f"{score * 100:.2f}%" if score_name == "accuracy" else f"{score:.5f}"
 
 
-def _speedup(row: dict) -> str:
-    parts = [row.get("speedup_b1"), row.get("speedup_batched")]
+def _pair(row: dict, key: str) -> str:
+    """"b1 / batched" of `key_b1` and `key_batched`, e.g. "0.50x / 1.20x"."""
+    parts = [row.get(f"{key}_b1"), row.get(f"{key}_batched")]
     if all(p is None for p in parts):
         return ""
     return " / ".join("–" if p is None else f"{p:.2f}x" for p in parts)
 
 
+def _speedup(row: dict) -> str:
+    return _pair(row, "speedup")
+
+
+def _note(row: dict) -> str:
+    runtime = row.get("extra", {}).get("runtime")
+    return "; ".join(x for x in (row["note"], runtime and f"runtime: {runtime}") if x)
+
+
+# speed-up: torch fp32's time / the row's (> 1 is faster); time vs ORT: the row's time / ONNX
+# Runtime's (< 1 is faster), the way issue #23 states its targets
+ORT_COLUMNS = {"ort_fp32_time": "time vs ORT fp32 (b1 / batched)",
+               "ort_int8_time": "time vs ORT int8 (b1 / batched)"}
 COLUMNS = ["variant", "file bytes", "ratio vs fp32 file", "score", "score change", "ms batch 1",
-           "ms batched", "speed-up vs torch fp32 (b1 / batched)", "nonzero params", "compress s",
-           "note"]
+           "ms batched", "speed-up vs torch fp32 (b1 / batched)", *ORT_COLUMNS.values(),
+           "nonzero params", "compress s", "note"]
 
 
 def case_markdown(case: dict) -> str:
     """One markdown section: heading, protocol, the table."""
     score_name = case["score_name"]
     second = case.get("second_score_name")
-    columns = COLUMNS[:4] + ([second] if second else []) + COLUMNS[4:]
-    lines = [f"## {case['case']}", "",
+    ort = [k for k in ORT_COLUMNS if any(f"{k}_b1" in r or f"{k}_batched" in r for r in case["rows"])]
+    left_out = {title for k, title in ORT_COLUMNS.items() if k not in ort}   # no ONNX Runtime peer
+    columns = [c for c in COLUMNS[:4] + ([second] if second else []) + COLUMNS[4:] if c not in left_out]
+    lines = [f"## {case_key(case)}", "",
              f"Score: {score_name}. Batched = batch {case['batch']}"
              f"{case.get('batch_note', '')}. {case['threads']} thread(s); latency = median of "
              f"{case['protocol']['rounds']} interleaved rounds. Case wall time {case['wall_s']:.0f} s.",
              "", f"Command: `{case['command']}`", "", f"Machine: {machine_line(case['machine'])}", ""]
+    if case.get("speed_only"):
+        made = case.get("artifacts_from")
+        lines += ["Speed-only pass: peers torch fp32 and ONNX Runtime fp32 / int8 only, one seed; the slimkit "
+                  + (f"artifacts are those kept by `{made['command']}` ({made['date']}), loaded and "
+                     "scored again on this pass's path." if made else "artifacts were compressed in this pass."),
+                  ""]
     if case.get("seeds", 1) > 1:
         lines += [f"Score and bytes are those of the seed-0 (zoo) model; the score change is the mean ± sd "
                   f"over up to {case['seeds']} training seeds, each against the fp32 model of the same "
@@ -299,9 +292,10 @@ def case_markdown(case: dict) -> str:
             if second:
                 cells.append(_fmt_score(row["extra"].get("second_score"), score_name))
             cells += [_fmt_change(row, score_name),
-                      _fmt_ms(row["ms_b1"]), _fmt_ms(row["ms_batched"]), _speedup(row),
-                      "" if row["nonzeros"] is None else f"{row['nonzeros']:,}",
-                      "" if row["compress_s"] is None else f"{row['compress_s']:.1f}", row["note"]]
+                      _fmt_ms(row["ms_b1"]), _fmt_ms(row["ms_batched"]), _speedup(row)]
+            cells += [_pair(row, k) for k in ort]
+            cells += ["" if row["nonzeros"] is None else f"{row['nonzeros']:,}",
+                      "" if row["compress_s"] is None else f"{row['compress_s']:.1f}", _note(row)]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     from bench.targets import targets_markdown
 
@@ -316,15 +310,20 @@ def render(results: dict) -> str:
             "measured in the same process, latency in interleaved rounds; bytes are the real "
             "files on disk (.slim for slimkit, .onnx for ONNX Runtime, safetensors or a torch "
             "state file for PyTorch); ratios and speed-ups are against torch fp32 eager in the same "
-            "run. A recipe that is not built yet reads \"not yet implemented\", never a number.", ""]
+            "run (speed-up > 1 is faster), \"time vs ORT\" is a row's latency over ONNX Runtime fp32's "
+            "or int8's in the same rounds (< 1 is faster). Each Machine line gives the CPU flags and the "
+            "compute dtype; sections tagged [SLIMKIT_COMPUTE_DTYPE=...] are a pass with that dtype forced. "
+            "A recipe that is not built yet reads \"not yet implemented\", never a number.", ""]
     body = [case_markdown(cases[k]) for k in sorted(cases, key=_case_order)]
     tail = [LONG_RUNS.read_text(encoding="utf-8")] if LONG_RUNS.is_file() else []
     return "\n".join(head + body + tail)
 
 
-def _case_order(name: str) -> tuple[int, str]:
+def _case_order(key: str) -> tuple[int, str]:
+    """minilm, lenet-300-100, lenet5 first, each followed by its other passes ("lenet5 [...]")."""
     order = ["minilm", "lenet-300-100", "lenet5"]
-    return (order.index(name) if name in order else len(order), name)
+    name = key.split(" [")[0]
+    return (order.index(name) if name in order else len(order), key)
 
 
 def write_results(new_cases: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -344,7 +343,7 @@ def write_results(new_cases: list[dict], out_dir: str | os.PathLike) -> tuple[Pa
         except (OSError, ValueError):
             pass
     for case in new_cases:
-        results["cases"][case["case"]] = case
+        results["cases"][case_key(case)] = case
     atomic_write(json_path, [json.dumps(results, indent=1, default=_json_default).encode() + b"\n"])
     atomic_write(md_path, [render(results).encode()])
     umask = os.umask(0)
@@ -364,7 +363,7 @@ def _json_default(obj: Any) -> Any:
 
 def summary_lines(case: dict) -> list[str]:
     """A compact console table of one case."""
-    out = [f"{case['case']} ({case['wall_s']:.0f} s)"]
+    out = [f"{case_key(case)} ({case['wall_s']:.0f} s)"]
     for row in case["rows"]:
         if row["status"] != "ok":
             out.append(f"  {row['name']:<30} {row['status']} {row['note']}")
@@ -374,5 +373,6 @@ def summary_lines(case: dict) -> list[str]:
         out.append(f"  {row['name']:<30} {_fmt_bytes(row['bytes']):>10} "
                    f"{_fmt_score(row['score'], case['score_name']):>10}{second} "
                    f"{_fmt_change(row, case['score_name']):>10} b1 {_fmt_ms(row['ms_b1']):>7} ms "
-                   f"batched {_fmt_ms(row['ms_batched']):>7} ms  {_speedup(row)}")
+                   f"batched {_fmt_ms(row['ms_batched']):>7} ms  {_speedup(row)}"
+                   + (f"  time vs ORT int8 {_pair(row, 'ort_int8_time')}" if "ort_int8_time_b1" in row else ""))
     return out

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import Candidate, Protocol, case_result, machine_info
+from bench.harness import Candidate, Protocol, case_result
+from bench.machine import machine_info
 
 SEEDS = 5
 RATIOS = ((1 / 8, "1/8"), (1 / 64, "1/64"))

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import BASELINE, FULL, QUICK, Candidate, case_result, machine_info, time_candidates
+from bench.harness import BASELINE, FULL, QUICK, Candidate, case_result, time_candidates
+from bench.machine import machine_info
 
 FFN = r"re:encoder\.layer\.\d+\.(intermediate|output)\.dense$"
 VARIANTS = [("pca", 0.5), ("pca", 0.25), ("pca", 0.125), ("svd", 0.5), ("svd", 0.25)]

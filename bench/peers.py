@@ -20,13 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.harness import BASELINE, Candidate
+from bench.harness import BASELINE, ORT_FP32, ORT_INT8, Candidate
 from slimkit.export.onnx import OrtModule, export_onnx, first_tensor, rewrap
 
 # ----------------------------------------------------------------------------- helpers
-
-
-
 
 class CastModule(nn.Module):
     """Runs `inner` in a low-precision dtype: float inputs are cast in, the output cast to fp32."""
@@ -131,7 +128,7 @@ def ort_peers(model: nn.Module, task: Any, workdir: Path, threads: int) -> list[
         keys, hf_output = export_onnx(model, task.example_inputs(2), fp32_path)
         state.update(keys=keys, hf_output=hf_output, export_s=time.perf_counter() - t0)
         ort_model = OrtModule(fp32_path, keys, hf_output, threads)
-        return Candidate("onnxruntime fp32", "peer", model=ort_model, file=str(fp32_path),
+        return Candidate(ORT_FP32, "peer", model=ort_model, file=str(fp32_path),
                          bytes=fp32_path.stat().st_size, score=_score(ort_model, task),
                          compress_s=round(state["export_s"], 2), note="compress s = ONNX export")
 
@@ -152,23 +149,30 @@ def ort_peers(model: nn.Module, task: Any, workdir: Path, threads: int) -> list[
             logging.getLogger().setLevel(level)
         took = time.perf_counter() - t0
         ort_model = OrtModule(int8_path, state["keys"], state["hf_output"], threads)
-        return Candidate("onnxruntime int8 (per-channel)", "peer", model=ort_model,
+        return Candidate(ORT_INT8, "peer", model=ort_model,
                          file=str(int8_path), bytes=int8_path.stat().st_size,
                          score=_score(ort_model, task), compress_s=round(took, 2),
                          note="quantize_dynamic per_channel=True, QInt8")
 
-    return [_peer("onnxruntime fp32", fp32), _peer("onnxruntime int8 (per-channel)", int8)]
+    return [_peer(ORT_FP32, fp32), _peer(ORT_INT8, int8)]
+
+
+TORCH_PEERS = {BASELINE: torch_fp32, "torch bf16": torch_bf16, "torch dynamic int8": torch_dynamic_int8}
+SPEED_PEERS = (BASELINE, "onnxruntime")    # the references of the speed columns and targets
 
 
 def build_peers(model: nn.Module, task: Any, workdir: str | Path, threads: int,
-                progress: Callable[[str], None] = lambda msg: None) -> list[Candidate]:
-    """All peers of `model`, torch fp32 eager first (the reference of every ratio)."""
+                progress: Callable[[str], None] = lambda msg: None,
+                names: tuple[str, ...] | None = None) -> list[Candidate]:
+    """The peers of `model` (`names` of TORCH_PEERS and/or "onnxruntime"; default all), torch fp32
+    eager first (the reference of every ratio)."""
     workdir = Path(workdir)
     out = []
-    for name, fn in (("torch fp32", torch_fp32), ("torch bf16", torch_bf16),
-                     ("torch dynamic int8", torch_dynamic_int8)):
-        progress(f"peer: {name}")
-        out.append(_peer(name, lambda fn=fn: fn(model, task, workdir)))
-    progress("peer: onnxruntime (export, quantize_dynamic)")
-    out.extend(ort_peers(model, task, workdir, threads))
+    for name, fn in TORCH_PEERS.items():
+        if names is None or name in names:
+            progress(f"peer: {name}")
+            out.append(_peer(name, lambda fn=fn: fn(model, task, workdir)))
+    if names is None or "onnxruntime" in names:
+        progress("peer: onnxruntime (export, quantize_dynamic)")
+        out.extend(ort_peers(model, task, workdir, threads))
     return out

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import BASELINE, Candidate, Protocol, case_result, machine_info
+from bench.harness import BASELINE, Candidate, Protocol, case_result
+from bench.machine import machine_info
 from bench.targets import TARGETS, Target
 
 GIB = 1 << 30

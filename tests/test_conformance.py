@@ -26,7 +26,7 @@ def test_method_conformance(method, lenet, digits_task, tmp_path):
     model = run_recipe(lenet, recipe, digits_task)
     path = tmp_path / f"{method}.slim"
     size = sk.save(model, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x)), "loaded model differs from the saved one"

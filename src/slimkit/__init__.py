@@ -22,6 +22,7 @@ from slimkit.core.methods import Family, MethodConfig, apply_, make_config, meth
 from slimkit.distillation.api import DistillConfig, distill
 from slimkit.distillation.recovery import RecoveryConfig
 from slimkit.eval.measure import Measurement, evaluate
+from slimkit.export.runtime import runtime_report  # registers the "onnxruntime" and "auto" runtimes
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
 from slimkit.pruning.api import (
@@ -74,7 +75,7 @@ __all__ = [
     "NormPruningConfig", "QATConfig", "RecoveryConfig", "StructuredPruningConfig", "WeightOnlyConfig",
     # files, models, measurement, recipes, search
     "Measurement", "Recipe", "evaluate", "export", "load", "load_recipe", "load_state_dict", "read_manifest",
-    "resolve", "run_recipe", "save", "search", "stream", "zoo",
+    "resolve", "run_recipe", "runtime_report", "save", "search", "stream", "zoo",
     # errors
     "ConfigError", "SlimError", "SlimFormatError",
     # names before the `<Method>Config` scheme, kept for existing code (CHANGELOG.md)

@@ -41,7 +41,7 @@ def test_distill_mlp_recipe_gives_a_10x_smaller_model(lenet, digits_task, tmp_pa
     sk.save(model, path)
     x = digits_task.example_inputs(16)["x"]
     with torch.no_grad():
-        assert torch.equal(sk.load(path)(x), model(x))
+        assert torch.equal(sk.load(path, runtime="torch")(x), model(x))
 
 
 def test_unlabelled_batches_work(lenet, digits_task):

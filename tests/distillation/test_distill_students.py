@@ -34,7 +34,7 @@ def test_student_saves_and_loads_without_new_format(lenet, tmp_path, digits_task
     student = shrink_mlp(lenet, (16, 8))
     path = tmp_path / "student.slim"
     sk.save(student, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(32)["x"]
     with torch.no_grad():
         assert torch.equal(loaded(x), student(x))

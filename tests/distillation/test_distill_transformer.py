@@ -72,7 +72,7 @@ def test_layer_kept_student_saves_and_loads(tmp_path):
     student = keep_layers(_tiny_bert(), [0, 3])
     path = tmp_path / "tiny-l2.slim"
     sk.save(student, path)
-    loaded = sk.load(path, model=_tiny_bert())
+    loaded = sk.load(path, model=_tiny_bert(), runtime="torch")
     assert len(loaded.encoder.layer) == 2 and loaded.config.num_hidden_layers == 2
     batch = _batches(1)[0]
     with torch.no_grad():

@@ -47,7 +47,7 @@ def test_pruned_lenet5_distilled_beats_the_same_architecture_from_scratch_on_lab
     assert digits_task.score(kd) > digits_task.score(labels) + 0.04
     path = tmp_path / "student.slim"
     sk.save(kd, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(16)["x"]
     with torch.no_grad():
         assert torch.allclose(loaded(x), kd(x), atol=1e-6)

@@ -44,7 +44,7 @@ def test_recovered_model_saves_and_loads_to_the_same_outputs(task, tmp_path):
     sk.save(model, tmp_path / "r.slim")
     x = torch.randn(5, 64)
     with torch.no_grad():
-        assert torch.allclose(sk.load(tmp_path / "r.slim")(x), model(x))
+        assert torch.allclose(sk.load(tmp_path / "r.slim", runtime="torch")(x), model(x))
 
 
 def test_recover_outside_a_recipe_says_how_to_use_it(task):

@@ -225,7 +225,7 @@ def test_tail_manifest_is_validated_and_old_base64_files_still_load(lenet, tmp_p
     legacy = base64.b64encode(zlib.compress(json.dumps(manifest).encode())).decode()
     write(payload[:-tail].copy(), {"slimkit.z": legacy})
     with torch.no_grad():
-        assert torch.equal(sk.load(path)(x), expected)
+        assert torch.equal(sk.load(path, runtime="torch")(x), expected)
     for bad_length in ("0", "-3", "x", str(payload.size + 1)):
         write(payload, {"slimkit.zb": bad_length})
         with pytest.raises(sk.SlimFormatError, match="does not fit the payload"):

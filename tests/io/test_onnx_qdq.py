@@ -14,6 +14,7 @@ from slimkit.export import onnx_qdq
 from slimkit.export.onnx import OrtModule, export, export_onnx, float_copy
 from slimkit.export.onnx_codes import compact_weights
 from slimkit.export.onnx_qdq import quantize_graph
+from slimkit.nn.kernels import kernel_mode
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear, QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
@@ -101,7 +102,7 @@ def test_encoder_matmul_and_gather_paths_match_slimkit(emb_args, tmp_path):
     assert ops.count("MatMulInteger") == 3 and ops.count("ReduceMax") == 1  # q and k share one quantized input
     ort_model = OrtModule(path, keys, hf_output, threads=1)
     other = torch.randint(0, 50, (5, 11))  # dynamic batch and sequence
-    with torch.inference_mode():
+    with torch.inference_mode(), kernel_mode("compact"):  # slimkit's integer kernels, as the graph
         for x in (ids, other):
             assert torch.allclose(ort_model(x), model(x), atol=1e-5, rtol=1e-5)
     codes = next(i for i in proto.graph.initializer if i.name == "emb.codes")

@@ -137,7 +137,7 @@ def test_saved_and_loaded_model_gets_the_fast_layers(tmp_path, monkeypatch):
     before = hidden(q, x)
     path = tmp_path / "b.slim"
     sk.save(q, path)
-    loaded = sk.load(path, model=tiny_bert())
+    loaded = sk.load(path, model=tiny_bert(), runtime="torch")
     assert install_fast_layers(loaded) == 2 and "forward" not in loaded.state_dict()
     calls = count_fast_calls(monkeypatch)
     assert torch.equal(hidden(loaded, x), before) and len(calls) == 2

@@ -46,7 +46,7 @@ def test_heads_and_ffn_shrink_run_and_reload(refit, tmp_path):
     out = _hidden(model, x)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     sk.save(model, tmp_path / "b.slim")
-    loaded = sk.load(tmp_path / "b.slim", model=tiny_bert())
+    loaded = sk.load(tmp_path / "b.slim", model=tiny_bert(), runtime="torch")
     assert loaded.encoder.layer[1].attention.self.num_attention_heads == 2
     assert torch.equal(_hidden(loaded, x), out)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
+from slimkit.nn.kernels import kernel_mode
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear
 from slimkit.quantization.api import Int8Config
@@ -28,7 +29,7 @@ def test_int8_linear_close_to_float_at_every_batch_size():
         assert rel < 0.02, f"shape {shape}: relative error {rel:.4f}"
 
 
-def test_int8_linear_uses_integer_matmul(monkeypatch):
+def test_int8_linear_compact_mode_uses_integer_matmul(monkeypatch):
     calls = []
     real = torch._int_mm
 
@@ -37,8 +38,13 @@ def test_int8_linear_uses_integer_matmul(monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(torch, "_int_mm", spy)
-    Int8Linear.from_linear(nn.Linear(16, 8))(torch.randn(1, 16))
+    layer = Int8Linear.from_linear(nn.Linear(16, 8))
+    with kernel_mode("compact"):
+        layer(torch.randn(1, 16))
     assert calls == [(torch.int8, torch.int8)]
+    with kernel_mode("dense"):
+        layer(torch.randn(1, 16))
+    assert len(calls) == 1, "dense mode multiplies the decoded weight, not integers"
 
 
 def test_int8_linear_describes_itself_and_keeps_dtype():

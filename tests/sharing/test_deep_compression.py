@@ -36,7 +36,7 @@ def test_deep_compression_round_trip_and_accuracy(compressed, lenet_trained, dig
     from slimkit.io.artifact import codec_chain
 
     model, path, size = compressed
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))

@@ -80,7 +80,7 @@ def test_deep_kmeans_on_lenet5_saves_and_loads_exactly(lenet5_task, tmp_path):
         assert [s["codec"] for s in codec_chain(conv, "weight")] == ["vq", "entropy"]
     path = tmp_path / "dkm.slim"
     sk.save(model, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = lenet5_task.example_inputs(16)["x"]
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -68,7 +68,7 @@ def test_hashed_method_saves_only_real_parameters(lenet, digits_task, tmp_path):
     state = sk.load_state_dict(path)
     assert state["fc2.weight"].shape == (3750,)
     assert size < (2400 + 3750 + 125 + 410) * 4 + 2500  # real params + biases + header
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))

@@ -13,7 +13,7 @@ from slimkit.sharing.api import KMeansConfig, ShareConfigError
 def _save_load(model, tmp_path, name="m"):
     path = tmp_path / f"{name}.slim"
     size = sk.save(model, path)
-    return size, sk.load(path)
+    return size, sk.load(path, runtime="torch")
 
 
 def test_weights_equal_centroids_and_round_trip(lenet, digits_task, tmp_path):

@@ -60,7 +60,7 @@ def test_factorized_model_saves_loads_and_is_smaller(lenet, digits_task, tmp_pat
     assert isinstance(model.fc3, nn.Linear)
     path = tmp_path / "lr.slim"
     size = sk.save(model, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     x = digits_task.example_inputs(64)["x"]
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -120,7 +120,7 @@ def test_convolutions_factorize_and_round_trip(lenet5_trained, digits_task, tmp_
     path = tmp_path / "c.slim"
     sk.save(model, path)
     with torch.no_grad():
-        assert torch.equal(sk.load(path)(x), after)
+        assert torch.equal(sk.load(path, runtime="torch")(x), after)
 
 
 def test_full_rank_conv_factorization_is_exact():

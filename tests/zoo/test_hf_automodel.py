@@ -70,7 +70,7 @@ def test_compress_save_load(folders, tmp_path, arch, recipe):
     model = sk.apply_(model, sk.make_config(**options), data=task)
     path = tmp_path / f"{arch}-{recipe}.slim"
     size = sk.save(model, path)
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     assert type(loaded).__name__ == type(model).__name__
     out = _hidden(loaded, batch)
     assert torch.equal(out, _hidden(model, batch)), "the loaded artifact computes what was saved"

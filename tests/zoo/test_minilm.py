@@ -146,7 +146,7 @@ def test_minilm_slim_round_trip_is_exact_and_keeps_hf_inputs(minilm, tmp_path):
     path = tmp_path / "minilm.slim"
     size = sk.save(minilm, path)
     assert abs(size - 90_864_160) < 64 * 1024  # the fp32 weights plus a manifest
-    loaded = sk.load(path)
+    loaded = sk.load(path, runtime="torch")
     assert type(loaded) is type(minilm)
     inputs = _inputs(minilm.config.vocab_size)
     with torch.no_grad():

@@ -51,7 +51,7 @@ def run_demo(out_dir: str | Path = "slimkit-demo", model_name: str = "lenet-300-
     task = zoo.entry(model_name).task()
     path = out / "baseline.slim"
     save(base, path)
-    ref = evaluate(base, task, path=path)
+    ref = evaluate(load(path), task, path=path)  # run as the compressed rows run: same runtime
     rows = [Row("baseline", "fp32", ref.bytes, round(ref.ratio, 2), ref.score, 0.0,
                 ref.latency_ms["batch1"], ref.latency_ms["batch32"])]
     for family, recipe_name in PLAN:

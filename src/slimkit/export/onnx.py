@@ -30,7 +30,9 @@ from slimkit.core.optional import require
 from slimkit.core.provenance import task_for
 from slimkit.export.onnx_codes import compact_weights
 from slimkit.export.onnx_qdq import quantize_graph
+from slimkit.io.runtimes import strip_runtime, torch_only
 from slimkit.io.safetensors_file import atomic_write
+from slimkit.nn.kernels import kernel_mode
 from slimkit.surgery.specs import MODULE_TYPES
 
 HF_OUTPUT = "last_hidden_state"
@@ -46,6 +48,54 @@ def first_tensor(out: Any) -> torch.Tensor:
     return out[0]
 
 
+def flatten_output(out: Any) -> tuple[list[torch.Tensor], Any]:
+    """The tensors of a model's output in order, and a spec that `rebuild_output` turns back into the
+    same structure: a tensor, tuples / lists / named tuples, dicts and Hugging Face outputs (which
+    list only their non-None fields), nested. TypeError for anything else (a cache object, a number).
+
+    >>> tensors, spec = flatten_output(BaseModelOutputWithPooling(last_hidden_state=h, pooler_output=p))
+    >>> rebuild_output(spec, tensors).pooler_output is p
+    True
+    """
+    tensors: list[torch.Tensor] = []
+    return tensors, _flatten(out, tensors)
+
+
+def _flatten(out: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(out, torch.Tensor):
+        tensors.append(out)
+        return ("tensor", out.dtype)
+    if out is None:
+        return ("none",)
+    if isinstance(out, dict):
+        keys = list(out.keys())
+        if not all(isinstance(k, str) for k in keys):
+            raise TypeError("a model output is a dict with keys that are not strings")
+        return ("dict", type(out), keys, [_flatten(out[k], tensors) for k in keys])
+    if isinstance(out, tuple | list):
+        return ("seq", type(out), [_flatten(v, tensors) for v in out])
+    raise TypeError(f"a model output holds a {type(out).__name__}, not a tensor")
+
+
+def rebuild_output(spec: Any, tensors: list[torch.Tensor]) -> Any:
+    """`flatten_output`'s inverse: `tensors` (in order, cast to the recorded dtypes) in the recorded structure."""
+    it = iter(tensors)
+
+    def build(node: Any) -> Any:
+        kind = node[0]
+        if kind == "tensor":
+            t = next(it)
+            return t if t.dtype == node[1] else t.to(node[1])
+        if kind == "none":
+            return None
+        if kind == "dict":
+            return node[1](**{k: build(child) for k, child in zip(node[2], node[3], strict=True)})
+        values = [build(child) for child in node[2]]
+        return getattr(node[1], "_make", node[1])(values)  # a named tuple's _make, else tuple / list
+
+    return build(spec)
+
+
 def rewrap(like: Any, tensor: torch.Tensor) -> Any:
     """`tensor` in the same kind of output as `like` (a Hugging Face output keeps its type)."""
     if isinstance(like, torch.Tensor):
@@ -57,9 +107,15 @@ def rewrap(like: Any, tensor: torch.Tensor) -> Any:
 
 class OrtModule(nn.Module):
     """An ONNX Runtime session behind an `nn.Module` face: same keyword inputs as the torch model,
-    returns a tensor (classifiers) or an output with `.last_hidden_state` (encoders)."""
+    returns a tensor (classifiers) or an output with `.last_hidden_state` (encoders).
 
-    def __init__(self, path: str | Path, keys: list[str], hf_output: bool, threads: int):
+    `path` is an .onnx file or the serialized graph itself (bytes); `run_all(named)` returns every
+    output of the graph as tensors, in order. `spin=False` makes ONNX Runtime's worker threads sleep
+    as soon as a run ends instead of busy-waiting for the next one, which would take the cores from
+    torch's own threads when both run in one process."""
+
+    def __init__(self, path: str | Path | bytes, keys: list[str], hf_output: bool, threads: int,
+                 spin: bool = True):
         super().__init__()
         import onnxruntime as ort
 
@@ -67,11 +123,21 @@ class OrtModule(nn.Module):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        opts.log_severity_level = 3  # errors only: not its notes on unused initializers
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.keys = keys
         self.feeds = {i.name for i in self.session.get_inputs()}
         self.hf_output = hf_output
-        self.path = str(path)
+        self.path = "<in memory>" if isinstance(path, bytes) else str(path)
+
+    def run_all(self, named: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Every output of the graph for the inputs `named` (those the graph does not read are ignored)."""
+        feed = {k: (v.detach().cpu() if v.requires_grad or v.device.type != "cpu" else v).numpy()
+                for k, v in named.items() if k in self.feeds}
+        return [torch.from_numpy(a) for a in self.session.run(None, feed)]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         named = dict(zip(self.keys, args, strict=False))
@@ -89,46 +155,73 @@ class OrtModule(nn.Module):
 
 
 class _Export(nn.Module):
-    """Positional-argument face of a keyword-driven model, returning only its main tensor."""
+    """Positional-argument face of a keyword-driven model, returning only its main tensor (or,
+    with `all_outputs`, every tensor of its output as a flat tuple: `flatten_output`)."""
 
-    def __init__(self, inner: nn.Module, keys: list[str]):
+    def __init__(self, inner: nn.Module, keys: list[str], all_outputs: bool = False):
         super().__init__()
         self.inner = inner
         self.keys = keys
+        self.all_outputs = all_outputs
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return first_tensor(self.inner(**dict(zip(self.keys, args, strict=False))))
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.inner(**dict(zip(self.keys, args, strict=False)))
+        return tuple(flatten_output(out)[0]) if self.all_outputs else first_tensor(out)
 
 
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path,
-                keep_norms: bool = False) -> tuple[list[str], bool]:
+                keep_norms: bool = False, all_outputs: bool = False) -> tuple[list[str], bool]:
     """Export with the TorchScript exporter (dynamo=False, opset 17), dynamic batch (and sequence
     for integer token inputs). Returns (input names, whether the output is a hidden state).
     `keep_norms` keeps BatchNorm as its own op instead of folding it into the conv before it, so
-    that a quantized conv's weight stays the decoded codes (ONNX Runtime folds it at load)."""
+    that a quantized conv's weight stays the decoded codes (ONNX Runtime folds it at load).
+    `all_outputs` makes every tensor of the output a graph output, in `flatten_output`'s order
+    (their first axis is the batch when its size is the example's batch, and so on for the sequence)."""
     keys = list(example)
     with torch.inference_mode():
-        hf_output = not isinstance(model(**example), torch.Tensor)
-    out_name = HF_OUTPUT if hf_output else "logits"
+        out = model(**example)
+    hf_output = not isinstance(out, torch.Tensor)
     axes: dict[str, dict[int, str]] = {}
     for key, t in example.items():
         axes[key] = {0: "batch"}
         if not t.is_floating_point() and t.dim() >= 2:
             axes[key][1] = "sequence"
-    axes[out_name] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
+    if all_outputs:
+        names = _output_axes(flatten_output(out)[0], example, axes)
+    else:
+        names = [HF_OUTPUT if hf_output else "logits"]
+        axes[names[0]] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Export(model, keys).eval(), tuple(example.values()), str(path),
-                          dynamo=False, opset_version=17, input_names=keys, output_names=[out_name],
+        torch.onnx.export(_Export(model, keys, all_outputs).eval(), tuple(example.values()), str(path),
+                          dynamo=False, opset_version=17, input_names=keys, output_names=names,
                           dynamic_axes=axes, do_constant_folding=True, external_data=False,
                           training=torch.onnx.TrainingMode.PRESERVE if keep_norms else torch.onnx.TrainingMode.EVAL)
     return keys, hf_output
 
 
+def _output_axes(outputs: list[torch.Tensor], example: dict[str, torch.Tensor],
+                 axes: dict[str, dict[int, str]]) -> list[str]:
+    """Names for `outputs` (output_0, ...), their dynamic axes added to `axes`."""
+    batch = next(iter(example.values())).shape[0]
+    seq = next((t.shape[1] for t in example.values() if not t.is_floating_point() and t.dim() >= 2), None)
+    names = []
+    for i, t in enumerate(outputs):
+        name = f"output_{i}"
+        names.append(name)
+        dims = {}
+        if t.dim() >= 1 and t.shape[0] == batch:
+            dims[0] = "batch"
+        if seq is not None and t.dim() >= 2 and t.shape[1] == seq:
+            dims[1] = "sequence"
+        axes[name] = dims
+    return names
+
+
 def float_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose slimkit runtime modules are replaced by plain float equivalents."""
 
-    out = copy.deepcopy(model).eval()
+    out = strip_runtime(copy.deepcopy(model)).eval()
     for name, module in list(out.named_modules()):
         if not name or getattr(type(module), "slim_type", None) not in MODULE_TYPES:
             continue
@@ -170,7 +263,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     coded weights stay coded; `integer=False` writes every layer as decoded fp32. Returns {"path",
     "bytes", "max_abs_diff", "cosine", "integer_layers", "coded_weights"} measured on the task's
     example inputs against slimkit's outputs in fp32 (the graph's activations are fp32, even for a
-    model set to compute in bf16).
+    model set to compute in bf16), with the kernels the graph mirrors: slimkit's integer kernels
+    for a graph with integer layers, decoded weights otherwise (`slimkit.nn.kernels.kernel_mode`).
 
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
@@ -198,7 +292,8 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     inputs = task.example_inputs(32)
     session = OrtModule(path, keys, hf_output, threads=1)
     reference = _fp32_reference(model)
-    with torch.inference_mode():
+    kernels = "compact" if replaced else "dense"  # what the graph computes: integer kernels or decoded weights
+    with torch.inference_mode(), torch_only(), kernel_mode(kernels):
         ours = first_tensor(reference(**inputs)).float().flatten()
         theirs = first_tensor(session(**inputs)).float().flatten()
     cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))

@@ -27,6 +27,7 @@ from slimkit.io.decode import group_arrays as group_arrays
 from slimkit.io.layout import StoredArrays, write_slim
 from slimkit.io.lazy import LazyStateDict
 from slimkit.io.manifest import METADATA_KEY, Manifest, TensorEntry
+from slimkit.io.runtimes import install_runtime, resolve_runtime
 from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
 from slimkit.surgery.edits import compact_edits, replay_edits
 
@@ -137,11 +138,17 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, to
         return _decode_all(reader, manifest)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None, runtime: str | None = None) -> nn.Module:
     """Rebuild the compressed model stored at `path`.
 
     `model` supplies the architecture for files made from a user model (base kind "user").
+    `runtime` says how it runs (`slimkit.io.runtimes`): "torch" (its own forward), "onnxruntime",
+    "auto" (the faster of the two, measured at the first call of each input shape, see
+    docs/runtime.md); None: $SLIMKIT_RUNTIME, else "auto". Any runtime returns the same module.
+
+    >>> model = sk.load("lenet-int8.slim", runtime="torch")
     """
+    name = resolve_runtime(runtime)  # an unknown name fails before any work
     with SafetensorsReader(path) as reader:
         manifest = _read_manifest(reader)
         state = _decode_all(reader, manifest)
@@ -153,7 +160,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     after_load(net)  # registered runtime steps, e.g. the fast layers of int8 BERT-style blocks
     net.__dict__["slimkit_base"] = manifest.base
     net.__dict__["slimkit_info"] = manifest.info
-    return net.eval()
+    return install_runtime(net.eval(), name)
 
 
 def _retie(net: nn.Module, aliases: dict[str, str]) -> None:

@@ -271,7 +271,7 @@ class _Packed(_DecodeCache):
     def get(self, layer: nn.Module, dtype: torch.dtype) -> dict:
         linears = [_sub(layer, p) for p in _PATHS]
         sources = [t for m in linears for t in (m.qweight, m.scale, m.bias)]
-        return super().get(sources, lambda: _pack(linears, dtype), dtype)
+        return self.get_tensors(sources, lambda: _pack(linears, dtype), dtype)
 
 
 def _pack(linears: list[Int8Linear], dtype: torch.dtype) -> dict:

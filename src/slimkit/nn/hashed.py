@@ -7,6 +7,12 @@ torch.Size([2, 300])
 State: `weight` (K,) real parameters and `bias` (out,). The hash indices and signs are
 recomputed from (out, in, K, seed) on first use and cached outside the state dict (they are
 not buffers, so the module rebuilds on the meta device and loads with `assign=True`).
+
+Runtime: the virtual (out, in) weight is built once - at `load`, or at the first call - and kept
+(4 bytes per virtual weight, listed by `slimkit.nn.kernels.runtime_report`), so a hashed layer
+runs at the speed of a dense Linear. It is rebuilt when `weight` changes (training updates it in
+place) and, under gradients, recomputed each call so the K real parameters get their gradients.
+Kernel mode "compact" (`SLIMKIT_KERNELS=compact`) keeps no copy and gathers on every call.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimkit.io.bases import register_after_load
 from slimkit.nn.hashing import MAX_SEED, hash_indices
+from slimkit.nn.kernels import current_mode
 from slimkit.surgery import register_module
 
 
@@ -63,7 +71,26 @@ class HashedLinear(nn.Module):
         return self.weight[index] * sign.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.virtual_weight(), self.bias)
+        if current_mode() == "compact" or (torch.is_grad_enabled() and self.weight.requires_grad):
+            self.__dict__.pop("_virtual", None)
+            return nn.functional.linear(x, self.virtual_weight(), self.bias)
+        return nn.functional.linear(x, self.built_weight(), self.bias)
+
+    def built_weight(self) -> torch.Tensor:
+        """The virtual weight, built once and kept until `weight` is replaced or changed."""
+        weight = self._parameters["weight"]
+        key = (id(weight), weight._version)
+        cached = self.__dict__.get("_virtual")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = self.__dict__["_virtual"] = (key, self.virtual_weight())
+        return cached[1]
+
+    def runtime_state(self) -> dict:
+        """Whether the virtual weight is built, and the bytes it holds."""
+        cached = self.__dict__.get("_virtual")
+        held = 0 if cached is None else cached[1].numel() * cached[1].element_size()
+        return {"choices": {"all": "dense" if cached is not None else "gather"}, "cache_bytes": held}
 
     def slim_spec(self) -> dict:
         return {"in": self.in_features, "out": self.out_features, "buckets": self.buckets,
@@ -78,3 +105,15 @@ class HashedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"buckets={self.buckets} (1/{size / self.buckets:.3g} of the weights), "
                 f"seed={self.seed}, bias={self.bias is not None}")
+
+
+@register_after_load
+def build_hashed(model: nn.Module) -> int:
+    """Build every hashed layer's virtual weight of a loaded model (unless kernel mode is "compact");
+    returns the number built."""
+    if current_mode() == "compact":
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, HashedLinear) and not m.weight.is_meta]
+    for layer in layers:
+        layer.built_weight()
+    return len(layers)

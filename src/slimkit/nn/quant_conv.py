@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.nn.kernels import current_mode
 from slimkit.nn.quant_linear import _CodesMixin, _flag, _size
 from slimkit.nn.quant_math import Granularity, QuantizedWeight
 from slimkit.surgery.specs import register_module
@@ -87,13 +88,23 @@ class QuantConv2d(_CodesMixin, nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The decoded float32 weight, shaped like the original conv's (cached until a code,
         scale or zero buffer is replaced or changed in place)."""
+        if current_mode() == "compact":  # keep no decoded copy: decode on every call
+            self.__dict__.pop("_weight4d", None)
+            return self._decode_uncached().reshape(self.weight_shape)
+        buffers = self._buffers
         key = (torch.is_inference_mode_enabled(),
-               *[(t.data_ptr(), t._version) for t in (self.qweight, self.scale, self.zero) if t is not None])
+               *[(id(t), t._version) for t in (buffers["qweight"], buffers["scale"], buffers["zero"]) if t is not None])
         cached = self.__dict__.get("_weight4d")
         if cached is None or cached[0] != key:   # a cheaper key than _DecodeCache's: one forward per image
             cached = (key, self._decode_uncached().reshape(self.weight_shape))
             self.__dict__["_weight4d"] = cached
         return cached[1]
+
+    def runtime_state(self) -> dict:
+        """Whether the decoded weight is kept, and the bytes it holds."""
+        cached = self.__dict__.get("_weight4d")
+        held = 0 if cached is None else cached[1].numel() * cached[1].element_size()
+        return {"choices": {"all": "dense" if held else "decode per call"}, "cache_bytes": held}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.dequantized_weight(), self.bias

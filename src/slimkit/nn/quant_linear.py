@@ -1,12 +1,15 @@
 """Quantized Linear layers that run on integer kernels or decode packed weights.
 
-- `Int8Linear`: int8 per-channel weights. On fp32 inputs each forward quantizes the input per
-  token to int8 and multiplies with `torch._int_mm` (int8 x int8 -> int32), then rescales in fp32
-  (or, after `use_compiled_int8()`, the same math fused by `torch.compile`). With a calibrated
-  `input_scale` (static) the activation scale is fixed per tensor instead. On bf16 / fp16 inputs
-  (a model running in `compute_dtype="bfloat16"`, see `resolve_compute_dtype`) it multiplies in
-  the input's dtype with the int8 weight dequantized once and cached (W8A16): on CPUs with
-  AMX / AVX-512 BF16 a bf16 matmul is faster than `_int_mm` plus activation quantization.
+- `Int8Linear`: int8 per-channel weights. On fp32 inputs it has three kernels and picks per
+  input shape (`slimkit.nn.kernels`): the integer path (each row quantized to int8 per token,
+  `torch._int_mm`, rescaled in fp32; with a calibrated `input_scale` the activation scale is
+  fixed instead), fbgemm's packed int8 kernel on rows scaled to a common range (the same per-token
+  rounding), and an fp32 matmul on the weight decoded once. Integer kernels are tried only where
+  the CPU has VNNI or AMX; elsewhere they are 20-40x slower than fp32 (`_int_mm`) or saturate
+  (fbgemm). On bf16 / fp16 inputs (a model running in `compute_dtype="bfloat16"`, see
+  `resolve_compute_dtype`) it multiplies in the input's dtype with the int8 weight dequantized
+  once and cached (W8A16): on CPUs with AMX / AVX-512 BF16 a bf16 matmul is faster than
+  `_int_mm` plus activation quantization.
 - `QuantLinear`: 1-8-bit weight-only codes (bit-packed in the .slim file) with per-tensor,
   per-channel or group-wise scales; the weight is decoded once and cached (keyed on the
   buffers' versions), so it runs at fp32 speed.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.io.artifact import set_codec
+from slimkit.nn.kernels import KernelChoice, current_mode, fast_int_mm, has_fbgemm, rel_err
 from slimkit.nn.quant_math import (
     Granularity,
     QuantizedWeight,
@@ -193,32 +198,114 @@ class Int8Linear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype in (torch.bfloat16, torch.float16):
-            return self._forward_low(x)
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
+        dtype = x.dtype
+        if dtype is not torch.float32:
+            if dtype in (torch.bfloat16, torch.float16):
+                return self._forward_low(x)
+            x = x.float()
+        flat = x.dim() != 2
+        x2 = x.reshape(-1, self.in_features) if flat else x
+        mode = current_mode()
+        if mode == "dense" or (x2.requires_grad and torch.is_grad_enabled()):
+            y = self._dense(x2)  # exact gradients; the integer kernels have none
+        elif mode == "compact" or x2.shape[0] == 0:
+            y = self._integer(x2)
+        else:
+            choice = self.__dict__.get("_kernel_choice") or self._new_choice()
+            y = choice.run(x2, lambda: self._reference(x2))
+        if flat:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if dtype is torch.float32 else y.to(dtype)
+
+    def _new_choice(self) -> KernelChoice:
+        """The kernels auto mode may pick from on this machine (see slimkit.nn.kernels)."""
+        candidates = {"dense": self._dense}
+        if not self.static and has_fbgemm():
+            candidates["fbgemm"] = self._fbgemm
+        if fast_int_mm() or _COMPILED["fn"] is not None:
+            candidates["int"] = self._integer
+        kind = ("Int8Linear", self.in_features, self.out_features, self.static, self.bias is not None)
+        choice = self.__dict__["_kernel_choice"] = KernelChoice(kind, candidates)
+        return choice
+
+    def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The layer's output on its stored weights with fp32 activations, and the relative error
+        a kernel may have against it: twice that of the layer's own integer math (emulated in fp32)."""
+        with torch.no_grad():
+            ref = self._dense(x2)
+            if self.input_scale is not None:
+                xq, xs = quantize_static(x2, self.input_scale).float(), self.input_scale
+            else:
+                xq, xs = quantize_per_token(x2)
+                xq = xq.float()
+            emulated = (xq @ self.qweight.float().t()).mul_(xs).mul_(self.scale)
+            if self.bias is not None:
+                emulated.add_(self.bias)
+            return ref, 2.0 * rel_err(emulated, ref) + 1e-5
+
+    def _integer(self, x2: torch.Tensor) -> torch.Tensor:
+        """int8 activations (per token, or the calibrated static scale) times int8 weights."""
         if self.input_scale is not None:
             acc = int8_matmul(quantize_static(x2, self.input_scale), self.qweight.t())
             y = acc.float().mul_(self.scale * self.input_scale)
         elif _COMPILED["fn"] is not None and x2.device.type == "cpu":
             try:
-                y = _COMPILED["fn"](x2, self.qweight, self.scale, self.bias)
+                return _COMPILED["fn"](x2, self.qweight, self.scale, self.bias)
             except Exception:  # noqa: BLE001 - compilation failed at first call: go eager for good
                 _COMPILED["fn"] = None
-                return self.forward(x)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+                return self._integer(x2)
         else:
             xq, xs = quantize_per_token(x2)
             y = int8_matmul(xq, self.qweight.t()).float().mul_(xs).mul_(self.scale)
         if self.bias is not None:
             y.add_(self.bias)
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y
+
+    def _dense(self, x2: torch.Tensor) -> torch.Tensor:
+        """fp32 matmul on the weight dequantized once (cached: 4 bytes per weight)."""
+        cache = self.__dict__.get("_dense_cache") or self.__dict__.setdefault("_dense_cache", _DecodeCache())
+        weight = cache.get(self, ("qweight", "scale"), self.dequantized_weight)
+        return F.linear(x2, weight, self.bias)
+
+    def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
+        """fbgemm's int8 kernel with per-token activation scales: each row is divided by its
+        absolute maximum, so fbgemm's per-tensor uint8 quantization is a per-token one, and the
+        int32 result is scaled back by it (fast on AVX2 without VNNI, where `_int_mm` is not)."""
+        cache = self.__dict__.get("_fbgemm_cache") or self.__dict__.setdefault("_fbgemm_cache", _DecodeCache())
+        packed = cache.get(self, ("qweight", "scale"), self._pack)
+        amax = x2.abs().amax(1, keepdim=True).clamp_min_(1e-12)
+        y = torch.ops.quantized.linear_dynamic(x2 / amax, packed, False).mul_(amax)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y
+
+    def _pack(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # per-channel qint8 tensors are deprecated, not gone
+            weight = torch._make_per_channel_quantized_tensor(
+                self.qweight.cpu(), self.scale.double().cpu(), torch.zeros(self.out_features, dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(weight, None)
+
+    def runtime_state(self) -> dict:
+        """What this layer runs per shape bucket, and the bytes its caches hold."""
+        held = 0
+        dense = self.__dict__.get("_dense_cache")
+        if dense is not None and dense.value is not None:
+            held += dense.value.numel() * dense.value.element_size()
+        packed = self.__dict__.get("_fbgemm_cache")
+        if packed is not None and packed.value is not None:
+            held += self.in_features * self.out_features + 4 * self.out_features
+        low = self.__dict__.get("_low_cache")
+        if low is not None and low.value is not None:
+            held += low.value[0].numel() * low.value[0].element_size()
+        choice = self.__dict__.get("_kernel_choice")
+        return {"choices": choice.describe() if choice else {}, "cache_bytes": held}
 
     def _forward_low(self, x: torch.Tensor) -> torch.Tensor:
         """W8A16: a matmul in `x.dtype` with the weight dequantized once (cached, 2 bytes/weight)."""
         if not hasattr(self, "_low_cache"):
             self._low_cache = _DecodeCache()
-        weight, bias = self._low_cache.get([self.qweight, self.scale, self.bias],
+        weight, bias = self._low_cache.get(self, ("qweight", "scale", "bias"),
                                            lambda: self._low_weights(x.dtype), x.dtype, x.device)
         if self.bias is not None and self.bias.requires_grad and torch.is_grad_enabled():
             bias = self.bias.to(x.dtype)  # keep the bias gradient
@@ -249,18 +336,28 @@ class Int8Linear(nn.Module):
 
 
 class _DecodeCache:
-    """A dequantized copy of a module's weight, rebuilt when a source buffer changes."""
+    """A decoded copy of a module's weight, rebuilt when a source tensor is replaced or changed in
+    place (checked each call from the module's own dicts: attribute access costs microseconds)."""
 
     def __init__(self):
         self.key: tuple | None = None
-        self.value: torch.Tensor | None = None
+        self.value = None
 
-    def get(self, sources: list[torch.Tensor | None], build, *extra: object):
+    def get(self, module: nn.Module, names: tuple[str, ...], build, *extra: object):
+        return self.get_tensors([module._buffers.get(n, module._parameters.get(n)) for n in names],
+                                build, *extra)
+
+    def get_tensors(self, tensors: list[torch.Tensor | None], build, *extra: object):
         key = (torch.is_inference_mode_enabled(), *extra,
-               *[(t.data_ptr(), t._version, t.device) for t in sources if t is not None])
+               *[(id(t), t._version) for t in tensors if t is not None])
         if key != self.key or self.value is None:
             self.value, self.key = build(), key
         return self.value
+
+    def nbytes(self) -> int:
+        """Bytes the cached tensor(s) hold (0 when empty)."""
+        values = self.value if isinstance(self.value, tuple) else (self.value,)
+        return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 
 
 class _CodesMixin:
@@ -315,7 +412,15 @@ class _CodesMixin:
         return f"bits={self.bits}, {kind}, {gran}, scales={self.scale_dtype}"
 
     def _decode_all(self) -> torch.Tensor:
-        return self._cache.get([self.qweight, self.scale, self.zero], self._decode_uncached)
+        if current_mode() == "compact":  # keep no decoded copy: decode on every call
+            self._cache.value = None
+            return self._decode_uncached()
+        return self._cache.get(self, ("qweight", "scale", "zero"), self._decode_uncached)
+
+    def runtime_state(self) -> dict:
+        """Whether the decoded weight is kept, and the bytes it holds."""
+        held = self._cache.nbytes()
+        return {"choices": {"all": "dense" if held else "decode per call"}, "cache_bytes": held}
 
     def _decode_uncached(self) -> torch.Tensor:
         cg = group_view(self.qweight, self.granularity, self.group_size)

@@ -1,0 +1,160 @@
+"""One input signature of a model given the "auto" or "onnxruntime" runtime, exported: its ONNX
+Runtime sessions, their correctness checks, and the output structure they rebuild.
+
+The check runs at the first call of each signature and batch bucket, on the first and the last
+sample of the call (batch slices 0:1 and -1:), against torch computing what each graph computes:
+fp32 activations (`forced_compute_dtype("float32")`), and
+  - "ort-float" (every layer decoded to fp32): torch with `kernel_mode("dense")` (decoded weights).
+    Only fp32 summation order differs; accepted within FLOAT_TOL.
+  - "ort-int" (int8 matmuls on per-token quantized activations): torch with `kernel_mode("compact")`
+    (its integer kernels). A rounding flip of one quantized activation (an fp32 difference in the
+    last bit) changes the next layer's input by one step, which flips others downstream: in a deep
+    model the two integer paths drift as far apart as either is from the decoded weights. Accepted
+    within INT_FACTOR times torch's own integer-vs-decoded difference on the same sample (the
+    rule `slimkit.nn.kernels` applies per layer), and never beyond INT_TOL.
+Measured on this project's models: docs/runtime.md, "Runtimes".
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.export.onnx import OrtModule, _integer_bytes, export_onnx, flatten_output, float_copy
+from slimkit.export.runtime_guard import Signature, signature_label
+from slimkit.nn.kernels import kernel_mode, rel_err
+from slimkit.nn.quant_linear import forced_compute_dtype
+
+FLOAT_TOL = 1e-5
+INT_FACTOR = 2.0
+INT_FLOOR = 1e-4
+INT_TOL = 0.2
+
+
+class Graph:
+    """The sessions of one signature ("ort-float", and "ort-int" when the model has integer layers)."""
+
+    def __init__(self, label: str, sessions: dict[str, OrtModule], sizes: dict[str, int]):
+        self.label = label
+        self.sessions = sessions
+        self.sizes = sizes
+        self.spec: Any = None
+        self.checks: dict[str, float] = {}
+        self.tolerances: dict[str, float] = {}
+        self.rejected: dict[str, str] = {}
+        self.decided: set[int] = set()
+
+    @classmethod
+    def export(cls, model: nn.Module, named: dict[str, torch.Tensor]) -> Graph:
+        """Export `model` for the inputs `named` (their first sample, twice: batch 2 keeps the batch
+        axis dynamic) and open a session per graph, with torch's thread count."""
+        example = {k: torch.cat([v[:1], v[:1]]) for k, v in named.items()}
+        has_convs = any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
+        threads = torch.get_num_threads()
+        with tempfile.TemporaryDirectory(prefix="slimkit-runtime-") as tmp:
+            path = Path(tmp) / "float.onnx"
+            plain = float_copy(model)
+            plain._forward_hooks.clear()  # the model's own hooks run around the session, not inside it
+            plain._forward_pre_hooks.clear()
+            keys, _ = export_onnx(plain, example, path, keep_norms=has_convs, all_outputs=True)
+            graphs = {"ort-float": path.read_bytes()}
+            data, replaced, _ = _integer_bytes(path, model)
+            if replaced:  # integer ops; coded weights alone decode to the float graph at load
+                graphs["ort-int"] = data
+        sessions = {n: OrtModule(data, keys, False, threads, spin=False) for n, data in graphs.items()}
+        label = signature_label((Signature.key(named)[0], threads))
+        return cls(label, sessions, {n: len(d) for n, d in graphs.items()})
+
+    def usable(self) -> list[str]:
+        return [n for n in self.sessions if n not in self.rejected]
+
+    def check(self, forward: Callable[..., Any], named: dict[str, torch.Tensor]) -> None:
+        """Check the sessions not yet rejected against torch (`forward`) on the first and the last
+        sample of the call (module docstring). `checks` keeps each session's largest error so far,
+        `tolerances` its smallest tolerance; a session is rejected when one sample is outside its own."""
+        batch = next(iter(named.values())).shape[0]
+        for rows in (slice(0, 1), slice(batch - 1, batch)) if batch > 1 else (slice(0, 1),):
+            todo = self.usable()
+            if todo:
+                self._check_sample(forward, {k: v[rows] for k, v in named.items()}, todo)
+
+    def _check_sample(self, forward: Callable[..., Any], sample: dict[str, torch.Tensor], todo: list[str]) -> None:
+        try:
+            with torch.no_grad(), forced_compute_dtype("float32"):
+                with kernel_mode("dense"):
+                    refs = {"ort-float": flatten_output(forward(**sample))[0]}
+                if "ort-int" in todo:
+                    with kernel_mode("compact"):
+                        refs["ort-int"] = flatten_output(forward(**sample))[0]
+        except Exception as exc:  # noqa: BLE001 - torch's own kernels failed on the sample: no check, no graph
+            for name in todo:
+                self._reject(name, float("inf"), f"{name}: the torch reference failed: {one_line(exc)}")
+            return
+        tolerances = {"ort-float": FLOAT_TOL}
+        if "ort-int" in refs:
+            own = error(refs["ort-int"], refs["ort-float"])
+            tolerances["ort-int"] = min(INT_TOL, max(INT_FLOOR, INT_FACTOR * own))
+        for name in todo:
+            try:
+                err = error(self.sessions[name].run_all(sample), refs[name])
+            except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime cannot run: reject it, say why
+                self._reject(name, float("inf"), f"{name} failed on a check sample: {one_line(exc)}")
+                continue
+            self.checks[name] = max(err, self.checks.get(name, 0.0))
+            self.tolerances[name] = min(tolerances[name], self.tolerances.get(name, float("inf")))
+            if not err <= tolerances[name]:
+                self.rejected[name] = f"{name} differs from torch by {err:.2e} (relative) > {tolerances[name]:.1e}"
+
+    def _reject(self, name: str, err: float, why: str) -> None:
+        self.checks[name] = max(err, self.checks.get(name, 0.0))
+        self.rejected[name] = why
+
+    def same_shapes(self, name: str, named: dict, tensors: list[torch.Tensor]) -> bool:
+        """Whether session `name` returns torch's tensor shapes on the whole call (also its warm-up)."""
+        try:
+            outs = self.sessions[name].run_all(named)
+        except Exception as exc:  # noqa: BLE001
+            batch = next(iter(named.values())).shape[0]
+            self.rejected[name] = f"{name} failed at batch {batch}: {one_line(exc)}"
+            return False
+        if [tuple(o.shape) for o in outs] != [tuple(t.shape) for t in tensors]:
+            self.rejected[name] = f"{name} returns other shapes than torch"
+            return False
+        return True
+
+    def prune(self, keep: set[str], done: bool = False) -> None:
+        """Once both batch buckets are decided (or `done`), close the sessions not in `keep`."""
+        if len(self.decided) < 2 and not done:
+            return
+        for name in [n for n in self.sessions if n not in keep]:
+            del self.sessions[name]
+
+    def bytes(self) -> int:
+        """Bytes of the serialized graphs behind the open sessions."""
+        return sum(self.sizes[n] for n in self.sessions)
+
+
+def error(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """The largest relative L2 error over the output tensors (inf when shapes or integers differ)."""
+    if len(ours) != len(ref):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ours, ref, strict=True):
+        if a.shape != b.shape:
+            return float("inf")
+        if b.is_floating_point():
+            worst = max(worst, rel_err(a, b))
+        elif not torch.equal(a.to(b.dtype), b):
+            return float("inf")
+    return worst
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

@@ -1,0 +1,327 @@
+"""`sk.load(path, runtime=...)`: ONNX Runtime behind the user's own module, where it is correct."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import slimkit as sk
+from slimkit.export import runtime_graph
+from slimkit.export.onnx import flatten_output, rebuild_output
+from slimkit.export.runtime import MARGIN, RuntimeDispatch
+from slimkit.export.runtime_graph import FLOAT_TOL, error
+from slimkit.io.runtimes import RUNTIME_ENV, runtimes, torch_only
+from slimkit.nn.kernels import kernel_mode, rel_err
+from slimkit.nn.quant_linear import forced_compute_dtype
+
+pytest.importorskip("onnxruntime")
+
+CONFIGS = {
+    "int8": lambda: sk.make_config("int8"),
+    "kmeans": lambda: sk.make_config("kmeans", bits=4, finetune_epochs=0),
+    "magnitude": lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global"),
+}
+
+
+@pytest.fixture(scope="module")
+def artifacts(lenet_trained, digits_task, tmp_path_factory):
+    """lenet-300-100 compressed three ways, and lenet5 int8 (.slim paths by name)."""
+    folder = tmp_path_factory.mktemp("runtime")
+    paths = {}
+    for name, config in CONFIGS.items():
+        model = copy.deepcopy(lenet_trained)
+        model.__dict__["slimkit_base"] = dict(lenet_trained.__dict__["slimkit_base"])
+        paths[name] = folder / f"{name}.slim"
+        sk.save(sk.apply_(model, config(), digits_task), paths[name])
+    lenet5 = sk.apply_(copy.deepcopy(sk.zoo.load("lenet5")), sk.make_config("int8"), digits_task)
+    paths["lenet5-int8"] = folder / "lenet5-int8.slim"
+    sk.save(lenet5, paths["lenet5-int8"])
+    return paths
+
+
+def _reference(model: nn.Module, runner: str, **inputs: torch.Tensor) -> torch.Tensor:
+    """What torch computes for the graph `runner` stands for (runtime_graph's docstring)."""
+    with torch.no_grad(), torch_only():
+        if runner == "torch":
+            return model(**inputs)
+        with kernel_mode("compact" if runner == "ort-int" else "dense"), forced_compute_dtype("float32"):
+            return model(**inputs)
+
+
+def _tolerance(state: dict, runner: str) -> float:
+    """The tolerance the runtime checked `runner` against (0 for torch itself)."""
+    if runner == "torch":
+        return 0.0
+    return next(t for key, t in state["tolerances"].items() if key.endswith(f" {runner}"))
+
+
+def test_runtimes_are_registered():
+    assert {"torch", "auto", "onnxruntime"} <= set(runtimes())
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnxruntime"])
+@pytest.mark.parametrize("method", [*CONFIGS, "lenet5-int8"])
+def test_outputs_equal_torch_within_the_tolerance(method, runtime, artifacts, digits_task):
+    model = sk.load(artifacts[method], runtime=runtime)
+    plain = sk.load(artifacts[method], runtime="torch")
+    for batch in (1, 64):
+        x = digits_task.example_inputs(batch)["x"]
+        with torch.no_grad():
+            y = model(x)
+        state = sk.runtime_report(model)["runtime"]
+        label = f"x:float32[*,64] threads={torch.get_num_threads()} batch={'1' if batch == 1 else '>1'}"
+        runner = state["choices"][label]
+        assert rel_err(y, _reference(plain, runner, x=x)) <= _tolerance(state, runner), state
+        assert y.shape == (batch, 10) and y.dtype == torch.float32
+    if runtime == "onnxruntime":
+        assert set(state["choices"].values()) == {"ort-int" if "int8" in method else "ort-float"}, state
+        assert state["timings_ms"] == {}
+    else:
+        for timings in state["timings_ms"].values():
+            assert set(timings) >= {"torch", "ort-float"}
+        for label, runner in state["choices"].items():
+            timings = state["timings_ms"][label]
+            fastest = min(timings, key=timings.get)
+            winner = fastest if timings[fastest] < (1 - MARGIN) * timings["torch"] else "torch"
+            assert runner == winner, timings
+    uses_ort = set(state["choices"].values()) != {"torch"}
+    assert (state["why_torch"] is None) == ("torch" not in state["choices"].values()), state
+    assert (state["onnx_bytes"] > 0) == uses_ort  # sessions nobody chose are closed
+    report = sk.runtime_report(model)
+    assert {"mode", "cache_bytes", "layers", "runtime"} <= set(report)
+
+
+def test_state_dict_and_submodules_are_the_users(artifacts, digits_task):
+    plain = sk.load(artifacts["int8"], runtime="torch")
+    model = sk.load(artifacts["int8"], runtime="auto")
+    assert "forward" not in plain.__dict__ and "slimkit_runtime" not in plain.__dict__
+    assert type(model) is type(plain) and list(model.state_dict()) == list(plain.state_dict())
+    with torch.inference_mode():  # the export itself runs outside inference mode
+        model(digits_task.example_inputs(4)["x"])
+    assert sk.runtime_report(model)["runtime"]["choices"] and sk.runtime_report(model)["runtime"]["why_torch"] is None
+    assert list(model.state_dict()) == list(plain.state_dict())
+    assert model.fc1 is dict(model.named_modules())["fc1"]
+    assert inspect.signature(model.forward) == inspect.signature(plain.forward)
+
+
+def test_grad_and_training_calls_run_torch(artifacts, digits_task):
+    model = sk.load(artifacts["int8"], runtime="onnxruntime")
+    x = digits_task.example_inputs(8)["x"]
+    y = model(x)  # grad enabled, parameters require grad
+    assert y.requires_grad
+    assert "grad" in sk.runtime_report(model)["runtime"]["why_torch"]
+    model.train()
+    with torch.no_grad():
+        model(x)
+    state = sk.runtime_report(model)["runtime"]
+    assert "training" in state["why_torch"] and state["choices"] == {}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model(x)  # grad enabled, but nothing requires it
+    assert list(sk.runtime_report(model)["runtime"]["choices"].values()) == ["ort-int"]
+
+
+def test_hooks_and_torch_only_run_torch(artifacts, digits_task):
+    model = sk.load(artifacts["kmeans"], runtime="onnxruntime")
+    x = digits_task.example_inputs(8)["x"]
+    seen = []
+    handle = model.fc2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model(x)
+    assert seen == [(8, 100)] and "hooks" in sk.runtime_report(model)["runtime"]["why_torch"]
+    handle.remove()
+    with torch.no_grad(), torch_only():
+        model(x)
+    assert sk.runtime_report(model)["runtime"]["choices"] == {}
+    handle = model.register_forward_hook(lambda m, i, o: seen.append(o.shape))  # the model's own: runs anyway
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen == [(8, 100), (8, 10)] and sk.runtime_report(model)["runtime"]["choices"]
+
+
+def test_changed_weights_drop_the_graph(artifacts, digits_task):
+    model = sk.load(artifacts["kmeans"], runtime="onnxruntime")
+    x = digits_task.example_inputs(8)["x"]
+    with torch.no_grad():
+        before = model(x)
+        model.fc3.bias.add_(1.0)  # in place: its version counter moves
+        after = model(x)
+        assert torch.allclose(after, before + 1.0, atol=1e-4)
+        model.fc3.bias = nn.Parameter(model.fc3.bias - 2.0)  # replaced
+        assert torch.allclose(model(x), before - 1.0, atol=1e-4)
+    assert sk.runtime_report(model)["runtime"]["choices"]
+
+
+class _Toy(nn.Module):
+    """Token ids (+ an optional float feature) -> a tuple of two tensors; takes extra options."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, ids, extra=None, scale: float = 1.0, **kwargs):
+        h = self.emb(ids) * scale
+        if extra is not None:
+            h = h + extra.unsqueeze(1)
+        out = self.lin(h)
+        return out, out.mean(1)
+
+
+def _toy(runtime: str, tmp_path) -> nn.Module:
+    torch.manual_seed(0)
+    sk.save(_Toy().eval(), tmp_path / "toy.slim")
+    return sk.load(tmp_path / "toy.slim", model=_Toy(), runtime=runtime)
+
+
+def test_non_tensor_and_unknown_arguments_run_torch(tmp_path):
+    model = _toy("onnxruntime", tmp_path)
+    ids = torch.randint(0, 20, (2, 5))
+    with torch.no_grad():
+        expected = type(model).forward(model, ids, scale=2.0)
+        assert all(torch.equal(a, b) for a, b in zip(model(ids, scale=2.0), expected, strict=True))
+        assert "'scale' is a float" in sk.runtime_report(model)["runtime"]["why_torch"]
+        model(ids, use_cache=True)
+        assert "'use_cache' is not a named parameter" in sk.runtime_report(model)["runtime"]["why_torch"]
+        model(ids, extra=torch.zeros(1, 8))  # broadcasts in torch; the batch sizes disagree
+        assert "batch" in sk.runtime_report(model)["runtime"]["why_torch"]
+        assert sk.runtime_report(model)["runtime"]["choices"] == {}
+
+
+def test_structure_dtypes_and_sequence_lengths_are_kept(tmp_path):
+    model = _toy("onnxruntime", tmp_path)
+    with torch.no_grad():
+        for shape in ((1, 5), (3, 11), (2, 3)):
+            ids = torch.randint(0, 20, shape)
+            extra = torch.randn(shape[0], 8)
+            out = model(ids, extra=extra)
+            ref = type(model).forward(model, ids, extra=extra)
+            assert type(out) is tuple and len(out) == 2
+            assert error(list(out), list(ref)) <= FLOAT_TOL
+    state = sk.runtime_report(model)["runtime"]
+    threads = torch.get_num_threads()
+    assert sorted(state["choices"]) == [f"ids:int64[*,*] extra:float32[*,8] threads={threads} batch=1",
+                                        f"ids:int64[*,*] extra:float32[*,8] threads={threads} batch=>1"]
+
+
+def test_hugging_face_outputs_are_rebuilt():
+    modeling = pytest.importorskip("transformers.modeling_outputs")
+    out = modeling.BaseModelOutputWithPooling(last_hidden_state=torch.zeros(2, 3, 4), pooler_output=torch.ones(2, 4))
+    tensors, spec = flatten_output(out)
+    assert len(tensors) == 2
+    back = rebuild_output(spec, [t.double() for t in tensors])
+    assert type(back) is type(out) and list(back.keys()) == ["last_hidden_state", "pooler_output"]
+    assert back.pooler_output.dtype == torch.float32  # cast back to torch's dtype
+    with pytest.raises(TypeError, match="int"):
+        flatten_output((torch.zeros(1), 3))
+
+
+def test_deepcopy_and_pickle_give_the_copy_its_own_dispatcher(artifacts, digits_task):
+    model = sk.load(artifacts["int8"], runtime="onnxruntime")  # "auto" might time its way to another runner
+    x = digits_task.example_inputs(4)["x"]
+    with torch.no_grad():
+        y = model(x)
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            dispatch = clone.__dict__["forward"]
+            assert isinstance(dispatch, RuntimeDispatch) and dispatch.model is clone
+            assert clone.__dict__["slimkit_runtime"] is dispatch and dispatch.choices == {}
+            assert rel_err(clone(x), y) <= 1e-5
+            assert dispatch.choices
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False)(x).shape == y.shape
+
+
+def test_failed_export_falls_back_to_torch_with_the_reason(artifacts, digits_task, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::mystery' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(runtime_graph, "export_onnx", broken)
+    model = sk.load(artifacts["int8"], runtime="auto")
+    plain = sk.load(artifacts["int8"], runtime="torch")
+    x = digits_task.example_inputs(4)["x"]
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+        assert torch.equal(model(x[:1]), plain(x[:1]))  # never retried
+    state = sk.runtime_report(model)["runtime"]
+    assert state["why_torch"].startswith("ONNX export failed: RuntimeError: Exporting the operator")
+    assert set(state["choices"].values()) <= {"torch"} and state["onnx_bytes"] == 0
+
+
+def test_a_session_outside_its_tolerance_is_never_used(artifacts, digits_task, monkeypatch):
+    monkeypatch.setattr(runtime_graph, "FLOAT_TOL", 0.0)  # no float graph is bit-exact on LeNet
+    model = sk.load(artifacts["magnitude"], runtime="onnxruntime")
+    plain = sk.load(artifacts["magnitude"], runtime="torch")
+    x = digits_task.example_inputs(8)["x"]
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    state = sk.runtime_report(model)["runtime"]
+    assert set(state["choices"].values()) == {"torch"}
+    assert "ort-float differs from torch by" in state["why_torch"] and len(state["rejected"]) == 1
+
+
+def test_each_thread_count_gets_its_own_sessions(artifacts, digits_task):
+    model = sk.load(artifacts["kmeans"], runtime="onnxruntime")
+    x = digits_task.example_inputs(2)["x"]
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            model(x)
+            torch.set_num_threads(1)
+            model(x)
+    finally:
+        torch.set_num_threads(threads)
+    labels = sorted(sk.runtime_report(model)["runtime"]["choices"])
+    assert labels == sorted({f"x:float32[*,64] threads={n} batch=>1" for n in (1, threads)})
+
+
+def test_missing_onnxruntime_falls_back_to_torch(artifacts, digits_task, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    model = sk.load(artifacts["int8"], runtime="onnxruntime")
+    with torch.no_grad():
+        model(digits_task.example_inputs(2)["x"])
+    assert "'onnxruntime' is not installed" in sk.runtime_report(model)["runtime"]["why_torch"]
+
+
+def test_unknown_runtime_is_a_one_line_error(artifacts, monkeypatch):
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt': choose one of .*auto.*torch") as exc:
+        sk.load(artifacts["int8"], runtime="tensorrt")
+    assert isinstance(exc.value, sk.SlimError) and "\n" not in str(exc.value)
+    monkeypatch.setenv(RUNTIME_ENV, "tvm")
+    with pytest.raises(ValueError, match=r"'tvm' \(from \$SLIMKIT_RUNTIME\)"):
+        sk.load(artifacts["int8"])
+    monkeypatch.setenv(RUNTIME_ENV, "torch")
+    assert "forward" not in sk.load(artifacts["int8"]).__dict__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["auto", "onnxruntime"])
+def test_minilm_int8_keeps_its_hugging_face_output(runtime, tmp_path):
+    from slimkit.zoo.minilm import minilm_task
+
+    task = minilm_task()
+    sk.save(sk.run_recipe(sk.zoo.load("minilm"), sk.load_recipe("int8"), task), tmp_path / "m.slim")
+    model = sk.load(tmp_path / "m.slim", runtime=runtime)
+    plain = sk.load(tmp_path / "m.slim", runtime="torch")
+    for batch in (1, 8):
+        inputs = task.example_inputs(batch)
+        with torch.no_grad():
+            out = model(**inputs)
+        state = sk.runtime_report(model)["runtime"]
+        runner = state["choices"][f"input_ids:int64[*,*] attention_mask:int64[*,*] threads={torch.get_num_threads()} "
+                                  f"batch={'1' if batch == 1 else '>1'}"]
+        ref = _reference(plain, runner, **inputs)
+        assert type(out) is type(ref) and list(out.keys()) == ["last_hidden_state", "pooler_output"]
+        assert error(list(out.values()), list(ref.values())) <= _tolerance(state, runner), state
