@@ -51,7 +51,8 @@ def _reference(model: nn.Module, runner: str, **inputs: torch.Tensor) -> torch.T
     with torch.no_grad(), torch_only():
         if runner == "torch":
             return model(**inputs)
-        with kernel_mode("compact" if runner == "ort-int" else "dense"), forced_compute_dtype("float32"):
+        mode = "compact" if runtime_graph.base_name(runner) == "ort-int" else "dense"
+        with kernel_mode(mode), forced_compute_dtype("float32"):
             return model(**inputs)
 
 
@@ -60,6 +61,36 @@ def _tolerance(state: dict, runner: str) -> float:
     if runner == "torch":
         return 0.0
     return next(t for key, t in state["tolerances"].items() if key.endswith(f" {runner}"))
+
+
+def test_auto_also_tries_a_frozen_torchscript_graph_and_single_thread_sessions(artifacts, digits_task):
+    model = sk.load(artifacts["int8"], runtime="auto")
+    x = digits_task.example_inputs(8)["x"]
+    with torch.no_grad():
+        model(x)
+    state = sk.runtime_report(model)["runtime"]
+    timings = next(iter(state["timings_ms"].values()))
+    assert "torch-graph" in timings, state
+    if torch.get_num_threads() > 1:  # a small graph: one-thread sessions of both graphs too
+        assert {"ort-float/1t", "ort-int/1t"} <= set(timings), state
+    for key, err in state["checks"].items():
+        if key.endswith((" torch-graph", " ort-float/1t")):
+            assert err <= FLOAT_TOL, state
+
+
+def test_a_model_torchscript_cannot_trace_keeps_the_other_runners(artifacts, digits_task, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(runtime_graph, "TracedGraph", refuse)
+    model = sk.load(artifacts["kmeans"], runtime="auto")
+    x = digits_task.example_inputs(4)["x"]
+    with torch.no_grad():
+        y = model(x)
+    state = sk.runtime_report(model)["runtime"]
+    timings = next(iter(state["timings_ms"].values()))
+    assert "torch-graph" not in timings and "ort-float" in timings, state
+    assert torch.allclose(y, sk.load(artifacts["kmeans"], runtime="torch")(x), atol=1e-5)
 
 
 def test_runtimes_are_registered():

@@ -96,6 +96,33 @@ def test_lying_spec_is_a_format_error(lenet, digits_task, tmp_path):
         sk.load(path)
 
 
+def test_a_spec_claiming_a_huge_virtual_weight_is_refused_before_allocating(lenet, digits_task, tmp_path):
+    """A small file whose hashed spec claims 10^11 virtual weights (400 GB at load) is refused by
+    the runtime-bytes budget, with the layer named; the hashes are never computed."""
+    from slimkit.io.artifact import read_raw, write_raw
+
+    model = sk.share_(lenet, HashedConfig(targets="fc3", finetune_epochs=0), data=digits_task)
+    path = tmp_path / "h.slim"
+    sk.save(model, path)
+    arrays, manifest = read_raw(path)
+    for edit in manifest["edits"]:
+        edit["spec"]["in"], edit["spec"]["out"] = 10**6, 10**5
+    write_raw(path, arrays, manifest)
+    with pytest.raises(sk.SlimFormatError, match=r"layer 'fc3' needs \d+ bytes to run"):
+        sk.load(path)
+
+
+def test_chunked_hashes_equal_the_whole_array_computation():
+    from slimkit.nn import hashing
+
+    index, sign = hash_indices(1100, 1000, buckets=5000, seed=11)     # 1.1M positions: two slices
+    flat = np.arange(1100 * 1000, dtype=np.uint64) ^ (np.uint64(11) << np.uint64(32))
+    mixed = hashing.splitmix64(flat)
+    assert np.array_equal(index.reshape(-1), (mixed % np.uint64(5000)).astype(np.int64))
+    bits = hashing.splitmix64(mixed ^ np.uint64(0x5851F42D4C957F2D)) >> np.uint64(63)
+    assert np.array_equal(sign.reshape(-1), (1.0 - 2.0 * bits.astype(np.float32)))
+
+
 @pytest.mark.slow
 def test_hashed_recipe_at_one_eighth(lenet, digits_task, tmp_path):
     base = digits_task.score(lenet)

@@ -275,7 +275,7 @@ class RuntimeDispatch:
                 return None
         try:
             with torch.inference_mode(False), torch.no_grad():
-                return Graph.export(self.model, named)
+                return Graph.export(self.model, named, traced=self.mode == "auto")
         except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types: keep the reason, run torch
             self.failure = f"ONNX export failed: {one_line(exc)}"
             return None

@@ -6,6 +6,9 @@ sample of the call (batch slices 0:1 and -1:), against torch computing what each
 fp32 activations (`forced_compute_dtype("float32")`), and
   - "ort-float" (every layer decoded to fp32): torch with `kernel_mode("dense")` (decoded weights).
     Only fp32 summation order differs; accepted within FLOAT_TOL.
+  - "torch-graph" (the same decoded model traced by TorchScript and frozen: no Python per module,
+    which is most of a small model's time at batch 1): torch with `kernel_mode("dense")`, within
+    FLOAT_TOL (freezing folds BatchNorm into convolutions: fp32 rounding only).
   - "ort-int" (int8 matmuls on per-token quantized activations): torch with `kernel_mode("compact")`
     (its integer kernels). A rounding flip of one quantized activation (an fp32 difference in the
     last bit) changes the next layer's input by one step, which flips others downstream: in a deep
@@ -18,6 +21,7 @@ Measured on this project's models: docs/runtime.md, "Runtimes".
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.export.onnx import OrtModule, _integer_bytes, export_onnx, flatten_output, float_copy
+from slimkit.export.onnx import OrtModule, _Export, _integer_bytes, export_onnx, flatten_output, float_copy
 from slimkit.export.runtime_guard import Signature, signature_label
 from slimkit.nn.kernels import kernel_mode, rel_err
 from slimkit.nn.quant_linear import forced_compute_dtype
@@ -34,10 +38,29 @@ FLOAT_TOL = 1e-5
 INT_FACTOR = 2.0
 INT_FLOOR = 1e-4
 INT_TOL = 0.2
+SMALL_GRAPH = 8 << 20  # float graphs up to this size also get single-thread sessions ("ort-float/1t")
+
+
+class TracedGraph:
+    """A plain (decoded) copy of the model traced by TorchScript and frozen, behind `run_all`."""
+
+    def __init__(self, plain: nn.Module, example: dict[str, torch.Tensor]):
+        self.keys = list(example)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values: the check decides
+            traced = torch.jit.trace(_Export(plain, self.keys, all_outputs=True).eval(),
+                                     tuple(example.values()), check_trace=False)
+            self.module = torch.jit.freeze(traced)
+        self.bytes = sum(t.numel() * t.element_size() for t in (*plain.parameters(), *plain.buffers()))
+
+    def run_all(self, named: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        out = self.module(*[named[k] for k in self.keys])
+        return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 class Graph:
-    """The sessions of one signature ("ort-float", and "ort-int" when the model has integer layers)."""
+    """The runners of one signature: "ort-float", "ort-int" when the model has integer layers, and
+    "torch-graph" (for "auto")."""
 
     def __init__(self, label: str, sessions: dict[str, OrtModule], sizes: dict[str, int]):
         self.label = label
@@ -50,9 +73,10 @@ class Graph:
         self.decided: set[int] = set()
 
     @classmethod
-    def export(cls, model: nn.Module, named: dict[str, torch.Tensor]) -> Graph:
+    def export(cls, model: nn.Module, named: dict[str, torch.Tensor], traced: bool = False) -> Graph:
         """Export `model` for the inputs `named` (their first sample, twice: batch 2 keeps the batch
-        axis dynamic) and open a session per graph, with torch's thread count."""
+        axis dynamic) and open a session per graph, with torch's thread count; with `traced`, also
+        the TorchScript runner (left out, with no error, where tracing fails)."""
         example = {k: torch.cat([v[:1], v[:1]]) for k, v in named.items()}
         has_convs = any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
         threads = torch.get_num_threads()
@@ -66,9 +90,20 @@ class Graph:
             data, replaced, _ = _integer_bytes(path, model)
             if replaced:  # integer ops; coded weights alone decode to the float graph at load
                 graphs["ort-int"] = data
-        sessions = {n: OrtModule(data, keys, False, threads, spin=False) for n, data in graphs.items()}
+        sessions: dict[str, Any] = {n: OrtModule(data, keys, False, threads, spin=False) for n, data in graphs.items()}
+        sizes = {n: len(d) for n, d in graphs.items()}
+        if traced and threads > 1 and sizes["ort-float"] <= SMALL_GRAPH:
+            for n, data in graphs.items():  # a small graph may not pay for waking a second thread
+                sessions[f"{n}/1t"] = OrtModule(data, keys, False, 1, spin=False)
+                sizes[f"{n}/1t"] = len(data)
+        if traced:
+            try:
+                sessions["torch-graph"] = TracedGraph(plain, example)
+                sizes["torch-graph"] = sessions["torch-graph"].bytes
+            except Exception:  # noqa: BLE001 - TorchScript cannot take every model: the others remain
+                pass
         label = signature_label((Signature.key(named)[0], threads))
-        return cls(label, sessions, {n: len(d) for n, d in graphs.items()})
+        return cls(label, sessions, sizes)
 
     def usable(self) -> list[str]:
         return [n for n in self.sessions if n not in self.rejected]
@@ -88,27 +123,29 @@ class Graph:
             with torch.no_grad(), forced_compute_dtype("float32"):
                 with kernel_mode("dense"):
                     refs = {"ort-float": flatten_output(forward(**sample))[0]}
-                if "ort-int" in todo:
+                if any(base_name(n) == "ort-int" for n in todo):
                     with kernel_mode("compact"):
                         refs["ort-int"] = flatten_output(forward(**sample))[0]
         except Exception as exc:  # noqa: BLE001 - torch's own kernels failed on the sample: no check, no graph
             for name in todo:
                 self._reject(name, float("inf"), f"{name}: the torch reference failed: {one_line(exc)}")
             return
-        tolerances = {"ort-float": FLOAT_TOL}
+        refs["torch-graph"] = refs["ort-float"]
+        tolerances = {"ort-float": FLOAT_TOL, "torch-graph": FLOAT_TOL}
         if "ort-int" in refs:
             own = error(refs["ort-int"], refs["ort-float"])
             tolerances["ort-int"] = min(INT_TOL, max(INT_FLOOR, INT_FACTOR * own))
         for name in todo:
             try:
-                err = error(self.sessions[name].run_all(sample), refs[name])
+                err = error(self.sessions[name].run_all(sample), refs[base_name(name)])
             except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime cannot run: reject it, say why
                 self._reject(name, float("inf"), f"{name} failed on a check sample: {one_line(exc)}")
                 continue
             self.checks[name] = max(err, self.checks.get(name, 0.0))
-            self.tolerances[name] = min(tolerances[name], self.tolerances.get(name, float("inf")))
-            if not err <= tolerances[name]:
-                self.rejected[name] = f"{name} differs from torch by {err:.2e} (relative) > {tolerances[name]:.1e}"
+            tolerance = tolerances[base_name(name)]
+            self.tolerances[name] = min(tolerance, self.tolerances.get(name, float("inf")))
+            if not err <= tolerance:
+                self.rejected[name] = f"{name} differs from torch by {err:.2e} (relative) > {tolerance:.1e}"
 
     def _reject(self, name: str, err: float, why: str) -> None:
         self.checks[name] = max(err, self.checks.get(name, 0.0))
@@ -137,6 +174,11 @@ class Graph:
     def bytes(self) -> int:
         """Bytes of the serialized graphs behind the open sessions."""
         return sum(self.sizes[n] for n in self.sessions)
+
+
+def base_name(name: str) -> str:
+    """The graph a runner runs: "ort-float" for "ort-float/1t" (the same graph on one thread)."""
+    return name.split("/", 1)[0]
 
 
 def error(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> float:

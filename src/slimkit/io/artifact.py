@@ -18,6 +18,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.core.provenance import base_of
+from slimkit.core.text import clean
 from slimkit.io.bases import after_load, build_base
 from slimkit.io.codecs import encode_chain
 from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest
@@ -154,6 +155,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, runtime: str |
         state = _decode_all(reader, manifest)
     net = build_base(manifest.base, model, manifest)
     replay_edits(net, manifest.edits)
+    _check_runtime_bytes(net, os.path.getsize(path), str(path))
     _load_into(net, state, str(path))
     _retie(net, manifest.aliases)
     _restore_chains(net, manifest)
@@ -161,6 +163,19 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, runtime: str |
     net.__dict__["slimkit_base"] = manifest.base
     net.__dict__["slimkit_info"] = manifest.info
     return install_runtime(net.eval(), name)
+
+
+def _check_runtime_bytes(net: nn.Module, file_size: int, where: str) -> None:
+    """Refuse a file whose layers would allocate more to run than its decoded budget allows
+    (`runtime_bytes`, see `slimkit.surgery.register_module`): a spec's sizes come from the file."""
+    total, budget = 0, decoded_budget(file_size)
+    for name, module in net.named_modules():
+        need = getattr(module, "runtime_bytes", None)
+        if callable(need):
+            total += int(need())
+            if total > budget:
+                raise SlimFormatError(f"{where}: layer {clean(name)!r} needs {total} bytes to run, more than "
+                                      f"the {budget} allowed for a file of {file_size} bytes")
 
 
 def _retie(net: nn.Module, aliases: dict[str, str]) -> None:

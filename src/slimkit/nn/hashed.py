@@ -77,14 +77,27 @@ class HashedLinear(nn.Module):
         return nn.functional.linear(x, self.built_weight(), self.bias)
 
     def built_weight(self) -> torch.Tensor:
-        """The virtual weight, built once and kept until `weight` is replaced or changed."""
+        """The virtual weight, built once and kept until `weight` is replaced or changed. The hash
+        indices it is built from are not kept (they would take 3x the weight's memory)."""
         weight = self._parameters["weight"]
         key = (id(weight), weight._version)
         cached = self.__dict__.get("_virtual")
         if cached is None or cached[0] != key:
+            self.__dict__.pop("_virtual", None)
+            cache = self.__dict__.get("_hash_cache", {})
+            index, sign = cache.get(weight.device) or hash_indices(
+                self.out_features, self.in_features, self.buckets, self.seed)
+            index, sign = torch.as_tensor(index, device=weight.device), torch.as_tensor(sign, device=weight.device)
             with torch.no_grad():
-                cached = self.__dict__["_virtual"] = (key, self.virtual_weight())
+                built = weight[index]
+                built.mul_(sign.to(weight.dtype))
+                cached = self.__dict__["_virtual"] = (key, built)
         return cached[1]
+
+    def runtime_bytes(self) -> int:
+        """The most memory this layer allocates to run, at its peak: the hash indices and signs
+        (12 bytes per virtual weight) and the virtual weight (4 bytes) while it is built."""
+        return 16 * self.in_features * self.out_features
 
     def runtime_state(self) -> dict:
         """Whether the virtual weight is built, and the bytes it holds."""

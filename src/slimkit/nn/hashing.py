@@ -18,6 +18,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 MAX_SEED = 2**32 - 1
+CHUNK = 1 << 20  # positions hashed per slice
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -29,16 +30,24 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def hash_indices(rows: int, cols: int, buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(index int64 (rows, cols) in [0, buckets), sign float32 (rows, cols) in {-1, 1})."""
+    """(index int64 (rows, cols) in [0, buckets), sign float32 (rows, cols) in {-1, 1}).
+
+    Computed in slices of at most `CHUNK` positions, so the peak memory is the two results plus
+    a few MB of uint64 temporaries."""
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"hash seed must be in 0..{MAX_SEED}, got {seed}")
-    flat = np.arange(rows * cols, dtype=np.uint64)
+    total = rows * cols
+    index = np.empty(total, dtype=np.int64)
+    sign = np.empty(total, dtype=np.float32)
     key = np.uint64(seed) << np.uint64(32)
-    index = (splitmix64(flat ^ key) % np.uint64(buckets)).astype(np.int64)
-    bits = splitmix64(splitmix64(flat ^ key) ^ np.uint64(0x5851F42D4C957F2D)) >> np.uint64(63)
-    sign = (1.0 - 2.0 * bits.astype(np.float32)).astype(np.float32)
+    for start in range(0, total, CHUNK):
+        flat = np.arange(start, min(start + CHUNK, total), dtype=np.uint64) ^ key
+        mixed = splitmix64(flat)
+        index[start:start + len(flat)] = mixed % np.uint64(buckets)
+        bits = splitmix64(mixed ^ np.uint64(0x5851F42D4C957F2D)) >> np.uint64(63)
+        sign[start:start + len(flat)] = 1.0 - 2.0 * bits.astype(np.float32)
     return index.reshape(rows, cols), sign.reshape(rows, cols)
 
 

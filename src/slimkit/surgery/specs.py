@@ -21,7 +21,11 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {}
 
 
 def register_module(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator for runtime modules: needs `slim_type`, `slim_spec()`, `from_slim_spec()`."""
+    """Class decorator for runtime modules: needs `slim_type`, `slim_spec()`, `from_slim_spec()`.
+
+    A module that allocates memory to run beyond its stored tensors (a hashed layer's virtual
+    weight) also defines `runtime_bytes() -> int`, its peak: `load` checks the sum against the
+    file's decoded budget before any tensor is placed."""
     for attr in ("slim_type", "slim_spec", "from_slim_spec"):
         if not hasattr(cls, attr):
             raise TypeError(f"{cls.__name__} lacks {attr}")
