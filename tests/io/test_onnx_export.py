@@ -49,3 +49,16 @@ def test_export_cli_refuses_existing_output(tmp_path, monkeypatch, capsys):
         run()
     assert exc.value.code == 2 and out.read_bytes() == b"keep"
     assert "already exists" in capsys.readouterr().err
+
+
+def test_export_writes_no_temporary_file_a_symlink_could_redirect(lenet, digits_task, tmp_path):
+    """The graph is built in memory (issue 22): a symlink planted where the old fixed-name temporary
+    file went is never written through, and only the output appears."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / ".m.onnx.export").symlink_to(victim)
+    export(lenet, tmp_path / "m.onnx", digits_task, integer=False)
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.onnx.export", "m.onnx", "victim"]
+    with pytest.raises(sk.SlimError, match="already exists"):
+        export(lenet, tmp_path / "m.onnx", digits_task, overwrite=False)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from slimkit.autosearch.pareto import front
-from slimkit.core.optional import pyplot
+from slimkit.core.optional import png_bytes, pyplot
 from slimkit.io.artifact import SIDE_SEP, encode_model
+from slimkit.io.safetensors_file import atomic_write
 
 MAX_LAYERS = 8      # histograms of the largest layers only (a transformer has dozens)
 
@@ -59,7 +60,7 @@ def plot_pareto(points: list[dict], baseline: dict, max_drop: float, best: int |
         ax.set_ylim(max(min(lows) - 1, floor - 5), top + 0.5)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, [png_bytes(fig, 90)])
     plt.close(fig)
     return Path(path)
 
@@ -125,7 +126,7 @@ def plot_histograms(before: nn.Module, after: nn.Module, path: str | Path, bins:
             ax.tick_params(labelsize=7)
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.35 / len(names) / 1.9, bottom=0.25 / len(names) / 1.9 + 0.02,
                         hspace=0.55, wspace=0.15)
-    fig.savefig(path, dpi=80)
+    atomic_write(path, [png_bytes(fig, 80)])
     plt.close(fig)
     return Path(path)
 
@@ -179,7 +180,7 @@ def plot_bits(before: dict[str, float], after: dict[str, float], path: str | Pat
     ax.set_ylabel("stored bits per parameter")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, [png_bytes(fig, 90)])
     plt.close(fig)
     return Path(path)
 
@@ -206,6 +207,6 @@ def plot_apoz(before: list[dict], after: list[dict], path: str | Path) -> Path |
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("neurons, most often zero first")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_write(path, [png_bytes(fig, 80)])
     plt.close(fig)
     return Path(path)

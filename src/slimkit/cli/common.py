@@ -8,6 +8,7 @@ Subcommands print through `say`, `info`, `warn`, `status` and `table`, never mar
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from slimkit.core.errors import SlimError
 from slimkit.core.text import clean
+from slimkit.io.safetensors_file import check_writable, probe_folder
 
 
 @dataclass
@@ -89,16 +91,32 @@ def emit_json(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def check_out_path(out_path: Path, inputs: list[str], force: bool) -> None:
-    """Refuse to overwrite an input or, without --force, any existing file."""
-    resolved = out_path.resolve()
+def check_out_path(out_path: Path, inputs: list[str], force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an output that cannot or must not be written: a folder, a missing or
+    read-only folder, any input (the model, a file of its folder, the recipe: the same file by any
+    name), or without --force an existing file. The final rename checks again (another process may
+    create the file meanwhile): `save(..., overwrite=False)`."""
     for ref in inputs:
-        if Path(ref).exists() and Path(ref).resolve() == resolved:
-            raise SlimError(f"--out {out_path} is the input file; choose another output path")
-    if out_path.exists() and not force:
-        raise SlimError(f"{out_path} already exists; pass --force to replace it")
-    if not resolved.parent.is_dir():
-        raise SlimError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+        p = Path(ref)
+        if not p.exists():
+            continue
+        if p.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(p, out_path)):
+            raise SlimError(f"{flag} {out_path} is an input ({ref}); choose another output path")
+        if p.is_dir() and os.path.lexists(out_path) and out_path.resolve().is_relative_to(p.resolve()):
+            raise SlimError(f"{flag} {out_path} is a file of the input folder {ref}; choose another output path")
+    check_writable(out_path, overwrite=force)
+
+
+def check_out_folder(folder: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    if folder.exists() and not folder.is_dir():
+        raise SlimError(f"{flag} {folder} is a file, not a folder")
+    parent = folder if folder.is_dir() else next((p for p in folder.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise SlimError(f"cannot create {flag} {folder}: {parent} is not a folder")
+    why = probe_folder(parent)
+    if why:
+        raise SlimError(f"cannot write {flag} {folder}: {parent}: {why}")
 
 
 def fmt_bytes(n: int) -> str:

@@ -32,13 +32,13 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact."""
 
-    common.check_out_path(out, [model], force)
+    common.check_out_path(out, [model, recipe], force)   # before any work; the rename checks again
 
     how = route(model, recipe, stream)
     if how == "tensors":  # a bare checkpoint (or --stream): weight-only, tensor by tensor
-        return stream_cmd(model, recipe, out, as_json, keep_stages)
+        return stream_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
     if how == "layerwise":  # gptq on a HF folder, one block at a time from disk
-        return layerwise_cmd(model, recipe, out, as_json, keep_stages)
+        return layerwise_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
     plan = load_recipe(recipe)
 
     init()  # under torchrun: calibration and training are split across ranks; rank 0 writes
@@ -65,7 +65,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
             net = run_recipe(net, plan, task, on_stage=on_stage)
     if not is_main():
         return
-    save(net, out, info={"recipe": plan.name, "source": model})
+    save(net, out, info={"recipe": plan.name, "source": model}, overwrite=force)
     with common.status("measuring the result"):
         after = evaluate(net, task, path=out)
     result = {"out": str(out), "bytes": after.bytes, "baseline_bytes": after.baseline_bytes,

@@ -17,7 +17,8 @@ from slimkit.stream.api import compress_checkpoint
 from slimkit.stream.layerwise import compress_layerwise
 
 
-def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
+def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False,
+                  overwrite: bool = True) -> None:
     """A gptq / lowrank / apoz recipe block by block from disk with a progress bar; print the size, ratio and time."""
 
     if keep_stages:
@@ -30,7 +31,7 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
         def on_block(name: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=clean(name[-40:]))
 
-        report = compress_layerwise(model, recipe, out, on_block=on_block)
+        report = compress_layerwise(model, recipe, out, on_block=on_block, overwrite=overwrite)
     if _summary(report, as_json, "layer(s)", streamed="layerwise"):
         return
     common.say(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "
@@ -38,7 +39,8 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
                f"block; score it with: slimkit eval {out}")
 
 
-def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False) -> None:
+def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False,
+               overwrite: bool = True) -> None:
     """Compress `model` tensor by tensor with a progress bar; print the size, ratio and throughput."""
 
     if keep_stages:
@@ -52,7 +54,7 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
         def on_tensor(item, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=clean(item.name[-40:]))
 
-        report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor)
+        report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor, overwrite=overwrite)
     if _summary(report, as_json, "tensor(s)", throughput_mb_s=round(report.throughput_mb_s, 1)):
         return
     common.say(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "

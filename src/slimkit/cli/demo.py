@@ -15,6 +15,7 @@ def demo_cmd(out: Path = typer.Option(Path("slimkit-demo"), "--out", help="Folde
              ) -> None:
     """Run one method of each family and a combined pipeline; print and save the table."""
 
+    common.check_out_folder(out)
     rows = run_demo(out, model, progress=common.info)
     cells = [[r.family, r.method, r.bytes, r.ratio and f"{r.ratio}x", r.score and f"{r.score:.4f}",
               r.delta_pt, r.latency_b1_ms, r.latency_b32_ms, r.note] for r in rows]

@@ -24,11 +24,11 @@ def export_cmd(model: str = typer.Argument(..., help="A .slim file (or builtin:N
     weight-only codes, k-means and pruned weights are stored as small codes decoded in the graph,
     unless --float is given; other codecs are written as decoded fp32 weights."""
 
-    common.check_out_path(onnx, [model], force)
+    common.check_out_path(onnx, [model], force, flag="--onnx")
     with common.status(f"loading {model}"):
         net = resolve(model)
     with common.status("exporting and checking in ONNX Runtime"):
-        report = export(net, onnx, integer=not plain_float)
+        report = export(net, onnx, integer=not plain_float, overwrite=force)
     if as_json:
         common.emit_json(report)
         return

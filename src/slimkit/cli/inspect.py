@@ -31,6 +31,8 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
                 ) -> None:
     """Show where a model's bytes are, layer by layer, and what each recipe would make of it."""
 
+    if plot is not None:
+        common.check_out_folder(plot, "--plot")
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)
     rows = layer_table(net)

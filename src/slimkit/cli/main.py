@@ -67,6 +67,11 @@ def run() -> None:
         common.fail(str(exc))
     except KeyboardInterrupt:
         common.fail("interrupted")
+    except OSError as exc:   # a file or folder named by the user that cannot be read or written
+        if common.STATE.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        common.fail(f"{where}{exc.strerror or exc.__class__.__name__}")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

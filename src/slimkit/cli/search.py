@@ -40,6 +40,7 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
 
     if not budget > 0 or budget != budget:
         raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")
+    common.check_out_folder(out)
     certification = Certification(folds=folds, confidence=confidence, repeats=repeats)
     with _Display(budget * 60) as display:
         result = search(model, max_drop=max_drop, out=out, budget_s=budget * 60, max_trials=trials, seed=seed,

@@ -8,6 +8,7 @@ where a feature starts, so a missing one is a one-line error naming the extra to
 from __future__ import annotations
 
 import importlib.util
+import io
 from types import ModuleType
 
 from slimkit.core.errors import SlimError
@@ -29,3 +30,10 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def png_bytes(fig, dpi: int) -> bytes:
+    """A matplotlib figure rendered as PNG bytes (written with an atomic write, never in place)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

@@ -6,9 +6,11 @@ matplotlib is imported only here, when a plot is asked for.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from slimkit.core.optional import pyplot
+from slimkit.core.optional import png_bytes, pyplot
+from slimkit.io.safetensors_file import atomic_write
 
 
 def _pyplot():
@@ -30,8 +32,8 @@ def plot_histograms(hists: dict[str, dict], out_dir: str | Path) -> list[Path]:
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
         fig.tight_layout()
-        path = out / f"hist-{name.replace('.', '_')}.png"
-        fig.savefig(path, dpi=100)
+        path = out / f"hist-{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:100]}.png"   # a name from a file: no '/', '..'
+        atomic_write(path, [png_bytes(fig, 100)])
         plt.close(fig)
         paths.append(path)
     return paths

@@ -17,10 +17,11 @@ True
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -178,14 +179,15 @@ class _Export(nn.Module):
         return tuple(flatten_output(out)[0]) if self.all_outputs else first_tensor(out)
 
 
-def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path,
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: str | os.PathLike | BinaryIO,
                 keep_norms: bool = False, all_outputs: bool = False) -> tuple[list[str], bool]:
     """Export with the TorchScript exporter (dynamo=False, opset 17), dynamic batch (and sequence
     for integer token inputs). Returns (input names, whether the output is a hidden state).
     `keep_norms` keeps BatchNorm as its own op instead of folding it into the conv before it, so
     that a quantized conv's weight stays the decoded codes (ONNX Runtime folds it at load).
     `all_outputs` makes every tensor of the output a graph output, in `flatten_output`'s order
-    (their first axis is the batch when its size is the example's batch, and so on for the sequence)."""
+    (their first axis is the batch when its size is the example's batch, and so on for the sequence).
+    `path` may be a binary file object (an `io.BytesIO`: no file on disk at all)."""
     keys = list(example)
     with torch.inference_mode():
         out = model(**example)
@@ -202,7 +204,8 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path,
         axes[names[0]] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Export(model, keys, all_outputs).eval(), tuple(example.values()), str(path),
+        target = path if hasattr(path, "write") else str(path)
+        torch.onnx.export(_Export(model, keys, all_outputs).eval(), tuple(example.values()), target,
                           dynamo=False, opset_version=17, input_names=keys, output_names=names,
                           dynamic_axes=axes, do_constant_folding=True, external_data=False,
                           training=torch.onnx.TrainingMode.PRESERVE if keep_norms else torch.onnx.TrainingMode.EVAL)
@@ -265,7 +268,8 @@ def _plain(module: nn.Module) -> nn.Module:
     return lin
 
 
-def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer: bool = True) -> dict:
+def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer: bool = True,
+           overwrite: bool = True) -> dict:
     """Export `model` to ONNX at `path` (atomically) and check ONNX Runtime against slimkit.
 
     With `integer` (the default) int8 layers and quantized embeddings stay integer in the graph and
@@ -274,6 +278,7 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
     example inputs against slimkit's outputs in fp32 (the graph's activations are fp32, even for a
     model set to compute in bf16), with the kernels the graph mirrors: slimkit's integer kernels
     for a graph with integer layers, decoded weights otherwise (`slimkit.nn.kernels.kernel_mode`).
+    The graph is built in memory and written atomically (`overwrite=False`: never replaces a file).
 
     >>> export(sk.load("minilm-int8.slim"), "minilm-int8.onnx")["integer_layers"]
     37
@@ -286,18 +291,17 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
         raise SlimError("ONNX export needs example inputs: use a builtin model or a .slim file made from one")
     path = Path(path)
     plain = float_copy(model)
-    tmp = path.with_name(f".{path.name}.export")
-    try:
+    try:   # exported in memory: no temporary file that a symlink could redirect or a crash leave behind
         coded_convs = integer and any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
-        keys, hf_output = export_onnx(plain, task.example_inputs(2), tmp, keep_norms=coded_convs)
-        data, replaced, coded = _integer_bytes(tmp, model) if integer else (tmp.read_bytes(), {}, {})
-        atomic_write(path, [data])
+        graph = io.BytesIO()
+        keys, hf_output = export_onnx(plain, task.example_inputs(2), graph, keep_norms=coded_convs)
+        data, replaced, coded = _integer_bytes(graph.getvalue(), model) if integer else (graph.getvalue(), {}, {})
+        del graph
     except SlimError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types; report one line
         raise SlimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, [data], overwrite)
     inputs = task.example_inputs(32)
     session = OrtModule(path, keys, hf_output, threads=1)
     reference = _fp32_reference(model)
@@ -320,14 +324,15 @@ def _fp32_reference(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval() if low else model
 
 
-def _integer_bytes(float_onnx: Path, model: nn.Module) -> tuple[bytes, dict[str, str], dict[str, str]]:
-    """The float export rewritten with integer ops and coded weights for `model`, and what was rewritten."""
+def _integer_bytes(float_onnx: bytes, model: nn.Module) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The float export (its serialized bytes) rewritten with integer ops and coded weights for
+    `model`, and what was rewritten."""
     import onnx
 
-    proto = onnx.load(str(float_onnx))
+    proto = onnx.load_from_string(float_onnx)
     replaced = quantize_graph(proto, model)
     coded = compact_weights(proto, model)
     if not replaced and not coded:
-        return float_onnx.read_bytes(), replaced, coded
+        return float_onnx, replaced, coded
     onnx.checker.check_model(proto)
     return proto.SerializeToString(), replaced, coded

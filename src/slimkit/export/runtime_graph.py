@@ -20,10 +20,9 @@ Measured on this project's models: docs/runtime.md, "Runtimes".
 
 from __future__ import annotations
 
-import tempfile
+import io
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,16 +79,15 @@ class Graph:
         example = {k: torch.cat([v[:1], v[:1]]) for k, v in named.items()}
         has_convs = any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
         threads = torch.get_num_threads()
-        with tempfile.TemporaryDirectory(prefix="slimkit-runtime-") as tmp:
-            path = Path(tmp) / "float.onnx"
-            plain = float_copy(model)
-            plain._forward_hooks.clear()  # the model's own hooks run around the session, not inside it
-            plain._forward_pre_hooks.clear()
-            keys, _ = export_onnx(plain, example, path, keep_norms=has_convs, all_outputs=True)
-            graphs = {"ort-float": path.read_bytes()}
-            data, replaced, _ = _integer_bytes(path, model)
-            if replaced:  # integer ops; coded weights alone decode to the float graph at load
-                graphs["ort-int"] = data
+        plain = float_copy(model)
+        plain._forward_hooks.clear()  # the model's own hooks run around the session, not inside it
+        plain._forward_pre_hooks.clear()
+        graph = io.BytesIO()   # in memory: no file on disk
+        keys, _ = export_onnx(plain, example, graph, keep_norms=has_convs, all_outputs=True)
+        graphs = {"ort-float": graph.getvalue()}
+        data, replaced, _ = _integer_bytes(graphs["ort-float"], model)
+        if replaced:  # integer ops; coded weights alone decode to the float graph at load
+            graphs["ort-int"] = data
         sessions: dict[str, Any] = {n: OrtModule(data, keys, False, threads, spin=False) for n, data in graphs.items()}
         sizes = {n: len(d) for n, d in graphs.items()}
         if traced and threads > 1 and sizes["ort-float"] <= SMALL_GRAPH:

@@ -95,10 +95,14 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
     return arrays, manifest
 
 
-def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> int:
-    """Write `model` to `path` as a .slim file (atomically) and return its size in bytes."""
+def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None, *, overwrite: bool = True) -> int:
+    """Write `model` to `path` as a .slim file (atomically) and return its size in bytes.
+    `overwrite=False` refuses (SlimError) to replace a file, even one that appears during the save.
+
+    >>> save(model, "lenet.slim", overwrite=False)
+    """
     arrays, manifest = encode_model(model, info)
-    return write_slim(path, arrays, manifest)
+    return write_slim(path, arrays, manifest, overwrite)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

@@ -93,15 +93,17 @@ def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
     return serialize({PAYLOAD: payload}, {TAIL_KEY: str(len(tail))})
 
 
-def write_slim(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: Manifest) -> int:
+def write_slim(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: Manifest,
+               overwrite: bool = True) -> int:
     """Write `arrays` and `manifest` as a .slim file at `path`, atomically; returns its size in bytes.
+    `overwrite=False`: SlimError, and nothing written, if `path` exists when the file is complete.
 
     >>> write_slim("m.slim", {"fc.weight": np.zeros((4, 8), np.float32)}, manifest)
     """
     if sum(a.nbytes for a in arrays.values()) <= PACK_LIMIT:
-        atomic_write(path, file_chunks(arrays, manifest))
+        atomic_write(path, file_chunks(arrays, manifest), overwrite)
         return Path(path).stat().st_size
-    with SlimWriter(path) as writer:
+    with SlimWriter(path, overwrite) as writer:
         writer.reserve([(name, arr.dtype, list(arr.shape)) for name, arr in arrays.items()], manifest)
         for name, arr in arrays.items():
             writer.add_array(name, arr)
@@ -223,7 +225,8 @@ class SlimWriter:
     then writes header + payloads (grouped by item size, widest first, so every array is aligned
     and the data section has no holes) into an `AtomicFile`, which it renames over the output. An
     error or a kill at any point leaves no partial output; `abort` (or leaving the `with` block by
-    an exception) removes the temporary files.
+    an exception) removes the temporary files. `overwrite=False` never replaces an existing file
+    (`AtomicFile`): SlimError at `finish` if one appeared meanwhile.
 
     When every array's size is known in advance (e.g. int8/int4 codes and raw copies, whose sizes
     follow from shapes), `reserve` writes the header first and `add` then writes each array at its
@@ -234,12 +237,16 @@ class SlimWriter:
     ...     w.finish(manifest)
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = True):
         self.path = Path(path)
+        self.overwrite = overwrite
         folder = self.path.parent if str(self.path.parent) else Path(".")
         if not folder.is_dir():
             raise SlimError(f"cannot write {self.path}: folder {folder} does not exist")
-        self._payload = tempfile.TemporaryFile(prefix=f".{self.path.name}.", suffix=".payload", dir=folder)
+        try:   # unnamed where the OS allows (O_TMPFILE): nothing is left behind, even by kill -9
+            self._payload = tempfile.TemporaryFile(prefix=f".{self.path.name}.", suffix=".payload", dir=folder)
+        except OSError as exc:
+            raise SlimError(f"cannot write {self.path}: {exc.strerror or exc.__class__.__name__}") from None
         self._arrays: list[_Array] = []
         self._names: set[str] = set()
         self._size = 0
@@ -291,7 +298,7 @@ class SlimWriter:
         planned = [_Array(n, _CODES[np.dtype(d)], list(s), 0, math.prod(s) * np.dtype(d).itemsize,
                           np.dtype(d).itemsize) for n, d, s in arrays]
         head, ordered = self.header(manifest, planned)
-        self._final = AtomicFile(self.path)
+        self._final = AtomicFile(self.path, self.overwrite)
         self._manifest_json = manifest.to_json()
         self._final.write(head)
         offset, self._reserved = len(head), {}
@@ -313,7 +320,7 @@ class SlimWriter:
             return self._finish_reserved(manifest)
         head, ordered = self.header(manifest)
         self._payload.flush()
-        with AtomicFile(self.path) as out:
+        with AtomicFile(self.path, self.overwrite) as out:
             out.write(head)
             for a in ordered:
                 _copy_range(self._payload.fileno(), out.fd, a.offset, a.nbytes)

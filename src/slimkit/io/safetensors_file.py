@@ -14,6 +14,8 @@ numpy has no bfloat16, so `SafetensorsReader.get` returns its bit patterns as ui
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import mmap
@@ -47,10 +49,70 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)   # no /proc: the classic read-by-setting (not thread-safe, rarely reached)
+    os.umask(mask)
+    return mask
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot or must not be written (SlimError, one
+    line): a folder, a missing or read-only folder, or (without `overwrite`) an existing file. The
+    folder is probed by creating and removing a unique temporary file in it.
+
+    >>> check_writable("out/model.slim")            # SlimError if out/ is read-only
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise SlimError(f"cannot write {path}: not a file name")
+    if path.is_dir():
+        raise SlimError(f"cannot write {path}: it is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SlimError(f"cannot write {path}: folder {folder} does not exist")
+    if not overwrite and os.path.lexists(path):
+        raise SlimError(f"{path} already exists; pass --force to replace it")
+    why = probe_folder(folder)
+    if why:
+        raise SlimError(f"cannot write {path}: folder {folder}: {why}")
+
+
+def probe_folder(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be created in `folder` (e.g. "Read-only file system"), or None if they can:
+    a unique temporary file is created and removed (permission bits alone do not tell, e.g. for root
+    or on a read-only mount)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".slimkit-", suffix=".probe", dir=folder)
+    except OSError as exc:
+        return _why(exc)
+    os.close(fd)
+    with _suppress():
+        os.unlink(tmp)
+    return None
+
+
 class AtomicFile:
-    """A new file for `path`, written under a temporary name in the same folder and renamed over
-    `path` by `commit` after an fsync: a crash at any moment leaves the old file or the new one,
+    """A new file for `path`, written under a unique temporary name in the same folder and renamed
+    to `path` by `commit` after an fsync: a crash at any moment leaves the old file or the new one,
     never a partial file. `discard` (or leaving a `with` block without `commit`) removes it.
+
+    The temporary file is created by `mkstemp` (O_EXCL: never an existing file, never through a
+    symlink planted under its name); the output gets mode 0666 less the umask, as `open` would give.
+    With `overwrite=False` the commit fails with SlimError when `path` exists by then (a hard link of
+    the temporary file, which cannot replace anything): a check atomic with the rename, so that of
+    two writers racing to the same new path exactly one succeeds.
 
     Writes go straight to the file descriptor: `write` appends, `pwrite` writes at an offset, so a
     file far larger than memory can be written piece by piece, in any order.
@@ -61,37 +123,58 @@ class AtomicFile:
     ...     f.commit()
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = True):
         self.path = Path(path)
+        self.overwrite = overwrite
         self.folder = self.path.parent if str(self.path.parent) else Path(".")
         if not self.folder.is_dir():
             raise SlimError(f"cannot write {self.path}: folder {self.folder} does not exist")
-        self.fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
+        try:
+            self.fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
+        except OSError as exc:
+            raise SlimError(f"cannot write {self.path}: {_why(exc)}") from None
         self.tmp = Path(tmp)
         self.committed = False
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data` (any C-contiguous buffer)."""
         view = memoryview(data).cast("B")
-        while view:
-            view = view[os.write(self.fd, view):]
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            raise SlimError(f"cannot write {self.path}: {_why(exc)}") from None
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         """Write `data` at byte `offset` (the file grows as needed)."""
         view = memoryview(data).cast("B")
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            raise SlimError(f"cannot write {self.path}: {_why(exc)}") from None
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
     def commit(self) -> None:
-        """fsync, rename over `path`, fsync the folder."""
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.replace(self.tmp, self.path)
+        """Set the mode from the umask, fsync, rename to `path` (or link, without `overwrite`),
+        fsync the folder."""
+        try:
+            os.fchmod(self.fd, 0o666 & ~umask())
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            if self.overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                _link_new(self.tmp, self.path)
+        except FileExistsError:
+            raise SlimError(f"{self.path} already exists (written meanwhile by another process); "
+                            "pass --force to replace it") from None
+        except OSError as exc:
+            raise SlimError(f"cannot write {self.path}: {_why(exc)}") from None
         self.committed = True
         with _suppress():
             dfd = os.open(self.folder, os.O_RDONLY)
@@ -116,12 +199,51 @@ class AtomicFile:
         self.discard()
 
 
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write `chunks` to `path` via a temporary file in the same folder, fsync, then rename
-    (`AtomicFile`). A crash at any moment leaves either the old file or the new one, never a
-    partial file; `chunks` may be a generator, so the content need never be whole in memory.
+# link(2) fails with these where a file system has no hard links (FAT, some network and FUSE mounts)
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give the finished `tmp` the name `path` only if `path` does not exist (FileExistsError
+    otherwise), in one step: a hard link, then `tmp` is removed. Where the file system has no hard
+    links: renameat2(RENAME_NOREPLACE), else a check then a rename (a small race, documented)."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if not _rename_noreplace(tmp, path):
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+            os.rename(tmp, path)
+        return
+    with _suppress():
+        os.unlink(tmp)
+
+
+def _rename_noreplace(tmp: Path, path: Path) -> bool:
+    """renameat2(..., RENAME_NOREPLACE) through libc; False where the kernel or libc lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rename2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, noreplace = -100, 1
+    if rename2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path), noreplace) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(path))
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], overwrite: bool = True) -> None:
+    """Write `chunks` to `path` via a unique temporary file in the same folder, fsync, then rename
+    (`AtomicFile`; `overwrite=False`: SlimError if `path` exists when the file is complete). A
+    crash at any moment leaves either the old file or the new one, never a partial file; `chunks`
+    may be a generator, so the content need never be whole in memory.
     """
-    with AtomicFile(path) as f:
+    with AtomicFile(path, overwrite) as f:
         for chunk in chunks:
             f.write(chunk)
         f.commit()

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.core.optional import pyplot
+from slimkit.core.optional import png_bytes, pyplot
 from slimkit.core.task import Task
+from slimkit.io.safetensors_file import atomic_write
 from slimkit.pruning.importance import above_mean_std, apoz
 from slimkit.surgery.trace import trace_groups
 
@@ -66,6 +67,6 @@ def plot_apoz(rows: list[dict], out_dir: str | Path) -> Path | None:
                      f"{row['above_mean_std']} above mean+std, {row['dead']} never fire", fontsize=9)
     fig.tight_layout()
     path = out / "apoz.png"
-    fig.savefig(path, dpi=100)
+    atomic_write(path, [png_bytes(fig, 100)])
     plt.close(fig)
     return path

@@ -75,7 +75,7 @@ def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
 
 def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | object, out: str | os.PathLike,
                         *, on_tensor: OnTensor | None = None, block_bytes: int = BLOCK_BYTES,
-                        threads: int | None = 1) -> StreamReport:
+                        threads: int | None = 1, overwrite: bool = True) -> StreamReport:
     """Compress a `.safetensors` file or a sharded checkpoint (index json, or its folder) with a
     weight-only recipe (a shipped name, a .yaml path, a `Recipe` or a `StreamPlan`) into `out`.
 
@@ -84,6 +84,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     output appears atomically when complete; the input is never modified. The work is memory-bound,
     so `threads=1` is the default: more torch threads on a shared, busy machine stall in OpenMP
     barriers (docs/notes/streaming-choices.md); None keeps torch's setting.
+    `overwrite=False`: SlimError, and nothing written, if `out` exists when the file is complete.
     """
 
     _large_blocks_to_os()
@@ -105,7 +106,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
 
             chosen = [it for it in items if plan.selected(it.name, it.shape, it.is_float)]
             cut = GlobalCut.fit(ck, chosen, plan.sparsity, block_bytes)
-        with SlimWriter(out) as writer:
+        with SlimWriter(out, overwrite) as writer:
             layouts = [known_layout(item, plan) for item in items]
             known = [lay for lay in layouts if lay is not None]
             if len(known) == len(items):   # sizes follow from shapes: header first, payloads written once

@@ -131,11 +131,12 @@ class _Output:
 
 
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
-                       on_block: OnBlock | None = None, threads: int | None = None) -> StreamReport:
+                       on_block: OnBlock | None = None, threads: int | None = None,
+                       overwrite: bool = True) -> StreamReport:
     """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
     into `out` (see the module doc); `recipe`: one stage whose method streams block by block
     (`layerwise_config`: e.g. `int4`, one `gptq` stage). Calibration data is the model's task
-    (`slimkit.core.provenance.task_for`)."""
+    (`slimkit.core.provenance.task_for`). `overwrite=False`: never replace an existing `out`."""
 
     _large_blocks_to_os()
     start, out = time.perf_counter(), Path(out)
@@ -146,7 +147,7 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")
     rest = [n for n, _ in model.named_modules() if not inside(n, blocks)]
-    with num_threads(threads), WeightSource(model, folder, transposed) as source, SlimWriter(out) as writer:
+    with num_threads(threads), WeightSource(model, folder, transposed) as source, SlimWriter(out, overwrite) as writer:
         if any(out.resolve() == s.path.resolve() for s in source.ck.shards):
             raise SlimError(f"--out {out} is one of the input files; choose another output path")
         for n in rest:
