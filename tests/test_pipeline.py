@@ -20,12 +20,12 @@ def test_every_stage_is_saved_and_measured(lenet, digits_task, tmp_path):
 
 
 def test_a_failing_stage_keeps_the_earlier_artifacts(lenet, digits_task, tmp_path):
-    bad = sk.make_config("rtn", bits=4, granularity="group", group_size=128)  # 64 inputs: cannot divide
+    bad = sk.make_config("rtn", bits=4, targets="fc9")  # no such layer
     recipe = Recipe("fails", "", [sk.MagnitudePruningConfig(sparsity=0.5), bad])
     with pytest.raises(sk.SlimError):
         run_pipeline(lenet, recipe, digits_task, tmp_path, timing=False)
     stages = json.loads((tmp_path / "stages.json").read_text())
-    assert stages[0]["error"] is None and stages[1]["error"].startswith("ConfigError")
+    assert stages[0]["error"] is None and stages[1]["error"].startswith("SlimError") and "fc9" in stages[1]["error"]
     assert sk.load(stages[0]["path"]) is not None
 
 

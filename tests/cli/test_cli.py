@@ -100,10 +100,11 @@ def test_inspect_apoz_and_plots(monkeypatch, capsys, lenet_trained, tmp_path):
 
 def test_recipe_for_another_model_warns_and_fails_cleanly(monkeypatch, capsys, tmp_path, lenet5_trained):
     out = tmp_path / "x.slim"
-    code, _, err = cli(monkeypatch, capsys, "-q", "compress", "builtin:lenet5", "--recipe", "int4", "--out", str(out))
+    code, _, err = cli(monkeypatch, capsys, "-q", "compress", "builtin:lenet5", "--recipe", "distill-l3",
+                       "--out", str(out))
     assert code == 2
-    assert "recipe int4 was made for minilm, not lenet5" in err
-    assert_one_line_error(err, "group_size=64 does not divide the input dimension 120 of fc2")
+    assert "recipe distill-l3 was made for minilm, not lenet5" in err
+    assert_one_line_error(err, "recipe distill-l3, stage 1 (distill): LeNet5 has no list of layers to keep from")
     assert not out.exists()
 
 

@@ -20,7 +20,7 @@ def test_inspect_json_has_the_preflight(monkeypatch, capsys, lenet_trained):
     assert set(recipes) == set(shipped())
     assert recipes["int8"]["exact"] and 3.5 < recipes["int8"]["ratio"] < 4.0
     assert recipes["deep-compression"]["bytes"] < recipes["prune-magnitude"]["bytes"] < recipes["int8"]["bytes"]
-    assert recipes["int4"]["bytes"] is None and "group_size=64" in recipes["int4"]["error"]
+    assert recipes["int4"]["error"] is None and recipes["int4"]["bytes"] < recipes["int8"]["bytes"]   # groups of 60
     assert all(r["baseline_bytes"] == pre["baseline_bytes"] for r in pre["recipes"])
     assert "estimate" in pre["estimate_note"]
 

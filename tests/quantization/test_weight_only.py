@@ -98,10 +98,11 @@ def test_lenet_4bit_per_channel(lenet, digits_task):
     assert base - digits_task.score(lenet) <= 0.01
 
 
-def test_group_size_not_dividing_is_one_line_error(lenet):
-    with pytest.raises(ValueError, match=r"group_size=128 does not divide the input dimension 64 of fc1"):
-        sk.quantize_(lenet, WeightOnlyConfig(bits=4, group_size=128), data=None)
-    assert type(lenet.fc1) is nn.Linear          # nothing changed
+def test_group_size_not_dividing_falls_back_per_layer(lenet):
+    """64, 300 and 100 inputs with groups of 128 / 32 (the rule: tests/quantization/test_group_fallback.py)."""
+    sk.quantize_(lenet, WeightOnlyConfig(bits=4, group_size=32), data=None)
+    assert [(m.granularity.value, m.group_size) for m in (lenet.fc1, lenet.fc2, lenet.fc3)] == \
+        [("group", 32), ("group", 30), ("group", 25)]
 
 
 @pytest.mark.parametrize("options", [{"bits": 0}, {"bits": 9}, {"embedding_bits": 12}, {"group_size": 0},

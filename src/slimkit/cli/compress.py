@@ -12,6 +12,7 @@ from slimkit.core.provenance import base_of, task_for
 from slimkit.dist.collectives import init, is_main
 from slimkit.eval.measure import evaluate
 from slimkit.io.artifact import save
+from slimkit.pipeline.preflight import check_recipe
 from slimkit.pipeline.recipes import load_recipe, run_recipe
 from slimkit.pipeline.runner import run_pipeline
 from slimkit.stream.route import route
@@ -48,6 +49,7 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     name = base_of(net).get("name")
     if plan.models and name not in plan.models:
         common.warn(f"recipe {plan.name} was made for {', '.join(plan.models)}, not {name or 'this model'}")
+    check_recipe(net, plan, task)   # a stage that cannot apply: one line now, not after measuring
     with common.status("measuring the original"):
         before = evaluate(net, task)
 

@@ -7,6 +7,8 @@ would make of it.
   (`fc1[out] <-> fc2[in]`), transformer blocks, and why other layers cannot be cut.
 - `estimate_recipe(model, recipe, task)`: the expected file size under a recipe, from shapes and
   the config only (no training, no calibration data); see `slimkit.io.sizing` and each method package's `estimate.py`.
+- `check_recipe(model, recipe, task)`: the same sizing, run before any slow work (the baseline
+  measurement, calibration): a stage that cannot apply is a one-line `ConfigError`.
 
 >>> report = preflight(sk.zoo.load("lenet-300-100"))
 >>> report["groups"]["groups"][0]["text"]
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from slimkit.core.errors import SlimError
+from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.provenance import base_of
 from slimkit.io import sizing
 from slimkit.io.sizing import estimate_stage
@@ -27,6 +29,7 @@ from slimkit.pipeline.recipes import load_recipe, shipped
 from slimkit.pruning.transformer import find_blocks
 from slimkit.pruning.unstructured import WEIGHTED as PRUNABLE
 from slimkit.quantization.convert import select_targets
+from slimkit.quantization.groups import fit_group
 from slimkit.sharing.api import WEIGHTED as CLUSTERABLE
 from slimkit.sharing.apply_lowrank import FACTORABLE
 from slimkit.surgery.trace import trace_groups
@@ -43,14 +46,11 @@ def _quant_cell(name: str, module: nn.Module, skipped: dict[str, str]) -> tuple[
     """(what quantization does, why it stays float or None)."""
     kind = type(module).__name__
     if type(module) is nn.Linear:
-        fits = [str(g) for g in GROUP_SIZES if module.in_features % g == 0]
-        groups = f"per-channel or groups of {'/'.join(fits)}" if fits else "per-channel only"
+        groups = _groups(module.in_features, f"{module.in_features} inputs")
         return f"int8 w8a8; 1-8 bit rtn/gptq/qat ({groups}); bias stays fp32", None
     if type(module) is nn.Conv2d and name not in skipped:
         cols = module.weight[0].numel()
-        fits = [str(g) for g in GROUP_SIZES if cols % g == 0]
-        groups = f"per-channel or groups of {'/'.join(fits)}" if fits else "per-channel"
-        return (f"int8 weights (weight-only); 1-8 bit rtn/gptq/qat ({groups} over in*kh*kw={cols}); "
+        return (f"int8 weights (weight-only); 1-8 bit rtn/gptq/qat ({_groups(cols, f'in*kh*kw={cols}')}); "
                 "bias stays fp32"), None
     if type(module) is nn.Embedding:
         return "int8 rows (int8); n-bit rows (rtn/gptq embedding_bits)", None
@@ -61,6 +61,20 @@ def _quant_cell(name: str, module: nn.Module, skipped: dict[str, str]) -> tuple[
     if isinstance(module, NORMS):
         return "stays float", f"{kind}: normalization parameters are never quantized"
     return "stays float", f"{kind}: not a quantization target"
+
+
+def _groups(cols: int, where: str) -> str:
+    """The groups rtn/gptq give a layer with `cols` inputs for the usual group sizes, after their
+    per-layer fallback (`slimkit.quantization.groups`): 'per-channel or groups of 32/64/128
+    (as 30/60/100 over 300 inputs)'."""
+    fits = [fit_group(cols, g) for g in GROUP_SIZES]
+    if all(f == cols for f in fits):
+        return f"per-channel over {where}"
+    asked = "/".join(map(str, GROUP_SIZES))
+    if fits == list(GROUP_SIZES):
+        return f"per-channel or groups of {asked}"
+    got = "/".join("per-channel" if f == cols else str(f) for f in fits)
+    return f"per-channel or groups of {asked} (as {got} over {where})"
 
 
 BLOCK_LAYERS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -152,6 +166,33 @@ def estimate_recipe(model: nn.Module, recipe, task=None) -> dict:
                 "error": "touches no layer of this model (already compressed, or nothing it handles)"}
     return {"bytes": plan.total(), "exact": plan.exact() and all(s["basis"].startswith("exact") for s in stages),
             "stages": stages, "error": None}
+
+
+def check_recipe(model: nn.Module, recipe, task=None) -> None:
+    """Refuse, in one line, a recipe that cannot apply to `model`, before any slow work (measuring
+    the original, calibrating, training). Each stage is sized from shapes and its config by the
+    method's own estimate, which raises what its `apply` would (gptq without data, a structured
+    prune with nothing to trace, N:M on widths M does not divide); a recipe that touches no layer
+    is refused too. Checking stops at a stage whose method has no estimate (what follows depends on
+    its real result). Never trains, calibrates or reads data; leaves `model` alone.
+
+    >>> check_recipe(lenet, load_recipe("int4"), None)
+    Traceback (most recent call last):
+    ConfigError: recipe int4, stage 1 (gptq): gptq needs calibration data: pass data=<task> ...
+    """
+    plan = sizing.Plan.of(model)
+    touched = False
+    for i, config in enumerate(recipe.stages):
+        if config.method not in sizing.ESTIMATORS:
+            return
+        try:
+            touched |= bool(estimate_stage(plan, config, task)["touched"])
+        except (SlimError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"recipe {recipe.name}, stage {i + 1} ({config.method}): {first}") from None
+    if recipe.stages and not touched:
+        raise ConfigError(f"recipe {recipe.name} touches no layer of this model (already compressed, "
+                          "or nothing its methods handle)")
 
 
 def model_name(model: nn.Module) -> str | None:

@@ -26,16 +26,11 @@ from slimkit.core.task import Task
 from slimkit.nn.bert_fast import install_fast_layers
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
-from slimkit.nn.quant_math import (
-    Granularity,
-    check_bits,
-    check_calibration,
-    check_group,
-    rtn_quantize,
-)
-from slimkit.quantization.conv import conv_layout, int8_conv, layout_note, quantized_layer, weight_matrix
+from slimkit.nn.quant_math import Granularity, check_bits, check_calibration, rtn_quantize
+from slimkit.quantization.conv import int8_conv, quantized_layer, weight_matrix
 from slimkit.quantization.convert import convert, log, low_precision_blockers, note_skipped, select_targets
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
+from slimkit.quantization.groups import fallback, layout, warn_fallbacks
 from slimkit.quantization.sequential import hessian_stages
 
 
@@ -159,10 +154,12 @@ def _bf16_trial(model: nn.Module, entries: list[nn.Module], task: Task) -> bool:
 
 def _embedding_factory(bits: int, symmetric: bool, group_size: int | None, mse: bool,
                        scale_dtype: str = "float32"):
-    gran = Granularity.CHANNEL if group_size is None else Granularity.GROUP
+    """Embeddings at `bits`, per row or in groups of `group_size` (each table's own fallback:
+    `slimkit.quantization.groups`)."""
 
     def make(name: str, emb: nn.Module) -> nn.Module:
-        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, group_size or 128, mse, scale_dtype)
+        gran, size = layout(emb.embedding_dim, Granularity.GROUP, group_size)
+        return QuantEmbedding.from_embedding(emb, bits, symmetric, gran, size, mse, scale_dtype)
 
     return make
 
@@ -190,11 +187,11 @@ class _WeightQuant(MethodConfig):
     def _embedding_bits(cls, v: int | None) -> int | None:
         return None if v is None else check_bits(v, "embedding_bits")
 
-    @field_validator("group_size")
+    @field_validator("group_size", "embedding_group_size")
     @classmethod
-    def _group(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"group_size must be a positive integer, got {v}")
+    def _group(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be a positive integer, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -208,42 +205,43 @@ class _WeightQuant(MethodConfig):
         handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if self.embedding_bits else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
         linears = [(n, m) for n, m in picked if type(m) in (nn.Linear, nn.Conv2d)]
-        for name, m in linears:  # fail before changing anything (a conv falls back to per-channel)
-            if type(m) is nn.Linear:
-                check_group(m.in_features, self.granularity, self.group_size, name)
         embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
-        if self.embedding_group_size is not None:
-            for name, m in embeddings:
-                check_group(m.embedding_dim, Granularity.GROUP, self.embedding_group_size, name)
         return linears, embeddings, skipped
+
+    def _warn_fallbacks(self, linears: list, embeddings: list) -> None:
+        """One warning line each for the layers and the embeddings whose group falls back (see
+        `slimkit.quantization.groups`), said before any work."""
+        if self.granularity is Granularity.GROUP:
+            warn_fallbacks(self.method, self.group_size, [(n, weight_matrix(m).shape[1]) for n, m in linears])
+        if self.embedding_bits:
+            warn_fallbacks(self.method, self.embedding_group_size, [(n, m.embedding_dim) for n, m in embeddings],
+                           "embedding_group_size")
 
     def _quantize_embeddings(self, model: nn.Module, embeddings: list) -> None:
         if self.embedding_bits:
             make = _embedding_factory(self.embedding_bits, True, self.embedding_group_size, True,
                                       self.scale_dtype.value)
-            convert(model, embeddings, make, f"{self.embedding_bits}-bit embedding")
+            for name, m in embeddings:
+                note = fallback(m.embedding_dim, Granularity.GROUP, self.embedding_group_size)
+                convert(model, [(name, m)], make, f"{self.embedding_bits}-bit embedding{note}")
 
     def _label(self, name: str) -> str:
         where = self.granularity.value if self.granularity is not Granularity.GROUP else f"g{self.group_size}"
         return f"{name} w{self.bits} {where}"
 
     def _layout(self, layer: nn.Module) -> tuple[Granularity, int]:
-        """(granularity, group size) for `layer`: the config's, or per-channel for a conv whose
-        flattened in*kh*kw its groups do not divide."""
+        """(granularity, group size) for `layer`: the config's, or, where its groups do not divide
+        the layer's inputs (a conv's in*kh*kw), the fallback of `slimkit.quantization.groups`."""
 
-        if type(layer) is nn.Conv2d:
-            return conv_layout(weight_matrix(layer).shape[1], self.granularity, self.group_size)
-        return self.granularity, self.group_size
+        return layout(weight_matrix(layer).shape[1], self.granularity, self.group_size)
 
     def _convert(self, model: nn.Module, layers: list, make, how: str) -> None:
-        """`convert` the layers, each conv labelled with its own layout when it differs."""
+        """`convert` the layers, each labelled with its own group where it fell back
+        (e.g. 'rtn w4 g128 (g125: groups of 128 do not divide 1000 inputs)')."""
 
-        plain = [(n, m) for n, m in layers if type(m) is not nn.Conv2d]
-        convert(model, plain, make, how)
         for name, m in layers:
-            if type(m) is nn.Conv2d:
-                note = layout_note(weight_matrix(m).shape[1], self.granularity, self.group_size)
-                convert(model, [(name, m)], make, f"{how} (conv){note}")
+            note = fallback(weight_matrix(m).shape[1], self.granularity, self.group_size)
+            convert(model, [(name, m)], make, how + (" (conv)" if type(m) is nn.Conv2d else "") + note)
 
     def _scale_dtype(self, layer: nn.Module) -> str:
         """The scale dtype for `layer`: the config's, or float32 where float16 scales would lose
@@ -289,6 +287,7 @@ class WeightOnlyConfig(_WeightQuant):
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         linears, embeddings, skipped = self._select(model, filter_fn)
+        self._warn_fallbacks(linears, embeddings)
         self._convert(model, linears, lambda _n, layer: self._rtn(layer), self._label("rtn"))
         note_skipped(model, skipped)
         self._quantize_embeddings(model, embeddings)
@@ -336,6 +335,7 @@ class GPTQConfig(_WeightQuant):
         linears, embeddings, skipped = self._select(model, filter_fn)
         if task is None:
             raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        self._warn_fallbacks(linears, embeddings)
         batches = check_calibration(task.calibration(self.samples), "gptq calibration data")
         # a grouped conv's inputs do not form one Hessian over its weight rows: round-to-nearest
         grouped = [(n, m) for n, m in linears if getattr(m, "groups", 1) > 1]

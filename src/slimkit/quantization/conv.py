@@ -2,15 +2,13 @@
 quantized by the same math as a Linear's and stored as a `QuantConv2d`.
 
 - `weight_matrix(module)`: the weight as that matrix (a Linear's as it is).
-- `conv_layout(cols, granularity, group_size)`: group-wise scales run along the flattened
-  in_ch * kh * kw axis; where the group size does not divide it (a 3x3 conv over one channel has
-  9 inputs), the conv falls back to per-channel scales and the report says so.
+- group-wise scales run along the flattened in_ch * kh * kw axis; where the group size does not
+  divide it (a 3x3 conv over one channel has 9 inputs), the conv falls back as a Linear does
+  (`slimkit.quantization.groups`) and the report says so.
 - `layer_rows(module, x)`: what a layer multiplies its weight matrix with, one row per output
   position (im2col via `F.unfold` for a conv), for GPTQ's Hessian.
 - `quantized_layer(module, qw, ...)`: the packed runtime module for codes `qw`.
 
->>> conv_layout(9, Granularity.GROUP, 128)
-(<Granularity.CHANNEL: 'channel'>, 9)
 >>> layer_rows(nn.Conv2d(3, 8, 3, padding=1), torch.randn(2, 3, 5, 5)).shape   # 2 * 25 positions
 torch.Size([50, 27])
 """
@@ -48,24 +46,6 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     """
     w = module.weight
     return w.reshape(w.shape[0], -1) if w.dim() > 2 else w
-
-
-def conv_layout(cols: int, granularity: Granularity | str, group_size: int) -> tuple[Granularity, int]:
-    """(granularity, group size) a conv with `cols` flattened inputs is quantized with: the config's
-    own, or per-channel when its group size does not divide `cols`."""
-    granularity = Granularity(granularity)
-    if granularity is Granularity.GROUP and cols % group_size == 0:
-        return granularity, group_size
-    if granularity is Granularity.GROUP:
-        return Granularity.CHANNEL, cols
-    return granularity, group_size
-
-
-def layout_note(cols: int, granularity: Granularity | str, group_size: int) -> str:
-    """The report's words for a conv whose groups fell back to per-channel ('' if they did not)."""
-    if conv_layout(cols, granularity, group_size)[0] is Granularity(granularity):
-        return ""
-    return f" (per-channel: groups of {group_size} do not divide {cols} = in*kh*kw)"
 
 
 def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

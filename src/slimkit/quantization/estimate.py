@@ -13,10 +13,11 @@ import math
 
 from torch import nn
 
+from slimkit.core.errors import SlimError
 from slimkit.io.sizing import Note, Plan, Stored, estimates, note, tensor_key
-from slimkit.nn.quant_math import check_group
-from slimkit.quantization.conv import conv_layout
+from slimkit.nn.quant_math import Granularity
 from slimkit.quantization.convert import select_targets
+from slimkit.quantization.groups import fallback, layout
 
 
 def _codes(rows: int, cols: int, bits: int, groups: int, scale_bytes: int, zero: bool) -> Stored:
@@ -64,31 +65,36 @@ def _group_count(cols: int, granularity: str, group_size: int) -> tuple[int, int
     return 1, (cols // group_size if granularity == "group" else 1)
 
 
+def _where(gran: Granularity, size: int) -> str:
+    return f"groups of {size}" if gran is Granularity.GROUP else gran.value
+
+
 @estimates("rtn", "gptq")
 def _weight_only(plan: Plan, cfg, task) -> Note:
+    """The methods' own layout per layer: the group asked for, or its fallback where it does not
+    divide the layer's inputs (`slimkit.quantization.groups`). GPTQ without data cannot run: said
+    here, before any measurement, as its `apply` would say it."""
+    if cfg.method == "gptq" and task is None:
+        raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
     handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if cfg.embedding_bits else ())
     picked, skipped = _quant_targets(plan, cfg, handled)
     scale_bytes = 2 if cfg.scale_dtype.value == "float16" else 4
     touched = {}
     for name, m in picked:
         rows, cols = m.weight.shape[0], m.weight[0].numel()
-        if type(m) is nn.Conv2d:   # the method's own layout: per-channel where groups do not fit
-            gran, size = conv_layout(cols, cfg.granularity, cfg.group_size)
+        if type(m) in (nn.Linear, nn.Conv2d):
+            gran, size = layout(cols, cfg.granularity, cfg.group_size)
             per_row, groups = _group_count(cols, gran.value, size)
             stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
-            where = gran.value if gran.value != "group" else f"groups of {size}"
-            how = f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {where} (conv), {cfg.scale_dtype.value} scales"
-        elif type(m) is nn.Linear:
-            size = check_group(cols, cfg.granularity, cfg.group_size, name)   # the method's own check
-            per_row, groups = _group_count(cols, cfg.granularity.value, size)
-            stored = _codes(rows, cols, cfg.bits, max(1, rows * per_row) * groups, scale_bytes, not cfg.symmetric)
-            where = cfg.granularity.value if cfg.granularity.value != "group" else f"groups of {size}"
-            how = f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {where}, {cfg.scale_dtype.value} scales"
+            how = (f"{cfg.bits}-bit {'sym' if cfg.symmetric else 'asym'} {_where(gran, size)}"
+                   f"{' (conv)' if type(m) is nn.Conv2d else ''}, {cfg.scale_dtype.value} scales"
+                   f"{fallback(cols, cfg.granularity, cfg.group_size)}")
         else:
-            size = cfg.embedding_group_size or cols
-            check_group(cols, "group", size, name)
+            gran, size = layout(cols, "group", cfg.embedding_group_size)
             stored = _codes(rows, cols, cfg.embedding_bits, rows * (cols // size), scale_bytes, False)
-            how = f"{cfg.embedding_bits}-bit rows in groups of {size}"
+            how = (f"{cfg.embedding_bits}-bit rows, "
+                   f"{'one scale per row' if gran is Granularity.CHANNEL else _where(gran, size)}"
+                   f"{fallback(cols, 'group', cfg.embedding_group_size)}")
         plan.set(tensor_key(name, "weight"), Stored(stored.numel, stored.values, stored.bits, stored.extra, how,
                                                     arrays=stored.arrays, kind="quant"))
         touched[name] = how

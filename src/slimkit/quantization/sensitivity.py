@@ -39,7 +39,7 @@ def sensitivity(model: nn.Module, config: MethodConfig, task: Task,
         trial.__dict__.pop("slimkit_quant", None)
         try:
             apply_(trial, config.model_copy(update={"targets": [name], "ignore": []}), task)
-        except ValueError as exc:   # e.g. a group size that does not fit this layer
+        except ValueError as exc:   # an option this one layer cannot take
             rows.append({"module": name, "score": None, "delta": None, "error": str(exc)})
             continue
         score = _score(task, trial)

@@ -22,7 +22,7 @@ from slimkit.core.torch_utils import first_nonfinite
 from slimkit.dist.collectives import shard
 from slimkit.nn.quant_linear import SCALE_DTYPES, QuantLinear
 from slimkit.nn.quant_math import check_calibration, rtn_quantize
-from slimkit.quantization.convert import convert, note_skipped
+from slimkit.quantization.convert import note_skipped
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
 from slimkit.quantization.sequential import accumulate, collect_hessians, linear_stages, plan_blocks
 
@@ -62,6 +62,7 @@ class GptqWorker:
         linears, embeddings, skipped = cfg._select(model, None)
         skipped |= {n: f"{type(m).__name__}: not layer by layer" for n, m in linears if type(m) is not nn.Linear}
         note_skipped(model, skipped)
+        cfg._warn_fallbacks([(n, m) for n, m in linears if type(m) is nn.Linear], embeddings)
         self.targets = dict.fromkeys(n for n, m in linears if type(m) is nn.Linear)   # names, in order
         self.embeddings = [n for n, _ in embeddings]
         self.dtype = SCALE_DTYPES[cfg.scale_dtype.value]
@@ -113,11 +114,11 @@ class GptqWorker:
 
         def make(name: str, linear: nn.Module) -> nn.Module:
             qw = gptq_quantize(linear.weight, hessian_value(hessians[name]), cfg.bits, cfg.symmetric,
-                               cfg.granularity, cfg.group_size, cfg.act_order, cfg.damp, cfg.block_size, self.dtype)
+                               *cfg._layout(linear), cfg.act_order, cfg.damp, cfg.block_size, self.dtype)
             return self._layer(linear, qw)
 
         picked = [(n, m) for n in stage if n in hessians for m in [self._take(n)] if m is not None]
-        convert(self.model, picked, make, cfg._label("gptq"))
+        cfg._convert(self.model, picked, make, cfg._label("gptq"))
         self.counts[cfg._label("gptq")] += len(picked)
 
     def _rtn(self, names: list[str]) -> None:
@@ -126,12 +127,12 @@ class GptqWorker:
         cfg = self.cfg
 
         def rtn(_name: str, linear: nn.Module) -> nn.Module:
-            return self._layer(linear, rtn_quantize(linear.weight, cfg.bits, cfg.symmetric, cfg.granularity,
-                                                    cfg.group_size, False, self.dtype))
+            return self._layer(linear, rtn_quantize(linear.weight, cfg.bits, cfg.symmetric, *cfg._layout(linear),
+                                                    False, self.dtype))
 
         picked = [(n, m) for n in names if n in self.targets for m in [self._take(n)] if m is not None]
         if picked:
-            convert(self.model, picked, rtn, cfg._label("rtn") + " (not reached by calibration)")
+            cfg._convert(self.model, picked, rtn, cfg._label("rtn") + " (not reached by calibration)")
             self.counts[cfg._label("rtn")] += len(picked)
 
 

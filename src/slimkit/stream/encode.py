@@ -31,6 +31,7 @@ from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import TensorEntry
 from slimkit.nn.codec_affine import matrix_shape, quantize_block
 from slimkit.pruning.masks import nm_mask
+from slimkit.quantization.groups import fit_group
 from slimkit.sharing.kmeans import cluster_1d
 from slimkit.stream.checkpoint import Checkpoint, Item, iter_row_blocks
 from slimkit.stream.global_cut import GlobalCut
@@ -106,7 +107,7 @@ def known_layout(item: Item, plan: StreamPlan) -> tuple[TensorEntry, str, Layout
 
 def affine_layout(item: Item, spec: QuantSpec) -> tuple[TensorEntry, str, Layout]:
     rows, cols = matrix_shape(item.shape)
-    group = spec.group_size if spec.group_size and cols % spec.group_size == 0 else cols
+    group = fit_group(cols, spec.group_size) if spec.group_size else cols   # in-memory rtn's own fallback
     numel = rows * cols
     data_shape = list(item.shape) if spec.bits == 8 else [(numel * spec.bits + 7) // 8]
     arrays: Layout = [(item.name, np.dtype(np.uint8), data_shape),
@@ -120,7 +121,7 @@ def affine_layout(item: Item, spec: QuantSpec) -> tuple[TensorEntry, str, Layout
         chain.append({"codec": "bitpack", "bits": spec.bits, "shape": list(item.shape), "dtype": "uint8"})
     how = f"int{spec.bits} " + ("per-row" if group == cols else f"g{group}")
     if spec.group_size and group != spec.group_size:
-        how += f" (group {spec.group_size} does not divide the row)"
+        how += f" (group {spec.group_size} does not divide the {cols} inputs)"
     return TensorEntry(dtype=item.dtype, shape=list(item.shape), chain=chain), how, arrays
 
 
@@ -132,7 +133,8 @@ def raw_layout(item: Item) -> tuple[TensorEntry, str, Layout]:
 
 def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWriter,
                   block_bytes: int) -> tuple[TensorEntry, str]:
-    """Round-to-nearest codes block by block (per row, or group-wise when the group divides the row)."""
+    """Round-to-nearest codes block by block (per row, or group-wise: the group asked for, or its
+    fallback where it does not divide the row, `slimkit.quantization.groups`)."""
 
     entry, how, arrays = affine_layout(item, spec)
     rows, cols = matrix_shape(item.shape)
