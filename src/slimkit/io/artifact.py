@@ -21,7 +21,7 @@ from slimkit.core.provenance import base_of
 from slimkit.core.text import clean
 from slimkit.io.bases import after_load, build_base
 from slimkit.io.codecs import encode_chain
-from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest
+from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest, base_budget
 from slimkit.io.decode import decode_tensor as decode_tensor
 from slimkit.io.decode import decoded_budget as decoded_budget
 from slimkit.io.decode import group_arrays as group_arrays
@@ -157,14 +157,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, runtime: str |
     with SafetensorsReader(path) as reader:
         manifest = _read_manifest(reader)
         state = _decode_all(reader, manifest)
-    net = build_base(manifest.base, model, manifest)
+    with base_budget(decoded_budget(os.path.getsize(path))):   # a config cannot outgrow the file
+        net = build_base(manifest.base, model, manifest)
     replay_edits(net, manifest.edits)
     _check_runtime_bytes(net, os.path.getsize(path), str(path))
     _load_into(net, state, str(path))
     _retie(net, manifest.aliases)
     _restore_chains(net, manifest)
     after_load(net)  # registered runtime steps, e.g. the fast layers of int8 BERT-style blocks
-    net.__dict__["slimkit_base"] = manifest.base
+    # where the file was made ("path") is information, never a place to read: a file from elsewhere
+    # could name any local folder (its tokenizer, its reference weights); docs/safety.md
+    net.__dict__["slimkit_base"] = {k: v for k, v in manifest.base.items() if k != "path"}
     net.__dict__["slimkit_info"] = manifest.info
     return install_runtime(net.eval(), name)
 

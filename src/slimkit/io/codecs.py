@@ -54,15 +54,18 @@ def _shape(params: dict, what: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+# the dtype names a codec stage may give: numpy's canonical names of native numbers and bool ("<f4",
+# ">f4", "f" or "single" are refused: a byte order other than the machine's cannot become a torch tensor)
+DTYPE_NAMES = frozenset({"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                         "float16", "float32", "float64"})
+
+
 def _dtype(params: dict, what: str) -> np.dtype:
-    """The numeric (or bool) numpy dtype named by `params["dtype"]`; strings, objects, dates are refused."""
-    try:
-        dtype = np.dtype(str(params.get("dtype")))
-    except (TypeError, ValueError):
-        dtype = None
-    if dtype is None or dtype.kind not in "biuf":
-        raise SlimFormatError(f"{what}: unknown or non-numeric dtype {str(params.get('dtype'))[:40]!r}")
-    return dtype
+    """The numeric (or bool) numpy dtype named by `params["dtype"]` (one of `DTYPE_NAMES`)."""
+    name = params.get("dtype")
+    if not isinstance(name, str) or name not in DTYPE_NAMES:
+        raise SlimFormatError(f"{what}: unknown or non-numeric dtype {str(name)[:40]!r}")
+    return np.dtype(name)
 
 
 @register_codec

@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -25,6 +28,30 @@ def decoded_budget(file_size: int) -> int:
     """The most bytes all decoded tensors of a `file_size`-byte .slim file may take together: without
     it, thousands of tiny tensors each within its own bound could still expand a file 1000x."""
     return MAX_TOTAL_EXPANSION * file_size + (1 << 26)
+
+
+_BASE_BUDGET: ContextVar[int | None] = ContextVar("slimkit_base_budget", default=None)
+
+
+@contextmanager
+def base_budget(nbytes: int) -> Iterator[None]:
+    """While loading a file: the most bytes the architecture its manifest names may take
+    (`decoded_budget` of the file's real size). Base builders read it with `current_base_budget`
+    and refuse a config that describes more, before allocating anything.
+
+    >>> with base_budget(decoded_budget(os.path.getsize(path))):
+    ...     net = build_base(manifest.base, None, manifest)
+    """
+    token = _BASE_BUDGET.set(nbytes)
+    try:
+        yield
+    finally:
+        _BASE_BUDGET.reset(token)
+
+
+def current_base_budget() -> int | None:
+    """The byte budget of the architecture being built (`base_budget`), or None outside a load."""
+    return _BASE_BUDGET.get()
 
 
 def _to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:

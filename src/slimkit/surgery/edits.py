@@ -137,4 +137,23 @@ def _replay_setattr(model: nn.Module, edit: dict) -> None:
     target = get_submodule(model, name) if name else model
     if not hasattr(target, attr):
         raise SlimFormatError(f"setattr edit: {name or 'model'} has no attribute {attr!r}")
+    # only a plain value the module holds itself, replaced by one of the same kind: never a method,
+    # a submodule, a tensor, a property or a class attribute, never a number turned into a string
+    current = vars(target).get(attr, _MISSING)
+    if current is _MISSING or not isinstance(current, _JSON_SCALARS) or _kind(current) != _kind(value):
+        held = "a method or class attribute" if current is _MISSING else type(current).__name__
+        raise SlimFormatError(f"setattr edit: {name or 'model'}.{attr} is {held}; only a plain "
+                              f"{_kind(value)} attribute can be set to {str(value)[:40]!r}")
     setattr(target, attr, value)
+
+
+_MISSING = object()
+
+
+def _kind(value: object) -> str:
+    """The JSON kind of a value: int and float are both "number"; bool, str and None their own."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "str" if isinstance(value, str) else "null"

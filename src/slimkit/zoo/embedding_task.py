@@ -14,6 +14,7 @@ once per task and kept in memory). Calibration batches come from the other sente
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Batch, Task
+from slimkit.zoo.config_limits import position_limit
 from slimkit.zoo.corpus import sentences as embedded
 from slimkit.zoo.corpus import split
 from slimkit.zoo.hf import check_folder, first_line, load_hf_folder, quiet
@@ -91,7 +93,22 @@ def _load_tokenizer(folder: Path) -> Any:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
     if tokenizer.pad_token is None:
         raise SlimError(f"the tokenizer in {str(folder)!r} has no pad, eos, unk or bos token to pad with")
+    positions = _position_limit(folder)   # inputs never longer than the model's position table
+    if positions is not None and positions < getattr(tokenizer, "model_max_length", MAX_LENGTH):
+        tokenizer.model_max_length = positions
     return tokenizer
+
+
+def _position_limit(folder: Path) -> int | None:
+    """The position limit in the folder's config.json (`config_limits.position_limit`), if it has one."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    try:
+        return position_limit(config) if isinstance(config, dict) else None
+    except SlimError as exc:
+        raise SlimError(f"{str(folder)!r}: {exc}") from None
 
 
 class EmbeddingTask(Task):
@@ -130,6 +147,7 @@ class EmbeddingTask(Task):
         if self.tokenizer_ is None:
             self.tokenizer_ = _load_tokenizer(Path(self.tokenizer_path))
         limit = min(MAX_LENGTH, getattr(self.tokenizer_, "model_max_length", MAX_LENGTH))
+        length = min(length, limit) if length else None   # a short position table caps even fixed lengths
         encoded = self.tokenizer_(
             list(sentences), truncation=True, return_tensors="pt",
             padding="max_length" if length else "longest", max_length=length or limit)

@@ -28,6 +28,7 @@ from torch import nn
 from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import tag
+from slimkit.zoo.config_limits import check_folder_config
 
 ATTN_IMPLEMENTATION = "eager"
 
@@ -74,6 +75,7 @@ def check_folder(path: str | Path) -> Path:
         raise SlimError(f"{str(path)!r} is not a Hugging Face model folder (it has no config.json)")
     if not any(folder.glob("*.safetensors")):
         raise SlimError(f"{str(path)!r} has no *.safetensors weights (pickled .bin weights are not loaded)")
+    check_folder_config(folder, repr(str(path)))   # not quantized, no more layers than its tensors
     return folder
 
 

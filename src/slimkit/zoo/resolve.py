@@ -18,8 +18,10 @@ from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.core.provenance import tag
 from slimkit.io.artifact import load
 from slimkit.io.bases import register_base
+from slimkit.io.decode import current_base_budget
 from slimkit.io.manifest import Manifest
 from slimkit.io.safetensors_file import SafetensorsReader
+from slimkit.zoo.config_limits import check_config
 from slimkit.zoo.hf import build_from_base, load_hf_folder
 from slimkit.zoo.registry import ZOO, entry
 
@@ -34,11 +36,15 @@ class WeightsOnly(nn.Module):
         for name, (shape, dtype) in shapes.items():
             *path, leaf = name.split(".")
             holder: nn.Module = self
-            for part in path:
-                if part not in holder._modules:
-                    holder.add_module(part, nn.Module())
-                holder = holder._modules[part]
-            holder.register_buffer(leaf, torch.empty(shape, dtype=dtype, device=device))
+            try:   # names come from a file: "", "a..b", "forward", "x" beside "x.y" are refused
+                for part in path:
+                    if part not in holder._modules:
+                        holder.add_module(part, nn.Module())
+                    holder = holder._modules[part]
+                holder.register_buffer(leaf, torch.empty(shape, dtype=dtype, device=device))
+            except (KeyError, TypeError, AttributeError) as exc:
+                why = str(exc.args[0]) if exc.args else type(exc).__name__
+                raise SlimFormatError(f"tensor name {name[:80]!r} cannot be a module path: {why[:80]}") from None
 
     def forward(self, *args, **kwargs):
         raise SlimError("a weights-only checkpoint has no architecture to run; pass a model or HF folder")
@@ -110,12 +116,18 @@ def build_zoo_base(base: dict, manifest: Manifest | None) -> nn.Module:
 
 @register_base("hf")
 def build_hf_base(base: dict, manifest: Manifest | None) -> nn.Module:
-    """A Hugging Face architecture from the config in the manifest."""
+    """A Hugging Face architecture from the config in the manifest, checked before it is built
+    (`slimkit.zoo.config_limits`): not quantized, no more layers than the file has tensors, and no
+    more bytes than the file may decode to (`current_base_budget`, set by `load`)."""
     if manifest is None:
         return build_from_base(base)
     stored = sum(math.prod(t.shape) * 8 for t in manifest.tensors.values())
-    try:  # the architecture may not outgrow what the file holds (64x, as for decoded tensors)
-        return build_from_base(base, max_bytes=64 * stored + (1 << 26))
+    limit = 64 * stored + (1 << 26)   # the architecture may not outgrow what the file holds
+    budget = current_base_budget()
+    try:
+        if isinstance(base.get("config"), dict):
+            check_config(base["config"], len(manifest.tensors) + len(manifest.aliases), "")
+        return build_from_base(base, max_bytes=limit if budget is None else min(limit, budget))
     except SlimFormatError:
         raise
     except SlimError as exc:
