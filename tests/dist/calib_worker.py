@@ -124,12 +124,12 @@ def results(batches: int = 4) -> dict[str, torch.Tensor]:
     """Every calibration statistic on the tiny models from `batches` calibration batches, keyed
     "<what>.<layer>". With fewer batches than ranks some ranks calibrate on nothing."""
     import slimkit as sk
+    from slimkit.dist.calibration import hessian_stages
     from slimkit.dist.collectives import world
     from slimkit.nn.quant_linear import QuantLinear
     from slimkit.pruning.importance import activation_mean, apoz
     from slimkit.quantization.api import GPTQConfig
     from slimkit.quantization.gptq import hessian_value
-    from slimkit.quantization.sequential import hessian_stages
     from slimkit.quantization.static import observe_inputs
     from slimkit.sharing.apply_lowrank import input_second_moments, second_moments_by_block
     from slimkit.sharing.lowrank import whitened_factors

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 import slimkit as sk
+from slimkit.dist import calibration
 from slimkit.dist.blocks import BlockChain, find_blocks
 from slimkit.nn.quant_linear import QuantLinear
-from slimkit.quantization import sequential
 from slimkit.quantization.api import GPTQConfig
 
 
@@ -43,7 +43,7 @@ def test_blockwise_gptq_equals_full_forward_driver(monkeypatch, make_bert, token
         return sk.quantize_(model, config, data=task), len(calls)
 
     blockwise, prefix_runs = quantize(make_bert())
-    monkeypatch.setattr(sequential, "find_blocks", lambda _model: [])
+    monkeypatch.setattr(calibration, "find_blocks", lambda _model: [])
     full, full_prefix_runs = quantize(make_bert())
     assert prefix_runs * 4 < full_prefix_runs  # the model's prefix ran once per batch, not once per stage
     a, b = _codes(blockwise), _codes(full)

@@ -9,12 +9,12 @@ from torch import nn
 import slimkit as sk
 from slimkit.core.errors import SlimError
 from slimkit.core.task import Task
+from slimkit.dist.calibration import linear_stages
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
 from slimkit.quantization.api import GPTQConfig, WeightOnlyConfig
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.gptq import gptq_quantize, hessian_init, hessian_update, hessian_value
-from slimkit.quantization.sequential import linear_stages
 
 
 def _layer(seed=0, rows=32, cols=64, n=1024):

@@ -23,6 +23,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn
 from slimkit.core.task import Task
+from slimkit.dist.calibration import hessian_stages
 from slimkit.nn.bert_fast import install_fast_layers
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
@@ -31,7 +32,6 @@ from slimkit.quantization.conv import int8_conv, quantized_layer, weight_matrix
 from slimkit.quantization.convert import convert, log, low_precision_blockers, note_skipped, select_targets
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
 from slimkit.quantization.groups import fallback, layout, warn_fallbacks
-from slimkit.quantization.sequential import hessian_stages
 
 
 class ScaleDtype(str, Enum):

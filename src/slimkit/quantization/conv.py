@@ -6,7 +6,7 @@ quantized by the same math as a Linear's and stored as a `QuantConv2d`.
   divide it (a 3x3 conv over one channel has 9 inputs), the conv falls back as a Linear does
   (`slimkit.quantization.groups`) and the report says so.
 - `layer_rows(module, x)`: what a layer multiplies its weight matrix with, one row per output
-  position (im2col via `F.unfold` for a conv), for GPTQ's Hessian.
+  position (im2col via `F.unfold` for a conv), for GPTQ's Hessian (`slimkit.dist.calibration`).
 - `quantized_layer(module, qw, ...)`: the packed runtime module for codes `qw`.
 
 >>> layer_rows(nn.Conv2d(3, 8, 3, padding=1), torch.randn(2, 3, 5, 5)).shape   # 2 * 25 positions
@@ -16,14 +16,15 @@ torch.Size([50, 27])
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from slimkit.dist.calibration import layer_rows
 from slimkit.nn.quant_conv import QuantConv2d
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.nn.quant_math import Granularity, QuantizedWeight, rtn_quantize
 
 CONV_TYPES = (nn.Conv2d,)
+__all__ = ["int8_conv", "is_conv", "layer_rows", "quantized_layer", "unsupported", "weight_matrix"]
 
 
 def is_conv(module: nn.Module) -> bool:
@@ -46,32 +47,6 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     """
     w = module.weight
     return w.reshape(w.shape[0], -1) if w.dim() > 2 else w
-
-
-def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The rows a layer's weight matrix multiplies: (positions, in*kh*kw) im2col patches of a
-    conv's input (zero padding included, as the conv sees it), or a Linear's inputs (..., in)."""
-    if not is_conv(module):
-        return x
-    if isinstance(module.padding, str):  # "same" / "valid": the explicit padding F.conv2d would use
-        padding = _explicit_padding(module)
-        x = F.pad(x, padding)
-        pad = (0, 0)
-    else:
-        pad = module.padding
-    cols = F.unfold(x, module.kernel_size, module.dilation, pad, module.stride)   # (N, C*kh*kw, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """F.pad amounts (left, right, top, bottom) equal to the conv's "same" / "valid" padding."""
-    if conv.padding == "valid":
-        return (0, 0, 0, 0)
-    out = []
-    for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size), strict=True):
-        total = d * (k - 1)
-        out += [total // 2, total - total // 2]
-    return tuple(out)
 
 
 def quantized_layer(module: nn.Module, qw: QuantizedWeight, symmetric: bool, scale_dtype: str) -> nn.Module:

@@ -8,6 +8,9 @@ H = 2 X X^T of the layer's calibration inputs, so that ||W X - Q X|| stays small
 >>> qw = gptq_quantize(weight, H, bits=4, group_size=32, act_order=True)
 >>> qw.dequantize()                                   # same shape as weight
 
+The Hessian accumulators (`hessian_init`, `hessian_update`, `hessian_value`) live in
+`slimkit.dist.calibration`, shared with the other calibrated methods, and are re-exported here.
+
 Device-agnostic: every tensor is made on the device of the weight (and the Hessian accumulator on
 the device of the inputs it sees), so GPTQ runs on CUDA when the model is there. The Hessian and
 the column loop stay float32 on every device (as in the reference implementation). CUDA is
@@ -20,56 +23,17 @@ import torch
 
 from slimkit.core.errors import ConfigError
 from slimkit.core.torch_utils import num_threads
-from slimkit.dist.collectives import all_reduce_int, all_reduce_sum, is_distributed
+from slimkit.dist.calibration import (
+    hessian_all_reduce,
+    hessian_init,
+    hessian_update,
+    hessian_value,
+    inverse_cholesky,
+)
 from slimkit.nn.quant_math import Granularity, QuantizedWeight, check_bits, check_group, qparams
 
-
-def hessian_init(cols: int, device: torch.device | str | None = None) -> dict:
-    """An empty (float32) Hessian accumulator for a layer with `cols` inputs, on `device` (CPU by default)."""
-    return {"h": torch.zeros(cols, cols, device=device), "n": 0}
-
-
-def hessian_update(acc: dict, x: torch.Tensor) -> None:
-    """Add calibration inputs `x` (..., cols) to the running H = 2/n sum x x^T."""
-    x = x.detach().reshape(-1, x.shape[-1]).to(device=acc["h"].device, dtype=acc["h"].dtype)
-    acc["h"].addmm_(x.t(), x)
-    acc["n"] += x.shape[0]
-
-
-def hessian_all_reduce(acc: dict) -> dict:
-    """Sum the accumulator over all ranks of an initialised process group (no-op in one process):
-    the sum of x x^T and the row count, never the averages, so N ranks that each saw 1/N of the
-    calibration data end with the single-process Hessian.
-
-    >>> acc = hessian_all_reduce(acc)      # then hessian_value(acc) is the same on every rank
-    """
-
-    if is_distributed():
-        all_reduce_sum(acc["h"])
-        acc["n"] = all_reduce_int(acc["n"])
-    return acc
-
-
-def hessian_value(acc: dict) -> torch.Tensor:
-    """The averaged Hessian, float32 (raises ValueError when nothing was accumulated)."""
-    if acc["n"] == 0:
-        raise ConfigError("no calibration inputs reached this layer")
-    return (2.0 * acc["h"] / acc["n"]).float()
-
-
-def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1, after dampening the diagonal (more if needed)."""
-    diag_mean = float(torch.diag(h).mean())
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for attempt in range(6):
-        try:
-            l_factor = torch.linalg.cholesky(h + (damp * 10**attempt) * diag_mean * eye)
-            # faster than cholesky_inverse on CPU (docs/notes/linear-algebra-choices.md)
-            hinv = torch.cholesky_solve(eye, l_factor)
-            return torch.linalg.cholesky(hinv, upper=True)
-        except torch.linalg.LinAlgError:
-            continue
-    raise ConfigError("the Hessian is not positive definite even after dampening; use more calibration data")
+__all__ = ["gptq_quantize", "hessian_all_reduce", "hessian_init", "hessian_update", "hessian_value",
+           "inverse_cholesky"]
 
 
 def _params(w: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype):
@@ -122,7 +86,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmet
 
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols, device=device)
     w, h = w[:, perm], h[perm][:, perm]
-    hinv = _inverse_cholesky(h, damp)
+    hinv = inverse_cholesky(h, damp)
     with num_threads(1):  # thousands of tiny ops: a thread pool only adds latency
         codes = _columns(w, hinv, perm.tolist(), scale, zero, bits, g, static, block_size,
                          lambda ahead: _params(ahead, bits, symmetric, scale_dtype))

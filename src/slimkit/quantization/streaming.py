@@ -19,12 +19,12 @@ from slimkit.core.errors import SlimError
 from slimkit.core.streaming import AFTER_CODES, QuantSpec, StreamPlan, StreamRefused, inside, register_streaming, step
 from slimkit.core.text import clean
 from slimkit.core.torch_utils import first_nonfinite
+from slimkit.dist.calibration import accumulate, collect_hessians, linear_stages, plan_blocks
 from slimkit.dist.collectives import shard
 from slimkit.nn.quant_linear import SCALE_DTYPES, QuantLinear
 from slimkit.nn.quant_math import check_calibration, rtn_quantize
 from slimkit.quantization.convert import note_skipped
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
-from slimkit.quantization.sequential import accumulate, collect_hessians, linear_stages, plan_blocks
 
 
 def int8_plan(cfg, plan: StreamPlan) -> StreamPlan:
