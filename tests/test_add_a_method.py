@@ -82,7 +82,7 @@ def test_search_over_the_toy_method_alone(toy, tmp_path, monkeypatch, capsys, le
     out = tmp_path / "search"
     code, stdout, err = cli(monkeypatch, capsys, "-q", "search", "builtin:lenet-300-100", "--method", "toy-half",
                             "--max-drop", "1", "--trials", "2", "--folds", "2", "--repeats", "1", "--out", str(out),
-                            "--budget", "10", "--json")
+                            "--budget", "10m", "--json")
     assert code == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["candidates"] == 2 and summary["best"] is not None

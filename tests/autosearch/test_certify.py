@@ -108,8 +108,15 @@ def test_a_hopeless_recipe_stops_after_one_fold(cv):
     assert cert["folds"] == 1 < cert["of"] and cert["lcb_pts"] > 0.5 and not certified(cert, 0.5)
 
 
-def test_out_of_time_is_no_certificate(cv):
-    assert cv.certify([sk.make_config("rtn", bits=4)], max_drop=0.5, deadline=time.monotonic() - 1) is None
+def test_out_of_time_is_no_certificate_and_says_so(cv):
+    cert = cv.certify([sk.make_config("rtn", bits=4)], max_drop=0.5, deadline=time.monotonic() - 1)
+    assert cert["stopped"] == "time" and cert["folds"] == 0 and not certified(cert, 100.0)
+    assert cert["reason"].startswith("certification ran out of time: 0 of 3 fold runs done")
+
+
+def test_a_certification_that_would_not_fit_stops_before_the_first_fold(cv):
+    cert = cv.certify([sk.make_config("rtn", bits=4)], max_drop=0.5, deadline=time.monotonic() + 5, run_s=10.0)
+    assert cert["stopped"] == "time" and cert["folds"] == 0 and "needed about 30s" in cert["reason"]
 
 
 def test_a_user_model_has_no_cross_validation():

@@ -9,10 +9,12 @@ from cli_runner import cli
 
 @pytest.mark.parametrize("flags, message", [
     (["--max-drop", "-1"], "max_drop (--max-drop) must be a number of points >= 0, got -1.0"),
-    (["--max-drop", "0.5", "--budget", "0"], "--budget must be a positive number of minutes, got 0"),
+    (["--max-drop", "0.5", "--budget", "0s"], "budget (--budget) must be a positive duration, got '0s'"),
+    (["--max-drop", "0.5", "--budget", "20"], "budget (--budget) needs a unit, got '20': write 20m for minutes"),
+    (["--max-drop", "0.5", "--budget", "soon"], "budget (--budget) must be a duration like 90s, 20m or 1h"),
     (["--max-drop", "0.5", "--trials", "0"], "max_trials (--trials) must be a positive integer, got 0"),
     (["--max-drop", "0.5", "--effort", "0"], "effort (--effort) must be in (0, 10], got 0.0"),
-    (["--max-drop", "0.5", "--out", "afile.txt"], "--out afile.txt is a file; give a folder"),
+    (["--max-drop", "0.5", "--out", "afile.txt"], "--out afile.txt is a file, not a folder"),
     (["--max-drop", "0.5", "--out", "full"], "--out full exists and is not a slimkit search folder"),
     (["--max-drop", "0.5", "--folds", "1"], "certification folds (--folds) must be an integer from 2 to 20, got 1"),
     (["--max-drop", "0.5", "--confidence", "1"],

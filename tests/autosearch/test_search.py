@@ -16,7 +16,7 @@ from slimkit.zoo.digits_task import DigitsTask
 
 # Cheap candidates: a tenth of the shipped epochs (they lose ~9-11 points on validation, ~18-37 on the
 # two folds' baselines trained on half the images in 20 epochs), and a budget wide enough that they fit.
-FAST = {"max_drop": 40.0, "budget_s": 600, "effort": 0.1, "certification": Certification(folds=2, repeats=1)}
+FAST = {"max_drop": 40.0, "budget": "10m", "effort": 0.1, "certification": Certification(folds=2, repeats=1)}
 PLOTS = ("pareto.png", "bits.png", "histograms.png", "apoz.png")
 
 
@@ -143,3 +143,27 @@ def test_a_folder_of_another_model_is_refused(searched):
     out, _ = searched
     with pytest.raises(sk.SlimError, match="holds a search of builtin:lenet-300-100"):
         search("builtin:lenet5", out=out, max_trials=1, **FAST)
+
+
+def test_every_front_candidate_has_its_file_recipe_and_command(searched, lenet_trained):
+    import html
+    from pathlib import Path
+
+    from slimkit.autosearch.guide import fresh_copy
+
+    out, result = searched
+    doc = json.loads((out / "pareto.json").read_text())
+    page = html.unescape((out / "report.html").read_text())
+    assert doc["best"]["certified"] is result.certified is True and doc["best"]["reason"] is None
+    for p in doc["front"] + doc["latency_front"]:
+        recipe = Path(p["recipe"])
+        assert Path(p["file"]).is_file() and recipe.read_text().startswith("description:")
+        rerun = out / f"rerun-{p['trial']:04d}.slim"
+        assert p["command"] == f"slimkit compress builtin:lenet-300-100 --recipe {recipe} --out {rerun}"
+        assert p["command"] in page and recipe.read_text() in page
+    first = doc["front"][0]       # the exact recipe reproduces the artifact
+    task = DigitsTask()
+    again = sk.run_recipe(fresh_copy(lenet_trained), sk.load_recipe(first["recipe"]), task).eval()
+    with torch.no_grad():
+        x = task.data.test.x
+        assert torch.allclose(again(x), sk.load(first["file"], runtime="torch")(x), atol=1e-5)

@@ -64,7 +64,7 @@ def one_thread():
                                   pytest.param("llama", marks=pytest.mark.slow)])
 def test_search_on_a_user_folder_writes_every_output(folder, tmp_path, arch):
     out = tmp_path / "s"
-    result = search(str(folder(arch)), max_drop=5.0, out=out, budget_s=300, max_trials=1)
+    result = search(str(folder(arch)), max_drop=5.0, out=out, budget="5m", max_trials=1)
     for name in ("best.slim", "best.yaml", "pareto.json", "search.json", "report.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     doc = json.loads((out / "pareto.json").read_text())

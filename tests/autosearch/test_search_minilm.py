@@ -19,7 +19,7 @@ def test_minilm_front_has_five_points(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = search("builtin:minilm", max_drop=5.0, out=tmp_path / "m", budget_s=1500, max_trials=8)
+        result = search("builtin:minilm", max_drop=5.0, out=tmp_path / "m", budget="25m", max_trials=8)
     finally:
         torch.set_num_threads(threads)
     doc = json.loads((tmp_path / "m" / "pareto.json").read_text())

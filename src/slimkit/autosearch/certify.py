@@ -41,12 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.autosearch.stages import OutOfTime, reseeded, run_stages
+from slimkit.autosearch.budget import TimePlan, fmt_duration
+from slimkit.autosearch.stages import OutOfTime, hard_deadline, reseeded, run_stages
 from slimkit.core.errors import SlimError
 from slimkit.core.methods import MethodConfig
 from slimkit.core.provenance import tag
 from slimkit.zoo.builtin import CACHE_VERSION
-from slimkit.zoo.cache import load_cached, save_cached
+from slimkit.zoo.cache import cache_dir, load_cached, save_cached
 from slimkit.zoo.digits import SPLIT_SEED, DigitsData, Split, load_digits
 from slimkit.zoo.digits_task import DigitsTask
 from slimkit.zoo.registry import ZOO, base_of
@@ -133,12 +134,52 @@ class FoldTask(DigitsTask):
         self.data = data
 
 
-@dataclass
 class Fold:
-    task: FoldTask
-    baseline: nn.Module
-    correct: torch.Tensor          # bool per held-out image: the fold's baseline got it right
-    held: torch.Tensor             # the held-out images' rows in the training split
+    """One fold: its task (the held-out fold as "test"), and its baseline, trained as the zoo trains
+    the model on the rest of the training split the first time it is needed (then cached)."""
+
+    def __init__(self, entry, task: FoldTask, held: torch.Tensor, name: str):
+        self.entry, self.task, self.held, self.name = entry, task, held, name
+        self._baseline: nn.Module | None = None
+        self._correct: torch.Tensor | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the baseline is in memory or in the cache (no training needed)."""
+        return self._baseline is not None or (cache_dir() / "zoo" / f"{self.name}.safetensors").is_file()
+
+    def prepare(self, deadline: float | None = None) -> float:
+        """Load or train the baseline; the seconds spent training (0.0 if it was cached). Training
+        stops with `OutOfTime` at `deadline`."""
+        if self._baseline is not None:
+            return 0.0
+        model = self.entry.build()
+        base = dict(model.__dict__["slimkit_base"])
+        state, trained = load_cached(self.name), 0.0
+        if state is None:
+            start = time.monotonic()
+            torch.manual_seed(0)              # as the zoo trains the original
+            model = self.entry.build()
+            with hard_deadline(deadline):
+                fit(model, self.task.data, seed=0, **self.entry.train_settings)
+            save_cached(self.name, model.state_dict())
+            trained = time.monotonic() - start
+        else:
+            model.load_state_dict(state)
+        self._baseline = tag(model.eval(), base)
+        self._correct = _correct(self._baseline, self.task.data.test)
+        return trained
+
+    @property
+    def baseline(self) -> nn.Module:
+        self.prepare()
+        return self._baseline
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """Bool per held-out image: the fold's baseline got it right."""
+        self.prepare()
+        return self._correct
 
 
 class CrossValidation:
@@ -188,43 +229,78 @@ class CrossValidation:
         return cls([_fold(entry, data, held, settings.folds) for repeat in range(settings.repeats)
                     for held in _fold_indices(data.train.y, settings.folds, repeat)], settings)
 
-    def certify(self, model_stages: list[MethodConfig], max_drop: float, deadline: float) -> dict | None:
-        """Run the recipe on every fold baseline; the drop averaged per image and its bounds. Stops
-        early once the budget is out of reach (then `folds` < `of`; see `_hopeless`). None if the
-        deadline passes first; a method error on a fold gives an uncertified result with its `error`."""
+    def uncached(self, start: int = 0) -> int:
+        """Fold baselines from fold `start` on that still have to be trained (not in memory or cached)."""
+        return sum(not f.ready for f in self.folds[start:])
+
+    def certify(self, model_stages: list[MethodConfig], max_drop: float, deadline: float,
+                run_s: float | None = None, plan: TimePlan | None = None) -> dict:
+        """Run the recipe on every fold baseline; the drop averaged per image and its bounds.
+
+        Stops early (then `folds` < `of`, and `stopped` says why) once the budget is out of reach
+        (`"futile"`, see `_hopeless`), when the rest would not end by `deadline` (`"time"`: projected
+        from `run_s`, the seconds the candidate's own run took, and from the fold runs and fold
+        baselines measured so far, which `plan` records), or when a method fails on a fold (`"error"`).
+        Fold baselines are trained here, on first use, and cached."""
         start = time.monotonic()
         size = int(torch.cat([f.held for f in self.folds]).max()) + 1
         total, seen = torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
-        lost = gained = done = 0
+        counts = {"lost": 0, "gained": 0, "done": 0}
+        runs: list[float] = []
+
+        def result(stopped: str | None = None, reason: str | None = None) -> dict:
+            held = seen > 0
+            per_image = total[held] / seen[held]
+            low, high = mean_drop_bounds(per_image, self.settings.confidence) if held.any() else (None, None)
+            return {"folds": counts["done"], "of": len(self.folds), "images": int(per_image.numel()),
+                    "lost": counts["lost"], "gained": counts["gained"], "outcomes": int(seen.sum()),
+                    "repeats": self.settings.repeats,
+                    "drop_pts": round(float(per_image.mean()) * 100, 4) if held.any() else None,
+                    "ucb_pts": None if high is None else round(high, 4),
+                    "lcb_pts": None if low is None else round(low, 4), "confidence": self.settings.confidence,
+                    "stopped": stopped, "reason": reason, "seconds": round(time.monotonic() - start, 2)}
+
         for k, fold in enumerate(self.folds):
-            if time.monotonic() > deadline:
-                return None
+            need = self._projected(k, runs, run_s, plan)
+            if time.monotonic() + need > deadline:
+                return result("time", _out_of_time(k, len(self.folds), need, deadline))
             stages = reseeded(model_stages, offset=k + 1) or model_stages
             try:
+                trained = fold.prepare(deadline)
+                if trained and plan is not None:
+                    plan.add("fold_fit", trained)
+                t = time.monotonic()
                 net = run_stages(fold.baseline, stages, fold.task, deadline)
             except OutOfTime:
-                return None
+                return result("time", _out_of_time(k, len(self.folds), self._projected(k, runs, run_s, plan),
+                                                   deadline))
             except Exception as exc:   # a method that refuses a fold's model: not certified
-                return {"folds": done, "of": len(self.folds), "images": int((seen > 0).sum()), "lost": lost,
-                        "gained": gained, "drop_pts": None, "ucb_pts": 100.0, "lcb_pts": None,
-                        "confidence": self.settings.confidence, "repeats": self.settings.repeats,
-                        "error": f"fold {k + 1}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                        "seconds": round(time.monotonic() - start, 2)}
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                return result("error", f"certification failed on fold {k + 1}: {type(exc).__name__}: {first}"[:300])
             right = _correct(net, fold.task.data.test)
+            runs.append(time.monotonic() - t)
+            if plan is not None and run_s:
+                plan.add("fold_ratio", runs[-1] / run_s)
             total[fold.held] += (fold.correct.double() - right.double())
             seen[fold.held] += 1
-            lost += int((fold.correct & ~right).sum())
-            gained += int((~fold.correct & right).sum())
-            done += 1
-            if done < len(self.folds) and self._hopeless(total, seen, lost, gained, max_drop):
-                break
-        per_image = total[seen > 0] / seen[seen > 0]
-        low, high = mean_drop_bounds(per_image, self.settings.confidence)
-        return {"folds": done, "of": len(self.folds), "images": int(per_image.numel()), "lost": lost,
-                "gained": gained, "outcomes": int(seen.sum()), "repeats": self.settings.repeats,
-                "drop_pts": round(float(per_image.mean()) * 100, 4), "ucb_pts": round(high, 4),
-                "lcb_pts": round(low, 4), "confidence": self.settings.confidence,
-                "seconds": round(time.monotonic() - start, 2)}
+            counts["lost"] += int((fold.correct & ~right).sum())
+            counts["gained"] += int((~fold.correct & right).sum())
+            counts["done"] += 1
+            if counts["done"] < len(self.folds) and self._hopeless(total, seen, counts["lost"], counts["gained"],
+                                                                   max_drop):
+                return result("futile", None)
+        return result()
+
+    def _projected(self, k: int, runs: list[float], run_s: float | None, plan: TimePlan | None) -> float:
+        """Seconds the fold runs from fold `k` on are expected to take (0 when nothing is known)."""
+        if runs:
+            per_run = sorted(runs)[len(runs) // 2]
+        elif run_s is None:
+            return 0.0
+        else:
+            per_run = plan.fold_run_s(run_s) if plan is not None else run_s
+        per_fit = plan.typical("fold_fit", per_run) if plan is not None else per_run
+        return (len(self.folds) - k) * per_run + self.uncached(k) * per_fit
 
     def _hopeless(self, total: torch.Tensor, seen: torch.Tensor, lost: int, gained: int, max_drop: float) -> bool:
         """Stop early: the lower bound is already outside the budget, or (after half of the fold
@@ -262,24 +338,18 @@ def _fold_indices(y: torch.Tensor, folds: int, repeat: int = 0) -> list[torch.Te
 
 
 def _fold(entry, data: DigitsData, held: torch.Tensor, folds: int) -> Fold:
-    """Fold `held`'s task and its baseline, trained as the zoo trains `entry` (cached beside the zoo's
-    own weights, keyed on the fold and the training settings)."""
+    """Fold `held`'s task; its baseline (trained as the zoo trains `entry`, cached beside the zoo's own
+    weights, keyed on the fold and the training settings) comes on first use."""
 
     keep = torch.ones(len(data.train), dtype=torch.bool)
     keep[held] = False
     rest = Split(data.train.x[keep], data.train.y[keep])
     fold = FoldTask(DigitsData(rest, data.val, Split(data.train.x[held], data.train.y[held]), data.image_shape))
-    model = entry.build()
-    base = dict(model.__dict__["slimkit_base"])
     key = hashlib.sha256(json.dumps([entry.train_settings, held.tolist()], sort_keys=True).encode()).hexdigest()
-    name = f"{entry.name}-{CACHE_VERSION}-cv{folds}-{key[:16]}"
-    state = load_cached(name)
-    if state is None:
-        torch.manual_seed(0)              # as the zoo trains the original
-        model = entry.build()
-        fit(model, fold.data, seed=0, **entry.train_settings)
-        save_cached(name, model.state_dict())
-    else:
-        model.load_state_dict(state)
-    model = tag(model.eval(), base)
-    return Fold(fold, model, _correct(model, fold.data.test), held)
+    return Fold(entry, fold, held, f"{entry.name}-{CACHE_VERSION}-cv{folds}-{key[:16]}")
+
+
+def _out_of_time(k: int, of: int, need: float, deadline: float) -> str:
+    left = max(0.0, deadline - time.monotonic())
+    return (f"certification ran out of time: {k} of {of} fold runs done; the rest needed about "
+            f"{fmt_duration(need)}, {fmt_duration(left)} of the time budget was left")

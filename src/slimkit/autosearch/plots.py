@@ -26,16 +26,26 @@ def _pyplot():
     return pyplot()
 
 
-
-
 def plot_pareto(points: list[dict], baseline: dict, max_drop: float, best: int | None,
-                path: str | Path, score_name: str = "score") -> Path:
+                path: str | Path, score_name: str = "score", best_label: str = "best.slim") -> Path:
     """Two panels: bytes vs held-out score and latency (batch 1) vs held-out score; every
     candidate in grey, the front in colour, the best as a star, the budget as a dashed line."""
     plt = _pyplot()
+    fig = pareto_figure(points, baseline, max_drop, best, score_name, best_label)
+    atomic_write(path, [png_bytes(fig, 90)])
+    plt.close(fig)
+    return Path(path)
+
+
+def pareto_figure(points: list[dict], baseline: dict, max_drop: float, best: int | None,
+                  score_name: str = "score", best_label: str = "best.slim"):
+    """The figure of `plot_pareto`. The y axis always shows the budget line, the best and the
+    original; tick labels are few and short (bytes as `20 KB`, latency in 3 digits) so they never
+    overlap."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     floor = (baseline["val_score"] - max_drop / 100) * 100
-    for ax, cost, label in ((axes[0], "bytes", "artifact size (bytes, log scale)"),
+    for ax, cost, label in ((axes[0], "bytes", "artifact size (log scale)"),
                             (axes[1], "latency_ms", "latency at batch 1 (ms)")):
         pts = [p for p in points if p.get(cost) is not None]
         ax.scatter([p[cost] for p in pts], [p["val_score"] * 100 for p in pts], s=14, color="#bbbbbb",
@@ -49,20 +59,42 @@ def plot_pareto(points: list[dict], baseline: dict, max_drop: float, best: int |
         for p in pts:
             if p["trial"] == best:
                 ax.scatter([p[cost]], [p["val_score"] * 100], marker="*", s=220, color="#ee6677", zorder=5,
-                           label="best within budget")
+                           label=best_label)
         ax.axhline(floor, color="#ee6677", lw=0.8, ls="--", label=f"budget (-{max_drop:g} pt)")
-        if cost == "bytes":
-            ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"validation {score_name} (%)")
-        lows = [p["val_score"] * 100 for p in edge] or [floor]
-        top = max([baseline["val_score"]] + [p["val_score"] for p in pts]) * 100
-        ax.set_ylim(max(min(lows) - 1, floor - 5), top + 0.5)
-        ax.legend(fontsize=7, loc="lower right")
+        shown = [floor, baseline["val_score"] * 100] + [p["val_score"] * 100 for p in edge]
+        low, high = min(shown), max(shown + [p["val_score"] * 100 for p in pts])
+        pad = max(0.3, 0.06 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
+        _readable_x(ax, [p[cost] for p in pts] + ([base_cost] if base_cost is not None else []), cost == "bytes")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    atomic_write(path, [png_bytes(fig, 90)])
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def _readable_x(ax, values: list[float], log: bool) -> None:
+    """Few, short x tick labels: on a log axis of bytes, 1-2-5 steps (decades only over a wide range)
+    labelled `20 KB`; on a linear axis at most 5 ticks with 3 significant digits."""
+    from matplotlib import ticker
+
+    if log:
+        ax.set_xscale("log")
+        positive = [v for v in values if v and v > 0]
+        wide = len(positive) > 1 and max(positive) / min(positive) > 300
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0), numticks=7))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _short_bytes(v)))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
+def _short_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n:g} B"
 
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)

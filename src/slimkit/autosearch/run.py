@@ -7,9 +7,13 @@ candidate's bytes, held-out score and latency are kept; after each one `search.j
 so far and the same call resumes it. Candidates are chosen on held-out data; the final best is
 reported on the test data.
 
->>> result = search("builtin:lenet-300-100", max_drop=0.5, out="lenet-search", budget_s=1200)
->>> result.best["ratio"], result.best["test_drop_pts"]
-(49.4, 0.0)
+The time budget covers the whole call: candidates and their certification stop early enough for
+finishing to end within it (`slimkit.autosearch.budget.TimePlan`, `slimkit.autosearch.certifier`),
+and best.slim is always written (`slimkit.autosearch.outcome`).
+
+>>> result = search("builtin:lenet-300-100", max_drop=0.5, out="lenet-search", budget="20m")
+>>> result.best["ratio"], result.best["test_drop_pts"], result.certified
+(49.4, 0.0, True)
 """
 
 from __future__ import annotations
@@ -17,23 +21,27 @@ from __future__ import annotations
 import json
 import math
 import random
-import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from torch import nn
 
+from slimkit.autosearch.budget import TimePlan, parse_duration
+from slimkit.autosearch.certifier import Certifier
 from slimkit.autosearch.certify import Certification, CrossValidation
-from slimkit.autosearch.finish import SearchResult, finish
+from slimkit.autosearch.finish import SearchResult, finish, prepare_finish
 from slimkit.autosearch.guide import layer_sensitivity, protect_order
 from slimkit.autosearch.mutate import mutate
+from slimkit.autosearch.outcome import choose
 from slimkit.autosearch.pareto import (
     BEST,
     PARETO,
     STATE,
+    TRIALS,
     VERSION,
     best_record,
     front,
@@ -46,18 +54,17 @@ from slimkit.autosearch.space import DigitsSpace, Space
 from slimkit.autosearch.space_encoder import EmbeddingSpace
 from slimkit.autosearch.space_registered import RegisteredSpace
 from slimkit.autosearch.stages import OutOfTime
-from slimkit.autosearch.trial import Budget, TrialRecord, confirm_drop, quick_latency, run_candidate, stage_dict
+from slimkit.autosearch.trial import Budget, TrialRecord, quick_latency, run_candidate, stage_dict
 from slimkit.autosearch.validation import validation_setup
 from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
 from slimkit.eval.measure import baseline_bytes
+from slimkit.io.artifact import save
 from slimkit.io.safetensors_file import atomic_write
 from slimkit.zoo.digits_task import DigitsTask
 from slimkit.zoo.resolve import resolve
-
-TRIALS = "trials"
 
 
 @dataclass
@@ -73,7 +80,7 @@ class Progress:
     budget_s: float
 
 
-def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: float = 1200.0,
+def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str | float | timedelta = "20m",
            max_trials: int | None = None, seed: int = 0, effort: float = 1.0,
            on_trial: Callable[[Progress], None] | None = None,
            certification: Certification | None = None, methods: list[str] | None = None) -> SearchResult:
@@ -82,20 +89,26 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     `max_drop` points below the original's. Writes best.slim, best.yaml, pareto.json, report.html
     and PNG plots into `out`; calling it again on the same folder resumes.
 
+    `budget` is the time the whole call may take: a duration string (`"90s"`, `"20m"`, `"1h"`, as
+    `slimkit search --budget`) or a number of seconds. Certification is planned inside it, and the
+    call returns within it (give or take a few percent).
+
     On builtin digits models a candidate within the budget on validation becomes the best only if
     `certification` (default: 3 x 10-fold cross-validation over the training split, 90% upper
     bound of the drop; see `slimkit.autosearch.certify`) keeps it within the budget too; on other models only if a
-    second run with other training seeds does.
+    second run with other training seeds does. best.slim is always written: when no candidate could
+    be certified in time, it holds the best uncertified one, and `result.certified` is False with
+    `result.reason` saying why (`slimkit.autosearch.outcome`).
 
     `methods` restricts the search to these registered methods, each drawing its own options
     (`MethodConfig.search_choices`); by default builtin models get their curated space.
 
-    >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget_s=600)
-    >>> r.best["bytes"], r.best["test_score"]
+    >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget="10m")
+    >>> r.best["bytes"], r.best["test_score"], r.certified, r.reason
     """
+    plan = TimePlan(parse_duration(budget))      # the clock starts now: everything below is in the budget
     require("optuna", "search", "search")
-    _check(max_drop, budget_s, max_trials, effort)
-    started = time.monotonic()
+    _check(max_drop, max_trials, effort)
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise SlimError(f"--out {folder} is a file; give a folder")
@@ -115,47 +128,46 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget_s: f
     if cv is not None:
         where = cv.describe()
     if state is None:
-        state = _new_state(net, ref, work, score, where, budget_s, methods)
+        state = _new_state(net, ref, work, score, where, plan.budget_s, methods)
     elif state.get("methods") != (None if methods is None else list(methods)):
         raise SlimError(f"{folder} holds a search over methods {state.get('methods') or 'of the curated space'}; "
                         "use another --out to search other methods")
-    state["max_drop_pts"] = max_drop
+    state["max_drop_pts"], state["budget_s"] = max_drop, plan.budget_s
+    prepared = prepare_finish(folder, net, task, state)
+    plan.finish_s = prepared.finish_s
     space = _space(net, work, state, effort)
     records = [TrialRecord.from_dict(d) for d in state["trials"]]
     study = _study(space, records, state, max_drop, seed)
-    reserve = min(120.0, 0.1 * budget_s)
-    deadline = started + budget_s - reserve
-    budget = Budget(state["baseline"]["val_score"], max_drop, deadline, abort_drop=max_drop + max(1.0, max_drop))
-    done, interrupted, times = 0, False, []
+    limits = Budget(state["baseline"]["val_score"], max_drop, plan.work_end, abort_drop=max_drop + max(1.0, max_drop))
+    certifier = Certifier(net, work, score, limits, cv, plan)
+    done, interrupted = 0, False
     try:
-        while max_trials is None or done < max_trials:
-            left = deadline - time.monotonic()
-            if left <= 0 or (times and left < 0.3 * statistics.median(times)):
-                break
-            space.time_left = left
+        certifier.certify_open(records)            # a resumed search's candidates still open
+        while (max_trials is None or done < max_trials) and certifier.room_for_candidate(records):
+            space.time_left = plan.left()
             trial, stages = _ask_new(study, space, records)
             rec = TrialRecord(len(records), dict(trial.params), [stage_dict(c) for c in stages],
                               distributions=_dists(trial.distributions))
             try:
-                run_candidate(net, stages, work, score, budget, folder / TRIALS / f"{rec.number:04d}.slim", rec)
+                run_candidate(net, stages, work, score, limits, folder / TRIALS / f"{rec.number:04d}.slim", rec)
             except OutOfTime:
                 _tell_fail(study, trial)
                 break
-            _confirm(net, stages, work, score, budget, rec, records, cv)
-            _tell(study, trial, rec, state["baseline"]["bytes"], max_drop)
+            plan.add("candidate", rec.seconds)
             records.append(rec)
-            times.append(rec.seconds)
+            certifier.certify_open(records)
+            _tell(study, trial, rec, state["baseline"]["bytes"], max_drop)
             done += 1
-            _persist(folder, state, records, max_drop)
+            _persist(folder, net, state, records, max_drop)
             _step_from_best(study, records, max_drop, seed)
             if on_trial is not None:
                 on_trial(Progress(rec, done, len(records), best_record(records, max_drop), state["baseline"]["bytes"],
-                                  time.monotonic() - started, budget_s))
+                                  plan.elapsed(), plan.budget_s))
     except KeyboardInterrupt:
         interrupted = True
-    state["elapsed_s"] = round(state.get("elapsed_s", 0.0) + time.monotonic() - started, 1)
-    _persist(folder, state, records, max_drop)
-    return finish(folder, net, task, state, records, interrupted)
+    state["elapsed_s"] = round(state.get("elapsed_s", 0.0) + plan.elapsed(), 1)
+    _persist(folder, net, state, records, max_drop)
+    return finish(folder, net, task, state, records, interrupted, plan, prepared)
 
 
 def _fresh(folder: Path) -> bool:
@@ -163,14 +175,12 @@ def _fresh(folder: Path) -> bool:
     return all(p.name == TRIALS and p.is_dir() and not any(p.iterdir()) for p in folder.iterdir())
 
 
-def _check(max_drop: float, budget_s: float, max_trials: int | None, effort: float) -> None:
+def _check(max_drop: float, max_trials: int | None, effort: float) -> None:
     def number(v: object) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
     if not number(max_drop) or max_drop < 0:
         raise SlimError(f"max_drop (--max-drop) must be a number of points >= 0, got {max_drop!r}")
-    if not number(budget_s) or budget_s <= 0:
-        raise SlimError(f"budget (--budget) must be a positive time, got {budget_s!r} s")
     if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
                                    or max_trials < 1):
         raise SlimError(f"max_trials (--trials) must be a positive integer, got {max_trials!r}")
@@ -200,18 +210,22 @@ def _new_state(net: nn.Module, ref: str, task, score, where: str, budget_s: floa
     t = time.monotonic()
     val = score(net)
     score_s = time.monotonic() - t
+    t = time.monotonic()
     base = {"bytes": baseline_bytes(net), "val_score": round(val, 6), "latency_ms": quick_latency(net, task)}
+    latency_s = time.monotonic() - t
     space = space_for(net, task, methods=methods)
     layers, probes = space.layers(), space.probes()
-    cost = len(layers) * len(probes) * (score_s + 0.05)
+    cost = len(layers) * len(probes) * score_s
     rows: list[dict] = []
     note = ""
     if layers and probes and cost <= 0.1 * budget_s:
-        rows = layer_sensitivity(net, task, score, probes, layers, time_cap=0.15 * budget_s)
+        rows = layer_sensitivity(net, task, score, probes, layers, time_cap=0.1 * budget_s)
+        if len(rows) < len(layers) * len(probes):
+            note = f"stopped after {len(rows)} of {len(layers) * len(probes)} probes, at 10% of the time budget"
     elif layers and probes:
         note = f"skipped: ~{cost:.0f} s, more than 10% of the time budget"
     return {"version": VERSION, "model": ref, "task": task.name, "score_name": task.score_name,
-            "score_s": round(score_s, 3),
+            "score_s": round(score_s, 3), "latency_s": round(latency_s, 3),
             "validation": where, "space": space.name, "baseline": base, "sensitivity": rows,
             "sensitivity_note": note, "protect_order": protect_order(rows) if rows else [],
             "trials": [], "best": None, "elapsed_s": 0.0, "methods": None if methods is None else list(methods)}
@@ -289,30 +303,6 @@ def _cross_validation(net: nn.Module, task, certification: Certification | None)
     return CrossValidation.for_model(net, certification or Certification())
 
 
-def _confirm(net, stages, task, score, budget: Budget, rec: TrialRecord, records: list[TrialRecord],
-             cv=None) -> None:
-    """A candidate that would become the best is certified first: by cross-validation (`cv`) when
-    the search has it (screened on validation within the budget plus one image, which alone is
-    0.56 pt on digits), else by a second run with other training seeds (within the budget on
-    validation); only if that keeps it within the budget too can it be the best."""
-
-    best = best_record(records, budget.max_drop)
-    slack = cv.screen_slack_pts if cv is not None else 0.0
-    if rec.feasible(budget.max_drop + slack) and (best is None or rec.bytes < best.bytes):
-        start = time.monotonic()
-        if cv is not None:
-            rec.certificate = cv.certify(stages, budget.max_drop, budget.deadline)
-            if rec.certificate is None:
-                rec.error = "not certified: the time budget ran out during cross-validation"
-            else:
-                rec.certificate["screen_slack_pts"] = slack
-        else:
-            rec.confirm_drop_pts = confirm_drop(net, stages, task, score, budget, rec.drop_pts)
-            if rec.confirm_drop_pts is None:
-                rec.error = "not confirmed: the second run failed or ran out of time"
-        rec.seconds = round(rec.seconds + time.monotonic() - start, 3)
-
-
 def _step_from_best(study, records: list[TrialRecord], max_drop: float, seed: int) -> None:
     """Every other candidate (once the seeds are done) is a local step from the best so far."""
 
@@ -353,21 +343,26 @@ def _tell_fail(study, trial) -> None:
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
-def _persist(folder: Path, state: dict, records: list[TrialRecord], max_drop: float) -> None:
-    """Copy a new best to best.slim, drop artifacts no front needs, rewrite search.json and
-    pareto.json (each write atomic: an interruption leaves the old file or the new one)."""
+def _persist(folder: Path, net: nn.Module, state: dict, records: list[TrialRecord], max_drop: float) -> None:
+    """Write best.slim when what it should hold changed (see `outcome.choose`: always something),
+    drop artifacts no front needs, rewrite search.json and pareto.json (each write atomic: an
+    interruption leaves the old file or the new one)."""
 
     base_bytes = state["baseline"]["bytes"]
+    outcome = choose(records, max_drop)
+    held = "original" if outcome.record is None else outcome.record.number
+    if state.get("best_slim") != held or not (folder / BEST).is_file():
+        if outcome.record is None:
+            save(net, folder / BEST, info={"search_trial": None})
+        else:
+            atomic_write(folder / BEST, [(folder / outcome.record.path).read_bytes()])
+        state["best_slim"] = held
     best = best_record(records, max_drop)
-    if best is not None and best.path and (state.get("best") != best.number or not (folder / BEST).is_file()):
-        atomic_write(folder / BEST, [(folder / best.path).read_bytes()])
-        state["best"] = best.number
-    elif best is None:
-        state["best"] = None
+    state["best"] = None if best is None else best.number
+    state["outcome"] = outcome.to_dict()
     pts = points(records, base_bytes, max_drop)
     keep = {p["trial"] for p in front(pts, "bytes")} | {p["trial"] for p in front(pts, "latency_ms")}
-    if best is not None:
-        keep.add(best.number)
+    keep |= {r.number for r in (best, outcome.record) if r is not None}
     for r in records:
         if r.path and r.number not in keep:
             (folder / r.path).unlink(missing_ok=True)

@@ -57,6 +57,9 @@ class TrialRecord:
     stopped_after: int | None = None  # stage index after which a pruned candidate stopped
     confirm_drop_pts: float | None = None   # drop of a second run with other training seeds
     certificate: dict | None = None   # cross-validated drop and its upper bound (search.certify)
+    cert_stopped: str | None = None   # certification not done: "time" (not started, ran out) or "error"
+    cert_note: str | None = None      # why, in one line
+    cert_seconds: float = 0.0         # spent certifying it (not in `seconds`, the candidate's own run)
 
     @property
     def measured(self) -> bool:
@@ -142,24 +145,28 @@ def run_candidate(model: nn.Module, stages: list[MethodConfig], task: Task, scor
 
 
 def confirm_drop(model: nn.Module, stages: list[MethodConfig], task: Task, score: Callable[[nn.Module], float],
-                 budget: Budget, first_drop: float) -> float | None:
-    """The held-out drop of a second run of `stages` with other training seeds (`first_drop`, that
-    of the first run, if the recipe has no seed); None if the budget ran out or a stage failed.
+                 budget: Budget, record: TrialRecord) -> None:
+    """Fill `record.confirm_drop_pts` with the held-out drop of a second run of `stages` with other
+    training seeds (the first run's, if the recipe has no seed); if the budget runs out or a stage
+    fails, `record.cert_stopped` ("time" or "error") and `record.cert_note` say so instead.
 
     A small held-out set lets some candidates pass by luck; among hundreds, the smallest that
     passes is often one of them. A second, independent run rarely is lucky twice."""
     again = reseeded(stages)
     if again is None:
-        return first_drop
+        record.confirm_drop_pts = record.drop_pts
+        return
     try:
         net = run_stages(model, again, task, budget.deadline, cut=False).eval()
-        return budget.drop(score(net))
+        record.confirm_drop_pts, record.cert_stopped, record.cert_note = budget.drop(score(net)), None, None
     except OutOfTime:
-        return None
+        record.cert_stopped, record.cert_note = "time", "the second run (other training seeds) ran out of time"
     except KeyboardInterrupt:
         raise
-    except Exception:   # counted as not confirmed
-        return None
+    except Exception as exc:   # counted as not confirmed
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        record.cert_stopped = "error"
+        record.cert_note = f"the second run (other training seeds) failed: {type(exc).__name__}: {first}"[:300]
 
 
 def quick_latency(model: nn.Module, task: Task, seconds: float = 2.0) -> dict[str, float]:

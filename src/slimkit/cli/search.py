@@ -1,5 +1,9 @@
-"""`slimkit search MODEL --max-drop PTS [--budget MINUTES] --out DIR`: the smallest artifact
-within an accuracy budget, a Pareto front and an HTML report. Rerun to resume."""
+"""`slimkit search MODEL --max-drop PTS [--budget 20m] --out DIR`: the smallest artifact within an
+accuracy budget, a Pareto front and an HTML report, within a time budget. Rerun to resume.
+
+Exit codes: 0 when best.slim is written (certified, or not certified with the reason on a
+`warning:` line), 3 when even best.slim lost more than --max-drop on validation, 2 for a bad
+argument, 130 after Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,16 +13,17 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from slimkit.autosearch import search
+from slimkit.autosearch.budget import fmt_duration, parse_duration
 from slimkit.autosearch.certify import Certification
 from slimkit.cli import common
-from slimkit.core.errors import SlimError
 from slimkit.core.text import clean
 
 
 def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folder"),
                max_drop: float = typer.Option(..., "--max-drop", help="Largest allowed drop of the validation "
                                                                       "score, in points (0.5 = half a point)."),
-               budget: float = typer.Option(20.0, "--budget", help="Time budget in minutes."),
+               budget: str = typer.Option("20m", "--budget", help="Time budget of the whole run, with its "
+                                                                  "unit: 90s, 20m, 1h, 1h30m."),
                out: Path = typer.Option(Path("slimkit-search"), "--out", "-o",
                                         help="Output folder (an existing search folder is resumed)."),
                trials: int | None = typer.Option(None, "--trials", help="Stop after this many candidates."),
@@ -38,15 +43,15 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                ) -> None:
     """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
 
-    if not budget > 0 or budget != budget:
-        raise SlimError(f"--budget must be a positive number of minutes, got {budget:g}")
+    budget_s = parse_duration(budget)
     common.check_out_folder(out)
     certification = Certification(folds=folds, confidence=confidence, repeats=repeats)
-    with _Display(budget * 60) as display:
-        result = search(model, max_drop=max_drop, out=out, budget_s=budget * 60, max_trials=trials, seed=seed,
+    with _Display(budget_s) as display:
+        result = search(model, max_drop=max_drop, out=out, budget=budget_s, max_trials=trials, seed=seed,
                         effort=effort, on_trial=display.update, certification=certification,
                         methods=list(method) if method else None)
     summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
+               "certified": result.certified, "reason": result.reason,
                "front": len(result.front), "report": str(result.report) if result.report else None,
                "interrupted": result.interrupted}
     if as_json:
@@ -55,20 +60,29 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
         _print(result, max_drop)
     if result.interrupted:   # the outputs so far are written; 130 as for any command stopped by Ctrl-C
         raise SystemExit(130)
+    if result.best is not None and not result.best["within_budget"]:
+        raise SystemExit(3)
 
 
 def _print(result, max_drop: float) -> None:
     best, base = result.best, result.baseline
     if best:
+        test = best["test_drop_pts"]
         common.say(
             f"best: {result.folder / 'best.slim'}: {common.fmt_bytes(best['bytes'])}, {best['ratio']}x smaller "
             f"than fp32 {common.fmt_bytes(base['bytes'])}; validation {best['val_score']:.4f} "
-            f"({-best['drop_pts']:+.2f} pt), test {best['test_score']:.4f} ({-best['test_drop_pts']:+.2f} pt)")
-        if best.get("cv_ucb_pts") is not None:
+            f"({-best['drop_pts']:+.2f} pt), test {best['test_score']:.4f} "
+            f"({'-' if test is None else f'{-test:+.2f}'} pt)")
+        if result.certified and best.get("cv_ucb_pts") is not None:
             common.say(f"certified: cross-validated drop {best['cv_drop_pts']:+.2f} pt, upper bound "
                        f"{best['cv_ucb_pts']:.2f} pt <= {max_drop:g}")
+        elif result.certified:
+            common.say(f"certified: a second run with other training seeds stayed within {max_drop:g} pt")
+        else:
+            common.warn(f"best.slim is NOT certified: {result.reason}")
     for note in result.notes:
-        common.say(f"note: {note}")
+        if not note.startswith("best.slim is not certified"):   # said above, as a warning
+            common.say(f"note: {note}")
     common.say(f"{len(result.trials)} candidates, Pareto front of {len(result.front)}; "
                f"report: {result.report}")
 
@@ -103,11 +117,27 @@ class _Display:
         what = {"complete": f"{ratio}, val {drop}", "pruned": f"stopped after stage {r.stopped_after}, val {drop}",
                 "failed": f"failed: {r.error}"}[r.state]
         best = (f"best {p.baseline_bytes / p.best.bytes:.1f}x ({common.fmt_bytes(p.best.bytes)}, "
-                f"val {-p.best.drop_pts:+.2f} pt)") if p.best else "no candidate within budget yet"
-        common.info(f"trial {r.number}: {what} in {r.seconds:.1f} s", style="dim")
+                f"val {-p.best.drop_pts:+.2f} pt)") if p.best else "nothing certified yet"
+        best += f" | {fmt_duration(max(0.0, p.budget_s - p.elapsed_s))} left"
+        common.info(f"trial {r.number}: {what} in {r.seconds:.1f} s{_certification(r)}", style="dim")
         if self.progress is not None:
             self.progress.update(self.task, completed=min(p.elapsed_s, self.budget_s),
                                  description=clean(f"trial {p.total} | {best}"))
+
+
+def _certification(r) -> str:
+    """`; certified (bound 0.31 pt, 1m12s)` and the like, for a candidate certified right after it ran."""
+    cert = r.certificate
+    if cert is not None:
+        took = fmt_duration(cert.get("seconds", 0.0))
+        if cert.get("stopped") is None:
+            return f"; cross-validated bound {cert['ucb_pts']:.2f} pt in {took}"
+        return f"; certification stopped ({cert['stopped']}) in {took}"
+    if r.cert_note:
+        return f"; {r.cert_note}"
+    if r.confirm_drop_pts is not None:
+        return f"; second run {-r.confirm_drop_pts:+.2f} pt"
+    return ""
 
 
 def register(app: typer.Typer) -> None:
