@@ -145,7 +145,7 @@ def manifest_json(reader: SafetensorsReader) -> str:
         return meta[METADATA_KEY]
     tail = _tail_length(reader)
     if tail:
-        raw = reader.get(PAYLOAD).reshape(-1)[-tail:].tobytes()
+        raw = reader.read(PAYLOAD, reader.nbytes(PAYLOAD) - tail)
         return _inflate(raw, reader.path, zlib.decompressobj(-15, zdict=ZDICT))
     if COMPRESSED_KEY not in meta:
         raise SlimFormatError(f"{reader.path}: not a .slim file (safetensors without a slimkit manifest)")

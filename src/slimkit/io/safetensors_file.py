@@ -1,7 +1,7 @@
 """Read and write safetensors files with validation before allocation, and atomic writes.
 
 The reader checks the header length against the file size, every tensor's dtype, shape and byte
-range (inside the data section, no overlap, size = elements x itemsize) before it maps anything,
+range (inside the data section, no overlap, size = elements x itemsize) before it reads anything,
 so a truncated or lying file is refused with `SlimFormatError` instead of a huge allocation.
 Every safetensors dtype is accepted, bfloat16 included (the usual dtype of LLM checkpoints):
 numpy has no bfloat16, so `SafetensorsReader.get` returns its bit patterns as uint16 and
@@ -18,7 +18,6 @@ import ctypes
 import errno
 import json
 import math
-import mmap
 import os
 import tempfile
 from collections.abc import Iterable
@@ -319,8 +318,33 @@ def check_entry(key: str, entry: object, data_len: int, name: str) -> None:
         raise SlimFormatError(f"{name}: tensor {key!r} byte count does not match its shape and dtype")
 
 
+def read_exactly(fd: int, buffer, offset: int, where: str) -> None:
+    """Fill `buffer` (any writable C-contiguous buffer) from byte `offset` of file `fd` with pread:
+    SlimFormatError if the file ends first. Reading through a memory map instead would kill the
+    process with SIGBUS (or, in a file's last page, silently read zeros) when the file is truncated
+    while it is read; pread just returns short.
+
+    >>> arr = np.empty(16, np.float32); read_exactly(fh.fileno(), memoryview(arr).cast("B"), 128, "m.slim")
+    """
+    view = memoryview(buffer).cast("B")
+    end = offset + view.nbytes
+    while view:
+        try:
+            got = os.preadv(fd, [view[:READ_CHUNK]], offset)
+        except OSError as exc:
+            raise SlimError(f"cannot read {where}: {_why(exc)}") from None
+        if got == 0:
+            raise SlimFormatError(f"{where}: the file ends before byte {offset} (bytes up to {end} were to be "
+                                  "read): it was truncated or changed while being read")
+        view, offset = view[got:], offset + got
+
+
+READ_CHUNK = 1 << 30   # bytes per pread call (Linux caps one call near 2 GiB)
+
+
 class SafetensorsReader:
-    """A validated, memory-mapped view of a safetensors file. Use as a context manager."""
+    """A validated safetensors file, read with pread (`read_exactly`, never a memory map: a file
+    truncated meanwhile gives SlimFormatError, not SIGBUS). Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -330,7 +354,6 @@ class SafetensorsReader:
         try:
             size = os.fstat(self._fh.fileno()).st_size
             self.entries, self.metadata, self._start = read_header(self._fh, size, str(self.path))
-            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except BaseException:
             self._fh.close()
             raise
@@ -347,33 +370,37 @@ class SafetensorsReader:
         return TORCH_NAMES[self.entries[key]["dtype"]]
 
     def get_torch(self, key: str):
-        """Tensor `key` as a torch tensor (a read-only view of the map; bfloat16 stays bfloat16)."""
-        import warnings
-
+        """Tensor `key` as a torch tensor (its own memory; bfloat16 stays bfloat16)."""
         import torch
 
-        arr = self.get(key)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)   # "not writable": a read-only view, as documented
-            tensor = torch.from_numpy(arr) if arr.size else torch.from_numpy(np.array(arr))
+        tensor = torch.from_numpy(self.get(key))
         return tensor.view(torch.bfloat16) if self.dtype(key) == "bfloat16" else tensor
 
     def get(self, key: str) -> np.ndarray:
-        """Return a read-only array view of tensor `key` (copy it before mutating); a bfloat16
-        tensor comes as its uint16 bit patterns."""
+        """Tensor `key` read into a new array; a bfloat16 tensor comes as its uint16 bit patterns.
+        SlimFormatError if the file no longer holds it (truncated since it was opened)."""
         if key not in self.entries:
             raise SlimFormatError(f"{self.path}: missing tensor {key!r}")
+        if self._fh.closed:
+            raise SlimError(f"{self.path}: the file was closed")
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
-        dtype = np.dtype(_DTYPES[entry["dtype"]])
-        count = (end - begin) // dtype.itemsize
-        if count == 0:
-            return np.empty(tuple(entry["shape"]), dtype=dtype)
-        arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._start + begin)
-        return arr.reshape(tuple(entry["shape"]))
+        arr = np.empty(tuple(entry["shape"]), dtype=np.dtype(_DTYPES[entry["dtype"]]))
+        if end > begin:
+            read_exactly(self._fh.fileno(), arr.reshape(-1).view(np.uint8), self._start + begin, str(self.path))
+        return arr
+
+    def read(self, key: str, begin: int = 0, end: int | None = None) -> bytes:
+        """Bytes begin..end of tensor `key`'s data (all of it by default), read from the file."""
+        first, last = self.entries[key]["data_offsets"]
+        end = last - first if end is None else end
+        if not 0 <= begin <= end <= last - first:
+            raise SlimFormatError(f"{self.path}: bytes {begin}..{end} lie outside tensor {key!r}")
+        out = bytearray(end - begin)
+        read_exactly(self._fh.fileno(), out, self._start + first + begin, str(self.path))
+        return bytes(out)
 
     def close(self) -> None:
-        self._map = None
         self._fh.close()
 
     def __enter__(self) -> SafetensorsReader:

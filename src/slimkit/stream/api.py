@@ -79,7 +79,7 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     """Compress a `.safetensors` file or a sharded checkpoint (index json, or its folder) with a
     weight-only recipe (a shipped name, a .yaml path, a `Recipe` or a `StreamPlan`) into `out`.
 
-    Tensors are read from memory maps and written as they are encoded: memory stays near a few
+    Tensors are read block by block (pread) and written as they are encoded: memory stays near a few
     blocks of `block_bytes` for int8/int4 (one tensor, a few times over, for k-means and pruning). The
     output appears atomically when complete; the input is never modified. The work is memory-bound,
     so `threads=1` is the default: more torch threads on a shared, busy machine stall in OpenMP

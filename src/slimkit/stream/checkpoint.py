@@ -1,13 +1,14 @@
-"""Read a `.safetensors` checkpoint, or a sharded Hugging Face one, tensor by tensor from memory maps.
+"""Read a `.safetensors` checkpoint, or a sharded Hugging Face one, tensor by tensor, block by block.
 
-Every header is validated before anything is mapped (`slimkit.io.safetensors_file.read_header`,
-the one validator of safetensors headers; bfloat16 included). Tensors come as
-zero-copy torch views of the map; `release` hands the pages of a range back to the kernel
-(`madvise(MADV_DONTNEED)`), so reading a whole checkpoint keeps only what is being worked on resident.
+Every header is validated before anything is read (`slimkit.io.safetensors_file.read_header`,
+the one validator of safetensors headers; bfloat16 included). Blocks are read with pread into buffers
+of their own (`read_exactly`), never through a memory map: a file truncated or rewritten while it is
+read gives a one-line SlimFormatError instead of killing the process with SIGBUS, and memory holds
+only the blocks being worked on (each is freed when dropped; `release` is kept for callers, a no-op).
 
 >>> with open_checkpoint("model.safetensors.index.json") as ck:   # or a folder, or one .safetensors
 ...     for item in ck.items():
-...         block = ck.rows(item, 0, 16)          # a torch view of rows 0..15
+...         block = ck.rows(item, 0, 16)          # rows 0..15, read from the file
 ...         ck.release(item)
 """
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,10 @@ from pathlib import Path
 import torch
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.safetensors_file import TORCH_NAMES, read_header
+from slimkit.io.safetensors_file import TORCH_NAMES, read_exactly, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 FLOATS = ("float64", "float32", "float16", "bfloat16")
-PAGE = mmap.PAGESIZE
-RELEASE_MARGIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -63,18 +60,15 @@ class _Shard:
         try:
             self.size = os.fstat(self.fh.fileno()).st_size
             self.header, _, self.start = read_header(self.fh, self.size, str(path))
-            self.map = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
         except BaseException:
             self.fh.close()
             raise
 
+    def read_into(self, buffer, offset: int, what: str) -> None:
+        """Fill `buffer` from absolute byte `offset` (SlimFormatError if the file has shrunk since)."""
+        read_exactly(self.fh.fileno(), buffer, offset, f"{self.path.name} ({what})")
+
     def close(self) -> None:
-        if self.map is not None:
-            try:
-                self.map.close()
-            except BufferError:  # a caller still holds a view; the map goes with it
-                pass
-            self.map = None
         self.fh.close()
 
 
@@ -115,8 +109,8 @@ class Checkpoint:
         return sum(it.nbytes for it in self._items)
 
     def rows(self, item: Item, r0: int, r1: int):
-        """Rows r0..r1-1 of `item` (its first dimension; a 0-/1-D tensor is one row) as a torch view
-        of the map, shape (r1 - r0, cols). Read-only: copy before writing into it."""
+        """Rows r0..r1-1 of `item` (its first dimension; a 0-/1-D tensor is one row) as a new torch
+        tensor read from the file, shape (r1 - r0, cols)."""
 
         rows = item.shape[0] if len(item.shape) >= 2 else 1
         cols = math.prod(item.shape[1:]) if len(item.shape) >= 2 else math.prod(item.shape)
@@ -124,40 +118,30 @@ class Checkpoint:
             raise IndexError(f"rows {r0}..{r1} outside {rows}")
         count = (r1 - r0) * cols
         dtype = getattr(torch, item.dtype)
-        if count == 0:
-            return torch.empty((r1 - r0, cols), dtype=dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": we only read
-            flat = torch.frombuffer(self.shards[item.shard].map, dtype=dtype, count=count,
-                                    offset=item.begin + r0 * cols * item.itemsize)
-        return flat.reshape(r1 - r0, cols)
+        out = torch.empty((r1 - r0, cols), dtype=dtype)
+        if count:
+            self.shards[item.shard].read_into(out.view(-1).view(torch.uint8).numpy(),
+                                              item.begin + r0 * cols * item.itemsize, f"rows {r0}..{r1}")
+        return out
 
     def tensor(self, item: Item):
-        """The whole tensor as a read-only torch view, in its own shape."""
+        """The whole tensor, read from the file, in its own shape."""
         rows = item.shape[0] if len(item.shape) >= 2 else 1
         return self.rows(item, 0, rows).reshape(item.shape)
 
     def raw(self, item: Item, begin: int = 0, end: int | None = None) -> memoryview:
-        """Bytes begin..end of the tensor's data, as a view of the map."""
+        """Bytes begin..end of the tensor's data, read from the file."""
         end = item.nbytes if end is None else end
-        shard = self.shards[item.shard]
-        if shard.map is None:
-            return memoryview(b"")
-        return memoryview(shard.map)[item.begin + begin: item.begin + end]
+        if not 0 <= begin <= end <= item.nbytes:
+            raise IndexError(f"bytes {begin}..{end} outside {item.nbytes}")
+        out = bytearray(end - begin)
+        if out:
+            self.shards[item.shard].read_into(out, item.begin + begin, f"bytes {begin}..{end}")
+        return memoryview(out)
 
     def release(self, item: Item, begin: int = 0, end: int | None = None) -> None:
-        """Let the kernel drop the mapped pages of bytes begin..end of `item` (they are re-read from
-        the page cache if touched again): keeps resident memory at what is being worked on."""
-        shard = self.shards[item.shard]
-        end = item.nbytes if end is None else end
-        if shard.map is None or end <= begin or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        # from a little before `begin`: the kernel's fault-around maps up to 64 KiB of neighbouring,
-        # already released pages when a block starts; without the margin RSS creeps up as the file is
-        # read (docs/notes/streaming-choices.md)
-        lo = max(0, item.begin + begin - RELEASE_MARGIN) // PAGE * PAGE
-        hi = min(shard.size, -(-(item.begin + end) // PAGE) * PAGE)
-        shard.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        """Nothing to do: blocks are buffers of their own, freed when the caller drops them. (Kept so
+        that readers say where a block's use ends; a memory-mapped reader once unmapped pages here.)"""
 
     def close(self) -> None:
         for shard in self.shards:

@@ -5,7 +5,7 @@ registers a `BlockWorker`, e.g. GPTQ in `slimkit.quantization.streaming`); this 
 The model is built without weights (`slimkit.stream.skeleton`); only the layers outside the repeated
 blocks (embeddings, norms) and the block being worked on hold real tensors:
 
-1. two probe forwards on one calibration batch, each block loaded from the checkpoint's memory map
+1. two probe forwards on one calibration batch, each block read from the checkpoint
    just before it runs and emptied right after, let the worker plan its work per block (`plan`;
    GPTQ finds its calibration stages, Linears reading the same input) and check that the blocks
    form a plain chain (`slimkit.dist.blocks`);

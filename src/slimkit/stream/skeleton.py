@@ -3,7 +3,7 @@
 `build_skeleton` builds the folder's `AutoModel` with every parameter on the `meta` device (no
 memory; buffers such as rotary frequencies stay real, they are computed, not loaded), as
 accelerate's `init_empty_weights(include_buffers=False)` does. `WeightSource` then copies the
-tensors of one module (a transformer block, the embeddings) out of the checkpoint's memory map
+tensors of one module (a transformer block, the embeddings) out of the checkpoint (pread)
 into real tensors, and `release` puts them back on `meta`, so only what is being worked on is
 resident.
 
@@ -85,7 +85,7 @@ def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
 
 class WeightSource:
     """Fills modules of a skeleton from a checkpoint (a folder, an index json or a .safetensors
-    file) and empties them again. Use as a context manager (it holds the memory maps)."""
+    file) and empties them again. Use as a context manager (it holds the open files)."""
 
     def __init__(self, model: nn.Module, checkpoint: str | os.PathLike, transposed: set[str] | None = None):
         self.model = model

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
@@ -52,9 +51,8 @@ class WeightsOnly(nn.Module):
 
 def load_safetensors_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Read a weights-only `.safetensors` checkpoint (no pickle) into a `WeightsOnly` module."""
-    with SafetensorsReader(path):  # validates the header before anything is allocated
-        pass
-    state = load_file(str(path))
+    with SafetensorsReader(path) as reader:  # the header validated before anything is allocated; pread, no map
+        state = {key: reader.get_torch(key) for key in reader.keys()}
     model = WeightsOnly({k: (list(v.shape), v.dtype) for k, v in state.items()}, device="meta")
     model.load_state_dict(state, assign=True)
     return tag(model, {"kind": "weights", "path": str(Path(path).resolve())})
