@@ -45,11 +45,11 @@ def _variants() -> list[tuple[str, Callable]]:
         sk.share_(m, sk.make_config("kmeans", bits=4, max_iter=20))
 
     def pruned(m):
-        sk.prune_(m, sk.make_config("magnitude", sparsity=0.9))
+        sk.prune_(m, sk.make_config("magnitude", sparsity=0.9, epochs=0))
         sk.share_(m, sk.make_config("kmeans", bits=4, max_iter=20))
 
     def sparse(m):
-        sk.prune_(m, sk.make_config("magnitude", sparsity=0.9, value_dtype="float16"))
+        sk.prune_(m, sk.make_config("magnitude", sparsity=0.9, value_dtype="float16", epochs=0))
 
     return [("kmeans 4-bit (entropy)", kmeans), ("pruned 90% + kmeans 4-bit", pruned),
             ("pruned 90% (float16 values)", sparse)]

@@ -167,3 +167,31 @@ def test_results_end_with_the_long_runs_file():
     long_runs = (ROOT / "bench" / "long_runs.md").read_text(encoding="utf-8")
     assert long_runs.startswith("## Long runs")
     assert results.rstrip().endswith(long_runs.rstrip()), "bench/RESULTS.md's last section differs from long_runs.md"
+
+
+RUNS = "<!-- runs in tests/test_docs.py -->"
+
+
+def _runnable_examples() -> list[tuple[str, str]]:
+    """(page, code) of every Python block marked to run: the line before its fence is RUNS."""
+    found = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(re.escape(RUNS) + r"\n```python\n(.*?)^```", text, re.S | re.M):
+            found.append((str(page.relative_to(ROOT)), match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize(("page", "code"), _runnable_examples(), ids=lambda v: v if v.endswith(".md") else "")
+def test_marked_examples_run(page, code, tmp_path, monkeypatch):
+    """A complete example the docs promise runs, runs (in a fresh folder, one torch thread)."""
+    from slimkit.core.torch_utils import num_threads
+
+    monkeypatch.chdir(tmp_path)
+    with num_threads(1):
+        exec(compile(code, f"{page} (example)", "exec"), {"__name__": "__example__"})   # noqa: S102
+    assert any(tmp_path.iterdir()), f"{page}: the example wrote nothing"
+
+
+def test_your_own_model_has_a_runnable_example():
+    assert any(page == "docs/your-own-model.md" for page, _ in _runnable_examples())

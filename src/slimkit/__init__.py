@@ -5,6 +5,7 @@
 >>> sk.prune_(model, sk.MagnitudePruningConfig(sparsity=0.9))
 >>> sk.save(model, "lenet.slim")
 >>> sk.evaluate(sk.load("lenet.slim")).score
+>>> model, result = sk.compress(my_model, "int8", data=loader, metric=my_accuracy, out="mine.slim")
 
 This file is the roof: it gathers the public API from the layers below (see DESIGN.md); importing
 the packages here is also what registers every method, codec, runtime module and model builder.
@@ -24,6 +25,7 @@ from slimkit.distillation.recovery import RecoveryConfig
 from slimkit.eval.measure import Measurement, evaluate
 from slimkit.export.runtime import runtime_report  # registers the "onnxruntime" and "auto" runtimes
 from slimkit.io.artifact import load, load_state_dict, read_manifest, save
+from slimkit.pipeline.compress import compress
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
 from slimkit.pruning.api import (
     APoZPruning,
@@ -74,8 +76,8 @@ __all__ = [
     "Int8StaticConfig", "KMeansConfig", "LowRankConfig", "MagnitudePruningConfig", "NMPruningConfig",
     "NormPruningConfig", "QATConfig", "RecoveryConfig", "StructuredPruningConfig", "WeightOnlyConfig",
     # files, models, measurement, recipes, search
-    "Measurement", "Recipe", "evaluate", "export", "load", "load_recipe", "load_state_dict", "read_manifest",
-    "resolve", "run_recipe", "runtime_report", "save", "search", "stream", "zoo",
+    "Measurement", "Recipe", "compress", "evaluate", "export", "load", "load_recipe", "load_state_dict",
+    "read_manifest", "resolve", "run_recipe", "runtime_report", "save", "search", "stream", "zoo",
     # errors
     "ConfigError", "SlimError", "SlimFormatError",
     # names before the `<Method>Config` scheme, kept for existing code (CHANGELOG.md)

@@ -26,7 +26,7 @@ pytest.importorskip("onnxruntime")
 CONFIGS = {
     "int8": lambda: sk.make_config("int8"),
     "kmeans": lambda: sk.make_config("kmeans", bits=4, finetune_epochs=0),
-    "magnitude": lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global"),
+    "magnitude": lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global", epochs=0),
 }
 
 

@@ -9,7 +9,7 @@ from slimkit.export.onnx import export
 
 
 @pytest.mark.parametrize("config", [
-    lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global"),
+    lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global", epochs=0),
     lambda: sk.make_config("int8"),
     lambda: sk.make_config("kmeans", bits=4, finetune_epochs=0),
     lambda: sk.make_config("hashed", ratio=0.25, finetune_epochs=1),

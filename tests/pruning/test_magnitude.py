@@ -36,7 +36,7 @@ def test_selector_matching_nothing_is_an_error(lenet, digits_task):
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_oneshot_prunes_stores_sparse_and_reloads(scope, lenet, digits_task, tmp_path):
-    model = sk.prune_(lenet, MagnitudePruningConfig(sparsity=0.9, scope=scope), digits_task)
+    model = sk.prune_(lenet, MagnitudePruningConfig(sparsity=0.9, scope=scope, epochs=0), digits_task)
     weights = [model.fc1.weight, model.fc2.weight, model.fc3.weight]
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
@@ -65,7 +65,7 @@ def test_schedules_with_finetuning_hold_masks(schedule, lenet, digits_task):
 
 
 def test_float16_storage_is_exact_after_reload(lenet, digits_task, tmp_path):
-    cfg = MagnitudePruningConfig(sparsity=0.9, scope="global", value_dtype="float16", bias_dtype="float16")
+    cfg = MagnitudePruningConfig(sparsity=0.9, scope="global", value_dtype="float16", bias_dtype="float16", epochs=0)
     model = sk.prune_(lenet, cfg, digits_task)
     assert codec_chain(model.fc1, "weight")[-1] == {"codec": "cast", "to": "float16"}
     sk.save(model, tmp_path / "h.slim")

@@ -60,6 +60,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
+from slimkit.core.user_task import Metric, task_from
 from slimkit.eval.measure import baseline_bytes
 from slimkit.io.artifact import save
 from slimkit.io.safetensors_file import atomic_write
@@ -83,7 +84,8 @@ class Progress:
 def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str | float | timedelta = "20m",
            max_trials: int | None = None, seed: int = 0, effort: float = 1.0,
            on_trial: Callable[[Progress], None] | None = None,
-           certification: Certification | None = None, methods: list[str] | None = None) -> SearchResult:
+           certification: Certification | None = None, methods: list[str] | None = None, *,
+           data: object = None, metric: Metric | None = None) -> SearchResult:
     """Search recipes for `model` (a builtin name like "builtin:lenet-300-100", a HF folder, or a
     model from `sk.zoo.load`); keep the smallest artifact whose held-out score is at most
     `max_drop` points below the original's. Writes best.slim, best.yaml, pareto.json, report.html
@@ -102,6 +104,8 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
 
     `methods` restricts the search to these registered methods, each drawing its own options
     (`MethodConfig.search_choices`); by default builtin models get their curated space.
+    `data` / `metric` score a model of your own (`slimkit.core.user_task.task_from`: a DataLoader or
+    batches, and `metric(model) -> float`; candidates are chosen on a held-back fifth of the data).
 
     >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget="10m")
     >>> r.best["bytes"], r.best["test_score"], r.certified, r.reason
@@ -117,7 +121,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
     state = read_state(folder)
     if state is not None and isinstance(model, str) and state["model"] != model:
         raise SlimError(f"{folder} holds a search of {state['model']}, not {model}; use another --out")
-    net, ref, task = _model_and_task(model)
+    net, ref, task = _model_and_task(model, data, metric)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRIALS).mkdir(exist_ok=True)
     if state is not None and state["model"] != ref:
@@ -188,7 +192,7 @@ def _check(max_drop: float, max_trials: int | None, effort: float) -> None:
         raise SlimError(f"effort (--effort) must be in (0, 10], got {effort!r}")
 
 
-def _model_and_task(model: str | nn.Module):
+def _model_and_task(model: str | nn.Module, data: object = None, metric: Metric | None = None):
     if isinstance(model, str):
         ref, net = model, resolve(model)
     elif isinstance(model, nn.Module):
@@ -197,9 +201,10 @@ def _model_and_task(model: str | nn.Module):
         ref = f"builtin:{base['name']}" if base.get("kind") == "zoo" else json.dumps(base, sort_keys=True)
     else:
         raise SlimError(f"search needs a model reference or an nn.Module, got {type(model).__name__}")
-    task = task_for(net)
+    task = task_from(data, metric, net) or task_for(net)
     if task is None:
-        raise SlimError(f"search needs data to score candidates: {ref} is not a builtin model or a HF folder")
+        raise SlimError(f"search needs data to score candidates: {ref} is not a builtin model or a HF folder "
+                        "(pass data= and metric=)")
     if callable(getattr(task, "reference", None)):   # fidelity tasks: the loaded original, not a second load
         task.reference = lambda: net
     return net.eval(), ref, task

@@ -89,7 +89,7 @@ class DigitsSpace(Space):
         return self.weighted
 
     def probes(self) -> list[MethodConfig]:
-        return [make_config("magnitude", sparsity=0.9), make_config("kmeans", bits=3)]
+        return [make_config("magnitude", sparsity=0.9, epochs=0), make_config("kmeans", bits=3)]
 
     def epochs(self, n: int) -> int:
         """`n` training epochs scaled by the search's effort (at least 1)."""

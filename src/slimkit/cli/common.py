@@ -60,7 +60,7 @@ def info(message: str, style: str | None = None) -> None:
 
 def warn(message: str) -> None:
     """`warning: message` on stderr."""
-    console.print(Text.assemble(("warning: ", "yellow"), plain(message)))
+    console.print(Text.assemble(("warning: ", "yellow"), plain(message)), soft_wrap=True)   # one line, unwrapped
 
 
 def table(title: str, columns: list[str], rows: list[list[object]], **column_options) -> Table:

@@ -7,16 +7,14 @@ from pathlib import Path
 import typer
 
 from slimkit.cli import common
-from slimkit.cli.compress_stream import layerwise_cmd, stream_cmd
+from slimkit.cli.compress_stream import layerwise_cmd, pickled_cmd, stream_cmd
 from slimkit.core.provenance import base_of, task_for
-from slimkit.dist.collectives import init, is_main
-from slimkit.eval.measure import evaluate
-from slimkit.io.artifact import save
+from slimkit.dist.collectives import init
+from slimkit.pipeline.compress import EXIT_OVER_BUDGET, RunOptions, compress, over_budget_line
 from slimkit.pipeline.preflight import check_recipe
-from slimkit.pipeline.recipes import load_recipe, run_recipe
-from slimkit.pipeline.runner import run_pipeline
+from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.route import route
-from slimkit.zoo.resolve import resolve
+from slimkit.zoo.resolve import PICKLE_SUFFIXES, resolve
 
 
 def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folder or .safetensors"),
@@ -30,11 +28,20 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                                                    help="Read a pickled .pt/.bin state dict (weights_only)."),
                  stream: bool = typer.Option(False, "--stream", help="Stream from disk: weight-only recipes tensor by "
                                              "tensor, gptq on a HF folder block by block."),
+                 max_drop: float | None = typer.Option(None, "--max-drop", help="Score the result may lose, in points "
+                                                       "(default: the recipe's max_drop, else 1); more exits with 3."),
                  ) -> None:
-    """Apply a recipe, evaluate before and after, save the artifact."""
+    """Apply a recipe, evaluate before and after, save the artifact.
+
+    Exit codes: 0 done; 2 a bad input, recipe or option (one line); 3 the artifact is written but its
+    score dropped more than --max-drop below the original's (a warning says by how much)."""
 
     common.check_out_path(out, [model, recipe], force)   # before any work; the rename checks again
 
+    if Path(model).suffix in PICKLE_SUFFIXES and Path(model).is_file():   # a bare state dict: tensor by tensor
+        with common.status(f"loading {model}"):
+            weights = resolve(model, trust_pickle=trust_pickle)             # refused without --trust-pickle
+        return pickled_cmd(weights, model, recipe, out, as_json, keep_stages, overwrite=force)
     how = route(model, recipe, stream)
     if how == "tensors":  # a bare checkpoint (or --stream): weight-only, tensor by tensor
         return stream_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
@@ -50,36 +57,30 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     if plan.models and name not in plan.models:
         common.warn(f"recipe {plan.name} was made for {', '.join(plan.models)}, not {name or 'this model'}")
     check_recipe(net, plan, task)   # a stage that cannot apply: one line now, not after measuring
-    with common.status("measuring the original"):
-        before = evaluate(net, task)
+    folder = out.with_name(out.name + ".stages") if keep_stages else None
 
     def on_stage(i, config, _model):
         common.info(f"stage {i + 1}/{len(plan.stages)} done: {config.method}")
 
-    with common.status(f"compressing with {plan.name} ({len(plan.stages)} stages)"):
-        if keep_stages:
-            folder = out.with_name(out.name + ".stages")
-            try:
-                net, _ = run_pipeline(net, plan, task, folder)
-            finally:
-                common.info(f"stage artifacts and stages.json in {folder}/")
-        else:
-            net = run_recipe(net, plan, task, on_stage=on_stage)
-    if not is_main():
+    options = RunOptions(on_stage=on_stage, stages_folder=folder, info={"source": model}, overwrite=force,
+                         status=common.status)
+    try:
+        net, result = compress(net, plan, task, out=out, max_drop=max_drop, inplace=True, options=options)
+    finally:
+        if folder is not None:
+            common.info(f"stage artifacts and stages.json in {folder}/")
+    if not result:   # not rank 0 under torchrun: rank 0 writes and measures
         return
-    save(net, out, info={"recipe": plan.name, "source": model}, overwrite=force)
-    with common.status("measuring the result"):
-        after = evaluate(net, task, path=out)
-    result = {"out": str(out), "bytes": after.bytes, "baseline_bytes": after.baseline_bytes,
-              "ratio": round(after.ratio, 3), "score": after.score, "baseline_score": before.score,
-              "latency_ms": after.latency_ms, "baseline_latency_ms": before.latency_ms}
     if as_json:
         common.emit_json(result)
-        return
-    delta = "" if after.score is None or before.score is None else \
-        f", {after.score_name} {before.score:.4f} -> {after.score:.4f}"
-    common.say(f"wrote {out}: {common.fmt_bytes(after.bytes)} ({after.ratio:.1f}x smaller than "
-               f"fp32 {common.fmt_bytes(after.baseline_bytes)}){delta}")
+    else:
+        delta = "" if result["score"] is None or result["baseline_score"] is None else \
+            f", {result['score_name']} {result['baseline_score']:.4f} -> {result['score']:.4f}"
+        common.say(f"wrote {out}: {common.fmt_bytes(result['bytes'])} ({result['ratio']:.1f}x smaller than "
+                   f"fp32 {common.fmt_bytes(result['baseline_bytes'])}){delta}")
+    if not result["within_budget"]:
+        common.warn(over_budget_line(result))
+        raise SystemExit(EXIT_OVER_BUDGET)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""The streaming paths of `slimkit compress` (see `slimkit.stream.route`): a progress bar and the summary.
+"""The streaming paths of `slimkit compress` (see `slimkit.stream.route`), and a pickled state dict
+(`--trust-pickle`), streamed like a bare checkpoint: a progress bar and the summary.
 
 >>> if route("model.safetensors", "int8") == "tensors":
 ...     stream_cmd("model.safetensors", "int8", Path("model.slim"), as_json=False)
@@ -6,9 +7,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from rich import progress as rp
+from safetensors.torch import save_file
+from torch import nn
 
 from slimkit.cli import common
 from slimkit.core.errors import SlimError
@@ -39,9 +43,23 @@ def layerwise_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages
                f"block; score it with: slimkit eval {out}")
 
 
+def pickled_cmd(net: nn.Module, model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False,
+                overwrite: bool = True) -> None:
+    """A pickled state dict (`net`, read from `model` with weights_only): a bare checkpoint like a
+    .safetensors one, so it is written to a temporary .safetensors file and streamed from there."""
+
+    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}   # tied tensors apart
+    with tempfile.TemporaryDirectory(prefix="slimkit-") as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_file(state, str(path))
+        del state
+        stream_cmd(str(path), recipe, out, as_json, keep_stages, overwrite, label=model)
+
+
 def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: bool = False,
-               overwrite: bool = True) -> None:
-    """Compress `model` tensor by tensor with a progress bar; print the size, ratio and throughput."""
+               overwrite: bool = True, label: str | None = None) -> None:
+    """Compress `model` tensor by tensor with a progress bar; print the size, ratio and throughput.
+    `label`: the input as the user named it, when `model` is a converted copy of it."""
 
     if keep_stages:
         raise SlimError("--keep-stages needs a model to evaluate; a bare checkpoint is compressed in one pass")
@@ -49,12 +67,12 @@ def stream_cmd(model: str, recipe: str, out: Path, as_json: bool, keep_stages: b
     columns = (rp.TextColumn("{task.description}", markup=False), rp.BarColumn(), rp.DownloadColumn(),
                rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
     with rp.Progress(*columns, console=common.console, disable=quiet, transient=True) as bar:
-        task = bar.add_task(clean(f"compressing {Path(model).name}"), total=None)
+        task = bar.add_task(clean(f"compressing {Path(label or model).name}"), total=None)
 
         def on_tensor(item, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=clean(item.name[-40:]))
 
-        report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor, overwrite=overwrite)
+        report = compress_checkpoint(model, recipe, out, on_tensor=on_tensor, overwrite=overwrite, label=label)
     if _summary(report, as_json, "tensor(s)", throughput_mb_s=round(report.throughput_mb_s, 1)):
         return
     common.say(f"wrote {out}: {common.fmt_bytes(report.bytes)} ({report.ratio:.2f}x smaller than the "

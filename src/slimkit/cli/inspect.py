@@ -10,11 +10,13 @@ import typer
 
 from slimkit.cli import common
 from slimkit.core.errors import SlimError
-from slimkit.core.provenance import task_for
+from slimkit.core.provenance import base_of, task_for
 from slimkit.eval.layers import layer_table
 from slimkit.eval.plots import plot_histograms
 from slimkit.pipeline.preflight import preflight
+from slimkit.pipeline.recipes import shipped
 from slimkit.pruning.report import apoz_report, plot_apoz, weight_histograms
+from slimkit.stream.estimate import checkpoint_estimates, items_of
 from slimkit.zoo.resolve import resolve
 
 
@@ -59,7 +61,11 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
 
 def _preflight(net, recipes: list[str] | None) -> dict:
     with common.status("pre-flight: tracing groups, estimating recipe sizes"):
-        return preflight(net, task_for(net), recipes or None)
+        report = preflight(net, task_for(net), recipes or None)
+        if base_of(net).get("kind") == "weights":   # a bare checkpoint: what `compress` does, tensor by tensor
+            report["recipes"] = checkpoint_estimates(items_of(net.state_dict()), recipes or sorted(shipped()),
+                                                     report["baseline_bytes"], "this checkpoint")
+        return report
 
 
 def _apoz_rows(net) -> list[dict]:

@@ -3,6 +3,7 @@
 >>> import slimkit as sk
 >>> sk.quantize_(model, sk.make_config("int8"), data=task)    # in place
 >>> sk.apply_(model, config)                                  # any family
+>>> sk.prune_(model, config, data=loader, metric=my_accuracy)  # your DataLoader and metric
 
 A method is one config class that registers itself; everything slimkit knows about it hangs off
 that class, so adding a method touches no other file::
@@ -32,11 +33,13 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.original import carry_original, remember_original
 from slimkit.core.provenance import task_for
 from slimkit.core.select import FilterFn, select_modules
 from slimkit.core.task import Task
 from slimkit.core.text import clean
 from slimkit.core.torch_utils import first_nonfinite
+from slimkit.core.user_task import Metric, task_from
 
 
 class Family(str, Enum):
@@ -142,15 +145,25 @@ def make_config(method: str, **options: Any) -> MethodConfig:
     return known[method](**options)
 
 
-def apply_(model: nn.Module, config: MethodConfig, data: Task | None = None,
-           filter_fn: FilterFn | None = None) -> nn.Module:
-    """Apply any method config to `model` in place; returns the model (possibly a new root)."""
+def apply_(model: nn.Module, config: MethodConfig, data: object = None,
+           filter_fn: FilterFn | None = None, metric: Metric | None = None) -> nn.Module:
+    """Apply any method config to `model` in place; returns the model (possibly a new root).
+
+    `data` is a `Task`, a DataLoader or an iterable of batches, `metric` a callable
+    `metric(model) -> float` (`slimkit.core.user_task.task_from`); without them, the task of a
+    builtin or Hugging Face model. The model's fp32 size is remembered first: ratios are taken
+    against the original (`slimkit.core.original`).
+
+    >>> sk.apply_(model, sk.make_config("int8"), data=loader)
+    """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"expected a slimkit method config, got {type(config).__name__}")
     config = finite_only(model, config, filter_fn)
-    if data is None:
-        data = task_for(model)
-    return config.apply(model, data, filter_fn)
+    task = task_from(data, metric, model)
+    if task is None:
+        task = task_for(model)
+    remember_original(model)
+    return carry_original(model, config.apply(model, task, filter_fn))
 
 
 def finite_only(model: nn.Module, config: MethodConfig, filter_fn: FilterFn | None = None) -> MethodConfig:
@@ -185,11 +198,11 @@ def finite_only(model: nn.Module, config: MethodConfig, filter_fn: FilterFn | No
 
 
 def _family_verb(family: Family):
-    def verb(model: nn.Module, config: MethodConfig, data: Task | None = None,
-             filter_fn: FilterFn | None = None) -> nn.Module:
+    def verb(model: nn.Module, config: MethodConfig, data: object = None,
+             filter_fn: FilterFn | None = None, metric: Metric | None = None) -> nn.Module:
         if getattr(config, "family", None) != family:
             raise TypeError(f"{type(config).__name__} is not a {family.value} method")
-        return apply_(model, config, data, filter_fn)
+        return apply_(model, config, data, filter_fn, metric)
 
     verb.__doc__ = f"Apply a {family.value} config in place (see `apply_`)."
     return verb

@@ -30,11 +30,6 @@ class Task(ABC):
     def score(self, model: nn.Module) -> float:
         """The quality score in [0, 1]: accuracy, or fidelity to the original model."""
 
-    def metrics(self, model: nn.Module) -> dict[str, float]:
-        """The score under `score_name` and whatever else the same evaluation measured, by name (a
-        language model's perplexity and KL to the original). `evaluate` reports them all."""
-        return {self.score_name: self.score(model)}
-
     @abstractmethod
     def calibration(self, n: int = 256) -> list[Batch]:
         """Unlabelled input batches for calibration (never the test split)."""
@@ -49,5 +44,7 @@ class Task(ABC):
 
 
 def has_labels(task: Task | None) -> bool:
-    """Whether `task` supplies labelled training batches (it overrides `Task.train_batches`)."""
-    return task is not None and type(task).train_batches is not Task.train_batches
+    """Whether `task` supplies labelled training batches: it overrides `Task.train_batches` and does
+    not say otherwise (a task made from unlabelled data sets `labelled = False`)."""
+    return (task is not None and type(task).train_batches is not Task.train_batches
+            and bool(getattr(task, "labelled", True)))

@@ -16,18 +16,23 @@ keeps some transformer layers with the teacher's weights.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
+from pathlib import Path
 from typing import ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from slimkit.core.errors import SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
+from slimkit.core.original import carry_original, remember_original
 from slimkit.core.select import FilterFn
 from slimkit.core.task import Task
+from slimkit.core.user_task import Metric, input_names, task_from
 from slimkit.dist.collectives import init as init_distributed
 from slimkit.distillation.data import Source, as_source, text_task_source
 from slimkit.distillation.objective import Objective, Weights
@@ -266,19 +271,27 @@ def _train(teacher: nn.Module, student: nn.Module, data: object, config: Distill
 
 def distill(teacher: nn.Module, student: nn.Module, data: object, config: DistillConfig | None = None,
             checkpoint: str | None = None,
-            on_epoch: Callable[[EpochInfo], None] | None = None) -> nn.Module:
+            on_epoch: Callable[[EpochInfo], None] | None = None, *, metric: Metric | None = None) -> nn.Module:
     """Train `student` to imitate `teacher` on `data` and return it (best on validation).
 
-    `data`: a Task (labelled digits, or a text task), a list of `(inputs, target)` batches or
-    input batches, a list of sentences. `checkpoint` is a folder to save to and resume from;
-    `on_epoch(EpochInfo)` is called after every epoch. Runs under torchrun (DDP) unchanged.
+    `data`: a Task (labelled digits, or a text task), a DataLoader or any iterable of batches
+    (tensors, `(inputs, target)` pairs or dicts of keyword inputs: `slimkit.core.user_task.task_from`,
+    which holds a fifth back to choose the best epoch on), a list of sentences or a text file.
+    `metric(model) -> float` replaces the task's score. `checkpoint` is a folder to save to and resume
+    from; `on_epoch(EpochInfo)` is called after every epoch. Runs under torchrun (DDP) unchanged.
+    The student's sizes are compared with the teacher's (`slimkit.core.original`).
 
     >>> student = distill(teacher, shrink_mlp(teacher, (8, 6)), sk.zoo.entry("lenet-300-100").task())
+    >>> student = distill(teacher, my_small_net, loader)
     """
     config = config or DistillConfig()
     if teacher is student:
         raise SlimError("the student must be a different module from the teacher")
+    if metric is not None or (not _text(data) and isinstance(data, Iterable | torch.Tensor)):
+        data = task_from(data, metric, teacher)   # a DataLoader or batches: a task holding a fifth back
+    _same_inputs(teacher, student, data)
     init_distributed()
+    remember_original(teacher)
     started = time.perf_counter()
     objective = build_objective(teacher, student, config)
     frozen = _freeze(student, config.freeze)
@@ -290,7 +303,38 @@ def distill(teacher: nn.Module, student: nn.Module, data: object, config: Distil
     student.__dict__["slimkit_distill"] = {"best_score": result.best_score,
                                            "best_epoch": result.best_epoch,
                                            "epochs_run": result.epochs_run}
-    return student
+    return carry_original(teacher, student)
+
+
+def _same_inputs(teacher: nn.Module, student: nn.Module, data: object) -> None:
+    """Batches are keyword inputs named after the teacher's forward: the student must take them."""
+    if not isinstance(data, Task):
+        return
+    try:
+        names = set(data.example_inputs(1))
+    except Exception:   # noqa: BLE001 - a task that cannot say; the first batch will
+        return
+    takes = input_names(student)
+    if names and takes and not names <= set(takes) and not _takes_any(student):
+        raise SlimError(f"the student's forward takes ({', '.join(takes)}) but the batches give "
+                        f"({', '.join(sorted(names))}), named after the teacher's forward; name the student's "
+                        "inputs the same, or pass batches as dicts of keyword inputs both models take")
+
+
+def _takes_any(model: nn.Module) -> bool:
+    """Whether `model.forward` takes any keyword (`**kwargs`), or cannot say."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _text(data: object) -> bool:
+    """Sentences (a list of strings) or a text file: the teacher's tokenizer makes the batches."""
+    if isinstance(data, str | Path):
+        return True
+    return isinstance(data, list | tuple) and bool(data) and all(isinstance(s, str) for s in data)
 
 
 __all__ = ["DistillConfig", "EpochInfo", "FitResult", "FeatureLoss", "PruneCriterion", "PrunedStudent",

@@ -34,12 +34,12 @@ def _task_source(task: Task, batch_size: int, seed: int) -> Source:
         first = task.train_batches(batch_size, seed)
     except NotImplementedError:
         first = None
-    if first is None:
+    validate = getattr(task, "validation_score", None)
+    if first is None:   # no labels: the teacher's outputs are the only targets
         calib = task.calibration(4096)
         _check_batches(calib, f"task {task.name!r}")
-        return _batch_list_source([(b, None) for b in calib], seed, None)
+        return _batch_list_source([(b, None) for b in calib], seed, validate)
     _check_batches(first, f"task {task.name!r}")
-    validate = getattr(task, "validation_score", None)
     return Source(lambda epoch: task.train_batches(batch_size, seed + epoch) if epoch else first,
                   validate, True, sum(len(t) for _, t in first))
 

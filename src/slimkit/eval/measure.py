@@ -1,8 +1,9 @@
 """`evaluate`: the one measurement every report uses — score, bytes on disk, latency.
 
 "Compression" is never computed from parameter counts: `bytes` is the size of the saved
-artifact (the real file when there is one), `baseline_bytes` the original model as fp32
-safetensors. Parameters and nonzeros are reported beside them.
+artifact (the real file when there is one), `baseline_bytes` the original, uncompressed model as
+fp32 safetensors (never the compressed model's own tensors: `slimkit.core.original`). Parameters
+and nonzeros are reported beside them.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimkit.core.errors import SlimError
 from slimkit.core.latency import median_ms
+from slimkit.core.original import fp32_safetensors_bytes, original_fp32_bytes
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
+from slimkit.core.user_task import Metric, task_from
 from slimkit.io.artifact import encode_model
 from slimkit.io.bases import build_base
 from slimkit.io.layout import file_chunks
 from slimkit.zoo.resolve import load_safetensors_checkpoint
 
 BATCH = 32
-SLOW_CALL_S = 0.1     # latency: calls slower than this are timed fewer times ...
-TIME_BUDGET_S = 2.0   # ... about this many seconds in all
 
 
 @dataclass
@@ -38,7 +40,6 @@ class Measurement:
     params: int
     nonzeros: int
     latency_ms: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)   # the task's other measurements (perplexity, kl)
 
     @property
     def ratio(self) -> float:
@@ -48,30 +49,19 @@ class Measurement:
         return {**asdict(self), "ratio": round(self.ratio, 3)}
 
 
-def fp32_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
-    """Exact size of `state` written as an fp32 safetensors file (floats as fp32)."""
-    header: dict[str, object] = {}
-    offset = 0
-
-    def itemsize(t: torch.Tensor) -> int:
-        return 4 if t.is_floating_point() else t.element_size()
-
-    for key in sorted(state, key=lambda k: (-itemsize(state[k]), k)):  # safetensors' own order
-        t = state[key]
-        n = t.numel() * itemsize(t)
-        header[key] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = len(json.dumps(header, separators=(",", ":")))
-    return 8 + raw + (-raw % 8) + offset
-
-
 def baseline_bytes(model: nn.Module) -> int:
-    """The original (uncompressed) model's size as fp32 safetensors."""
+    """The original (uncompressed) model's size as fp32 safetensors: rebuilt from a builtin or
+    Hugging Face base, recorded when a method first touched a user's module (`slimkit.core.original`),
+    or the input checkpoint; a module nothing has touched is its own original."""
     base = base_of(model)
     if base.get("kind") in ("zoo", "hf"):
         return fp32_safetensors_bytes(_base_state(json.dumps(base, sort_keys=True)))
-    if base.get("kind") == "weights" and base.get("path") and Path(base["path"]).is_file():
-        return fp32_safetensors_bytes(load_safetensors_checkpoint(base["path"]).state_dict())
+    known = original_fp32_bytes(model)
+    if known is not None:
+        return known
+    path = base.get("path") if base.get("kind") == "weights" else None
+    if isinstance(path, str) and path.endswith(".safetensors") and Path(path).is_file():
+        return fp32_safetensors_bytes(load_safetensors_checkpoint(path).state_dict())
     return fp32_safetensors_bytes(model.state_dict())
 
 
@@ -106,43 +96,42 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def latency(model: nn.Module, task: Task, batch: int = BATCH, threads: int | None = None,
             repeats: int = 20) -> dict[str, float]:
-    """Median ms at batch 1 and at `batch`. A call slower than SLOW_CALL_S (a language model at
-    batch 32) is repeated fewer times: about TIME_BUDGET_S in all, at least 3 times."""
+    """Median ms at batch 1 and at `batch`."""
     out = {}
     for b in (1, batch):
         inputs = task.example_inputs(b)
-
-        def call(i: dict = inputs) -> object:
-            return task.forward(model, i)
-
-        probe = median_ms(call, repeats=1, warmup=1, threads=threads) / 1e3
-        n = repeats if probe < SLOW_CALL_S else max(3, min(repeats, int(TIME_BUDGET_S / probe)))
-        out[f"batch{b}"] = round(median_ms(call, repeats=n, warmup=0 if probe >= SLOW_CALL_S else 3,
+        out[f"batch{b}"] = round(median_ms(lambda i=inputs: task.forward(model, i), repeats=repeats,
                                            threads=threads), 4)
     return out
 
 
 def evaluate(model: nn.Module, task: Task | None = None, path: str | os.PathLike | None = None,
-             timing: bool = True, threads: int | None = None) -> Measurement:
-    """Score, bytes, baseline bytes, parameters and latency of `model`.
+             timing: bool = True, threads: int | None = None, *, data: object = None,
+             metric: Metric | None = None) -> Measurement:
+    """Score, bytes, baseline bytes (the original's, as fp32), parameters and latency of `model`.
+
+    The score comes from `task`, or from `data` / `metric` (`slimkit.core.user_task.task_from`:
+    your metric, else accuracy or fidelity on held-back batches), else from the task of a builtin or
+    Hugging Face model.
 
     >>> m = evaluate(sk.zoo.load("lenet-300-100"))
     >>> m.score, m.bytes, m.latency_ms["batch1"]
+    >>> evaluate(my_model, data=loader, metric=my_accuracy).score
     """
-    task = task or task_for(model)
+    if task is not None and (data is not None or metric is not None):
+        raise SlimError("give either task= or data= / metric=, not both")
+    task = task or task_from(data, metric, model) or task_for(model)
     model.eval()
     params, nonzeros = count_params(model)
-    score, metrics = None, {}
+    score = None
     if task is not None:
         with torch.inference_mode():
-            values = task.metrics(model)
-        score = float(values[task.score_name])
-        metrics = {k: float(f"{float(v):.6g}") for k, v in values.items() if k != task.score_name}
+            score = float(task.score(model))
     lat = latency(model, task, threads=threads) if (task is not None and timing) else {}
     return Measurement(
         score=None if score is None or math.isnan(score) else round(score, 6),
         score_name=task.score_name if task else "score",
         bytes=artifact_bytes(model, path),
         baseline_bytes=baseline_bytes(model),
-        params=params, nonzeros=nonzeros, latency_ms=lat, metrics=metrics,
+        params=params, nonzeros=nonzeros, latency_ms=lat,
     )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.core.original import original_info
 from slimkit.core.provenance import base_of
 from slimkit.core.text import clean
 from slimkit.io.bases import after_load, build_base
@@ -91,7 +92,7 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
         stored, tensors[key] = encode_tensor(key, t, chains.get(key, []))
         arrays.update(stored)
     manifest = Manifest(base=base_of(model), edits=compact_edits(model), tensors=tensors,
-                        aliases=aliases, info=info or {})
+                        aliases=aliases, info={**original_info(model), **(info or {})})
     return arrays, manifest
 
 

@@ -5,6 +5,7 @@ A YAML recipe::
     description: prune to 92% then 5-bit k-means sharing
     models: [lenet-300-100]          # optional: the builtin models it was made for
     requires: [slimkit-corpora]      # optional: distributions it needs besides slimkit
+    max_drop: 1.0                    # optional: points of score `compress` may lose (default 1)
     stages:
       - method: magnitude
         sparsity: 0.92
@@ -30,8 +31,10 @@ from torch import nn
 from slimkit.core.context import original_model
 from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.methods import MethodConfig, apply_, methods
+from slimkit.core.original import remember_original
 from slimkit.core.task import Task
 from slimkit.core.text import clean
+from slimkit.core.user_task import Metric, task_from
 from slimkit.pipeline.recipe_yaml import read_recipe_yaml
 
 
@@ -42,6 +45,7 @@ class Recipe:
     stages: list[MethodConfig] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # builtin models it was made for (empty: any)
     requires: list[str] = field(default_factory=list)  # distributions it needs besides slimkit's own
+    max_drop: float | None = None  # points of score `compress` may lose (None: its default, 1 point or 1%)
 
 
 # Where a required distribution comes from when it is not on PyPI (default: `pip install NAME`).
@@ -111,10 +115,14 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
 
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise ConfigError(f"{where}: a recipe needs a non-empty 'stages' list")
-    extra = sorted(repr(k) for k in set(doc) - {"description", "stages", "models", "requires"})
+    extra = sorted(repr(k) for k in set(doc) - {"description", "stages", "models", "requires", "max_drop"})
     if extra:
         raise ConfigError(f"{where}: unknown recipe key {extra[0]} "
-                          "(expected description, stages, models, requires)")
+                          "(expected description, stages, models, requires, max_drop)")
+    max_drop = doc.get("max_drop")
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, int | float)
+                                 or not 0 <= max_drop < float("inf")):
+        raise ConfigError(f"{where}: 'max_drop' must be a number of points >= 0, got {max_drop!r}"[:200])
     description = doc.get("description") or ""
     if not isinstance(description, str):
         raise ConfigError(f"{where}: 'description' must be a string, got {_kind(description)}")
@@ -131,7 +139,8 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
     if not isinstance(requires, list) or not all(isinstance(r, str) and _DIST_NAME.fullmatch(r) for r in requires):
         raise ConfigError(f"{where}: 'requires' must be a list of distribution names (e.g. [slimkit-corpora])")
     return Recipe(name=name, description=" ".join(description.split()), stages=stages,
-                  models=[m.removeprefix("builtin:") for m in models], requires=list(requires))
+                  models=[m.removeprefix("builtin:") for m in models], requires=list(requires),
+                  max_drop=None if max_drop is None else float(max_drop))
 
 
 def _kind(value: object) -> str:
@@ -169,9 +178,12 @@ def _stage(i: int, stage: object, known: dict[str, type[MethodConfig]], at: Call
 
 def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
                on_stage: Callable[[int, MethodConfig, nn.Module], None] | None = None,
-               before_stage: Callable[[int, MethodConfig], MethodConfig] | None = None) -> nn.Module:
+               before_stage: Callable[[int, MethodConfig], MethodConfig] | None = None, *,
+               data: object = None, metric: Metric | None = None) -> nn.Module:
     """Apply the stages in order; `on_stage(i, config, model)` is called after each one.
 
+    The stages get `task`, or the task made from `data` / `metric` (a DataLoader or batches and a
+    callable `metric(model) -> float`: `slimkit.core.user_task.task_from`), else the model's own.
     `before_stage(i, config)`, if given, is called before stage `i` (0-based) and returns the config
     to apply (e.g. with its time limit cut to the time left). Either callback may raise to stop the
     run. This is the one loop that applies a recipe: the pipeline runner, the CLI and the search
@@ -180,7 +192,13 @@ def run_recipe(model: nn.Module, recipe: Recipe, task: Task | None = None,
 
     >>> model = run_recipe(model, load_recipe("deep-compression"), task,
     ...                    on_stage=lambda i, config, _m: print(i, config.method))
+    >>> model = run_recipe(model, load_recipe("int8"), data=loader)
     """
+    if task is not None and (data is not None or metric is not None):
+        raise SlimError("give either task or data= / metric=, not both")
+    if task is None:
+        task = task_from(data, metric, model)
+    remember_original(model)
     with original_model(keep_original(model, recipe)):
         for i, config in enumerate(recipe.stages):
             if before_stage is not None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -30,6 +31,10 @@ from slimkit.pruning.structured import (
 )
 from slimkit.pruning.transformer import apply_heads_ffn_, find_blocks
 from slimkit.pruning.unstructured import magnitude_prune_, nm_prune_, prunable, store_sparse
+
+ONESHOT_SAFE = 0.5    # magnitude with epochs unset: above this sparsity, never one shot (see `for_data`)
+AUTO_EPOCHS = 10      # ... but gradual pruning over this many epochs of fine-tuning on labelled data
+log = logging.getLogger("slimkit")
 
 
 class PruneConfigError(ConfigError):
@@ -105,6 +110,22 @@ class MagnitudePruningConfig(_Trainable):
         if data.get("schedule", "oneshot") != "oneshot" and not data.get("epochs"):
             raise PruneConfigError(f"{self.method}: schedule {data['schedule']!r} needs epochs > 0")
 
+    def for_data(self, task: Task | None) -> MagnitudePruningConfig:
+        """This config as it runs on `task`'s data. With `epochs` left unset, a sparsity above
+        ONESHOT_SAFE is not cut in one shot (that breaks most models): with labelled data it is
+        reached gradually over AUTO_EPOCHS epochs of fine-tuning (a log line says so); without labels
+        it is refused in one line saying what to pass. `epochs: 0` set explicitly prunes in one shot."""
+        if self.epochs or "epochs" in self.model_fields_set or self.sparsity <= ONESHOT_SAFE:
+            return self
+        if not has_labels(task):
+            raise SlimError(f"magnitude: {self.sparsity:.0%} sparsity in one shot, without fine-tuning, breaks most "
+                            "models; pass labelled data (data=DataLoader of (inputs, target) batches) to prune "
+                            f"gradually while fine-tuning, lower sparsity to {ONESHOT_SAFE:g} or less, or set epochs=0 "
+                            "to prune in one shot anyway")
+        log.info("magnitude: %.0f%% sparsity with epochs unset: pruning gradually over %d epochs of fine-tuning "
+                 "on the labelled data (set epochs to choose, epochs=0 for one shot)", 100 * self.sparsity, AUTO_EPOCHS)
+        return self.model_copy(update={"epochs": AUTO_EPOCHS, "schedule": Schedule.GRADUAL})
+
     @classmethod
     def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MagnitudePruningConfig:
         """Global sparsity 0.3-0.95; gradual with fine-tuning when the task has labels."""
@@ -115,14 +136,14 @@ class MagnitudePruningConfig(_Trainable):
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         modules = prunable(model, self.targets, self.ignore, filter_fn)
-        held = magnitude_prune_(model, task, modules, self)
+        held = magnitude_prune_(model, task, modules, self.for_data(task))
         model.__dict__["slimkit_sparsity"] = store_sparse(held, self.value_dtype.value,
                                                           self.bias_dtype.value)
         return model
 
     @classmethod
     def example(cls) -> MagnitudePruningConfig:
-        return cls(sparsity=0.8, scope=Scope.GLOBAL)
+        return cls(sparsity=0.8, scope=Scope.GLOBAL, epochs=0)
 
 
 @register_method

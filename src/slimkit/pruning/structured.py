@@ -123,6 +123,16 @@ def _restore(model: nn.Module, backup: nn.Module) -> None:
     model.__dict__["slimkit_edits"] = edit_log(backup)
 
 
+def guard_score(task: Task, model: nn.Module) -> float | None:
+    """The score each round is checked against `max_drop` with: the validation score, else the
+    task's own score (a task written without `validation_score` still keeps its guard)."""
+    own = validation(task, model)
+    if own is not None:
+        return own
+    with torch.no_grad():
+        return float(task.score(model))
+
+
 def trim_(model: nn.Module, task: Task, select: Callable[[nn.Module], list[Group]], scorer: Scorer,
           choose: Callable[[torch.Tensor], torch.Tensor], cfg) -> list[dict]:
     """Rounds of score -> cut (channels where `choose(scores)` is True) -> retrain.
@@ -131,7 +141,7 @@ def trim_(model: nn.Module, task: Task, select: Callable[[nn.Module], list[Group
     Returns one record per round kept (params, validation score, channels per layer).
     """
     x = task.example_inputs(2)
-    start_params, start_val = param_count(model), validation(task, model)
+    start_params, start_val = param_count(model), guard_score(task, model)
     history: list[dict] = []
     for r in range(cfg.rounds):
         groups = select(model)
@@ -152,7 +162,7 @@ def trim_(model: nn.Module, task: Task, select: Callable[[nn.Module], list[Group
         if cfg.epochs:
             finetune(model, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed + r,
                      select_from=cfg.epochs // 2)
-        val = validation(task, model)
+        val = guard_score(task, model)
         if start_val is not None and val is not None and 100 * (start_val - val) > cfg.max_drop:
             _restore(model, backup)
             warnings.warn(f"{cfg.method}: round {r + 1} lost {100 * (start_val - val):.2f} validation "

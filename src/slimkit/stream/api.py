@@ -25,6 +25,7 @@ from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.checkpoint import Item, open_checkpoint
 from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
+from slimkit.stream.estimate import touched, untouched
 from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
 
@@ -75,7 +76,8 @@ def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
 
 def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | object, out: str | os.PathLike,
                         *, on_tensor: OnTensor | None = None, block_bytes: int = BLOCK_BYTES,
-                        threads: int | None = 1, overwrite: bool = True) -> StreamReport:
+                        threads: int | None = 1, overwrite: bool = True,
+                        label: str | os.PathLike | None = None) -> StreamReport:
     """Compress a `.safetensors` file or a sharded checkpoint (index json, or its folder) with a
     weight-only recipe (a shipped name, a .yaml path, a `Recipe` or a `StreamPlan`) into `out`.
 
@@ -95,12 +97,14 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
         if any(out.resolve() == s.path.resolve() for s in ck.shards):
             raise SlimError(f"--out {out} is one of the input files; choose another output path")
         items = ck.items()
+        if not touched(items, plan):   # never a "1.0x" copy; `slimkit inspect` says the same (stream.estimate)
+            raise untouched(plan.name, str(label or source), plan)
         total = sum(it.nbytes for it in items)
         tensors: dict[str, TensorEntry] = {}
         counts: Counter[str] = Counter()
         done = 0
-        base = {"kind": "weights", "path": str(Path(source).resolve())}
-        info = {"recipe": plan.name, "source": str(source), "streamed": True}
+        base = {"kind": "weights", "path": str(Path(label or source).resolve())}
+        info = {"recipe": plan.name, "source": str(label or source), "streamed": True}
         cut = None
         if plan.sparsity is not None and plan.scope == "global" and plan.nm is None:   # pass 1 and 2: the threshold
 
