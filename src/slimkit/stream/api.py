@@ -87,6 +87,8 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     so `threads=1` is the default: more torch threads on a shared, busy machine stall in OpenMP
     barriers (docs/notes/streaming-choices.md); None keeps torch's setting.
     `overwrite=False`: SlimError, and nothing written, if `out` exists when the file is complete.
+    `label`: the checkpoint as the manifest names it, when `source` is a converted copy of it (a
+    pickled state dict written to a temporary .safetensors). A recipe that selects no tensor is refused.
     """
 
     _large_blocks_to_os()
