@@ -110,11 +110,15 @@ def hf_seed(out: Path) -> int:
 
 
 def user_seed(out: Path) -> int:
-    """A user model (base kind "user", the architecture of `fuzz.target.user_architecture`), 2-bit packed."""
+    """A user model (base kind "user", the architecture of `fuzz.target.user_architecture`), 2-bit packed.
+
+    `save` would capture this Sequential as a graph base; the seed keeps the "user" base (a file whose
+    architecture was not captured: `load` takes `model=`), written by the same writer."""
     from torch import nn
 
     import slimkit as sk
-    from slimkit.io.artifact import set_codec
+    from slimkit.io.artifact import encode_model, set_codec
+    from slimkit.io.layout import write_slim
 
     torch.manual_seed(0)
     model = sk.zoo.tag(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), {"kind": "user"})
@@ -122,7 +126,35 @@ def user_seed(out: Path) -> int:
         model[0].weight.copy_(torch.randint(0, 4, (8, 16)).float())
     set_codec(model[0], "weight", [{"codec": "cast", "to": "uint8"}, {"codec": "bitpack", "bits": 2}])
     set_codec(model[2], "weight", [{"codec": "cast", "to": "float16"}])
-    return sk.save(model, out / "user-bitpack")
+    arrays, manifest = encode_model(model)
+    return write_slim(out / "user-bitpack", arrays, manifest.model_copy(update={"base": {"kind": "user"}}))
+
+
+def graph_seed(out: Path) -> int:
+    """A user model saved with its architecture captured (base kind "graph": modules by spec, a
+    parameter read directly, residual add, tensor methods, BatchNorm, GRU), int8 + k-means layers."""
+    from torch import nn
+
+    import slimkit as sk
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)
+            self.gru = nn.GRU(4, 4, batch_first=True)
+            self.fc, self.head = nn.Linear(16, 8), nn.Linear(8, 3)
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x))) + x
+            y, _ = self.gru(y.transpose(1, 2))
+            return self.head(torch.relu(self.fc(y.reshape(y.shape[0], -1)))) * self.scale
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    sk.apply_(model, sk.make_config("int8", targets=["fc"]))
+    sk.apply_(model, sk.make_config("kmeans", bits=2, targets=["head"]))
+    return sk.save(model, out / "user-graph")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}-named: {named_layout(args.out / name, args.out / f'{name}-named')} bytes")
     print(f"hf-bert-tiny-int8: {hf_seed(args.out)} bytes")
     print(f"user-bitpack: {user_seed(args.out)} bytes")
+    print(f"user-graph: {graph_seed(args.out)} bytes")
     for name in ("lenet-300-100-kmeans-huffman", "user-bitpack"):
         print(f"{name}-legacy: {legacy_packed(args.out / name, args.out / f'{name}-legacy')} bytes")
     print(f"weights-stream-int8: {streamed(args.out)} bytes")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.io.artifact import append_codec, set_codec
+from slimkit.io.artifact import append_codec, read_raw, set_codec, write_raw
 from slimkit.io.layout import PACK_LIMIT, manifest_json
 from slimkit.io.safetensors_file import SafetensorsReader
 from slimkit.surgery import replace_module
@@ -81,15 +81,42 @@ def test_tied_tensors_are_stored_once(tmp_path):
     assert loaded[1].weight is loaded[0].weight
 
 
-def test_user_model_needs_architecture(tmp_path):
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot capture it, so the file needs `model=`."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_user_model_needs_architecture_when_it_cannot_be_captured(tmp_path):
+    model = _Branchy()
+    path = tmp_path / "u.slim"
+    sk.save(model, path)
+    assert sk.read_manifest(path).base["kind"] == "user"
+    with pytest.raises(sk.SlimError, match=r"could not be captured at save time \(torch.fx cannot trace _Branchy: "
+                                           r".*\): pass its architecture, load\(path, model=...\)"):
+        sk.load(path)
+    loaded = sk.load(path, model=_Branchy())
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+    arrays, manifest = read_raw(path)           # a file written before graphs: no reason recorded
+    manifest["base"] = {"kind": "user"}
+    write_raw(path, arrays, manifest)
+    with pytest.raises(sk.SlimError, match="holds no architecture: pass its architecture"):
+        sk.load(path)
+
+
+def test_user_model_loads_without_architecture_when_captured(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2))
     path = tmp_path / "u.slim"
     sk.save(model, path)
-    with pytest.raises(sk.SlimError, match="pass its architecture"):
-        sk.load(path)
-    fresh = nn.Sequential(nn.Linear(3, 2))
-    loaded = sk.load(path, model=fresh)
-    assert torch.equal(loaded[0].weight, model[0].weight)
+    assert sk.read_manifest(path).base["kind"] == "graph"
+    assert torch.equal(sk.load(path)(torch.ones(1, 3)), model(torch.ones(1, 3)))
+    loaded = sk.load(path, model=nn.Sequential(nn.Linear(3, 2)))
+    assert type(loaded) is nn.Sequential and torch.equal(loaded[0].weight, model[0].weight)
 
 
 def test_random_and_truncated_files_get_one_line_errors(lenet, tmp_path):

@@ -18,9 +18,8 @@ from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.core.original import original_info
-from slimkit.core.provenance import base_of
 from slimkit.core.text import clean
-from slimkit.io.bases import after_load, build_base
+from slimkit.io.bases import after_load, base_to_save, build_base
 from slimkit.io.codecs import encode_chain
 from slimkit.io.decode import SIDE_SEP, _decode_all, _read_manifest, base_budget
 from slimkit.io.decode import decode_tensor as decode_tensor
@@ -91,7 +90,7 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
         seen[ident] = key
         stored, tensors[key] = encode_tensor(key, t, chains.get(key, []))
         arrays.update(stored)
-    manifest = Manifest(base=base_of(model), edits=compact_edits(model), tensors=tensors,
+    manifest = Manifest(base=base_to_save(model), edits=compact_edits(model), tensors=tensors,
                         aliases=aliases, info={**original_info(model), **(info or {})})
     return arrays, manifest
 

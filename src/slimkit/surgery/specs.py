@@ -1,21 +1,21 @@
 """Describe a module tree as JSON (`to_spec`) and rebuild it with empty weights (`from_spec`).
 
 Specs let a .slim file record "fc1 became this" without pickling code: plain torch layers are
-described by their constructor arguments, slimkit's runtime modules by `slim_spec()`.
+described by their constructor arguments (`slimkit.surgery.torch_layers`), slimkit's runtime
+modules by `slim_spec()`.
 Runtime modules register with `@register_module`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.surgery.pruned import note, restore_note
+from slimkit.surgery.torch_layers import PLAIN as _PLAIN
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {}
 
@@ -31,44 +31,6 @@ def register_module(cls: type[nn.Module]) -> type[nn.Module]:
             raise TypeError(f"{cls.__name__} lacks {attr}")
     MODULE_TYPES[cls.slim_type] = cls
     return cls
-
-
-def _linear(m: nn.Linear) -> dict:
-    return {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
-
-
-def _conv(m: nn.Conv1d | nn.Conv2d) -> dict:
-    return {"in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size),
-            "stride": list(m.stride), "padding": list(m.padding) if not isinstance(m.padding, str)
-            else m.padding, "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None}
-
-
-def _bn(m: nn.modules.batchnorm._BatchNorm) -> dict:
-    return {"features": m.num_features, "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
-            "track": m.track_running_stats}
-
-
-_PLAIN: dict[str, tuple[type[nn.Module], Callable[[Any], dict], Callable[[dict], nn.Module]]] = {
-    "Linear": (nn.Linear, _linear, lambda s: nn.Linear(s["in"], s["out"], bias=s["bias"])),
-    "Conv1d": (nn.Conv1d, _conv, lambda s: nn.Conv1d(
-        s["in"], s["out"], s["kernel"], s["stride"], s["padding"], s["dilation"], s["groups"], s["bias"])),
-    "Conv2d": (nn.Conv2d, _conv, lambda s: nn.Conv2d(
-        s["in"], s["out"], s["kernel"], s["stride"], s["padding"], s["dilation"], s["groups"], s["bias"])),
-    "BatchNorm1d": (nn.BatchNorm1d, _bn, lambda s: nn.BatchNorm1d(
-        s["features"], s["eps"], s["momentum"], s["affine"], s["track"])),
-    "BatchNorm2d": (nn.BatchNorm2d, _bn, lambda s: nn.BatchNorm2d(
-        s["features"], s["eps"], s["momentum"], s["affine"], s["track"])),
-    "LayerNorm": (nn.LayerNorm, lambda m: {"shape": list(m.normalized_shape), "eps": m.eps,
-                                           "affine": m.elementwise_affine, "bias": m.bias is not None},
-                  lambda s: nn.LayerNorm(s["shape"], s["eps"], s["affine"], bias=s["bias"])),
-    "Embedding": (nn.Embedding, lambda m: {"num": m.num_embeddings, "dim": m.embedding_dim,
-                                           "padding_idx": m.padding_idx},
-                  lambda s: nn.Embedding(s["num"], s["dim"], padding_idx=s["padding_idx"])),
-    "Identity": (nn.Identity, lambda m: {}, lambda s: nn.Identity()),
-    "ReLU": (nn.ReLU, lambda m: {}, lambda s: nn.ReLU()),
-    "Flatten": (nn.Flatten, lambda m: {"start": m.start_dim, "end": m.end_dim},
-                lambda s: nn.Flatten(s["start"], s["end"])),
-}
 
 
 def to_spec(module: nn.Module) -> dict:
@@ -96,8 +58,9 @@ def from_spec(spec: object) -> nn.Module:
             return _build(kind, args)
     except SlimFormatError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise SlimFormatError(f"module spec for {kind} is invalid: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ArithmeticError) as exc:
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SlimFormatError(f"module spec for {kind} is invalid: {why}") from None
 
 
 def _build(kind: str, args: dict) -> nn.Module:
