@@ -167,3 +167,12 @@ RECIPES = {
 def test_matrix_ends_within_budget_says_it_did_not_or_refuses(kind, name, tmp_path):
     result = check(kind, RECIPES[name](), tmp_path)
     assert isinstance(result, str) or result["within_budget"] or result["drop"] > result["max_drop"]
+
+
+@pytest.mark.slow
+def test_search_takes_a_user_model_with_its_data_and_metric(tmp_path):
+    result = sk.search(trained("mlp"), max_drop=1.0, out=tmp_path / "search", budget=120, max_trials=3,
+                       data=loader(), metric=accuracy, methods=["int8", "kmeans"])
+    baseline = fp32_file_bytes(trained("mlp"), tmp_path)
+    assert result.best is not None and (tmp_path / "search" / "best.slim").is_file()
+    assert result.best["ratio"] == pytest.approx(baseline / result.best["bytes"], rel=0.01) and result.best["ratio"] > 3

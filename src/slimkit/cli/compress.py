@@ -33,8 +33,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact.
 
-    Exit codes: 0 done; 2 a bad input, recipe or option (one line); 3 the artifact is written but its
-    score dropped more than --max-drop below the original's (a warning says by how much)."""
+    Exit codes: 0 written, within --max-drop; 2 a bad input, recipe or option (one line);
+    3 written, but the score dropped more than --max-drop (a warning line says by how much)."""
 
     common.check_out_path(out, [model, recipe], force)   # before any work; the rename checks again
 
