@@ -12,7 +12,7 @@ from slimkit.zoo.resolve import resolve
 def measurement_row(m) -> dict:
     return {"bytes": m.bytes, "baseline_bytes": m.baseline_bytes, "ratio": round(m.ratio, 3),
             "score": m.score, "score_name": m.score_name, "params": m.params, "nonzeros": m.nonzeros,
-            "latency_ms": m.latency_ms}
+            "latency_ms": m.latency_ms, **m.metrics}
 
 
 def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
@@ -21,7 +21,8 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, 
              trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                                help="Read a pickled .pt/.bin state dict (weights_only)."),
              ) -> None:
-    """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency."""
+    """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency (a language model:
+    perplexity on held-out English and KL to the original too)."""
 
     with common.status(f"loading {model}"):
         net = resolve(model, trust_pickle=trust_pickle)
@@ -32,11 +33,12 @@ def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, 
     if as_json:
         common.emit_json({"model": model, **row})
         return
-    columns = ["score_name", "score", "bytes", "baseline_bytes", "ratio", "params", "nonzeros",
+    columns = ["score_name", "score", *m.metrics, "bytes", "baseline_bytes", "ratio", "params", "nonzeros",
                "latency ms (b1 / b32)"]
     lat = m.latency_ms
-    cells = [m.score_name, "-" if m.score is None else f"{m.score:.4f}", m.bytes, m.baseline_bytes,
-             f"{m.ratio:.2f}x", m.params, m.nonzeros, " / ".join(f"{v:.3f}" for v in lat.values()) or "-"]
+    cells = [m.score_name, "-" if m.score is None else f"{m.score:.4f}", *(f"{v:.5g}" for v in m.metrics.values()),
+             m.bytes, m.baseline_bytes, f"{m.ratio:.2f}x", m.params, m.nonzeros,
+             " / ".join(f"{v:.3f}" for v in lat.values()) or "-"]
     common.out.print(common.table(f"slimkit eval {model}", columns, [cells]))
 
 

@@ -65,6 +65,11 @@ class QuantEmbedding(_CodesMixin, nn.Module):
         """The whole table, decoded (for code that reads `.weight`; lookups never need it)."""
         return self._decode_uncached()
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The whole table, decoded once and kept while the codes are unchanged (a tied LM head
+        multiplies by it at every call: `slimkit.nn.tied_head`)."""
+        return self._decode_all()
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         groups = self.scale.shape[1]
         codes = F.embedding(ids, self.qweight).float()

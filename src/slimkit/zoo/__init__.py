@@ -13,6 +13,7 @@ from torch import nn
 
 from slimkit.zoo import builtin as _builtin  # noqa: F401  (registers the digits models)
 from slimkit.zoo import minilm as _minilm  # noqa: F401  (registers minilm)
+from slimkit.zoo import smollm2 as _smollm2  # noqa: F401  (registers smollm2)
 from slimkit.zoo import tasks as _tasks  # noqa: F401  (registers the task finder)
 from slimkit.zoo.corpus import sentences
 from slimkit.zoo.digits import load_digits
@@ -20,7 +21,7 @@ from slimkit.zoo.registry import ZOO, base_of, entry, names, tag
 
 
 def load(name: str) -> nn.Module:
-    """A trained builtin model by name (`lenet-300-100`, `lenet5`, `minilm`)."""
+    """A trained builtin model by name (`lenet-300-100`, `lenet5`, `minilm`, `smollm2`)."""
     return entry(name).load()
 
 

@@ -7,6 +7,12 @@ implementation, in `load_hf_folder` and `build_from_base` alike, so a rebuilt mo
 exactly what the loaded one did (and can return attention maps, which distillation may use).
 GPT-2-style `Conv1D` layers become the equivalent `nn.Linear` in both, so Linear methods apply.
 
+A folder whose config names a causal-LM architecture (`LlamaForCausalLM`, `GPT2LMHeadModel`,
+`Qwen2ForCausalLM`, ...) loads with `AutoModelForCausalLM`, head included, so `generate()` and the KV
+cache work on the model and on every .slim made from it (the base records `"head": "causal-lm"`).
+A head tied to the input embedding becomes a `TiedLMHead` (`slimkit.nn.tied_head`): the table is
+compressed and stored once, and the head computes with whatever the embedding decodes to.
+
 >>> from slimkit.zoo.hf import load_hf_folder, build_from_base
 >>> model = load_hf_folder("path/to/bert-folder")                 # doctest: +SKIP
 >>> twin = build_from_base(model.slimkit_base)                   # doctest: +SKIP
@@ -16,6 +22,7 @@ GPT-2-style `Conv1D` layers become the equivalent `nn.Linear` in both, so Linear
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +35,12 @@ from torch import nn
 from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import tag
+from slimkit.nn.tied_head import tie_lm_head
 from slimkit.zoo.config_limits import check_folder_config
 
 ATTN_IMPLEMENTATION = "eager"
+CAUSAL_LM = "causal-lm"   # base["head"]: built with AutoModelForCausalLM (absent: AutoModel, no head)
+AUTO_CLASSES = {None: "AutoModel", CAUSAL_LM: "AutoModelForCausalLM"}
 
 
 def transformers_offline() -> ModuleType:
@@ -79,15 +89,52 @@ def check_folder(path: str | Path) -> Path:
     return folder
 
 
-def pretrained(folder: Path) -> nn.Module:
-    """The pretrained base model (AutoModel) in `folder`: fp32, eval mode, eager attention.
+def head_of(config: dict) -> str | None:
+    """"causal-lm" when `config` (a config.json as a dict) names a causal-LM architecture that
+    transformers knows (`LlamaForCausalLM`, `GPT2LMHeadModel`, ...), else None (the base model).
+
+    >>> head_of({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    'causal-lm'
+    >>> head_of({"model_type": "bert", "architectures": ["BertModel"]}) is None
+    True
+    """
+    names = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(names, list) or not names:
+        return None
+    transformers_offline()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+
+    known = set(causal.values())
+    return CAUSAL_LM if any(isinstance(n, str) and n in known for n in names) else None
+
+
+def _auto_class(transformers: ModuleType, head: str | None) -> Any:
+    if head is not None and head != CAUSAL_LM:
+        raise SlimError(f"unknown Hugging Face head {str(head)[:40]!r} (known: {CAUSAL_LM})")
+    return getattr(transformers, AUTO_CLASSES[head])
+
+
+def read_config(folder: Path) -> dict:
+    """config.json of a model folder as a dict; `SlimError` when it is not a readable JSON object."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SlimError(f"{str(folder)!r}: config.json is not readable JSON ({exc.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise SlimError(f"{str(folder)!r}: config.json is not a JSON object")
+    return config
+
+
+def pretrained(folder: Path, head: str | None = None) -> nn.Module:
+    """The pretrained model in `folder` (AutoModel, or AutoModelForCausalLM for `head="causal-lm"`):
+    fp32, eval mode, eager attention, `Conv1D` as `nn.Linear`, a tied LM head as `TiedLMHead`.
 
     Raises `SlimError` if the checkpoint lacks weights the architecture needs (a pooler aside):
     they would silently stay random. Extra tensors (a task head) are fine.
     """
     with quiet() as transformers:
         try:
-            model, info = transformers.AutoModel.from_pretrained(
+            model, info = _auto_class(transformers, head).from_pretrained(
                 folder, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION,
                 use_safetensors=True, trust_remote_code=False, output_loading_info=True)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -98,7 +145,35 @@ def pretrained(folder: Path) -> nn.Module:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise SlimError(f"the weights in {str(folder)!r} do not fit the architecture in its config.json: "
                         f"missing or mismatched {', '.join(bad[:3])}{more}")
-    return linears_for_conv1d(model).eval()
+    return prepare(model)
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """What slimkit runs of a `transformers` model: `Conv1D` as `nn.Linear` (`linears_for_conv1d`), an
+    output projection tied to the input embedding as a `TiedLMHead` (`tie_head`), eval mode."""
+    return tie_head(linears_for_conv1d(model)).eval()
+
+
+def tie_head(model: nn.Module) -> nn.Module:
+    """Replace a `transformers` model's output embedding (`lm_head`) by a `TiedLMHead` when its weight
+    is the input embedding's (tied weights: stored and compressed once); in place, returns `model`.
+
+    >>> type(tie_head(gpt2_lm_model).lm_head).__name__                  # doctest: +SKIP
+    'TiedLMHead'
+    """
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if not callable(get_in) or not callable(get_out):
+        return model
+    try:
+        emb, head = get_in(), get_out()
+    except (NotImplementedError, AttributeError):
+        return model
+    if emb is None or head is None:
+        return model
+    names = {id(m): n for n, m in model.named_modules()}
+    if id(emb) in names and id(head) in names:
+        tie_lm_head(model, names[id(head)], names[id(emb)])
+    return model
 
 
 def linears_for_conv1d(model: nn.Module) -> nn.Module:
@@ -126,12 +201,13 @@ def linears_for_conv1d(model: nn.Module) -> nn.Module:
     return model
 
 
-def from_config(config: Any) -> nn.Module:
-    """A randomly initialised base model for a `transformers` config: fp32, eval mode, eager attention."""
+def from_config(config: Any, head: str | None = None) -> nn.Module:
+    """A randomly initialised model for a `transformers` config (AutoModel, or AutoModelForCausalLM
+    for `head="causal-lm"`): fp32, eval mode, eager attention, prepared as `pretrained` does."""
     with quiet() as transformers:
-        model = transformers.AutoModel.from_config(
+        model = _auto_class(transformers, head).from_config(
             config, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=False)
-    return linears_for_conv1d(model).eval()
+    return prepare(model)
 
 
 def json_safe(value: Any) -> Any:
@@ -155,18 +231,21 @@ def json_safe(value: Any) -> Any:
 def load_hf_folder(path: str | Path) -> nn.Module:
     """The pretrained model in a Hugging Face folder (config.json + *.safetensors), offline.
 
-    `AutoModel` gives the base model (a task head in the checkpoint is dropped). The result is
-    tagged with base `{"kind": "hf", "path": <abs path>, "config": <config as JSON types>}`, from
-    which `build_from_base` rebuilds the architecture without the folder.
+    `AutoModel` gives the base model (a task head in the checkpoint is dropped), except for a causal
+    LM (`head_of`): `AutoModelForCausalLM`, with its head. The result is tagged with base
+    `{"kind": "hf", "path": <abs path>, "config": <config as JSON types>}` (plus `"head": "causal-lm"`),
+    from which `build_from_base` rebuilds the architecture without the folder.
 
     >>> model = load_hf_folder("path/to/bert-folder")                 # doctest: +SKIP
     >>> model.slimkit_base["config"]["model_type"]                    # doctest: +SKIP
     'bert'
     """
     folder = check_folder(path)
-    model = pretrained(folder)
+    head = head_of(read_config(folder))
+    model = pretrained(folder, head)
     config = json_safe(model.config.to_dict())
-    return tag(model, {"kind": "hf", "path": str(folder), "config": config})
+    base = {"kind": "hf", "path": str(folder), "config": config}
+    return tag(model, {**base, "head": head} if head else base)
 
 
 BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, RuntimeError,
@@ -202,6 +281,9 @@ def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
     model_type = config_dict.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise SlimError("Hugging Face config has no model_type; cannot rebuild the architecture")
+    head = base.get("head")
+    if head is not None and head != CAUSAL_LM:
+        raise SlimError(f"unknown Hugging Face head {str(head)[:40]!r} in the base (known: {CAUSAL_LM})")
     with quiet() as transformers:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING as mapping
 
@@ -215,12 +297,12 @@ def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
     try:
         if max_bytes is not None:
             with torch.device("meta"):
-                probe = from_config(config)
+                probe = from_config(config, head)
             nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
             if nbytes > max_bytes:
                 raise SlimError(f"the {model_type!r} config describes {nbytes} bytes of weights, more than "
                                 f"the {max_bytes} bytes its file can hold")
-        return tag(from_config(config), dict(base))
+        return tag(from_config(config, head), dict(base))
     except (*BUILD_ERRORS, *_strict_errors()) as exc:
         raise SlimError(f"cannot build the {model_type!r} architecture: {type(exc).__name__}: "
                         f"{first_line(exc)[:200]}") from None

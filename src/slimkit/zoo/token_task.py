@@ -15,7 +15,6 @@ architecture: encoders (BERT) and decoders (GPT-2, Llama) alike.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from slimkit.core.errors import SlimError
 from slimkit.zoo.corpus import sentences as embedded
 from slimkit.zoo.corpus import split
 from slimkit.zoo.embedding_task import MAX_LENGTH, EmbeddingTask
-from slimkit.zoo.hf import check_folder, load_hf_folder
+from slimkit.zoo.hf import check_folder, load_hf_folder, read_config
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
@@ -46,6 +45,14 @@ class ByteTokenizer:
         self.vocab_size = vocab_size
         self.model_max_length = model_max_length
         self.pad_id = pad_id
+
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of a whole text, untruncated (a language model's held-out stream).
+
+        >>> ByteTokenizer(vocab_size=100).text_ids("ab")
+        [97, 98]
+        """
+        return [b % self.vocab_size for b in text.encode("utf-8")]
 
     def __call__(self, sentences: list[str], truncation: bool = True, return_tensors: str = "pt",
                  padding: str = "longest", max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -75,6 +82,26 @@ class ByteTokenizer:
         return cls(vocab, min([MAX_LENGTH, *positions]), pad)
 
 
+def folder_config(folder: Path) -> dict:
+    """config.json of a model folder as a dict (a multimodal config's `text_config` when the top level
+    has no vocabulary); `SlimError` when it is not readable JSON."""
+    config = read_config(folder)
+    if isinstance(config.get("text_config"), dict) and "vocab_size" not in config:
+        config = config["text_config"]
+    return config
+
+
+def max_positions(config: dict) -> int | None:
+    """The longest sequence a model's config allows (None when it names no limit).
+
+    >>> max_positions({"n_positions": 64, "vocab_size": 10})
+    64
+    """
+    found = [config[k] for k in POSITION_KEYS if isinstance(config.get(k), int) and not isinstance(config[k], bool)
+             and config[k] > 0]
+    return min(found) if found else None
+
+
 def token_task(path: str | Path, sentences: list[str] | None = None) -> EmbeddingTask:
     """`hf_task` for a folder without a tokenizer: the same fidelity score on byte-level token ids.
 
@@ -84,12 +111,7 @@ def token_task(path: str | Path, sentences: list[str] | None = None) -> Embeddin
     """
 
     folder = check_folder(path)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SlimError(f"{str(folder)!r}: config.json is not readable JSON ({exc.__class__.__name__})") from None
-    if isinstance(config.get("text_config"), dict) and "vocab_size" not in config:
-        config = config["text_config"]
+    config = folder_config(folder)
     text = list(sentences) if sentences is not None else embedded()
     task = EmbeddingTask(folder, lambda: load_hf_folder(folder), split(text, "calib"), split(text, "eval"),
                          name=folder.name)

@@ -1,0 +1,114 @@
+"""A language-model head tied to the input embedding: it multiplies by the embedding's table and stores nothing.
+
+Hugging Face causal LMs with `tie_word_embeddings` (GPT-2, Qwen2, SmolLM2, ...) use one matrix twice:
+as the token embedding and, transposed, as the output projection (`lm_head.weight is
+embed_tokens.weight`). Compressing the two modules separately would store the table twice and break
+the tie. slimkit builds such a model with a `TiedLMHead` in place of `lm_head`: it holds no tensor
+and, at each call, reads the *current* input embedding by its dotted name (whatever a method made of
+it: a float `nn.Embedding`, a `QuantEmbedding`, a k-means palette), so the table is compressed once,
+stored once, and the head always computes with exactly what the embedding decodes to.
+
+The head finds the embedding through the model's root, bound with `bind(root)` when the model is
+built and again after a .slim file is loaded (a registered after-load step).
+
+>>> head = TiedLMHead(576, 49152, source="model.embed_tokens").bind(model)   # doctest: +SKIP
+>>> logits = head(hidden_states)                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.io.bases import register_after_load
+from slimkit.surgery.specs import register_module
+
+ROOT_KEY = "_tied_root"
+
+
+@register_module
+class TiedLMHead(nn.Module):
+    """`logits = x @ E^T` with `E` the (decoded) weight of the embedding at dotted path `source`."""
+
+    slim_type = "TiedLMHead"
+
+    def __init__(self, in_features: int, out_features: int, source: str):
+        super().__init__()
+        if not isinstance(source, str) or not source:
+            raise ValueError("a tied head needs the dotted name of its embedding (source)")
+        self.in_features, self.out_features, self.source = in_features, out_features, source
+        self.__dict__["_low"] = (None, None)   # (key, table in a low-precision dtype)
+
+    def bind(self, root: nn.Module) -> TiedLMHead:
+        """Read the embedding from `root` (kept outside the module tree: no cycle in `modules()`)."""
+        self.__dict__[ROOT_KEY] = root
+        return self
+
+    def embedding(self) -> nn.Module:
+        root = self.__dict__.get(ROOT_KEY)
+        if root is None:
+            raise RuntimeError(f"tied LM head is not bound to its model (source {self.source!r}); "
+                               "call bind(model) or bind_tied_heads(model)")
+        return root.get_submodule(self.source)
+
+    def table(self) -> torch.Tensor:
+        """The embedding's table as it computes now: (out_features, in_features), decoded if compressed."""
+        emb = self.embedding()
+        decode = getattr(emb, "dequantized_weight", None)
+        weight = decode() if callable(decode) else getattr(emb, "weight", None)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (self.out_features, self.in_features):
+            raise RuntimeError(f"the embedding {self.source!r} of a tied LM head has no "
+                               f"{self.out_features}x{self.in_features} weight")
+        return weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.table()
+        if x.dtype != weight.dtype:   # bf16 / fp16 activations: the table cast once, kept while unchanged
+            version = 0 if weight.is_inference() else weight._version   # inference tensors never change
+            key = (id(weight), version, x.dtype, torch.is_inference_mode_enabled())
+            cached_key, low = self.__dict__["_low"]
+            if cached_key != key:
+                low = weight.detach().to(x.dtype)
+                self.__dict__["_low"] = (key, low)
+            weight = low
+        return F.linear(x, weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied to {self.source}"
+
+    def slim_spec(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "source": self.source}
+
+    @classmethod
+    def from_slim_spec(cls, spec: dict) -> TiedLMHead:
+        sizes = [spec["in"], spec["out"]]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+            raise ValueError("in and out must be positive integers")
+        if not isinstance(spec["source"], str):
+            raise ValueError("source must be a module name")
+        return cls(spec["in"], spec["out"], spec["source"])
+
+
+@register_after_load
+def bind_tied_heads(model: nn.Module) -> nn.Module:
+    """Bind every `TiedLMHead` in `model` to `model` (after building or loading it); returns it."""
+    for module in model.modules():
+        if isinstance(module, TiedLMHead):
+            module.bind(model)
+    return model
+
+
+def tie_lm_head(model: nn.Module, head: str, source: str) -> nn.Module | None:
+    """Replace the Linear at `head`, whose weight is the weight of the embedding at `source`, by a
+    bound `TiedLMHead`; returns the new head, or None (and changes nothing) when they are not tied or
+    the head has a bias."""
+    linear, emb = model.get_submodule(head), model.get_submodule(source)
+    weight = getattr(linear, "weight", None)
+    if type(linear) is not nn.Linear or linear.bias is not None or weight is None \
+            or weight is not getattr(emb, "weight", None):
+        return None
+    tied = TiedLMHead(linear.in_features, linear.out_features, source).bind(model)
+    tied.train(linear.training)
+    model.set_submodule(head, tied)
+    return tied
