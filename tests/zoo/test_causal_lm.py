@@ -146,3 +146,23 @@ def test_unbound_tied_head_says_so():
     with pytest.raises(RuntimeError, match="not bound"):
         head(torch.randn(1, 4))
     assert TiedLMHead.from_slim_spec(head.slim_spec()).source == "emb"
+
+
+@pytest.mark.parametrize("method", ["int8", "kmeans"])
+def test_users_own_gpt2_module(tmp_path, method):
+    """A GPT2LMHeadModel built in Python (not loaded by slimkit): its Conv1D layers are compressed too, the
+    tied head is stored once, and load(path, model=...) on a fresh instance replays it all."""
+    import transformers as tf
+    from tiny_lm import config
+
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(config("gpt2")).eval()
+    model = sk.apply_(model, sk.make_config(**METHODS[method]))
+    _check_conv1d_compressed(model, method)
+    path = tmp_path / "user-gpt2.slim"
+    sk.save(model, path)
+    loaded = sk.load(path, model=tf.GPT2LMHeadModel(config("gpt2")).eval(), runtime="torch")
+    ids = _prompt()
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    assert torch.equal(_generate(loaded, ids), _generate(model, ids))
+    _check_stored_once(path, loaded)

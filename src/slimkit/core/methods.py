@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
@@ -145,6 +146,18 @@ def make_config(method: str, **options: Any) -> MethodConfig:
     return known[method](**options)
 
 
+_PREPARERS: list[Callable[[nn.Module], object]] = []
+
+
+def register_preparer(step: Callable[[nn.Module], object]) -> Callable[[nn.Module], object]:
+    """Run `step(model)` before any method applies to a model: a layer that knows a model family makes
+    it ready in place, recording its edits (the zoo turns a user's `transformers` Conv1D layers into
+    `nn.Linear` and a tied LM head into one that reads the embedding, so every method applies)."""
+    if step not in _PREPARERS:
+        _PREPARERS.append(step)
+    return step
+
+
 def apply_(model: nn.Module, config: MethodConfig, data: object = None,
            filter_fn: FilterFn | None = None, metric: Metric | None = None) -> nn.Module:
     """Apply any method config to `model` in place; returns the model (possibly a new root).
@@ -158,6 +171,8 @@ def apply_(model: nn.Module, config: MethodConfig, data: object = None,
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"expected a slimkit method config, got {type(config).__name__}")
+    for step in _PREPARERS:
+        step(model)
     config = finite_only(model, config, filter_fn)
     task = task_from(data, metric, model)
     if task is None:

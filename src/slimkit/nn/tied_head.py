@@ -99,10 +99,9 @@ def bind_tied_heads(model: nn.Module) -> nn.Module:
     return model
 
 
-def tie_lm_head(model: nn.Module, head: str, source: str) -> nn.Module | None:
-    """Replace the Linear at `head`, whose weight is the weight of the embedding at `source`, by a
-    bound `TiedLMHead`; returns the new head, or None (and changes nothing) when they are not tied or
-    the head has a bias."""
+def tied_head_for(model: nn.Module, head: str, source: str) -> TiedLMHead | None:
+    """A `TiedLMHead` bound to `model` to stand for the Linear at `head`, whose weight is the weight of the
+    embedding at `source`; None when they are not tied or the head has a bias (it stays as it is)."""
     linear, emb = model.get_submodule(head), model.get_submodule(source)
     weight = getattr(linear, "weight", None)
     if type(linear) is not nn.Linear or linear.bias is not None or weight is None \
@@ -110,5 +109,4 @@ def tie_lm_head(model: nn.Module, head: str, source: str) -> nn.Module | None:
         return None
     tied = TiedLMHead(linear.in_features, linear.out_features, source).bind(model)
     tied.train(linear.training)
-    model.set_submodule(head, tied)
     return tied

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -33,9 +34,11 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
+from slimkit.core.methods import register_preparer
 from slimkit.core.optional import require
-from slimkit.core.provenance import tag
-from slimkit.nn.tied_head import tie_lm_head
+from slimkit.core.provenance import base_of, tag
+from slimkit.nn.tied_head import tied_head_for
+from slimkit.surgery.edits import replace_module
 from slimkit.zoo.config_limits import check_folder_config
 
 ATTN_IMPLEMENTATION = "eager"
@@ -154,9 +157,17 @@ def prepare(model: nn.Module) -> nn.Module:
     return tie_head(linears_for_conv1d(model)).eval()
 
 
-def tie_head(model: nn.Module) -> nn.Module:
+def _place(model: nn.Module, name: str, module: nn.Module, record: bool) -> None:
+    if record:
+        replace_module(model, name, module)   # an edit in the model's log: `load(path, model=...)` replays it
+    else:
+        model.set_submodule(name, module)     # part of how slimkit builds the architecture
+
+
+def tie_head(model: nn.Module, record: bool = False) -> nn.Module:
     """Replace a `transformers` model's output embedding (`lm_head`) by a `TiedLMHead` when its weight
     is the input embedding's (tied weights: stored and compressed once); in place, returns `model`.
+    `record` logs the replacement as an edit (a user's own module).
 
     >>> type(tie_head(gpt2_lm_model).lm_head).__name__                  # doctest: +SKIP
     'TiedLMHead'
@@ -172,14 +183,17 @@ def tie_head(model: nn.Module) -> nn.Module:
         return model
     names = {id(m): n for n, m in model.named_modules()}
     if id(emb) in names and id(head) in names:
-        tie_lm_head(model, names[id(head)], names[id(emb)])
+        tied = tied_head_for(model, names[id(head)], names[id(emb)])
+        if tied is not None:
+            _place(model, names[id(head)], tied, record)
     return model
 
 
-def linears_for_conv1d(model: nn.Module) -> nn.Module:
+def linears_for_conv1d(model: nn.Module, record: bool = False) -> nn.Module:
     """Replace every `transformers` `Conv1D` (GPT-2 family: a Linear with a transposed weight) by the
     equivalent `nn.Linear`, in place, so that every Linear method (int8, GPTQ, pruning, k-means)
-    applies. Outputs are unchanged; the stored weight is the transpose of the checkpoint's.
+    applies. Outputs are unchanged; the stored weight is the transpose of the checkpoint's. `record`
+    logs each replacement as an edit (a user's own module).
 
     >>> model = load_hf_folder("path/to/gpt2-folder")                # calls it  # doctest: +SKIP
     >>> type(model.h[0].attn.c_attn).__name__                        # doctest: +SKIP
@@ -197,8 +211,19 @@ def linears_for_conv1d(model: nn.Module) -> nn.Module:
         if bias is not None:
             linear.bias = bias
         linear.train(module.training)
-        model.set_submodule(name, linear)
+        _place(model, name, linear, record)
     return model
+
+
+@register_preparer
+def prepare_users_transformers(model: nn.Module) -> nn.Module:
+    """Before a method applies to a `transformers` model slimkit did not load (the user's own module,
+    e.g. a `GPT2LMHeadModel` built in Python): `Conv1D` as `nn.Linear` and a tied head as `TiedLMHead`,
+    as for a folder, but recorded as edits, so that `load(path, model=...)` replays them. A model
+    slimkit loaded is already prepared; without `transformers` imported there is nothing to do."""
+    if base_of(model).get("kind") != "user" or "transformers.pytorch_utils" not in sys.modules:
+        return model
+    return tie_head(linears_for_conv1d(model, record=True), record=True)
 
 
 def from_config(config: Any, head: str | None = None) -> nn.Module:
