@@ -29,6 +29,7 @@ _NODES = (ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.R
           ast.Store, ast.Attribute, ast.Call, ast.keyword, ast.Constant, ast.Tuple, ast.List, ast.Dict,
           ast.Subscript, ast.Slice, ast.BinOp, ast.UnaryOp, ast.Compare, ast.operator, ast.unaryop, ast.cmpop)
 _PART = re.compile(r"[A-Za-z0-9_]{1,100}")
+_BUILTINS = ("slice", "getattr", "Ellipsis")   # builtins the generated code may name
 
 
 def _refuse(why: str) -> SlimFormatError:
@@ -80,7 +81,7 @@ class _Audit:
             self.visit(child)
 
     def name(self, name: str) -> None:
-        if name.startswith("__") or not (name in self.local or name in self.glob or name in ("slice", "getattr", "Ellipsis")):
+        if name.startswith("__") or not (name in self.local or name in self.glob or name in _BUILTINS):
             raise _refuse(f"uses an unknown name {name[:40]!r}")
 
     def attribute(self, node: ast.Attribute) -> None:
