@@ -98,3 +98,14 @@ def test_default_task_and_evaluate_report_perplexity(folder, monkeypatch, capsys
     assert 0.8 * VOCAB < row["perplexity"] < 1.25 * VOCAB
     code, out, _ = cli(monkeypatch, capsys, "eval", str(folder))
     assert code == 0 and "perplexity" in out
+
+
+def test_compress_prints_perplexity(folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "lm-int8.slim"
+    code, text, _ = cli(monkeypatch, capsys, "compress", str(folder), "--recipe", "int8", "--out", str(out))
+    assert code == 0 and "perplexity" in text and "ppl_ratio" in text
+    code, text, _ = cli(monkeypatch, capsys, "compress", str(folder), "--recipe", "int8", "--out", str(out),
+                        "--force", "--json")
+    result = json.loads(text.strip().splitlines()[-1])
+    assert code == 0 and result["baseline_metrics"]["kl"] == 0.0 and result["metrics"]["kl"] > 0
+    assert 0.99 < result["metrics"]["perplexity"] / result["baseline_metrics"]["perplexity"] < 1.01

@@ -76,6 +76,8 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
     else:
         delta = "" if result["score"] is None or result["baseline_score"] is None else \
             f", {result['score_name']} {result['baseline_score']:.4f} -> {result['score']:.4f}"
+        delta += "".join(f", {k} {result['baseline_metrics'].get(k, float('nan')):.5g} -> {v:.5g}"
+                         for k, v in result.get("metrics", {}).items())   # a language model: perplexity, kl
         common.say(f"wrote {out}: {common.fmt_bytes(result['bytes'])} ({result['ratio']:.1f}x smaller than "
                    f"fp32 {common.fmt_bytes(result['baseline_bytes'])}){delta}")
     if not result["within_budget"]:

@@ -153,7 +153,8 @@ def result_of(before: Measurement, after: Measurement, limit: float, out: str | 
             "ratio": round(after.ratio, 3), "score": after.score, "baseline_score": before.score,
             "score_name": after.score_name, "drop": drop, "drop_unit": unit, "max_drop": limit,
             "within_budget": drop is not None and drop <= limit + 1e-9,
-            "latency_ms": after.latency_ms, "baseline_latency_ms": before.latency_ms, "recipe": name}
+            "latency_ms": after.latency_ms, "baseline_latency_ms": before.latency_ms, "recipe": name,
+            **({"metrics": after.metrics, "baseline_metrics": before.metrics} if after.metrics else {})}
 
 
 def over_budget_line(result: dict) -> str:
