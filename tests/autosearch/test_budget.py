@@ -102,3 +102,16 @@ def test_best_slim_is_the_certified_best_else_the_best_open_candidate_with_its_r
     assert got.record is None and got.reason == NO_CANDIDATE and got.to_dict()["trial"] is None
     assert pending(timed_out, 0.5, 0.0) and pending(never, 0.5, 0.0) and not pending(refuted, 0.5, 0.0)
     assert not pending(outside, 0.5, 0.56)
+
+
+def test_candidates_train_with_fewer_threads_on_a_busy_machine(monkeypatch):
+    from slimkit.autosearch import budget
+
+    monkeypatch.setattr(budget.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(budget.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert budget.fair_threads(2) == 2                         # idle: all of torch's threads
+    monkeypatch.setattr(budget.os, "getloadavg", lambda: (2.2, 2.0, 2.0))
+    assert budget.fair_threads(2, running=2) == 2              # the load is our own last candidate
+    assert budget.fair_threads(2) == 1                         # two other busy processes: one thread
+    monkeypatch.setattr(budget.os, "getloadavg", lambda: (12.0, 9.0, 8.0))
+    assert budget.fair_threads(2, running=1) == 1              # never fewer than one

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from slimkit.autosearch.budget import TimePlan, parse_duration
+from slimkit.autosearch.budget import TimePlan, fair_threads, parse_duration
 from slimkit.autosearch.certifier import Certifier
 from slimkit.autosearch.certify import Certification, CrossValidation
 from slimkit.autosearch.finish import SearchResult, finish, prepare_finish
@@ -60,6 +61,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
+from slimkit.core.torch_utils import num_threads
 from slimkit.core.user_task import Metric, task_from
 from slimkit.eval.measure import baseline_bytes
 from slimkit.io.artifact import save
@@ -144,22 +146,28 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
     study = _study(space, records, state, max_drop, seed)
     limits = Budget(state["baseline"]["val_score"], max_drop, plan.work_end, abort_drop=max_drop + max(1.0, max_drop))
     certifier = Certifier(net, work, score, limits, cv, plan)
-    done, interrupted = 0, False
+    done, interrupted, threads, running = 0, False, torch.get_num_threads(), 0
     try:
-        certifier.certify_open(records)            # a resumed search's candidates still open
+        with num_threads(fair_threads(threads)):
+            certifier.certify_open(records)            # a resumed search's candidates still open
         while (max_trials is None or done < max_trials) and certifier.room_for_candidate(records):
             space.time_left = plan.left()
             trial, stages = _ask_new(study, space, records)
             rec = TrialRecord(len(records), dict(trial.params), [stage_dict(c) for c in stages],
                               distributions=_dists(trial.distributions))
+            running = fair_threads(threads, running)   # fewer threads while the machine is busy
+            rec.threads = running
             try:
-                run_candidate(net, stages, work, score, limits, folder / TRIALS / f"{rec.number:04d}.slim", rec)
+                with num_threads(running):
+                    run_candidate(net, stages, work, score, limits, folder / TRIALS / f"{rec.number:04d}.slim",
+                                  rec)
             except OutOfTime:
                 _tell_fail(study, trial)
                 break
             plan.add("candidate", rec.seconds)
             records.append(rec)
-            certifier.certify_open(records)
+            with num_threads(running):
+                certifier.certify_open(records)
             _tell(study, trial, rec, state["baseline"]["bytes"], max_drop)
             done += 1
             _persist(folder, net, state, records, max_drop)

@@ -60,6 +60,7 @@ class TrialRecord:
     cert_stopped: str | None = None   # certification not done: "time" (not started, ran out) or "error"
     cert_note: str | None = None      # why, in one line
     cert_seconds: float = 0.0         # spent certifying it (not in `seconds`, the candidate's own run)
+    threads: int | None = None        # torch threads it trained with (fewer on a busy machine)
 
     @property
     def measured(self) -> bool:
