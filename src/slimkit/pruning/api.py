@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.select import FilterFn
 from slimkit.core.task import Task, has_labels
+from slimkit.pruning.finetune import training_data
 from slimkit.pruning.structured import (
     activation_scores,
     apoz_scores,
@@ -33,7 +35,9 @@ from slimkit.pruning.transformer import apply_heads_ffn_, find_blocks
 from slimkit.pruning.unstructured import magnitude_prune_, nm_prune_, prunable, store_sparse
 
 ONESHOT_SAFE = 0.5    # magnitude with epochs unset: above this sparsity, never one shot (see `for_data`)
-AUTO_EPOCHS = 10      # ... but gradual pruning over this many epochs of fine-tuning on labelled data
+AUTO_STEPS = 600      # ... but gradual pruning over fine-tuning on labelled data: at least this many steps,
+AUTO_EPOCHS = 20      # in at most this many epochs (at least one),
+AUTO_LR = 1e-3        # at this learning rate unless `lr` is given
 log = logging.getLogger("slimkit")
 
 
@@ -113,8 +117,9 @@ class MagnitudePruningConfig(_Trainable):
     def for_data(self, task: Task | None) -> MagnitudePruningConfig:
         """This config as it runs on `task`'s data. With `epochs` left unset, a sparsity above
         ONESHOT_SAFE is not cut in one shot (that breaks most models): with labelled data it is
-        reached gradually over AUTO_EPOCHS epochs of fine-tuning (a log line says so); without labels
-        it is refused in one line saying what to pass. `epochs: 0` set explicitly prunes in one shot."""
+        reached gradually while fine-tuning, over AUTO_STEPS steps or AUTO_EPOCHS epochs, whichever
+        is fewer epochs (a log line says so); without labels it is refused in one line saying what
+        to pass. `epochs: 0` set explicitly prunes in one shot."""
         if self.epochs or "epochs" in self.model_fields_set or self.sparsity <= ONESHOT_SAFE:
             return self
         if not has_labels(task):
@@ -122,9 +127,12 @@ class MagnitudePruningConfig(_Trainable):
                             "models; pass labelled data (data=DataLoader of (inputs, target) batches) to prune "
                             f"gradually while fine-tuning, lower sparsity to {ONESHOT_SAFE:g} or less, or set epochs=0 "
                             "to prune in one shot anyway")
+        per_epoch = len(training_data(task, self.batch_size, self.seed))
+        epochs = max(1, min(AUTO_EPOCHS, math.ceil(AUTO_STEPS / max(1, per_epoch))))
         log.info("magnitude: %.0f%% sparsity with epochs unset: pruning gradually over %d epochs of fine-tuning "
-                 "on the labelled data (set epochs to choose, epochs=0 for one shot)", 100 * self.sparsity, AUTO_EPOCHS)
-        return self.model_copy(update={"epochs": AUTO_EPOCHS, "schedule": Schedule.GRADUAL})
+                 "on the labelled data (set epochs to choose, epochs=0 for one shot)", 100 * self.sparsity, epochs)
+        lr = self.lr if "lr" in self.model_fields_set else AUTO_LR
+        return self.model_copy(update={"epochs": epochs, "schedule": Schedule.GRADUAL, "lr": lr})
 
     @classmethod
     def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> MagnitudePruningConfig:
