@@ -52,7 +52,8 @@ fuzz: install
 	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) atheris
 	OMP_NUM_THREADS=1 $(PY) fuzz/fuzz_load.py --runs $(FUZZ_RUNS)
 
-# Issue 8's safety targets in one table (pickles, fuzzing, kill -9 during save, ONNX parity).
+# Issues 8 and 22's safety targets in one table (pickles, fuzzing, kill -9 during save, ONNX parity,
+# one generated hostile input per class: tools/hostile_cases.py).
 # FUZZ_SEED fixes the mutator's seed (CI uses 0, so a CI run is reproducible); empty = the clock.
 FUZZ_SEED ?=
 check-safety: install

@@ -9,10 +9,15 @@
 - kill -9 during save: a process replacing a .slim file in a loop, killed at random moments,
   always leaves a loadable file holding one whole write, never a mixture;
 - ONNX parity: `slimkit export X.slim --onnx Y.onnx --json` on lenet-300-100 int8 and lenet5 int8
-  reports ONNX Runtime outputs with cosine >= 0.999 to slimkit's.
+  reports ONNX Runtime outputs with cosine >= 0.999 to slimkit's;
+- hostile inputs (issue 22, `tools/hostile_cases.py`): one generated case per class (output paths,
+  malformed specs and configs, inputs truncated while read), each run as its own process: exit code 2
+  with a one-line error, no traceback, <= 10 s of CPU time, peak RSS <= max(500 MB, 4x the input);
+  and two compresses racing to one new --out, of which exactly one succeeds.
 
-    .venv/bin/python tools/check_safety.py                 # all checks (~1 min on 2 busy cores)
+    .venv/bin/python tools/check_safety.py                 # all checks (~3 min on 2 busy cores)
     .venv/bin/python tools/check_safety.py --fuzz-runs 20000 --kills 8
+    .venv/bin/python tools/check_safety.py --only hostile  # the issue 22 rows alone
 """
 
 from __future__ import annotations
@@ -172,11 +177,40 @@ def check_onnx(work: Path) -> Result:
     return ok, "; ".join(rows)
 
 
+def hostile_rows(work: Path) -> list[tuple[str, str, str, str]]:
+    """The issue 22 rows: (name, PASS/FAIL, time, detail), two cases at a time (each is measured on
+    its own: CPU time and peak RSS of its process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tools.hostile_cases import cases, race, run_case
+
+    folder = work / "hostile"
+    folder.mkdir()
+    built = cases(folder)
+
+    def timed(run: Callable[[], Result]) -> tuple[bool, str, float]:
+        start = time.perf_counter()
+        ok, detail = run()
+        return ok, detail, time.perf_counter() - start
+
+    jobs: list[tuple[str, Callable[[], Result]]] = [(f"hostile {c.name}", lambda c=c: run_case(c)) for c in built]
+    (work / "race").mkdir()
+    jobs.append(("hostile write: two compresses, one new --out", lambda: race(work / "race")))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda job: timed(job[1]), jobs))
+    rows = []
+    for (name, _), (ok, detail, took) in zip(jobs, results, strict=True):
+        rows.append((name, "PASS" if ok else "FAIL", f"{took:.1f}s", detail))
+        print(f"{name}: {rows[-1][1]} ({rows[-1][2]})", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="slimkit safety checks (issue 8)")
     parser.add_argument("--fuzz-runs", type=int, default=2000, help="mutated artifacts to load (default 2000)")
     parser.add_argument("--fuzz-seed", type=int, default=None, help="mutator seed (default: the clock)")
     parser.add_argument("--kills", type=int, default=3, help="kill -9 during save, how many times (default 3)")
+    parser.add_argument("--only", choices=["hostile"], default=None, help="run only these rows")
     args = parser.parse_args(argv)
     import warnings
 
@@ -194,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ONNX parity", lambda: check_onnx(work)),
         ]
         rows = []
-        for name, run in checks:
+        for name, run in checks if args.only is None else []:
             start = time.perf_counter()
             try:
                 ok, detail = run()
@@ -202,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 ok, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             rows.append((name, "PASS" if ok else "FAIL", f"{time.perf_counter() - start:.1f}s", detail))
             print(f"{name}: {rows[-1][1]} ({rows[-1][2]})", file=sys.stderr, flush=True)
+        try:
+            rows += hostile_rows(work)
+        except Exception as exc:  # noqa: BLE001 - cases that cannot even be built are a failed check
+            rows.append(("hostile inputs", "FAIL", "-", f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
     width = max(len(r[0]) for r in rows)
     print(f"{'check':<{width}}  result  time    detail")
     for name, result, took, detail in rows:

@@ -100,6 +100,12 @@ def test_hf_base_is_bounded_by_the_files_real_size():
         build_hf_base(manifest.base, manifest)
 
 
+def test_a_huge_embedding_is_refused_before_transformers_builds_anything():
+    with pytest.raises(SlimError, match="embedding table alone takes 20000000000 bytes"):
+        check_config({"vocab_size": 312_500_000, "hidden_size": 16}, tensors=10, max_bytes=1 << 26)
+    check_config({"vocab_size": 64, "hidden_size": 16}, tensors=10, max_bytes=1 << 26)
+
+
 def test_quantized_configs_are_refused():
     with pytest.raises(SlimError, match="already quantized .bitsandbytes"):
         check_config({"quantization_config": {"quant_method": "bitsandbytes"}}, tensors=10)
@@ -120,6 +126,8 @@ def test_position_limit_caps_the_task_and_refuses_tiny_tables(tmp_path):
     assert position_limit({"text_config": {"n_positions": 64}}) == 64
     with pytest.raises(SlimError, match="at most 4 tokens"):
         position_limit({"max_position_embeddings": 4})
+    with pytest.raises(SlimError, match="at most 4 tokens"):   # refused before the model is loaded
+        sk.resolve(str(tiny_folder(tmp_path / "tiny", max_positions=4)))
     folder = tiny_folder(tmp_path / "short", max_positions=16, tokenizer=True)
     task = hf_task(folder, sentences=[f"sentence number {i} is a little longer than the rest" * 3
                                       for i in range(20)])

@@ -34,10 +34,16 @@ MIN_POSITIONS = 8   # shorter inputs cannot measure a model's fidelity
 MAX_DEPTH = 8       # nested sub-configs (text_config, vision_config, ...)
 
 
-def check_config(config: dict, tensors: int, where: str = "") -> None:
-    """Refuse a config that is quantized or counts more layers / experts than `tensors` (SlimError,
-    starting with `where: ` if given)."""
+def check_config(config: dict, tensors: int, where: str = "", max_bytes: int | None = None) -> None:
+    """Refuse a config that is quantized, counts more layers / experts than `tensors`, or (with
+    `max_bytes`) whose fp32 embedding table alone takes more bytes (SlimError, starting with `where: `
+    if given). The last is a cheap lower bound checked before transformers is even imported; the
+    whole architecture is measured on the meta device afterwards (`slimkit.zoo.hf.build_from_base`)."""
     where = f"{where}: " if where else ""
+    table = embedding_bytes(config)
+    if max_bytes is not None and table > max_bytes:
+        raise SlimError(f"{where}the config's embedding table alone takes {table} bytes, more than the {max_bytes} "
+                        "bytes its file can hold")
     quant = config.get("quantization_config")
     if quant is not None:
         method = quant.get("quant_method") if isinstance(quant, dict) else None
@@ -57,6 +63,15 @@ def _counts(config: dict, depth: int):
             yield from _counts(value, depth + 1)
         elif isinstance(key, str) and COUNT_KEYS.match(key) and isinstance(value, int) and not isinstance(value, bool):
             yield key, value
+
+
+def embedding_bytes(config: dict) -> int:
+    """fp32 bytes of the input embedding a config describes (vocab_size x hidden size), 0 if it names none."""
+    if isinstance(config.get("text_config"), dict) and "vocab_size" not in config:
+        config = config["text_config"]
+    vocab = config.get("vocab_size")
+    hidden = next((config[k] for k in ("hidden_size", "n_embd", "d_model", "dim") if type(config.get(k)) is int), 0)
+    return 4 * vocab * hidden if type(vocab) is int and vocab > 0 and hidden > 0 else 0
 
 
 def position_limit(config: dict) -> int | None:
@@ -100,4 +115,8 @@ def check_folder_config(folder: Path, where: str) -> dict:
     if not isinstance(config, dict):
         raise SlimError(f"{where}: config.json is not a JSON object")
     check_config(config, folder_tensor_count(folder), where)
+    try:
+        position_limit(config)
+    except SlimError as exc:
+        raise SlimError(f"{where}: {exc}") from None
     return config

@@ -122,10 +122,11 @@ def build_hf_base(base: dict, manifest: Manifest | None) -> nn.Module:
     stored = sum(math.prod(t.shape) * 8 for t in manifest.tensors.values())
     limit = 64 * stored + (1 << 26)   # the architecture may not outgrow what the file holds
     budget = current_base_budget()
+    limit = limit if budget is None else min(limit, budget)
     try:
         if isinstance(base.get("config"), dict):
-            check_config(base["config"], len(manifest.tensors) + len(manifest.aliases), "")
-        return build_from_base(base, max_bytes=limit if budget is None else min(limit, budget))
+            check_config(base["config"], len(manifest.tensors) + len(manifest.aliases), "", max_bytes=limit)
+        return build_from_base(base, max_bytes=limit)
     except SlimFormatError:
         raise
     except SlimError as exc:
