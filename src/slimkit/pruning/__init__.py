@@ -7,6 +7,8 @@ Methods (configs in `slimkit.pruning.api`, applied with `sk.prune_(model, config
 - `nm`          NMPruning: N:M semi-structured sparsity (2:4).
 - `apoz`        APoZPruning: Network Trimming (Hu et al. 2016), physically smaller layers.
 - `weight-norm` NormPruning: L1/L2 filter / neuron norms (Li et al. 2017), physically smaller.
+- `wanda`       WandaConfig: |w| x input norm per output row (Sun et al. 2023), 50% or 2:4, one shot.
+- `sparsegpt`   SparseGPTConfig: OBS-style pruning with error compensation (Frantar & Alistarh 2023).
 - `structured`  StructuredPruning: FFN neurons and attention heads of BERT-style blocks (MiniLM),
                 or neurons / filters elsewhere, by activation; output projections refitted.
 
@@ -20,3 +22,6 @@ from slimkit.pruning import (
     estimate,  # noqa: F401  (registers the size estimates)
     streaming,  # noqa: F401  (registers the streaming support)
 )
+from slimkit.pruning.calibrated import SparseGPTConfig, WandaConfig
+
+__all__ = ["SparseGPTConfig", "WandaConfig"]

@@ -1,4 +1,4 @@
-"""Size estimates of the pruning methods (`magnitude`, `nm`, `weight-norm`, `structured`, `apoz`)
+"""Size estimates of the pruning methods (`magnitude`, `nm`, `wanda`, `sparsegpt`, `weight-norm`, `structured`, `apoz`)
 for `slimkit inspect` (see `slimkit.io.sizing`).
 
 Unstructured sparsity: the current weights' mask, its positions coded by the real `sparse`
@@ -63,6 +63,21 @@ def _nm(plan: Plan, cfg, task) -> Note:
     if not touched:
         raise SlimError(f"no selected layer has an input size divisible by {cfg.m}")
     return note(touched, skipped, "about: nonzeros exact; positions from the current weights' mask")
+
+
+@estimates("wanda", "sparsegpt")
+def _calibrated(plan: Plan, cfg, task) -> Note:
+    """Values exact; positions from the same pattern chosen by magnitude (the data moves them, the
+    sparse codec's cost of an unstructured mask or an N:M index barely changes)."""
+    if task is None:
+        raise SlimError(f"{cfg.method} needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+    modules, skipped = cfg.layers(plan.model)
+    touched = {}
+    for name, m in modules.items():
+        how = f"{cfg.pattern} sparse ({cfg.method})"
+        _sparse(plan, name, m, cfg.magnitude_mask(m), cfg, how)
+        touched[name] = how
+    return note(touched, skipped, "about: nonzeros exact; positions from the magnitude mask of the same pattern")
 
 
 def _channel_rounds(plan: Plan, cfg, task, cut: float, rounds: int) -> tuple[dict, dict]:

@@ -5,7 +5,7 @@
 >>> sk.quantize_(model, Int8Config())                                  # w8a8 dynamic + int8 embeddings
 >>> sk.quantize_(model, GPTQConfig(bits=4, symmetric=False), data=task)
 
-Methods: `int8`, `int8-static`, `rtn` (`WeightOnly`), `gptq`, `qat`; each quantizes Linear and
+Methods: `int8`, `int8-static`, `rtn` (`WeightOnly`), `gptq`, `awq`, `smoothquant`, `qat`; each quantizes Linear and
 Conv2d layers (a conv's weight as the matrix out x in*kh*kw, `conv.py`) and, where asked,
 embeddings. Math lives in `math.py`, `gptq.py`, `observers.py` and `static_search.py`; runtime
 modules in `slimkit.nn.quant_*`.
@@ -19,9 +19,11 @@ from slimkit.quantization import (
 from slimkit.quantization.api import GPTQ, GPTQConfig, Int8, Int8Config, WeightOnly, WeightOnlyConfig
 from slimkit.quantization.convert import quant_report
 from slimkit.quantization.qat import QAT, QATConfig
+from slimkit.quantization.scaled import AWQConfig, SmoothQuantConfig
 from slimkit.quantization.sensitivity import sensitivity
 from slimkit.quantization.static import Int8Static, Int8StaticConfig
 
-__all__ = ["GPTQConfig", "Granularity", "Int8Config", "Int8StaticConfig", "QATConfig", "WeightOnlyConfig",
+__all__ = ["AWQConfig", "GPTQConfig", "Granularity", "Int8Config", "Int8StaticConfig", "QATConfig",
+           "SmoothQuantConfig", "WeightOnlyConfig",
            "quant_report", "sensitivity",
            "GPTQ", "Int8", "Int8Static", "QAT", "WeightOnly"]   # names before the <Method>Config scheme

@@ -66,7 +66,7 @@ def convert(model: nn.Module, picked: list[tuple[str, nn.Module]], factory: Fact
 
 # modules that take bf16 activations as they are (LayerNorm's CPU kernel takes bf16 inputs with
 # fp32 weights); checked by type name so that this file imports no runtime module
-LOW_PRECISION_OK = {"Int8Linear", "QuantLinear", "QuantEmbedding", "QuantConv2d", "LayerNorm"}
+LOW_PRECISION_OK = {"Int8Linear", "QuantLinear", "QuantEmbedding", "QuantConv2d", "LayerNorm", "InputScale"}
 
 
 def low_precision_blockers(model: nn.Module) -> dict[str, str]:

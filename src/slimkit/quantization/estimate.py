@@ -1,4 +1,4 @@
-"""Size estimates of the quantization methods (`int8`, `int8-static`, `rtn`, `gptq`, `qat`) for
+"""Size estimates of the quantization methods (`int8`, `int8-static`, `smoothquant`, `rtn`, `gptq`, `awq`, `qat`) for
 `slimkit inspect`: packed codes, scales and zero points from shapes and the config alone, the
 layers chosen by the methods' own `select_targets` (see `slimkit.io.sizing`).
 
@@ -32,9 +32,23 @@ def _quant_targets(plan: Plan, cfg, handled: tuple) -> tuple[list, dict]:
 
 @estimates("int8", "int8-static")
 def _int8(plan: Plan, cfg, task) -> Note:
-    static = cfg.method == "int8-static"
     handled = ((nn.Linear,) if getattr(cfg, "linear", True) else ()) + ((nn.Embedding,) if cfg.embeddings else ()) \
         + ((nn.Conv2d,) if getattr(cfg, "conv", True) else ())
+    return _int8_layers(plan, cfg, handled, cfg.method == "int8-static")
+
+
+@estimates("smoothquant")
+def _smoothquant(plan: Plan, cfg, task) -> Note:
+    """As `int8` on the Linears (and embeddings); the scales it folds cost nothing, those it keeps in
+    front of a layer (where no op before it takes them) 2 bytes per input channel, not counted."""
+    if task is None:
+        raise SlimError("smoothquant needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+    found = _int8_layers(plan, cfg, (nn.Linear,) + ((nn.Embedding,) if cfg.embeddings else ()), False)
+    found["basis"] += "; input scales kept where no op before a layer takes them not counted (2 B per input)"
+    return found
+
+
+def _int8_layers(plan: Plan, cfg, handled: tuple, static: bool) -> Note:
     picked, skipped = _quant_targets(plan, cfg, handled)
     touched = {}
     for name, m in picked:
@@ -69,14 +83,16 @@ def _where(gran: Granularity, size: int) -> str:
     return f"groups of {size}" if gran is Granularity.GROUP else gran.value
 
 
-@estimates("rtn", "gptq")
+@estimates("rtn", "gptq", "awq")
 def _weight_only(plan: Plan, cfg, task) -> Note:
     """The methods' own layout per layer: the group asked for, or its fallback where it does not
-    divide the layer's inputs (`slimkit.quantization.groups`). GPTQ without data cannot run: said
-    here, before any measurement, as its `apply` would say it."""
-    if cfg.method == "gptq" and task is None:
-        raise SlimError("gptq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
-    handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if cfg.embedding_bits else ())
+    divide the layer's inputs (`slimkit.quantization.groups`). GPTQ and AWQ without data cannot run:
+    said here, before any measurement, as their `apply` would say it. AWQ scales Linears only; the
+    input scales it keeps where no op before a layer takes them (2 B per input channel) are not counted."""
+    if cfg.method in ("gptq", "awq") and task is None:
+        raise SlimError(f"{cfg.method} needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+    layers = (nn.Linear,) if cfg.method == "awq" else (nn.Linear, nn.Conv2d)
+    handled = layers + ((nn.Embedding,) if cfg.embedding_bits else ())
     picked, skipped = _quant_targets(plan, cfg, handled)
     scale_bytes = 2 if cfg.scale_dtype.value == "float16" else 4
     touched = {}

@@ -1,0 +1,253 @@
+"""Activation-aware scaling before quantization: AWQ (4-bit weights) and SmoothQuant (W8A8).
+
+>>> import slimkit as sk
+>>> sk.quantize_(model, sk.AWQConfig(bits=4, group_size=64), data=task)      # needs calibration data
+>>> sk.quantize_(model, sk.SmoothQuantConfig(alpha=0.5), data=task)
+
+Both run stage by stage on calibration data (`slimkit.dist.calibration`; block by block on a
+transformer): a stage's input statistics give per-input-channel scales `s` (`slimkit.quantization.awq`),
+the stage's weight columns are multiplied by `s` and its inputs divided by it, folded into the op
+that makes them where that is exact (`slimkit.quantization.fold`), else kept in front of each layer
+(`slimkit.nn.input_scale`, `fold_only: true` leaves such stages unscaled instead). The float function
+is unchanged, so every stage's statistics come from the float model; the layers are quantized once all
+stages are scaled: AWQ by group-wise round-to-nearest of the scaled (and clipped) weights into
+`QuantLinear`, SmoothQuant into `Int8Linear` (per-channel int8 weights, dynamic per-token int8
+activations, the path `int8` uses). Linears the calibration never reaches are quantized as plain
+`rtn` / `int8` would (reported).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import field_validator
+from torch import nn
+
+from slimkit.core.errors import SlimError
+from slimkit.core.methods import Family, MethodConfig, register_method
+from slimkit.core.select import FilterFn
+from slimkit.core.task import Task
+from slimkit.dist.calibration import channel_stats, hessian_stages, hessian_value
+from slimkit.nn.input_scale import with_input_scale
+from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
+from slimkit.nn.quant_math import Granularity, check_calibration, rtn_quantize
+from slimkit.quantization.api import ComputeDtype, _embedding_factory, _WeightQuant, set_compute_dtype
+from slimkit.quantization.awq import apply_clip, scaled_hessian, search_clip, search_scales, smooth_scales
+from slimkit.quantization.convert import convert, log, note_skipped, select_targets
+from slimkit.quantization.fold import FoldFinder, fold_into, scale_columns
+
+
+def _positive(v: int) -> int:
+    if v < 1:
+        raise ValueError(f"must be a positive integer, got {v}")
+    return v
+
+
+def scale_stages(model: nn.Module, task: Task, names: list[str], samples: int, what: str, choose,
+                 fold_only: bool = False, hessian: bool = True, after=None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Scale every stage of the Linears `names` (see the module doc): `choose(stage, stats)` returns
+    the stage's scales `s` (or None to leave it), `stats[name]` its input accumulators; then
+    `after(stage, stats, s)` runs with the scales applied (None: the stage was left unscaled).
+    Returns ({layer: s kept in front of it, or None when folded or unscaled}, {stage's first layer:
+    where its s was folded})."""
+    batches = check_calibration(task.calibration(samples), f"{what} calibration data")
+    finder = FoldFinder(model, task)
+    kept: dict[str, Any] = {}
+    folded: dict[str, str] = {}
+    for stage, stats in hessian_stages(model, task, batches, names, hessian=hessian):
+        stage = [n for n in stage if n in stats]
+        if not stage:
+            continue
+        s = choose(stage, stats)
+        target = None if s is None else finder.find(stage)
+        if s is not None and target is None and fold_only:
+            s = None
+        if target is not None:
+            fold_into(model.get_submodule(target), s)
+            folded[stage[0]] = target
+        for name in stage:
+            if s is not None:
+                scale_columns(model.get_submodule(name), s)
+            kept[name] = None if target is not None else s
+        if after is not None:
+            after(stage, stats, s)
+    return kept, folded
+
+
+def _wrap(layer: nn.Module, s) -> nn.Module:
+    return layer if s is None else with_input_scale(layer, s)
+
+
+def _report(what: str, kept: dict, folded: dict) -> None:
+    n_kept = sum(s is not None for s in kept.values())
+    log.info("%s: scales folded into %d op(s), kept in front of %d layer(s)", what, len(folded), n_kept)
+
+
+@register_method
+class AWQConfig(_WeightQuant):
+    """Activation-aware weight quantization (AWQ, arXiv 2306.00978): per-input-channel scales chosen on
+    calibration activations (`grid` exponents of mean |x|), folded or kept as an input scale, optional
+    per-group clipping search (`clip`), then group-wise round-to-nearest of the scaled weights.
+
+    Calibration layers the forward never reaches fall back to round-to-nearest (reported)."""
+
+    method: ClassVar[str] = "awq"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "activation-aware 4-bit weights (AWQ): searched channel scales, clipping (needs data)"
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding)
+    symmetric: bool = False
+    group_size: int = 128
+    grid: int = 20
+    clip: bool = True
+    max_shrink: float = 0.5
+    samples: int = 128
+    fold_only: bool = False
+
+    @field_validator("grid", "samples")
+    @classmethod
+    def _counts(cls, v: int) -> int:
+        return _positive(v)
+
+    @field_validator("max_shrink")
+    @classmethod
+    def _shrink(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"max_shrink must lie in [0, 1), got {v}")
+        return v
+
+    def _fake(self, layer: nn.Module):
+        gran, size = self._layout(layer)
+        dtype = SCALE_DTYPES[self.scale_dtype.value]
+        return lambda w: rtn_quantize(w, self.bits, self.symmetric, gran, size, False, dtype).dequantize()
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        if task is None:
+            raise SlimError("awq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        picked, embeddings, skipped = self._select(model, filter_fn)
+        linears = {n: m for n, m in picked if type(m) is nn.Linear}
+        skipped |= {n: f"{type(m).__name__}: awq scales Linear layers only" for n, m in picked if n not in linears}
+        self._warn_fallbacks(list(linears.items()), embeddings)
+        was_training = model.training
+        model.eval()
+        ratios: dict[str, torch.Tensor] = {}
+
+        def choose(stage: list[str], stats: dict) -> torch.Tensor:
+            layers = [model.get_submodule(n) for n in stage]
+            s, _alpha = search_scales([m.weight for m in layers], hessian_value(stats[stage[0]]),
+                                      channel_stats(stats[stage[0]])["mean_abs"], self._fake(layers[0]), self.grid)
+            return s
+
+        def clip(stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
+            if not self.clip or self.granularity is Granularity.TENSOR:
+                return
+            h = hessian_value(stats[stage[0]])
+            h = h if s is None else scaled_hessian(h, s)
+            for name in stage:
+                m = model.get_submodule(name)
+                ratios[name] = search_clip(m.weight, h, self.bits, self.symmetric, self._layout(m)[1],
+                                           self.grid, self.max_shrink)
+
+        kept, folded = scale_stages(model, task, list(linears), self.samples, "awq", choose, self.fold_only,
+                                    after=clip)
+        _report("awq", kept, folded)
+
+        def make(name: str, layer: nn.Module) -> nn.Module:
+            if name in ratios:
+                with torch.no_grad():
+                    layer.weight.copy_(apply_clip(layer.weight, ratios[name], self._layout(layer)[1], self.symmetric))
+            return _wrap(self._rtn(layer), kept[name])
+
+        reached = [(n, m) for n, m in linears.items() if n in kept]
+        self._convert(model, reached, make, self._label("awq"))
+        rest = [(n, m) for n, m in linears.items() if n not in kept]
+        self._convert(model, rest, lambda _n, m: self._rtn(m), self._label("rtn") + " (not reached by calibration)")
+        note_skipped(model, skipped)
+        self._quantize_embeddings(model, embeddings)
+        model.train(was_training)
+        return model
+
+    @classmethod
+    def example(cls) -> AWQConfig:
+        return cls(bits=4, group_size=32, samples=64)
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> AWQConfig | None:
+        """3 or 4 bits, groups of 32-128 (each layer falls back to a group dividing its inputs)."""
+        if task is None or not any(type(m) is nn.Linear for m in model.modules()):
+            return None
+        return cls(bits=trial.suggest_int("awq.bits", 3, 4),
+                   group_size=trial.suggest_categorical("awq.group_size", [32, 64, 128]), samples=64)
+
+
+@register_method
+class SmoothQuantConfig(MethodConfig):
+    """SmoothQuant (arXiv 2211.10438): activation outliers migrated into the weights with per-channel
+    scales `max|x|^alpha / max|W|^(1-alpha)` (folded, or kept as an input scale), then int8 weights and
+    dynamic per-token int8 activations (`Int8Linear`, as `int8`), int8 embeddings."""
+
+    method: ClassVar[str] = "smoothquant"
+    family: ClassVar[Family] = Family.QUANTIZE
+    summary: ClassVar[str] = "W8A8 with activation outliers smoothed into the weights (needs data)"
+    encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding)
+    alpha: float = 0.5
+    samples: int = 128
+    embeddings: bool = True
+    fold_only: bool = False
+    compute_dtype: ComputeDtype = ComputeDtype.AUTO
+    allow_nonfinite: bool = False
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {v}")
+        return v
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: int) -> int:
+        return _positive(v)
+
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        if task is None:
+            raise SlimError("smoothquant needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if self.embeddings else ())
+        picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
+        linears = {n: m for n, m in picked if type(m) is nn.Linear}
+        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
+        skipped |= {n: "Conv2d: smoothquant scales Linear layers only" for n, m in picked if type(m) is nn.Conv2d}
+        was_training = model.training
+        model.eval()
+
+        def choose(stage: list[str], stats: dict) -> torch.Tensor:
+            weights = [model.get_submodule(n).weight for n in stage]
+            return smooth_scales(channel_stats(stats[stage[0]])["amax"], weights, self.alpha)
+
+        kept, folded = scale_stages(model, task, list(linears), self.samples, "smoothquant", choose,
+                                    self.fold_only, hessian=False)
+        _report("smoothquant", kept, folded)
+        reached = [(n, m) for n, m in linears.items() if n in kept]
+        convert(model, reached, lambda n, m: _wrap(Int8Linear.from_linear(m), kept[n]),
+                f"smoothquant alpha={self.alpha:g} (w8a8 dynamic)")
+        rest = [(n, m) for n, m in linears.items() if n not in kept]
+        convert(model, rest, lambda _n, m: Int8Linear.from_linear(m), "int8 (w8a8 dynamic, not reached by calibration)")
+        note_skipped(model, skipped)
+        convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
+        set_compute_dtype(model, [model.get_submodule(n) for n, _ in embeddings], self.compute_dtype, task)
+        model.train(was_training)
+        return model
+
+    @classmethod
+    def example(cls) -> SmoothQuantConfig:
+        return cls(samples=64)
+
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> SmoothQuantConfig | None:
+        """Migration strength alpha 0.3-0.8."""
+        if task is None or not any(type(m) is nn.Linear for m in model.modules()):
+            return None
+        return cls(alpha=round(trial.suggest_float("smoothquant.alpha", 0.3, 0.8), 2), samples=64)
+
+
+__all__ = ["AWQConfig", "SmoothQuantConfig", "scale_stages"]
