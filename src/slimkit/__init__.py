@@ -39,8 +39,10 @@ from slimkit.pruning.api import (
     StructuredPruning,
     StructuredPruningConfig,
 )
+from slimkit.pruning.calibrated import SparseGPTConfig, WandaConfig
 from slimkit.quantization.api import GPTQ, GPTQConfig, Int8, Int8Config, WeightOnly, WeightOnlyConfig
 from slimkit.quantization.qat import QAT, QATConfig
+from slimkit.quantization.scaled import AWQConfig, SmoothQuantConfig
 from slimkit.quantization.static import Int8Static, Int8StaticConfig
 from slimkit.sharing.api import Hashed, HashedConfig, KMeansConfig, KMeansSharing, LowRank, LowRankConfig
 from slimkit.sharing.apply_deep_kmeans import DeepKMeans, DeepKMeansConfig
@@ -72,9 +74,10 @@ __all__ = [
     "Family", "MethodConfig", "apply_", "distill", "load_plugins", "make_config", "methods", "prune_",
     "quantize_", "share_",
     # method configs
-    "APoZPruningConfig", "DeepKMeansConfig", "DistillConfig", "GPTQConfig", "HashedConfig", "Int8Config",
-    "Int8StaticConfig", "KMeansConfig", "LowRankConfig", "MagnitudePruningConfig", "NMPruningConfig",
-    "NormPruningConfig", "QATConfig", "RecoveryConfig", "StructuredPruningConfig", "WeightOnlyConfig",
+    "APoZPruningConfig", "AWQConfig", "DeepKMeansConfig", "DistillConfig", "GPTQConfig", "HashedConfig",
+    "Int8Config", "Int8StaticConfig", "KMeansConfig", "LowRankConfig", "MagnitudePruningConfig", "NMPruningConfig",
+    "NormPruningConfig", "QATConfig", "RecoveryConfig", "SmoothQuantConfig", "SparseGPTConfig",
+    "StructuredPruningConfig", "WandaConfig", "WeightOnlyConfig",
     # files, models, measurement, recipes, search
     "Measurement", "Recipe", "compress", "evaluate", "export", "load", "load_recipe", "load_state_dict",
     "read_manifest", "resolve", "run_recipe", "runtime_report", "save", "search", "stream", "zoo",
