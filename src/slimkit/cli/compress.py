@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli import common
+from slimkit.cli import common, user_ref
 from slimkit.cli.compress_stream import layerwise_cmd, pickled_cmd, stream_cmd
-from slimkit.core.provenance import base_of, task_for
+from slimkit.core.provenance import base_of
 from slimkit.dist.collectives import init
 from slimkit.pipeline.compress import EXIT_OVER_BUDGET, RunOptions, compress, over_budget_line
 from slimkit.pipeline.preflight import check_recipe
@@ -17,7 +17,7 @@ from slimkit.stream.route import route
 from slimkit.zoo.resolve import PICKLE_SUFFIXES, resolve
 
 
-def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folder or .safetensors"),
+def compress_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP),
                  recipe: str = typer.Option(..., "--recipe", "-r", help="Shipped recipe name or a .yaml file."),
                  out: Path = typer.Option(..., "--out", "-o", help="Output .slim file."),
                  force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
@@ -30,14 +30,20 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
                                              "tensor, gptq on a HF folder block by block."),
                  max_drop: float | None = typer.Option(None, "--max-drop", help="Score the result may lose, in points "
                                                        "(default: the recipe's max_drop, else 1); more exits with 3."),
+                 data: str | None = typer.Option(None, "--data", help=user_ref.DATA_HELP),
                  ) -> None:
     """Apply a recipe, evaluate before and after, save the artifact.
+
+    MODEL or --data given as file.py:NAME or package.module:NAME imports and runs that Python code.
 
     Exit codes: 0 written, within --max-drop; 2 a bad input, recipe or option (one line);
     3 written, but the score dropped more than --max-drop (a warning line says by how much)."""
 
-    common.check_out_path(out, [model, recipe], force)   # before any work; the rename checks again
+    inputs = [model, recipe, *filter(None, (user_ref.reference_file(r) for r in (model, data or "")))]
+    common.check_out_path(out, inputs, force)   # before any work; the rename checks again
 
+    if user_ref.is_reference(model) or data is not None:   # your model and/or your data: in memory
+        return _in_memory(model, data, recipe, out, force, as_json, keep_stages, trust_pickle, max_drop)
     if Path(model).suffix in PICKLE_SUFFIXES and Path(model).is_file():   # a bare state dict: tensor by tensor
         with common.status(f"loading {model}"):
             weights = resolve(model, trust_pickle=trust_pickle)             # refused without --trust-pickle
@@ -47,12 +53,17 @@ def compress_cmd(model: str = typer.Argument(..., help="builtin:NAME, a HF folde
         return stream_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
     if how == "layerwise":  # gptq on a HF folder, one block at a time from disk
         return layerwise_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
+    return _in_memory(model, data, recipe, out, force, as_json, keep_stages, trust_pickle, max_drop)
+
+
+def _in_memory(model: str, data: str | None, recipe: str, out: Path, force: bool, as_json: bool,
+               keep_stages: bool, trust_pickle: bool, max_drop: float | None) -> None:
+    """`sk.compress` on the model in memory, printed (one JSON line with --json); exit 3 over budget."""
     plan = load_recipe(recipe)
 
     init()  # under torchrun: calibration and training are split across ranks; rank 0 writes
     with common.status(f"loading {model}"):
-        net = resolve(model, trust_pickle=trust_pickle)
-    task = task_for(net)
+        net, task = user_ref.model_and_task(model, data, trust_pickle=trust_pickle, need="compressing")
     name = base_of(net).get("name")
     if plan.models and name not in plan.models:
         common.warn(f"recipe {plan.name} was made for {', '.join(plan.models)}, not {name or 'this model'}")

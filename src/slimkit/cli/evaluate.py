@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from slimkit.cli import common
+from slimkit.cli import common, user_ref
 from slimkit.eval.measure import evaluate
-from slimkit.zoo.resolve import resolve
 
 
 def measurement_row(m) -> dict:
@@ -15,20 +14,24 @@ def measurement_row(m) -> dict:
             "latency_ms": m.latency_ms, **m.metrics}
 
 
-def eval_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
+def eval_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
              threads: int = typer.Option(0, "--threads", help="Torch threads for timing (0: default)."),
              trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                                help="Read a pickled .pt/.bin state dict (weights_only)."),
+             data: str | None = typer.Option(None, "--data", help=user_ref.DATA_HELP),
              ) -> None:
     """Measure a model or artifact: score, bytes on disk, ratio to fp32, latency (a language model:
-    perplexity on held-out English and KL to the original too)."""
+    perplexity on held-out English and KL to the original too). Without a task (a model of your own
+    with no --data) only bytes and parameters are measured.
+
+    MODEL or --data given as file.py:NAME or package.module:NAME imports and runs that Python code."""
 
     with common.status(f"loading {model}"):
-        net = resolve(model, trust_pickle=trust_pickle)
+        net, task = user_ref.model_and_task(model, data, trust_pickle=trust_pickle)
     path = model if model.endswith(".slim") else None
     with common.status("measuring"):
-        m = evaluate(net, path=path, threads=threads or None)
+        m = evaluate(net, task, path=path, threads=threads or None)
     row = measurement_row(m)
     if as_json:
         common.emit_json({"model": model, **row})

@@ -8,19 +8,18 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli import common
+from slimkit.cli import common, user_ref
 from slimkit.core.errors import SlimError
-from slimkit.core.provenance import base_of, task_for
+from slimkit.core.provenance import base_of
 from slimkit.eval.layers import layer_table
 from slimkit.eval.plots import plot_histograms
 from slimkit.pipeline.preflight import preflight
 from slimkit.pipeline.recipes import shipped
 from slimkit.pruning.report import apoz_report, plot_apoz, weight_histograms
 from slimkit.stream.estimate import checkpoint_estimates, items_of
-from slimkit.zoo.resolve import resolve
 
 
-def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim file, a HF folder or .safetensors"),
+def inspect_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP),
                 as_json: bool = typer.Option(False, "--json", help="Print the rows as one JSON object."),
                 apoz: bool = typer.Option(False, "--apoz", help="Measure per-layer APoZ on the model's data."),
                 plot: Path | None = typer.Option(None, "--plot", help="Write PNG histograms (and APoZ) here."),
@@ -30,18 +29,21 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
                                                         help="Estimate only this recipe (repeatable)."),
                 preflight: bool = typer.Option(True, "--preflight/--no-preflight",
                                                help="Add what each family can do and the recipe size estimates."),
+                data: str | None = typer.Option(None, "--data", help=user_ref.DATA_HELP),
                 ) -> None:
-    """Show where a model's bytes are, layer by layer, and what each recipe would make of it."""
+    """Show where a model's bytes are, layer by layer, and what each recipe would make of it.
+
+    MODEL or --data given as file.py:NAME or package.module:NAME imports and runs that Python code."""
 
     if plot is not None:
         common.check_out_folder(plot, "--plot")
     with common.status(f"loading {model}"):
-        net = resolve(model, trust_pickle=trust_pickle)
+        net, task = user_ref.model_and_task(model, data, trust_pickle=trust_pickle)
     rows = layer_table(net)
-    apoz_rows = _apoz_rows(net) if apoz else []
+    apoz_rows = _apoz_rows(net, task) if apoz else []
     if plot is not None:
         _plots(net, apoz_rows, plot)
-    report = _preflight(net, recipe) if preflight else None
+    report = _preflight(net, task, recipe) if preflight else None
     if as_json:
         common.emit_json({"model": model, "layers": rows, "apoz": apoz_rows, "preflight": report})
         return
@@ -59,19 +61,18 @@ def inspect_cmd(model: str = typer.Argument(..., help="builtin:NAME, a .slim fil
         _print_preflight(report)
 
 
-def _preflight(net, recipes: list[str] | None) -> dict:
+def _preflight(net, task, recipes: list[str] | None) -> dict:
     with common.status("pre-flight: tracing groups, estimating recipe sizes"):
-        report = preflight(net, task_for(net), recipes or None)
+        report = preflight(net, task, recipes or None)
         if base_of(net).get("kind") == "weights":   # a bare checkpoint: what `compress` does, tensor by tensor
             report["recipes"] = checkpoint_estimates(items_of(net.state_dict()), recipes or sorted(shipped()),
                                                      report["baseline_bytes"], "this checkpoint")
         return report
 
 
-def _apoz_rows(net) -> list[dict]:
-    task = task_for(net)
+def _apoz_rows(net, task) -> list[dict]:
     if task is None:
-        raise SlimError("--apoz needs data: use a builtin model or a .slim file made from one")
+        raise SlimError("--apoz needs data: a builtin model, a .slim file made from one, or --data file.py:NAME")
     with common.status("measuring APoZ"):
         return apoz_report(net, task)
 

@@ -15,11 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from slimkit.autosearch import search
 from slimkit.autosearch.budget import fmt_duration, parse_duration
 from slimkit.autosearch.certify import Certification
-from slimkit.cli import common
+from slimkit.cli import common, user_ref
 from slimkit.core.text import clean
 
 
-def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folder"),
+def search_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP + "; a model of your own needs --data"),
                max_drop: float = typer.Option(..., "--max-drop", help="Largest allowed drop of the validation "
                                                                       "score, in points (0.5 = half a point)."),
                budget: str = typer.Option("20m", "--budget", help="Time budget of the whole run, with its "
@@ -40,16 +40,20 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
                    None, "--method", help="Search only this registered method (repeatable); default: the "
                                           "curated space of builtin models."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+               data: str | None = typer.Option(None, "--data", help=user_ref.DATA_HELP),
                ) -> None:
-    """Search recipes across all families under a time budget; keep the smallest within --max-drop."""
+    """Search recipes across all families under a time budget; keep the smallest within --max-drop.
+
+    MODEL or --data given as file.py:NAME or package.module:NAME imports and runs that Python code."""
 
     budget_s = parse_duration(budget)
     common.check_out_folder(out)
     certification = Certification(folds=folds, confidence=confidence, repeats=repeats)
+    net, task = _model_and_task(model, data)
     with _Display(budget_s) as display:
-        result = search(model, max_drop=max_drop, out=out, budget=budget_s, max_trials=trials, seed=seed,
+        result = search(net, max_drop=max_drop, out=out, budget=budget_s, max_trials=trials, seed=seed,
                         effort=effort, on_trial=display.update, certification=certification,
-                        methods=list(method) if method else None)
+                        methods=list(method) if method else None, data=task)
     summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
                "certified": result.certified, "reason": result.reason,
                "front": len(result.front), "report": str(result.report) if result.report else None,
@@ -62,6 +66,15 @@ def search_cmd(model: str = typer.Argument(..., help="builtin:NAME or a HF folde
         raise SystemExit(130)
     if result.best is not None and not result.best["within_budget"]:
         raise SystemExit(3)
+
+
+def _model_and_task(model: str, data: str | None):
+    """(model, task) for `search`: a reference string as it is (the search folder records it), or
+    your model loaded and the task made from --data (`sk.search(model, data=..., metric=...)`)."""
+    if not user_ref.is_reference(model) and data is None:
+        return model, None
+    with common.status(f"loading {model}"):
+        return user_ref.model_and_task(model, data, need="searching")
 
 
 def _print(result, max_drop: float) -> None:
