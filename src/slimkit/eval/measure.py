@@ -29,6 +29,8 @@ from slimkit.io.layout import file_chunks
 from slimkit.zoo.resolve import load_safetensors_checkpoint
 
 BATCH = 32
+SLOW_CALL_S = 0.1     # latency: calls slower than this are timed fewer times ...
+TIME_BUDGET_S = 2.0   # ... about this many seconds in all
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Measurement:
     params: int
     nonzeros: int
     latency_ms: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)   # the task's other measurements (perplexity, kl)
 
     @property
     def ratio(self) -> float:
@@ -96,11 +99,18 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def latency(model: nn.Module, task: Task, batch: int = BATCH, threads: int | None = None,
             repeats: int = 20) -> dict[str, float]:
-    """Median ms at batch 1 and at `batch`."""
+    """Median ms at batch 1 and at `batch`. A call slower than SLOW_CALL_S (a language model at
+    batch 32) is repeated fewer times: about TIME_BUDGET_S in all, at least 3 times."""
     out = {}
     for b in (1, batch):
         inputs = task.example_inputs(b)
-        out[f"batch{b}"] = round(median_ms(lambda i=inputs: task.forward(model, i), repeats=repeats,
+
+        def call(i: dict = inputs) -> object:
+            return task.forward(model, i)
+
+        probe = median_ms(call, repeats=1, warmup=1, threads=threads) / 1e3
+        n = repeats if probe < SLOW_CALL_S else max(3, min(repeats, int(TIME_BUDGET_S / probe)))
+        out[f"batch{b}"] = round(median_ms(call, repeats=n, warmup=0 if probe >= SLOW_CALL_S else 3,
                                            threads=threads), 4)
     return out
 
@@ -123,15 +133,17 @@ def evaluate(model: nn.Module, task: Task | None = None, path: str | os.PathLike
     task = task or task_from(data, metric, model) or task_for(model)
     model.eval()
     params, nonzeros = count_params(model)
-    score = None
+    score, metrics = None, {}
     if task is not None:
         with torch.inference_mode():
-            score = float(task.score(model))
+            values = task.metrics(model)
+        score = float(values[task.score_name])
+        metrics = {k: float(f"{float(v):.6g}") for k, v in values.items() if k != task.score_name}
     lat = latency(model, task, threads=threads) if (task is not None and timing) else {}
     return Measurement(
         score=None if score is None or math.isnan(score) else round(score, 6),
         score_name=task.score_name if task else "score",
         bytes=artifact_bytes(model, path),
         baseline_bytes=baseline_bytes(model),
-        params=params, nonzeros=nonzeros, latency_ms=lat,
+        params=params, nonzeros=nonzeros, latency_ms=lat, metrics=metrics,
     )
