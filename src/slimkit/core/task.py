@@ -30,6 +30,11 @@ class Task(ABC):
     def score(self, model: nn.Module) -> float:
         """The quality score in [0, 1]: accuracy, or fidelity to the original model."""
 
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """The score under `score_name` and whatever else the same evaluation measured, by name (a
+        language model's perplexity and KL to the original). `evaluate` reports them all."""
+        return {self.score_name: self.score(model)}
+
     @abstractmethod
     def calibration(self, n: int = 256) -> list[Batch]:
         """Unlabelled input batches for calibration (never the test split)."""
