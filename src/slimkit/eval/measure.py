@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import SlimError
-from slimkit.core.latency import median_ms
+from slimkit.core.latency import time_call
 from slimkit.core.original import fp32_safetensors_bytes, original_fp32_bytes
 from slimkit.core.provenance import base_of, task_for
 from slimkit.core.task import Task
+from slimkit.core.torch_utils import default_threads, num_threads
 from slimkit.core.user_task import Metric, task_from
 from slimkit.io.artifact import encode_model
 from slimkit.io.bases import build_base
@@ -108,10 +110,14 @@ def latency(model: nn.Module, task: Task, batch: int = BATCH, threads: int | Non
         def call(i: dict = inputs) -> object:
             return task.forward(model, i)
 
-        probe = median_ms(call, repeats=1, warmup=1, threads=threads) / 1e3
-        n = repeats if probe < SLOW_CALL_S else max(3, min(repeats, int(TIME_BUDGET_S / probe)))
-        out[f"batch{b}"] = round(median_ms(call, repeats=n, warmup=0 if probe >= SLOW_CALL_S else 3,
-                                           threads=threads), 4)
+        with num_threads(threads or default_threads()), torch.inference_mode():
+            times = time_call(call, repeats=1, warmup=1)   # one warm-up, then one timed run
+            probe = times[0] / 1e3
+            if probe < SLOW_CALL_S:
+                times += time_call(call, repeats=repeats - 1, warmup=2)
+            else:
+                times += time_call(call, repeats=max(3, min(repeats, int(TIME_BUDGET_S / probe))) - 1, warmup=0)
+        out[f"batch{b}"] = round(statistics.median(times), 4)
     return out
 
 
