@@ -115,3 +115,32 @@ def test_candidates_train_with_fewer_threads_on_a_busy_machine(monkeypatch):
     assert budget.fair_threads(2) == 1                         # two other busy processes: one thread
     monkeypatch.setattr(budget.os, "getloadavg", lambda: (12.0, 9.0, 8.0))
     assert budget.fair_threads(2, running=1) == 1              # never fewer than one
+
+
+def test_fold_baselines_are_trained_between_candidates_while_all_of_them_fit():
+    from slimkit.autosearch.certifier import Certifier
+    from slimkit.autosearch.trial import Budget
+
+    class Fold:
+        def __init__(self):
+            self.ready = False
+
+        def prepare(self, deadline):
+            self.ready = True
+            return 2.0
+
+    class CV:
+        screen_slack_pts = 0.56
+        folds = [Fold() for _ in range(4)]
+
+    plan = TimePlan(60.0)
+    plan.add("candidate", 1.0)
+    certifier = Certifier(None, None, None, Budget(0.98, 0.5, plan.work_end, 1.5), CV(), plan)
+    outside = _rec(0, 1000, 3.0)
+    certifier.prepare_folds([outside])                   # no candidate within the screen yet: none trained
+    assert not any(f.ready for f in CV.folds)
+    certifier.prepare_folds([outside, _rec(1, 2000, 0.3)])
+    assert [f.ready for f in CV.folds] == [True, False, False, False] and plan.costs["fold_fit"] == [2.0]
+    plan.budget_s = plan.elapsed() + 5.0                  # 3 left at 2 s each no longer fit in the time left
+    certifier.prepare_folds([_rec(1, 2000, 0.3)])
+    assert sum(f.ready for f in CV.folds) == 1

@@ -6,8 +6,10 @@ on digits) is certified at once if the time left allows: by cross-validation whe
 measured, not assumed: a fold run costs about what the candidate's own run cost (scaled by what fold
 runs have cost so far), a fold baseline still to train what the first ones cost. A certification
 that does not fit is not started, and the candidate says why; one that runs out of time stops
-where it is. The search starts a new candidate only while a typical one and its certification both
-still fit, so that the last best found can be certified.
+where it is. The fold baselines every certification needs are trained between candidates, one at a
+time, from the first candidate within the screen on (`prepare_folds`). The search starts a new
+candidate only while a typical one and its certification both still fit, so that the last best
+found can be certified.
 
 >>> certifier = Certifier(net, work, score, budget, cv, plan)
 >>> certifier.certify_open(records)          # the smallest open candidates first
@@ -26,6 +28,7 @@ from slimkit.autosearch.budget import TimePlan
 from slimkit.autosearch.certify import CrossValidation
 from slimkit.autosearch.outcome import no_time_note, pending
 from slimkit.autosearch.pareto import best_record
+from slimkit.autosearch.stages import OutOfTime
 from slimkit.autosearch.trial import Budget, TrialRecord, confirm_drop
 from slimkit.core.methods import make_config
 from slimkit.core.task import Task
@@ -82,6 +85,26 @@ class Certifier:
         else:
             confirm_drop(self.net, stages, self.task, self.score, self.budget, rec)
         rec.cert_seconds = round(rec.cert_seconds + time.monotonic() - start, 3)
+
+    def prepare_folds(self, records: list[TrialRecord]) -> None:
+        """Train the next fold baseline (cross-validated searches), once a candidate within the
+        screen exists, while all those still to train fit in the time left: every certification
+        needs them, and one that must first train them all rarely fits when it is needed. One per
+        candidate, so that the search keeps exploring meanwhile; none when they cannot all fit
+        (nothing could be certified in this budget, and exploring is the better use of it)."""
+        cv = self.cv
+        if cv is None or not any(r.feasible(self.budget.max_drop + self.slack) for r in records):
+            return
+        todo = [f for f in cv.folds if not f.ready]
+        per_fit = self.plan.typical("fold_fit", self.plan.typical("candidate"))
+        if not todo or per_fit is None or len(todo) * per_fit > self.plan.left():
+            return
+        try:
+            trained = todo[0].prepare(self.plan.work_end)
+        except OutOfTime:
+            return
+        if trained:
+            self.plan.add("fold_fit", trained)
 
     def room_for_candidate(self, records: list[TrialRecord]) -> bool:
         """Whether to start another candidate: the first one always (it stops at `work_end` if it

@@ -168,6 +168,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
             records.append(rec)
             with num_threads(running):
                 certifier.certify_open(records)
+                certifier.prepare_folds(records)
             _tell(study, trial, rec, state["baseline"]["bytes"], max_drop)
             done += 1
             _persist(folder, net, state, records, max_drop)
