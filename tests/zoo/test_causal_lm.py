@@ -153,6 +153,7 @@ def test_users_own_gpt2_module(tmp_path, method):
     """A GPT2LMHeadModel built in Python (not loaded by slimkit): its Conv1D layers are compressed too, the
     tied head is stored once, and load(path, model=...) on a fresh instance replays it all."""
     import transformers as tf
+
     from tiny_lm import config
 
     torch.manual_seed(0)
