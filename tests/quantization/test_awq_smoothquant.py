@@ -84,7 +84,7 @@ def test_a_fold_that_would_change_the_model_is_refused():
 
     torch.manual_seed(0)
     model, task = GeluMLP().eval(), MLPTask()
-    finder = FoldFinder(model, task)
+    finder = FoldFinder.for_task(model, task)
     assert finder.candidates(["fc2"]) == ["fc1"] and finder.find(["fc2"]) is None   # GELU is not homogeneous
     reference = copy.deepcopy(model)
     sk.quantize_(model, sk.SmoothQuantConfig(samples=32), data=task)

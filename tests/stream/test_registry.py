@@ -111,7 +111,8 @@ def test_a_registered_block_worker_runs_block_by_block(toy, tmp_path):
 
 def test_shipped_methods_stream_from_their_own_packages():
     owners = {"int8": "quantization", "rtn": "quantization", "gptq": "quantization", "kmeans": "sharing",
-              "lowrank": "sharing", "magnitude": "pruning", "nm": "pruning", "apoz": "pruning"}
+              "lowrank": "sharing", "magnitude": "pruning", "nm": "pruning", "apoz": "pruning", "awq": "quantization",
+              "smoothquant": "quantization", "wanda": "pruning", "sparsegpt": "pruning"}
     for method, package in owners.items():
         support = stream_support(method)
         hook = support.tensors or support.blocks

@@ -23,6 +23,7 @@ maximised), so every rank compresses with the single-process statistics.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -161,37 +162,36 @@ def linear_stages(model: nn.Module, task: Task, batch: Batch, names: list[str]
                   ) -> tuple[list[list[str]], set[str]]:
     """Target layers grouped by shared input, in execution order, and those called twice or more.
 
-    Layers the forward never reaches are left out (callers fall back to a data-free method).
+    Consecutive first calls share a stage when their inputs are the same tensor data (address and
+    shape) *and* the earlier input is still alive: a freed tensor's address is often reused at once
+    by a new one of the same shape (a Llama's `o_proj` input, then the norm output `gate_proj` and
+    `up_proj` read), which is not a shared input. Layers the forward never reaches are left out
+    (callers fall back to a data-free method).
     """
-    order: list[tuple[str, tuple]] = []
+    counts: dict[str, int] = {}
+    stages: list[list[str]] = []
+    last: list = [None]        # (key, weak reference to the input) of the last first call
     hooks = []
     for name in names:
         def hook(_m, args, name=name):
             x = args[0]
-            order.append((name, (x.data_ptr(), tuple(x.shape))))
+            counts[name] = counts.get(name, 0) + 1
+            if counts[name] > 1:
+                return
+            key = (x.data_ptr(), tuple(x.shape))
+            prev = last[0]
+            if stages and prev is not None and prev[0] == key and prev[1]() is not None:
+                stages[-1].append(name)
+            else:
+                stages.append([name])
+            last[0] = (key, weakref.ref(x))
         hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         _run(model, task, batch)
     finally:
         for h in hooks:
             h.remove()
-    counts: dict[str, int] = {}
-    for name, _ in order:
-        counts[name] = counts.get(name, 0) + 1
-    reused = {n for n, c in counts.items() if c > 1}
-    stages: list[list[str]] = []
-    last_key = None
-    seen: set[str] = set()
-    for name, key in order:
-        if name in seen:
-            continue
-        seen.add(name)
-        if stages and key == last_key:
-            stages[-1].append(name)
-        else:
-            stages.append([name])
-        last_key = key
-    return stages, reused
+    return stages, {n for n, c in counts.items() if c > 1}
 
 
 def accumulate(model: nn.Module, stage: list[str], passes: Iterable[Callable[[], None]],

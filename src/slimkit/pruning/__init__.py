@@ -19,6 +19,7 @@ is the shared retraining loop. Sparse weights are stored by the `sparse` codec
 """
 
 from slimkit.pruning import (
+    calibrated_stream,  # noqa: F401  (registers wanda / sparsegpt streaming)
     estimate,  # noqa: F401  (registers the size estimates)
     streaming,  # noqa: F401  (registers the streaming support)
 )

@@ -14,6 +14,7 @@ modules in `slimkit.nn.quant_*`.
 from slimkit.nn.quant_math import Granularity
 from slimkit.quantization import (
     estimate,  # noqa: F401  (registers the size estimates)
+    scaled_stream,  # noqa: F401  (registers awq / smoothquant streaming)
     streaming,  # noqa: F401  (registers the streaming support)
 )
 from slimkit.quantization.api import GPTQ, GPTQConfig, Int8, Int8Config, WeightOnly, WeightOnlyConfig

@@ -8,7 +8,8 @@ by them. The division costs nothing when the tensor is made by an op that is lin
 - a Linear: its output rows (weight and bias) divided by `s`, also through a ReLU or an elementwise
   product (Llama's `down_proj(act(gate_proj(x)) * up_proj(x))`: folded into `up_proj`).
 
-Candidates are found on one probe forward: modules whose output *is* the stage's input tensor,
+Candidates are found on one probe forward (the whole model on an example input, or, when streaming,
+one block on one cached input): modules whose output *is* the stage's input tensor,
 then Linears beside the stage's first layer (same parent module) with as many outputs as it has
 inputs, nearest first. A candidate is accepted only when folding random scales into it (and the
 stage's columns) leaves the model's outputs on the probe unchanged: a norm whose output also feeds a
@@ -16,14 +17,15 @@ residual stream (post-norm BERT), a GELU between two Linears, a Gemma-style `(1 
 refused that way. Without an accepted candidate the caller keeps `s` in front of each layer
 (`slimkit.nn.input_scale`).
 
->>> folds = FoldFinder(model, task)
+>>> folds = FoldFinder.for_task(model, task)       # or FoldFinder(model, run) with any forward
 >>> target = folds.find(["layers.0.q", "layers.0.k", "layers.0.v"])   # e.g. "layers.0.norm", or None
 >>> fold_into(model.get_submodule(target), s)                          # then W[:, j] *= s[j] per layer
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,9 +87,9 @@ def _tensors(out: object) -> Iterator[torch.Tensor]:
 class FoldFinder:
     """Fold targets for the stages of one model (see the module doc); one probe forward up front."""
 
-    def __init__(self, model: nn.Module, task: Task, probe: dict | None = None):
-        self.model, self.task = model, task
-        self.probe = probe if probe is not None else task.example_inputs(1)
+    def __init__(self, model: nn.Module, run: Callable[[], Any]):
+        """`run()` runs a forward pass that reaches the stages (and returns the outputs to keep)."""
+        self.model, self.run = model, run
         self.order: list[str] = []                       # modules in the order they returned
         self.outputs: dict[str, tuple] = {}              # name -> (data_ptr, shape) of its output
         self.inputs: dict[str, tuple] = {}               # name -> (data_ptr, shape) of its first input
@@ -110,11 +112,17 @@ class FoldFinder:
             hooks.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
-                task.forward(model, self.probe)
+                run()
         finally:
             for h in hooks:
                 h.remove()
         keep.clear()
+
+    @classmethod
+    def for_task(cls, model: nn.Module, task: Task) -> FoldFinder:
+        """Probe and check folds with `task`'s forward on one example input, the whole model's outputs."""
+        probe = task.example_inputs(1)
+        return cls(model, lambda: task.forward(model, probe))
 
     def candidates(self, stage: list[str]) -> list[str]:
         """Possible fold targets of `stage`, most likely first."""
@@ -136,7 +144,7 @@ class FoldFinder:
 
     def _outputs(self) -> list[torch.Tensor]:
         with torch.no_grad():
-            return [t.detach().clone() for t in _tensors(self.task.forward(self.model, self.probe))]
+            return [t.detach().clone() for t in _tensors(self.run())]
 
     @torch.no_grad()
     def verified(self, target: str, stage: list[str]) -> bool:

@@ -13,7 +13,8 @@ is unchanged, so every stage's statistics come from the float model; the layers 
 stages are scaled: AWQ by group-wise round-to-nearest of the scaled (and clipped) weights into
 `QuantLinear`, SmoothQuant into `Int8Linear` (per-channel int8 weights, dynamic per-token int8
 activations, the path `int8` uses). Linears the calibration never reaches are quantized as plain
-`rtn` / `int8` would (reported).
+`rtn` / `int8` would (reported). `ScaleRun` holds one run's state, shared with the block-by-block
+streaming worker (`slimkit.quantization.scaled_stream`).
 """
 
 from __future__ import annotations
@@ -44,44 +45,73 @@ def _positive(v: int) -> int:
     return v
 
 
-def scale_stages(model: nn.Module, task: Task, names: list[str], samples: int, what: str, choose,
-                 fold_only: bool = False, hessian: bool = True, after=None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Scale every stage of the Linears `names` (see the module doc): `choose(stage, stats)` returns
-    the stage's scales `s` (or None to leave it), `stats[name]` its input accumulators; then
-    `after(stage, stats, s)` runs with the scales applied (None: the stage was left unscaled).
-    Returns ({layer: s kept in front of it, or None when folded or unscaled}, {stage's first layer:
-    where its s was folded})."""
-    batches = check_calibration(task.calibration(samples), f"{what} calibration data")
-    finder = FoldFinder(model, task)
-    kept: dict[str, Any] = {}
-    folded: dict[str, str] = {}
-    for stage, stats in hessian_stages(model, task, batches, names, hessian=hessian):
+class ScaleRun:
+    """One AWQ / SmoothQuant run over `model`: scale stages as calibration reaches them (`stage`),
+    quantize layers when asked (`quantize`). Holds names and scales, never modules."""
+
+    def __init__(self, model: nn.Module, cfg: AWQConfig | SmoothQuantConfig):
+        self.model, self.cfg = model, cfg
+        self.kept: dict[str, torch.Tensor | None] = {}   # layer -> scales kept in front of it (None: none)
+        self.folded: dict[str, str] = {}                  # stage's first layer -> where its scales went
+        self.ratios: dict[str, torch.Tensor] = {}         # AWQ: layer -> clip ratios (rows, groups)
+
+    def stage(self, stage: list[str], stats: dict[str, dict], finder: FoldFinder) -> None:
+        """Scale the layers of `stage` from their input accumulators `stats` (see the module doc)."""
         stage = [n for n in stage if n in stats]
         if not stage:
-            continue
-        s = choose(stage, stats)
+            return
+        s = self.cfg._choose(self.model, stage, stats)
         target = None if s is None else finder.find(stage)
-        if s is not None and target is None and fold_only:
+        if s is not None and target is None and self.cfg.fold_only:
             s = None
         if target is not None:
-            fold_into(model.get_submodule(target), s)
-            folded[stage[0]] = target
+            fold_into(self.model.get_submodule(target), s)
+            self.folded[stage[0]] = target
         for name in stage:
             if s is not None:
-                scale_columns(model.get_submodule(name), s)
-            kept[name] = None if target is not None else s
-        if after is not None:
-            after(stage, stats, s)
-    return kept, folded
+                scale_columns(self.model.get_submodule(name), s)
+            self.kept[name] = None if target is not None else s
+        self.cfg._after(self, stage, stats, s)
+
+    def quantize(self, names: list[str]) -> int:
+        """Quantize the Linears `names`: scaled ones by the method, the others (not reached by
+        calibration) plainly. Returns how many were scaled."""
+        reached = [n for n in names if n in self.kept]
+        self.cfg._quantize(self, [(n, self.model.get_submodule(n)) for n in reached])
+        rest = [(n, self.model.get_submodule(n)) for n in names if n not in self.kept]
+        if rest:
+            self.cfg._plain(self.model, rest)
+        return len(reached)
+
+    def report(self) -> None:
+        n_kept = sum(s is not None for s in self.kept.values())
+        log.info("%s: scales folded into %d op(s), kept in front of %d layer(s)", self.cfg.method, len(self.folded),
+                 n_kept)
 
 
-def _wrap(layer: nn.Module, s) -> nn.Module:
+def _wrap(layer: nn.Module, s: torch.Tensor | None) -> nn.Module:
     return layer if s is None else with_input_scale(layer, s)
 
 
-def _report(what: str, kept: dict, folded: dict) -> None:
-    n_kept = sum(s is not None for s in kept.values())
-    log.info("%s: scales folded into %d op(s), kept in front of %d layer(s)", what, len(folded), n_kept)
+def _apply(cfg: AWQConfig | SmoothQuantConfig, model: nn.Module, task: Task | None,
+           filter_fn: FilterFn | None) -> nn.Module:
+    """The in-memory run of either method."""
+    if task is None:
+        raise SlimError(f"{cfg.method} needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+    linears, embeddings, skipped = cfg._targets(model, filter_fn)
+    batches = check_calibration(task.calibration(cfg.samples), f"{cfg.method} calibration data")
+    was_training = model.training
+    model.eval()
+    run = ScaleRun(model, cfg)
+    finder = FoldFinder.for_task(model, task)
+    for stage, stats in hessian_stages(model, task, batches, linears, hessian=cfg._needs_hessian):
+        run.stage(stage, stats, finder)
+    run.report()
+    run.quantize(linears)
+    note_skipped(model, skipped)
+    cfg._embeddings(model, embeddings, task)
+    model.train(was_training)
+    return model
 
 
 @register_method
@@ -96,6 +126,7 @@ class AWQConfig(_WeightQuant):
     family: ClassVar[Family] = Family.QUANTIZE
     summary: ClassVar[str] = "activation-aware 4-bit weights (AWQ): searched channel scales, clipping (needs data)"
     encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding)
+    _needs_hessian: ClassVar[bool] = True
     symmetric: bool = False
     group_size: int = 128
     grid: int = 20
@@ -116,56 +147,55 @@ class AWQConfig(_WeightQuant):
             raise ValueError(f"max_shrink must lie in [0, 1), got {v}")
         return v
 
+    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
+        return _apply(self, model, task, filter_fn)
+
+    def _targets(self, model: nn.Module, filter_fn: FilterFn | None) -> tuple[list[str], list, dict[str, str]]:
+        """(Linear names, embeddings, skipped) this config quantizes; says the group fallbacks once."""
+        picked, embeddings, skipped = self._select(model, filter_fn)
+        linears = [(n, m) for n, m in picked if type(m) is nn.Linear]
+        skipped |= {n: f"{type(m).__name__}: awq scales Linear layers only" for n, m in picked
+                    if type(m) is not nn.Linear}
+        self._warn_fallbacks(linears, embeddings)
+        return [n for n, _ in linears], embeddings, skipped
+
     def _fake(self, layer: nn.Module):
         gran, size = self._layout(layer)
         dtype = SCALE_DTYPES[self.scale_dtype.value]
         return lambda w: rtn_quantize(w, self.bits, self.symmetric, gran, size, False, dtype).dequantize()
 
-    def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        if task is None:
-            raise SlimError("awq needs calibration data: pass data=<task> (e.g. the model's zoo task)")
-        picked, embeddings, skipped = self._select(model, filter_fn)
-        linears = {n: m for n, m in picked if type(m) is nn.Linear}
-        skipped |= {n: f"{type(m).__name__}: awq scales Linear layers only" for n, m in picked if n not in linears}
-        self._warn_fallbacks(list(linears.items()), embeddings)
-        was_training = model.training
-        model.eval()
-        ratios: dict[str, torch.Tensor] = {}
+    def _choose(self, model: nn.Module, stage: list[str], stats: dict) -> torch.Tensor:
+        layers = [model.get_submodule(n) for n in stage]
+        s, _alpha = search_scales([m.weight for m in layers], hessian_value(stats[stage[0]]),
+                                  channel_stats(stats[stage[0]])["mean_abs"], self._fake(layers[0]), self.grid)
+        return s
 
-        def choose(stage: list[str], stats: dict) -> torch.Tensor:
-            layers = [model.get_submodule(n) for n in stage]
-            s, _alpha = search_scales([m.weight for m in layers], hessian_value(stats[stage[0]]),
-                                      channel_stats(stats[stage[0]])["mean_abs"], self._fake(layers[0]), self.grid)
-            return s
-
-        def clip(stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
-            if not self.clip or self.granularity is Granularity.TENSOR:
-                return
-            h = hessian_value(stats[stage[0]])
-            h = h if s is None else scaled_hessian(h, s)
-            for name in stage:
-                m = model.get_submodule(name)
-                ratios[name] = search_clip(m.weight, h, self.bits, self.symmetric, self._layout(m)[1],
+    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
+        """The clipping search, on the scaled weights and the Hessian of the scaled inputs."""
+        if not self.clip or self.granularity is Granularity.TENSOR:
+            return
+        h = hessian_value(stats[stage[0]])
+        h = h if s is None else scaled_hessian(h, s)
+        for name in stage:
+            m = run.model.get_submodule(name)
+            run.ratios[name] = search_clip(m.weight, h, self.bits, self.symmetric, self._layout(m)[1],
                                            self.grid, self.max_shrink)
 
-        kept, folded = scale_stages(model, task, list(linears), self.samples, "awq", choose, self.fold_only,
-                                    after=clip)
-        _report("awq", kept, folded)
-
+    def _quantize(self, run: ScaleRun, layers: list[tuple[str, nn.Module]]) -> None:
         def make(name: str, layer: nn.Module) -> nn.Module:
-            if name in ratios:
+            if name in run.ratios:
                 with torch.no_grad():
-                    layer.weight.copy_(apply_clip(layer.weight, ratios[name], self._layout(layer)[1], self.symmetric))
-            return _wrap(self._rtn(layer), kept[name])
+                    layer.weight.copy_(apply_clip(layer.weight, run.ratios.pop(name), self._layout(layer)[1],
+                                                  self.symmetric))
+            return _wrap(self._rtn(layer), run.kept[name])
 
-        reached = [(n, m) for n, m in linears.items() if n in kept]
-        self._convert(model, reached, make, self._label("awq"))
-        rest = [(n, m) for n, m in linears.items() if n not in kept]
-        self._convert(model, rest, lambda _n, m: self._rtn(m), self._label("rtn") + " (not reached by calibration)")
-        note_skipped(model, skipped)
+        self._convert(run.model, layers, make, self._label("awq"))
+
+    def _plain(self, model: nn.Module, layers: list[tuple[str, nn.Module]]) -> None:
+        self._convert(model, layers, lambda _n, m: self._rtn(m), self._label("rtn") + " (not reached by calibration)")
+
+    def _embeddings(self, model: nn.Module, embeddings: list, task: Task | None) -> None:
         self._quantize_embeddings(model, embeddings)
-        model.train(was_training)
-        return model
 
     @classmethod
     def example(cls) -> AWQConfig:
@@ -190,6 +220,7 @@ class SmoothQuantConfig(MethodConfig):
     family: ClassVar[Family] = Family.QUANTIZE
     summary: ClassVar[str] = "W8A8 with activation outliers smoothed into the weights (needs data)"
     encodes: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Embedding)
+    _needs_hessian: ClassVar[bool] = False
     alpha: float = 0.5
     samples: int = 128
     embeddings: bool = True
@@ -210,33 +241,33 @@ class SmoothQuantConfig(MethodConfig):
         return _positive(v)
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
-        if task is None:
-            raise SlimError("smoothquant needs calibration data: pass data=<task> (e.g. the model's zoo task)")
+        return _apply(self, model, task, filter_fn)
+
+    def _targets(self, model: nn.Module, filter_fn: FilterFn | None) -> tuple[list[str], list, dict[str, str]]:
         handled = (nn.Linear, nn.Conv2d) + ((nn.Embedding,) if self.embeddings else ())
         picked, skipped = select_targets(model, self.targets, self.ignore, filter_fn, handled)
-        linears = {n: m for n, m in picked if type(m) is nn.Linear}
-        embeddings = [(n, m) for n, m in picked if type(m) is nn.Embedding]
         skipped |= {n: "Conv2d: smoothquant scales Linear layers only" for n, m in picked if type(m) is nn.Conv2d}
-        was_training = model.training
-        model.eval()
+        return ([n for n, m in picked if type(m) is nn.Linear], [(n, m) for n, m in picked if type(m) is nn.Embedding],
+                skipped)
 
-        def choose(stage: list[str], stats: dict) -> torch.Tensor:
-            weights = [model.get_submodule(n).weight for n in stage]
-            return smooth_scales(channel_stats(stats[stage[0]])["amax"], weights, self.alpha)
+    def _choose(self, model: nn.Module, stage: list[str], stats: dict) -> torch.Tensor:
+        weights = [model.get_submodule(n).weight for n in stage]
+        return smooth_scales(channel_stats(stats[stage[0]])["amax"], weights, self.alpha)
 
-        kept, folded = scale_stages(model, task, list(linears), self.samples, "smoothquant", choose,
-                                    self.fold_only, hessian=False)
-        _report("smoothquant", kept, folded)
-        reached = [(n, m) for n, m in linears.items() if n in kept]
-        convert(model, reached, lambda n, m: _wrap(Int8Linear.from_linear(m), kept[n]),
+    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
+        """Nothing after scaling."""
+
+    def _quantize(self, run: ScaleRun, layers: list[tuple[str, nn.Module]]) -> None:
+        convert(run.model, layers, lambda n, m: _wrap(Int8Linear.from_linear(m), run.kept[n]),
                 f"smoothquant alpha={self.alpha:g} (w8a8 dynamic)")
-        rest = [(n, m) for n, m in linears.items() if n not in kept]
-        convert(model, rest, lambda _n, m: Int8Linear.from_linear(m), "int8 (w8a8 dynamic, not reached by calibration)")
-        note_skipped(model, skipped)
+
+    def _plain(self, model: nn.Module, layers: list[tuple[str, nn.Module]]) -> None:
+        convert(model, layers, lambda _n, m: Int8Linear.from_linear(m),
+                "int8 (w8a8 dynamic, not reached by calibration)")
+
+    def _embeddings(self, model: nn.Module, embeddings: list, task: Task | None) -> None:
         convert(model, embeddings, _embedding_factory(8, True, None, False), "int8 embedding")
         set_compute_dtype(model, [model.get_submodule(n) for n, _ in embeddings], self.compute_dtype, task)
-        model.train(was_training)
-        return model
 
     @classmethod
     def example(cls) -> SmoothQuantConfig:
@@ -250,4 +281,4 @@ class SmoothQuantConfig(MethodConfig):
         return cls(alpha=round(trial.suggest_float("smoothquant.alpha", 0.3, 0.8), 2), samples=64)
 
 
-__all__ = ["AWQConfig", "SmoothQuantConfig", "scale_stages"]
+__all__ = ["AWQConfig", "ScaleRun", "SmoothQuantConfig"]
