@@ -164,7 +164,7 @@ def test_manifest_config_cannot_force_a_huge_allocation(folders, tmp_path):
     arrays, manifest = read_raw(tmp_path / "ok.slim")
     manifest["base"]["config"]["vocab_size"] = 40_000_000
     write_raw(tmp_path / "bomb.slim", arrays, manifest)
-    with pytest.raises(sk.SlimFormatError, match="bytes of weights"):
+    with pytest.raises(sk.SlimFormatError, match=r"embedding table alone takes \d+ bytes|bytes of weights"):
         sk.load(tmp_path / "bomb.slim")
     manifest["base"]["config"]["num_attention_heads"] = 0
     manifest["base"]["config"]["vocab_size"] = 128

@@ -54,8 +54,8 @@ def task_from(data: object = None, metric: Metric | None = None, model: nn.Modul
     if metric is not None and not callable(metric):
         raise SlimError(f"metric= must be a callable metric(model) -> float (higher is better), "
                         f"got a {type(metric).__name__}")
-    if isinstance(data, Task):
-        return data if metric is None else MetricTask(data, metric)
+    if is_task(data):
+        return data if metric is None else MetricTask(data, metric)  # type: ignore[arg-type]
     if data is None:
         if metric is None:
             return None
@@ -67,6 +67,15 @@ def task_from(data: object = None, metric: Metric | None = None, model: nn.Modul
     if model is None:
         raise SlimError("data= needs the model it is for")
     return UserTask(read_batches(data, model), metric, model, seed)
+
+
+def is_task(data: object) -> bool:
+    """A `Task`, or an object written to its interface without subclassing it (not iterable, with
+    `example_inputs` and `forward`), as tasks were passed before `data=` took batches."""
+    if isinstance(data, Task):
+        return True
+    return (not isinstance(data, Iterable) and callable(getattr(data, "example_inputs", None))
+            and callable(getattr(data, "forward", None)))
 
 
 class MetricTask(Task):
