@@ -107,8 +107,8 @@ def search_clip(weight: torch.Tensor, hessian: torch.Tensor, bits: int, symmetri
     wg = weight.detach().float().reshape(rows, cols // group_size, group_size)
     hb = _group_blocks(hessian.float(), group_size)                    # (G, g, g)
     lo, hi = _ranges(wg, symmetric)
-    best_err = torch.full(wg.shape[:2], float("inf"))
-    best = torch.ones(wg.shape[:2])
+    best_err = torch.full(wg.shape[:2], float("inf"), device=wg.device)
+    best = torch.ones(wg.shape[:2], device=wg.device)
     steps = max(1, int(round(max_shrink * grid)))
     for i in range(steps):
         r = 1.0 - i / grid
