@@ -73,15 +73,16 @@ def test_scales_fold_into_norms_and_linears_else_stay_in_front():
     assert all(type(getattr(mlp_model, f)) is Int8Linear for f in ("fc1", "fc2", "fc3"))   # norm, ReLU folds
 
 
+class GeluMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(128, 64), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
 def test_a_fold_that_would_change_the_model_is_refused():
-    class GeluMLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2 = nn.Linear(128, 64), nn.Linear(64, 32)
-
-        def forward(self, x):
-            return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
-
     torch.manual_seed(0)
     model, task = GeluMLP().eval(), MLPTask()
     finder = FoldFinder.for_task(model, task)
@@ -92,6 +93,20 @@ def test_a_fold_that_would_change_the_model_is_refused():
     with kernel_mode("dense"):
         x = task.held_out()[0]["x"]
         torch.testing.assert_close(model(x), reference(x), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("method", ["awq", "smoothquant"])
+def test_a_kept_input_scale_exports_to_onnx(method, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from slimkit.export.onnx import export
+
+    torch.manual_seed(0)
+    model, task = GeluMLP().eval(), MLPTask()
+    config = sk.AWQConfig(bits=4, group_size=32, samples=32) if method == "awq" else sk.SmoothQuantConfig(samples=32)
+    sk.quantize_(model, config, data=task)
+    assert isinstance(model.fc2, nn.Sequential)
+    result = export(model, tmp_path / "m.onnx", task=task)
+    assert result["max_abs_diff"] < 1e-4 and result["integer_layers"] + result["coded_weights"] == 2
 
 
 @pytest.mark.parametrize("name", ["mlp", "llama"])

@@ -53,6 +53,10 @@ class InputScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.value.to(x.dtype)
 
+    def float_module(self) -> InputScale:
+        """Its float form for an export: itself (a division by a float vector)."""
+        return self
+
     def extra_repr(self) -> str:
         return f"features={self.features}, float16 divisors"
 
