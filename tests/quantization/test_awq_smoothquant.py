@@ -22,7 +22,7 @@ from slimkit.nn.input_scale import InputScale
 from slimkit.nn.kernels import kernel_mode
 from slimkit.nn.quant_linear import Int8Linear, QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
-from slimkit.quantization.awq import search_clip, search_scales, smooth_scales
+from slimkit.quantization.awq import search_clip, search_scales, smooth_scales, weight_mean
 from slimkit.quantization.fold import FoldFinder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,6 +138,10 @@ def test_math_never_worse_than_plain_rounding():
 
     s, alpha = search_scales([w], h, x.abs().mean(0), fake, grid=10)
     assert alpha > 0 and s[:4].min() > s[4:].max()          # salient channels get larger scales
+    plain = float(((fake(w) - w) @ h * (fake(w) - w)).sum())
+    for scales in (s, search_scales([w], h, x.abs().mean(0), fake, 10, weight_mean([w], 16))[0]):
+        delta = fake(w * scales) / scales - w
+        assert float((delta @ h * delta).sum()) <= plain
     ratios = search_clip(w, h, 4, False, 16, grid=10)
     assert ratios.shape == (32, 4) and float(ratios.min()) >= 0.5 and float(ratios.max()) == 1.0
     assert smooth_scales(x.abs().amax(0), [w])[:4].min() > 3.0

@@ -43,34 +43,48 @@ def scaled_hessian(hessian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return hessian * inv[:, None] * inv[None, :]
 
 
-def awq_candidate(mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """`mean|x|^alpha`, normalised to a geometric mean of its extremes of 1 and rounded to float16
-    (the dtype an input scale is stored in), as the reference implementation forms it."""
-    s = mean_abs.float().clamp_min(EPS).pow(alpha).clamp_min(1e-4)
+def awq_candidate(mean_abs: torch.Tensor, alpha: float, w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """`mean|x|^alpha` (or, with `w_mean`, AutoAWQ's "duo" form `mean|x|^alpha / w_mean^(1-alpha)`),
+    normalised to a geometric mean of its extremes of 1 and rounded to float16 (the dtype an input
+    scale is stored in), as the reference implementations form it."""
+    s = mean_abs.float().clamp_min(EPS).pow(alpha)
+    if w_mean is not None:
+        s = s / (w_mean.float().to(s.device).pow(1.0 - alpha) + 1e-4)
+    s = s.clamp_min(1e-4)
     s = s / (s.max() * s.min()).sqrt()
     return s.half().float().clamp_min(float(torch.finfo(torch.float16).tiny))
 
 
+def weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Per input channel, the mean over all rows of |w| relative to its group's maximum (AutoAWQ's
+    `w_mean` for duo scaling)."""
+    w = torch.cat([v.detach().float() for v in weights])
+    rows, cols = w.shape
+    wg = w.abs().reshape(rows, cols // group_size, group_size)
+    return (wg / (wg.amax(-1, keepdim=True) + 1e-6)).reshape(rows, cols).mean(0)
+
+
 def search_scales(weights: list[torch.Tensor], hessian: torch.Tensor, mean_abs: torch.Tensor,
-                  fake_quant: Callable[[torch.Tensor], torch.Tensor], grid: int = 20
-                  ) -> tuple[torch.Tensor, float]:
+                  fake_quant: Callable[[torch.Tensor], torch.Tensor], grid: int = 20,
+                  w_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """(scales, alpha) minimising the summed output error of `weights` (each rows x cols, one input)
-    after `fake_quant(W * s) / s`, over `alpha` in 0, 1/grid, ..., (grid-1)/grid. `alpha = 0` is
-    plain round-to-nearest (all scales 1), so the result is never worse than it on this objective.
+    after `fake_quant(W * s) / s`, over `alpha` in 0, 1/grid, ..., (grid-1)/grid of `awq_candidate`
+    (with `w_mean`, the duo form's candidates are tried too). `alpha = 0` without `w_mean` is plain
+    round-to-nearest (all scales 1), so the result is never worse than it on this objective.
 
     >>> s, alpha = search_scales([w], h, x.abs().mean(0), lambda v: rtn_quantize(v, 4).dequantize())
     """
     if grid < 1:
         raise ValueError(f"grid must be a positive integer, got {grid}")
     h = hessian.float()
+    ws = [w.detach().float() for w in weights]
+    candidates = [(0.0, torch.ones_like(mean_abs, dtype=torch.float32))]
+    candidates += [(i / grid, awq_candidate(mean_abs, i / grid)) for i in range(1, grid)]
+    if w_mean is not None:
+        candidates += [(i / grid, awq_candidate(mean_abs, i / grid, w_mean)) for i in range(grid)]
     best: tuple[float, torch.Tensor, float] | None = None
-    for i in range(grid):
-        alpha = i / grid
-        s = awq_candidate(mean_abs, alpha) if i else torch.ones_like(mean_abs, dtype=torch.float32)
-        err = 0.0
-        for w in weights:
-            w = w.detach().float()
-            err += output_error(fake_quant(w * s) / s - w, h)
+    for alpha, s in candidates:
+        err = sum(output_error(fake_quant(w * s) / s - w, h) for w in ws)
         if best is None or err < best[0]:
             best = (err, s, alpha)
     assert best is not None

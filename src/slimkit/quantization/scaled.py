@@ -34,7 +34,14 @@ from slimkit.nn.input_scale import with_input_scale
 from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
 from slimkit.nn.quant_math import Granularity, check_calibration, rtn_quantize
 from slimkit.quantization.api import ComputeDtype, _embedding_factory, _WeightQuant, set_compute_dtype
-from slimkit.quantization.awq import apply_clip, scaled_hessian, search_clip, search_scales, smooth_scales
+from slimkit.quantization.awq import (
+    apply_clip,
+    scaled_hessian,
+    search_clip,
+    search_scales,
+    smooth_scales,
+    weight_mean,
+)
 from slimkit.quantization.convert import convert, log, note_skipped, select_targets
 from slimkit.quantization.fold import FoldFinder, fold_into, scale_columns
 
@@ -117,7 +124,8 @@ def _apply(cfg: AWQConfig | SmoothQuantConfig, model: nn.Module, task: Task | No
 @register_method
 class AWQConfig(_WeightQuant):
     """Activation-aware weight quantization (AWQ, arXiv 2306.00978): per-input-channel scales chosen on
-    calibration activations (`grid` exponents of mean |x|), folded or kept as an input scale, optional
+    calibration activations (`grid` exponents of mean |x|, and with `duo_scaling` also of mean |x| over
+    the weights' relative mean magnitude, as AutoAWQ does), folded or kept as an input scale, optional
     per-group clipping search (`clip`), then group-wise round-to-nearest of the scaled weights.
 
     Calibration layers the forward never reaches fall back to round-to-nearest (reported)."""
@@ -130,6 +138,7 @@ class AWQConfig(_WeightQuant):
     symmetric: bool = False
     group_size: int = 128
     grid: int = 20
+    duo_scaling: bool = False
     clip: bool = True
     max_shrink: float = 0.5
     samples: int = 128
@@ -166,8 +175,10 @@ class AWQConfig(_WeightQuant):
 
     def _choose(self, model: nn.Module, stage: list[str], stats: dict) -> torch.Tensor:
         layers = [model.get_submodule(n) for n in stage]
-        s, _alpha = search_scales([m.weight for m in layers], hessian_value(stats[stage[0]]),
-                                  channel_stats(stats[stage[0]])["mean_abs"], self._fake(layers[0]), self.grid)
+        weights = [m.weight for m in layers]
+        w_mean = weight_mean(weights, self._layout(layers[0])[1]) if self.duo_scaling else None
+        s, _alpha = search_scales(weights, hessian_value(stats[stage[0]]), channel_stats(stats[stage[0]])["mean_abs"],
+                                  self._fake(layers[0]), self.grid, w_mean)
         return s
 
     def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
