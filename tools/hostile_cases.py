@@ -279,10 +279,12 @@ def cases(work: Path) -> list[Case]:
         note="loaded; the 16 MB checkpoint it names is not read", check=_not_read(victim)))
 
     # inputs that change while read
-    ck = _checkpoint(work / "ck.safetensors")
+    streamed = work / "streamed"        # a folder of its own: cases run in parallel, so the leftover
+    streamed.mkdir()                    # check must not see another case's files
+    ck = _checkpoint(streamed / "ck.safetensors")
     size = ck.stat().st_size
-    out.append(Case("read: streamed input truncated", driver(TRUNCATE_STREAM, str(ck), str(work / "streamed.slim")),
-                    check=_leftovers(work, {p.name for p in work.iterdir()}), input_bytes=size))
+    out.append(Case("read: streamed input truncated", driver(TRUNCATE_STREAM, str(ck), str(streamed / "out.slim")),
+                    check=_leftovers(streamed, {p.name for p in streamed.iterdir()}), input_bytes=size))
     out.append(Case("read: small file truncated, lazy", driver(TRUNCATE_LAZY, str(work / "small.slim"))))
     return out
 
