@@ -17,6 +17,7 @@ from llm_models import (
     one_thread,  # noqa: F401  (fixture)
     output_mse,
 )
+from slimkit.dist.calibration import hessian_stages
 from slimkit.io.sizing import Plan, estimate_stage, file_size
 from slimkit.nn.input_scale import InputScale
 from slimkit.nn.kernels import kernel_mode
@@ -24,6 +25,7 @@ from slimkit.nn.quant_linear import Int8Linear, QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
 from slimkit.quantization.awq import search_clip, search_scales, smooth_scales, weight_mean
 from slimkit.quantization.fold import FoldFinder
+from slimkit.quantization.scaled import ScaleRun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,6 +73,21 @@ def test_scales_fold_into_norms_and_linears_else_stay_in_front():
     mlp_model, _, mlp_task = case("mlp")
     sk.quantize_(mlp_model, sk.SmoothQuantConfig(samples=32), data=mlp_task)
     assert all(type(getattr(mlp_model, f)) is Int8Linear for f in ("fc1", "fc2", "fc3"))   # norm, ReLU folds
+
+
+@pytest.mark.parametrize("method", ["awq", "smoothquant"])
+def test_scaled_stages_keep_the_float_model_until_quantized(method):
+    """Later stages calibrate on the float function: kept scales wait for quantization."""
+    model, reference, task = case("llama")
+    config = sk.AWQConfig(bits=4, group_size=64, samples=16) if method == "awq" else sk.SmoothQuantConfig(samples=16)
+    run, finder = ScaleRun(model, config), FoldFinder.for_task(model, task)
+    linears, _, _ = config._targets(model, None)
+    for stage, stats in hessian_stages(model, task, task.calibration(16), linears, hessian=config._needs_hessian):
+        run.stage(stage, stats, finder)
+    assert run.folded and any(s is not None for s in run.kept.values())     # o_proj keeps its scales
+    with torch.no_grad():
+        batch = task.held_out()[0]
+        torch.testing.assert_close(task.forward(model, batch), task.forward(reference, batch), rtol=1e-4, atol=1e-4)
 
 
 class GeluMLP(nn.Module):

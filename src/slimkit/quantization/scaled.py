@@ -71,19 +71,29 @@ class ScaleRun:
         target = None if s is None else finder.find(stage)
         if s is not None and target is None and self.cfg.fold_only:
             s = None
-        if target is not None:
+        if target is not None:       # folded: the model computes the same function from now on
             fold_into(self.model.get_submodule(target), s)
             self.folded[stage[0]] = target
-        for name in stage:
-            if s is not None:
+            for name in stage:
                 scale_columns(self.model.get_submodule(name), s)
+        for name in stage:           # kept: columns scaled when quantized, so later stages see the float model
             self.kept[name] = None if target is not None else s
-        self.cfg._after(self, stage, stats, s)
+        weights = {n: self.scaled_weight(n) for n in stage}
+        self.cfg._after(self, stage, stats, s, weights)
+
+    def scaled_weight(self, name: str) -> torch.Tensor:
+        """Layer `name`'s weight as it will be quantized: with its kept scales applied to the columns."""
+        weight = self.model.get_submodule(name).weight
+        s = self.kept.get(name)
+        return weight if s is None else weight * s.to(weight.device, weight.dtype)[None, :]
 
     def quantize(self, names: list[str]) -> int:
         """Quantize the Linears `names`: scaled ones by the method, the others (not reached by
         calibration) plainly. Returns how many were scaled."""
         reached = [n for n in names if n in self.kept]
+        for name in reached:
+            if self.kept[name] is not None:
+                scale_columns(self.model.get_submodule(name), self.kept[name])
         self.cfg._quantize(self, [(n, self.model.get_submodule(n)) for n in reached])
         rest = [(n, self.model.get_submodule(n)) for n in names if n not in self.kept]
         if rest:
@@ -181,16 +191,16 @@ class AWQConfig(_WeightQuant):
                                   self._fake(layers[0]), self.grid, w_mean)
         return s
 
-    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
+    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None,
+               weights: dict[str, torch.Tensor]) -> None:
         """The clipping search, on the scaled weights and the Hessian of the scaled inputs."""
         if not self.clip or self.granularity is Granularity.TENSOR:
             return
         h = hessian_value(stats[stage[0]])
         h = h if s is None else scaled_hessian(h, s)
         for name in stage:
-            m = run.model.get_submodule(name)
-            run.ratios[name] = search_clip(m.weight, h, self.bits, self.symmetric, self._layout(m)[1],
-                                           self.grid, self.max_shrink)
+            run.ratios[name] = search_clip(weights[name], h, self.bits, self.symmetric,
+                                           self._layout(run.model.get_submodule(name))[1], self.grid, self.max_shrink)
 
     def _quantize(self, run: ScaleRun, layers: list[tuple[str, nn.Module]]) -> None:
         def make(name: str, layer: nn.Module) -> nn.Module:
@@ -265,7 +275,8 @@ class SmoothQuantConfig(MethodConfig):
         weights = [model.get_submodule(n).weight for n in stage]
         return smooth_scales(channel_stats(stats[stage[0]])["amax"], weights, self.alpha)
 
-    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None) -> None:
+    def _after(self, run: ScaleRun, stage: list[str], stats: dict, s: torch.Tensor | None,
+               weights: dict[str, torch.Tensor]) -> None:
         """Nothing after scaling."""
 
     def _quantize(self, run: ScaleRun, layers: list[tuple[str, nn.Module]]) -> None:
