@@ -68,8 +68,9 @@ def pareto_figure(points: list[dict], baseline: dict, max_drop: float, best: int
         pad = max(0.3, 0.06 * (high - low))
         ax.set_ylim(low - pad, high + pad)
         _readable_x(ax, [p[cost] for p in pts] + ([base_cost] if base_cost is not None else []), cost == "bytes")
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()      # one legend below both panels: it hides no point
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
