@@ -134,7 +134,7 @@ def _apply(cfg: AWQConfig | SmoothQuantConfig, model: nn.Module, task: Task | No
 @register_method
 class AWQConfig(_WeightQuant):
     """Activation-aware weight quantization (AWQ, arXiv 2306.00978): per-input-channel scales chosen on
-    calibration activations (`grid` exponents of mean |x|, and with `duo_scaling` also of mean |x| over
+    calibration activations (`grid` exponents of mean |x|, and with `duo_scaling` (default) also of mean |x| over
     the weights' relative mean magnitude, as AutoAWQ does), folded or kept as an input scale, optional
     per-group clipping search (`clip`), then group-wise round-to-nearest of the scaled weights.
 
@@ -148,7 +148,7 @@ class AWQConfig(_WeightQuant):
     symmetric: bool = False
     group_size: int = 128
     grid: int = 20
-    duo_scaling: bool = False
+    duo_scaling: bool = True
     clip: bool = True
     max_shrink: float = 0.5
     samples: int = 128
