@@ -258,10 +258,14 @@ def plan_blocks(stages: list[list[str]], blocks: list[str]) -> tuple[list, dict[
 
 
 def hessian_stages(model: nn.Module, task: Task, batches: list[Batch], names: list[str],
-                   blockwise: bool = True, hessian: bool = True) -> Iterator[tuple[list[str], dict[str, dict]]]:
+                   blockwise: bool = True, hessian: bool = True, together: bool = False
+                   ) -> Iterator[tuple[list[str], dict[str, dict]]]:
     """(stage, input accumulators) for the target layers `names`, in execution order. The caller
     must replace or edit the stage's layers before taking the next stage. `hessian=False` leaves
-    out the cols x cols sums (a method that needs per-channel statistics only).
+    out the cols x cols sums (a method that needs per-channel statistics only). With `together`,
+    the stages inside one block are calibrated by one pass over its cached inputs, before any of
+    them is changed (as the AWQ, Wanda and SparseGPT reference implementations do; each block
+    still sees the blocks before it changed): one block pass instead of one per stage.
 
     Layers the forward never reaches are in no stage (callers fall back to a data-free method).
     With `blockwise` and a model whose repeated blocks form a chain, stages inside the blocks are
@@ -291,7 +295,12 @@ def hessian_stages(model: nn.Module, task: Task, batches: list[Batch], names: li
             yield stage, full(stage)
         return
     for index, (_name, block) in enumerate(chain.blocks()):
-        for stage in per_block.get(index, []):
+        if together:
+            layers = [n for stage in per_block.get(index, []) for n in stage]
+            stats = accumulate(model, layers, chain.passes(block), not reused & set(layers), hessian) if layers else {}
+            for stage in per_block.get(index, []):
+                yield stage, {n: stats[n] for n in stage if n in stats}
+        for stage in per_block.get(index, []) if not together else []:
             yield stage, accumulate(model, stage, chain.passes(block), not reused & set(stage), hessian)
         if index < max(per_block):
             chain.advance(block)

@@ -5,10 +5,12 @@ in `slimkit.pruning.sparsegpt`).
 >>> sk.prune_(model, sk.WandaConfig(sparsity=0.5), data=task)          # 50% unstructured
 >>> sk.prune_(model, sk.SparseGPTConfig(n=2, m=4), data=task)          # 2:4
 
-Both run stage by stage on calibration data (`slimkit.dist.calibration`; block by block on a
-transformer), each layer pruned before the next one is calibrated, so later layers see the pruned
-earlier ones. Linear and Conv2d layers (a conv's weight as out x in*kh*kw, its inputs as im2col
-patches); layers the calibration never reaches are pruned by magnitude with the same pattern
+Both run on calibration data (`slimkit.dist.calibration`) block by block on a transformer, as the
+reference implementations do: a block's layers are calibrated by one pass over its inputs, pruned,
+and the pruned block makes the next block's inputs, so later blocks see the pruned earlier ones
+(elsewhere stage by stage, each stage pruned before the next one is calibrated). Linear and Conv2d
+layers (a conv's weight as out x in*kh*kw, its inputs as im2col patches); layers the calibration never
+reaches are pruned by magnitude with the same pattern
 (reported). The zeros are stored through the `sparse` codec (N:M patterns get its compact `nm`
 index), the kept values as `value_dtype` (float16 by default, rounded in memory the same way).
 No fine-tuning: these methods are made to need none.
@@ -111,7 +113,7 @@ class _CalibratedPruning(MethodConfig):
         model.eval()
         masks: dict[str, torch.Tensor] = {}
         hessian = type(self)._needs_hessian
-        for stage, stats in hessian_stages(model, task, batches, list(modules), hessian=hessian):
+        for stage, stats in hessian_stages(model, task, batches, list(modules), hessian=hessian, together=True):
             for name in stage:
                 if name in stats:
                     masks[name] = self._prune(modules[name], stats[name])

@@ -1,9 +1,9 @@
 """Wanda and SparseGPT block by block from disk (`slimkit.stream.layerwise`): the steps of
 `slimkit.pruning.calibrated`, one transformer block loaded at a time.
 
-For each block, in order: each stage (Linears reading one input) is calibrated on the block's cached
-inputs and pruned in place; the pruned block then makes the next block's inputs (as in memory, where
-later layers see the pruned earlier ones), and its pruned weights get the `sparse` codec. Linears
+For each block, in order: its layers are calibrated by one pass over the block's cached inputs and
+pruned in place; the pruned block then makes the next block's inputs (as in memory, where later
+blocks see the pruned earlier ones), and its pruned weights get the `sparse` codec. Linears
 outside the blocks (an untied LM head) are pruned by magnitude with the same pattern: calibrating
 them needs the whole model.
 
@@ -60,12 +60,12 @@ class CalibratedPruneWorker:
 
     def block(self, name: str, block: nn.Module, chain, stages: list, advance: bool) -> None:
         masks = {}
-        for stage in stages:
-            stats = accumulate(self.model, stage, chain.passes(block), not self.reused & set(stage),
-                               self.cfg._needs_hessian)
-            for layer in stage:
-                if layer in stats:
-                    masks[layer] = self.cfg._prune(self.model.get_submodule(layer), stats[layer])
+        layers = [n for stage in stages for n in stage]     # one pass for the block's layers, as in memory
+        stats = accumulate(self.model, layers, chain.passes(block), not self.reused & set(layers),
+                           self.cfg._needs_hessian) if layers else {}
+        for layer in layers:
+            if layer in stats:
+                masks[layer] = self.cfg._prune(self.model.get_submodule(layer), stats[layer])
         step(chain, block, advance)     # the pruned (not yet rounded) block makes the next block's inputs
         rest = [n for n in self.targets if inside(n, [name]) and n not in masks]
         masks |= {n: self.cfg.magnitude_mask(self.model.get_submodule(n)) for n in rest}

@@ -5,10 +5,11 @@
 >>> sk.quantize_(model, sk.SmoothQuantConfig(alpha=0.5), data=task)
 
 Both run stage by stage on calibration data (`slimkit.dist.calibration`; block by block on a
-transformer): a stage's input statistics give per-input-channel scales `s` (`slimkit.quantization.awq`),
-the stage's weight columns are multiplied by `s` and its inputs divided by it, folded into the op
-that makes them where that is exact (`slimkit.quantization.fold`), else kept in front of each layer
-(`slimkit.nn.input_scale`, `fold_only: true` leaves such stages unscaled instead). The float function
+transformer, each block's stages calibrated by one pass): a stage's input statistics give
+per-input-channel scales `s` (`slimkit.quantization.awq`), the stage's weight columns are multiplied
+by `s` and its inputs divided by it, folded into the op that makes them where that is exact
+(`slimkit.quantization.fold`), else kept in front of each layer (`slimkit.nn.input_scale`,
+`fold_only: true` leaves such stages unscaled instead). The float function
 is unchanged, so every stage's statistics come from the float model; the layers are quantized once all
 stages are scaled: AWQ by group-wise round-to-nearest of the scaled (and clipped) weights into
 `QuantLinear`, SmoothQuant into `Int8Linear` (per-channel int8 weights, dynamic per-token int8
@@ -121,7 +122,7 @@ def _apply(cfg: AWQConfig | SmoothQuantConfig, model: nn.Module, task: Task | No
     model.eval()
     run = ScaleRun(model, cfg)
     finder = FoldFinder.for_task(model, task)
-    for stage, stats in hessian_stages(model, task, batches, linears, hessian=cfg._needs_hessian):
+    for stage, stats in hessian_stages(model, task, batches, linears, hessian=cfg._needs_hessian, together=True):
         run.stage(stage, stats, finder)
     run.report()
     run.quantize(linears)

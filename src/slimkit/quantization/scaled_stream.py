@@ -1,8 +1,8 @@
 """AWQ and SmoothQuant block by block from disk (`slimkit.stream.layerwise`): the steps of
 `slimkit.quantization.scaled`, one transformer block loaded at a time.
 
-For each block, in order: its stages (Linears reading one input) are calibrated on the block's cached
-inputs, scaled and folded (`ScaleRun.stage`; folds are found and checked on the block alone, run on
+For each block, in order: its stages (Linears reading one input) are calibrated by one pass over the
+block's cached inputs, scaled and folded (`ScaleRun.stage`; folds are found and checked on the block alone, run on
 one cached input, so a fold never reaches outside the block); the scaled, still float block then
 makes the next block's inputs (as in memory, where every stage's statistics come from the float
 model); then its Linears are quantized. Linears outside the blocks (an untied LM head) are quantized
@@ -55,9 +55,10 @@ class ScaledWorker:
     def block(self, name: str, block: nn.Module, chain, stages: list, advance: bool) -> None:
         call = chain.calls[0]
         finder = FoldFinder(self.model, lambda: block(*call.args, **call.kwargs))
+        layers = [n for stage in stages for n in stage]     # one pass for the block's stages, as in memory
+        stats = accumulate(self.model, layers, chain.passes(block), not self.reused & set(layers),
+                           self.cfg._needs_hessian) if layers else {}
         for stage in stages:
-            stats = accumulate(self.model, stage, chain.passes(block), not self.reused & set(stage),
-                               self.cfg._needs_hessian)
             self.run.stage(stage, stats, finder)
         step(chain, block, advance)
         names = [n for n in self.targets if inside(n, [name])]
