@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +215,35 @@ def test_search_a_model_of_your_own_writes_best_slim(monkeypatch, capsys, tmp_pa
     assert code == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["best"]["ratio"] > 2.5 and (tmp_path / "s" / "best.slim").is_file()
+
+    # each front candidate's reproduce line names your model and data as you did, and it runs
+    front = json.loads((tmp_path / "s" / "pareto.json").read_text())["front"]
+    commands = [p["command"] for p in front]
+    assert commands and all(c.startswith(f"slimkit compress {model} --data {data} --recipe ") for c in commands)
+    args = shlex.split(commands[0])[1:]
+    code, _, err = cli(monkeypatch, capsys, "-q", *args)
+    assert code == 0, err
+    assert Path(args[args.index("--out") + 1]).is_file()
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_stream_with_a_model_of_your_own_is_refused_not_ignored(monkeypatch, capsys, tmp_path, refs, with_data):
+    model, data = refs
+    target = model if not with_data else "builtin:lenet-300-100"
+    out = tmp_path / "s.slim"
+    code, _, err = cli(monkeypatch, capsys, "-q", "compress", target, "--data", data, "--recipe", "int8",
+                       "--out", str(out), "--stream")
+    assert code == 2 and err.count("\n") == 1 and "--stream" in err and "drop" in err, err
+    assert not out.exists()
+
+
+def test_python_warnings_print_as_one_clean_line(monkeypatch, capsys):
+    import warnings
+
+    from slimkit.cli import main
+
+    monkeypatch.setattr(main, "_run", lambda: warnings.warn("layer \x1b[31mfc1\nlost  points", UserWarning,
+                                                            stacklevel=1))
+    main.run()
+    err = capsys.readouterr().err
+    assert err == "warning: layer \\x1b[31mfc1 lost points\n"

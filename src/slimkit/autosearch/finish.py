@@ -132,12 +132,15 @@ def prepare_finish(folder: Path, net: nn.Module, task, state: dict) -> Prepared:
     return Prepared(max(estimate, state.get("finish_s", 0.0)), apoz)
 
 
-def reproduce_command(model: str, recipe: Path, out: Path) -> str:
-    """The shell command (or, for a module given in Python, the Python line) that reruns `recipe`."""
-    if model.startswith("{"):
+def reproduce_command(model: str | list[str], recipe: Path, out: Path) -> str:
+    """The shell command (or, for a module given in Python, the Python line) that reruns `recipe`.
+    `model` is the reference, or the command line's model arguments (`["m.py:build", "--data", "d.py:data"]`)."""
+    args = [model] if isinstance(model, str) else list(model)
+    if args[0].startswith("{"):
         return (f"sk.save(sk.run_recipe(model, sk.load_recipe({str(recipe)!r}), data=data, metric=metric), "
                 f"{str(out)!r})")
-    return f"slimkit compress {shlex.quote(model)} --recipe {shlex.quote(str(recipe))} --out {shlex.quote(str(out))}"
+    named = " ".join(shlex.quote(a) for a in args)
+    return f"slimkit compress {named} --recipe {shlex.quote(str(recipe))} --out {shlex.quote(str(out))}"
 
 
 def _reproducible(folder: Path, state: dict, point: dict) -> None:
@@ -150,7 +153,7 @@ def _reproducible(folder: Path, state: dict, point: dict) -> None:
                                                   f"{point['ratio']}x, validation {-point['drop_pts']:+.2f} pt")
     point["recipe"] = str(recipe)
     point["file"] = str(folder / point["path"]) if point.get("path") else None
-    point["command"] = reproduce_command(state["model"], recipe, folder / f"rerun-{n:04d}.slim")
+    point["command"] = reproduce_command(state.get("command") or state["model"], recipe, folder / f"rerun-{n:04d}.slim")
 
 
 def _describe(state: dict, final: dict) -> str:

@@ -87,7 +87,7 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
            max_trials: int | None = None, seed: int = 0, effort: float = 1.0,
            on_trial: Callable[[Progress], None] | None = None,
            certification: Certification | None = None, methods: list[str] | None = None, *,
-           data: object = None, metric: Metric | None = None) -> SearchResult:
+           data: object = None, metric: Metric | None = None, command: list[str] | None = None) -> SearchResult:
     """Search recipes for `model` (a builtin name like "builtin:lenet-300-100", a HF folder, or a
     model from `sk.zoo.load`); keep the smallest artifact whose held-out score is at most
     `max_drop` points below the original's. Writes best.slim, best.yaml, pareto.json, report.html
@@ -108,6 +108,8 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
     (`MethodConfig.search_choices`); by default builtin models get their curated space.
     `data` / `metric` score a model of your own (`slimkit.core.user_task.task_from`: a DataLoader or
     batches, and `metric(model) -> float`; candidates are chosen on a held-back fifth of the data).
+    `command`: how the model (and its data) were named on the command line (e.g. `["model.py:build",
+    "--data", "data.py:data"]`), so each front candidate's reproduce line is a `slimkit compress` command.
 
     >>> r = search("builtin:lenet-300-100", max_drop=0.5, out="runs/s", budget="10m")
     >>> r.best["bytes"], r.best["test_score"], r.certified, r.reason
@@ -135,6 +137,8 @@ def search(model: str | nn.Module, max_drop: float, out: str | Path, budget: str
         where = cv.describe()
     if state is None:
         state = _new_state(net, ref, work, score, where, plan.budget_s, methods)
+        if command:
+            state["command"] = [str(a) for a in command]
     elif state.get("methods") != (None if methods is None else list(methods)):
         raise SlimError(f"{folder} holds a search over methods {state.get('methods') or 'of the curated space'}; "
                         "use another --out to search other methods")

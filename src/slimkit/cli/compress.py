@@ -8,6 +8,7 @@ import typer
 
 from slimkit.cli import common, user_ref
 from slimkit.cli.compress_stream import layerwise_cmd, pickled_cmd, stream_cmd
+from slimkit.core.errors import SlimError
 from slimkit.core.provenance import base_of
 from slimkit.dist.collectives import init
 from slimkit.pipeline.compress import EXIT_OVER_BUDGET, RunOptions, compress, over_budget_line
@@ -42,6 +43,11 @@ def compress_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP),
     inputs = [model, recipe, *filter(None, (user_ref.reference_file(r) for r in (model, data or "")))]
     common.check_out_path(out, inputs, force)   # before any work; the rename checks again
 
+    if stream and user_ref.is_reference(model):
+        raise SlimError(f"--stream reads a checkpoint or Hugging Face folder from disk; {model} is Python code "
+                        "that builds the model in memory: drop --stream")
+    if stream and data is not None:
+        raise SlimError("--stream calibrates on the model's own data; --data runs in memory: drop one of them")
     if user_ref.is_reference(model) or data is not None:   # your model and/or your data: in memory
         return _in_memory(model, data, recipe, out, force, as_json, keep_stages, trust_pickle, max_drop)
     if Path(model).suffix in PICKLE_SUFFIXES and Path(model).is_file():   # a bare state dict: tensor by tensor

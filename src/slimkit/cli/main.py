@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import warnings
 
 import typer
 
@@ -53,10 +54,24 @@ def _clean_logs() -> None:
         logger.addHandler(handler)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one clean line (`warning: ...`), not logging's file:line plus source."""
+    text = " ".join(str(message).split())
+    (file or sys.stderr).write(clean(f"warning: {text}") + "\n")
+
+
 def run() -> None:
     """Console-script entry point."""
 
     _clean_logs()
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
+    try:
+        _run()
+    finally:
+        warnings.showwarning = shown
+
+
+def _run() -> None:
     try:
         code = app(standalone_mode=False)   # typer.Exit(n) comes back as a return value here
         if isinstance(code, int) and code:

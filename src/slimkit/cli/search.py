@@ -53,7 +53,8 @@ def search_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP + "; a 
     with _Display(budget_s) as display:
         result = search(net, max_drop=max_drop, out=out, budget=budget_s, max_trials=trials, seed=seed,
                         effort=effort, on_trial=display.update, certification=certification,
-                        methods=list(method) if method else None, data=task)
+                        methods=list(method) if method else None, data=task,
+                        command=[model, "--data", data] if data is not None else [model])
     summary = {"out": str(out), "candidates": len(result.trials), "best": result.best,
                "certified": result.certified, "reason": result.reason,
                "front": len(result.front), "report": str(result.report) if result.report else None,
