@@ -76,7 +76,7 @@ def fallback(cols: int, granularity: Granularity | str, group_size: int | None) 
     if Granularity(granularity) is not Granularity.GROUP or group_size is None:
         return ""
     gran, size = layout(cols, granularity, group_size)
-    if gran is Granularity.GROUP and size == group_size:
+    if size == group_size:
         return ""
     why = "do not divide" if group_size < cols else "are not narrower than"
     return f" ({describe(gran, size)}: groups of {group_size} {why} {cols} inputs)"
@@ -96,7 +96,7 @@ def warn_fallbacks(method: str, group_size: int | None, layers: Iterable[tuple[s
     buckets: dict[tuple[str, int], list[str]] = defaultdict(list)
     for name, cols in layers:
         gran, size = layout(cols, Granularity.GROUP, group_size)
-        if gran is Granularity.GROUP and size == group_size:
+        if size == group_size:   # the group asked for (one group as wide as the layer is per-channel)
             continue
         chosen[name] = describe(gran, size)
         buckets[(chosen[name], cols)].append(name)

@@ -27,6 +27,7 @@ from slimkit.stream.checkpoint import Item, open_checkpoint
 from slimkit.stream.encode import BLOCK_BYTES, encode_item, known_layout
 from slimkit.stream.estimate import touched, untouched
 from slimkit.stream.global_cut import GlobalCut
+from slimkit.stream.hf_base import runnable_base
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
 
 M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
@@ -105,7 +106,8 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
         tensors: dict[str, TensorEntry] = {}
         counts: Counter[str] = Counter()
         done = 0
-        base = {"kind": "weights", "path": str(Path(label or source).resolve())}
+        base = runnable_base(source, [it.name for it in items]) or \
+            {"kind": "weights", "path": str(Path(label or source).resolve())}
         info = {"recipe": plan.name, "source": str(label or source), "streamed": True}
         cut = None
         if plan.sparsity is not None and plan.scope == "global" and plan.nm is None:   # pass 1 and 2: the threshold

@@ -26,7 +26,18 @@ from torch import nn
 from slimkit.core.errors import SlimError
 from slimkit.core.provenance import tag
 from slimkit.stream.checkpoint import Checkpoint, Item, open_checkpoint
-from slimkit.zoo.hf import ATTN_IMPLEMENTATION, check_folder, first_line, json_safe, linears_for_conv1d, quiet
+from slimkit.zoo.hf import (
+    ATTN_IMPLEMENTATION,
+    AUTO_CLASSES,
+    check_folder,
+    first_line,
+    head_of,
+    json_safe,
+    linears_for_conv1d,
+    quiet,
+    read_config,
+    tie_head,
+)
 
 META = torch.device("meta")
 
@@ -50,7 +61,8 @@ def params_on_meta() -> Iterator[None]:
 
 
 def build_skeleton(folder: str | os.PathLike) -> tuple[nn.Module, set[str]]:
-    """The `AutoModel` of a Hugging Face folder with its parameters on `meta`, built as
+    """The `AutoModel` (a causal LM: `AutoModelForCausalLM`, head included, a tied head as
+    `TiedLMHead`) of a Hugging Face folder with its parameters on `meta`, built as
     `slimkit.zoo.hf.load_hf_folder` builds it (fp32, eager attention, GPT-2 `Conv1D` -> Linear) and
     tagged with the same base, so the .slim file written from it loads with `slimkit.load`.
     Returns the model and the names of the modules that were `Conv1D` (their weights are stored
@@ -58,19 +70,20 @@ def build_skeleton(folder: str | os.PathLike) -> tuple[nn.Module, set[str]]:
     from transformers.pytorch_utils import Conv1D
 
     folder = check_folder(folder)
+    head = head_of(read_config(folder))   # a causal LM keeps its head, as `load_hf_folder` does
     with quiet() as transformers:
         try:
             config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
             with params_on_meta():
-                model = transformers.AutoModel.from_config(
+                model = getattr(transformers, AUTO_CLASSES[head]).from_config(
                     config, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=False)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise SlimError(f"cannot build the model in {str(folder)!r}: {first_line(exc)}") from None
     conv1d = {name for name, m in model.named_modules() if type(m) is Conv1D}
     with params_on_meta():
-        model = linears_for_conv1d(model).eval()
+        model = tie_head(linears_for_conv1d(model)).eval()
     base = {"kind": "hf", "path": str(folder), "config": json_safe(model.config.to_dict())}
-    return tag(model, base), conv1d
+    return tag(model, {**base, "head": head} if head else base), conv1d
 
 
 def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
