@@ -64,3 +64,24 @@ def test_one_named_method_is_always_used(lenet, digits_task):
 def test_bad_method_names_are_one_line_errors(lenet, digits_task, names, message):
     with pytest.raises(SlimError, match=message):
         RegisteredSpace(lenet, digits_task, names)
+
+
+def test_a_language_model_space_reaches_every_llm_grade_method():
+    """Issue 21: AWQ, SmoothQuant, GPTQ (group fallback per layer), Wanda and SparseGPT are all in
+    the space a causal LM gets, and every candidate drawn builds as a valid config."""
+    from llm_models import LlamaTask, tiny_llama
+    from slimkit.autosearch.run import space_for
+
+    model, task = tiny_llama(), LlamaTask()
+    space = space_for(model, task)
+    assert isinstance(space, RegisteredSpace)
+    study = _study()
+    seen = set()
+    for _ in range(120):
+        trial = study.ask()
+        for stage in space.suggest(trial):
+            seen.add(stage.method)
+            if stage.method == "gptq":
+                assert stage.bits in (3, 4) and stage.group_size in (32, 64, 128)
+        study.tell(trial, 0.0)
+    assert {"awq", "smoothquant", "gptq", "wanda", "sparsegpt"} <= seen

@@ -367,6 +367,14 @@ class GPTQConfig(_WeightQuant):
     def example(cls) -> GPTQConfig:
         return cls(bits=4, granularity=Granularity.CHANNEL, samples=64)
 
+    @classmethod
+    def search_choices(cls, trial: Any, model: nn.Module, task: Task | None) -> GPTQConfig | None:
+        """3 or 4 bits, groups of 32-128 (each layer falls back to a group dividing its inputs); needs data."""
+        if task is None or not any(type(m) is nn.Linear for m in model.modules()):
+            return None
+        return cls(bits=trial.suggest_int("gptq.bits", 3, 4), granularity=Granularity.GROUP,
+                   group_size=trial.suggest_categorical("gptq.group_size", [32, 64, 128]), samples=64)
+
 
 # Names before the `<Method>Config` scheme (CHANGELOG.md), kept so existing code runs unchanged.
 GPTQ = GPTQConfig
