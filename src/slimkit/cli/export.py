@@ -30,7 +30,7 @@ def export_cmd(model: str = typer.Argument(..., help=f"A .slim file, or {user_re
     inputs = [model, *filter(None, (user_ref.reference_file(r) for r in (model, data or "")))]
     common.check_out_path(onnx, inputs, force, flag="--onnx")
     with common.status(f"loading {model}"):
-        net, task = user_ref.model_and_task(model, data, need="exporting")
+        net, task = user_ref.model_and_task(model, data, need="exporting" if user_ref.is_reference(model) else None)
     with common.status("exporting and checking in ONNX Runtime"):
         report = export(net, onnx, task=task, integer=not plain_float, overwrite=force)
     if as_json:

@@ -30,10 +30,12 @@ from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import task_for
 from slimkit.export.onnx_codes import compact_weights
+from slimkit.export.onnx_lm import no_cache, token_examples
 from slimkit.export.onnx_qdq import quantize_graph
 from slimkit.io.runtimes import strip_runtime, torch_only
 from slimkit.io.safetensors_file import atomic_write
 from slimkit.nn.kernels import kernel_mode
+from slimkit.nn.tied_head import TiedLMHead, bind_tied_heads
 from slimkit.surgery.specs import MODULE_TYPES
 
 HF_OUTPUT = "last_hidden_state"
@@ -108,7 +110,8 @@ def rewrap(like: Any, tensor: torch.Tensor) -> Any:
 
 class OrtModule(nn.Module):
     """An ONNX Runtime session behind an `nn.Module` face: same keyword inputs as the torch model,
-    returns a tensor (classifiers) or an output with `.last_hidden_state` (encoders).
+    returns a tensor (classifiers), an output with `.last_hidden_state` (encoders) or with `.logits`
+    (causal LMs).
 
     `path` is an .onnx file or the serialized graph itself (bytes); `run_all(named)` returns every
     output of the graph as tensors, in order. `spin=False` makes ONNX Runtime's worker threads sleep
@@ -154,6 +157,10 @@ class OrtModule(nn.Module):
         named.update(kwargs)
         feed = {k: v.detach().cpu().numpy() for k, v in named.items() if k in self.feeds}
         out = torch.from_numpy(self.session.run(None, feed)[0])
+        if self.hf_output and self._outputs[0] == "logits":   # a causal LM's graph
+            from transformers.modeling_outputs import CausalLMOutput
+
+            return CausalLMOutput(logits=out)
         if self.hf_output:
             from transformers.modeling_outputs import BaseModelOutput
 
@@ -168,14 +175,15 @@ class _Export(nn.Module):
     """Positional-argument face of a keyword-driven model, returning only its main tensor (or,
     with `all_outputs`, every tensor of its output as a flat tuple: `flatten_output`)."""
 
-    def __init__(self, inner: nn.Module, keys: list[str], all_outputs: bool = False):
+    def __init__(self, inner: nn.Module, keys: list[str], all_outputs: bool = False, fixed: dict | None = None):
         super().__init__()
         self.inner = inner
         self.keys = keys
         self.all_outputs = all_outputs
+        self.fixed = fixed or {}
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.inner(**dict(zip(self.keys, args, strict=False)))
+        out = self.inner(**dict(zip(self.keys, args, strict=False)), **self.fixed)
         return tuple(flatten_output(out)[0]) if self.all_outputs else first_tensor(out)
 
 
@@ -189,9 +197,11 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: str | 
     (their first axis is the batch when its size is the example's batch, and so on for the sequence).
     `path` may be a binary file object (an `io.BytesIO`: no file on disk at all)."""
     keys = list(example)
+    fixed = no_cache(model) if not all_outputs else {}
     with torch.inference_mode():
-        out = model(**example)
+        out = model(**example, **fixed)
     hf_output = not isinstance(out, torch.Tensor)
+    logits = hf_output and isinstance(getattr(out, "logits", None), torch.Tensor)   # a causal LM: its logits
     axes: dict[str, dict[int, str]] = {}
     for key, t in example.items():
         axes[key] = {0: "batch"}
@@ -200,12 +210,12 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: str | 
     if all_outputs:
         names = _output_axes(flatten_output(out)[0], example, axes)
     else:
-        names = [HF_OUTPUT if hf_output else "logits"]
+        names = [HF_OUTPUT if hf_output and not logits else "logits"]
         axes[names[0]] = {0: "batch", 1: "sequence"} if hf_output else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         target = path if hasattr(path, "write") else str(path)
-        torch.onnx.export(_Export(model, keys, all_outputs).eval(), tuple(example.values()), target,
+        torch.onnx.export(_Export(model, keys, all_outputs, fixed).eval(), tuple(example.values()), target,
                           dynamo=False, opset_version=17, input_names=keys, output_names=names,
                           dynamic_axes=axes, do_constant_folding=True, external_data=False,
                           training=torch.onnx.TrainingMode.PRESERVE if keep_norms else torch.onnx.TrainingMode.EVAL)
@@ -235,12 +245,12 @@ def float_copy(model: nn.Module) -> nn.Module:
 
     out = strip_runtime(copy.deepcopy(model)).eval()
     for name, module in list(out.named_modules()):
-        if not name or getattr(type(module), "slim_type", None) not in MODULE_TYPES:
-            continue
+        if not name or getattr(type(module), "slim_type", None) not in MODULE_TYPES or isinstance(module, TiedLMHead):
+            continue   # a tied head reads the (now plain) embedding: one weight in the graph
         plain = _plain(module)
         parent_name, _, child = name.rpartition(".")
         setattr(out.get_submodule(parent_name) if parent_name else out, child, plain)
-    return out
+    return bind_tied_heads(out)
 
 
 @torch.no_grad()
@@ -286,9 +296,10 @@ def export(model: nn.Module, path: str | os.PathLike, task: Any = None, integer:
 
     require("onnx", "onnx", "ONNX export")
     require("onnxruntime", "onnx", "ONNX export")
-    task = task or task_for(model)
+    task = task or task_for(model) or token_examples(model)
     if task is None:
-        raise SlimError("ONNX export needs example inputs: use a builtin model or a .slim file made from one")
+        raise SlimError("ONNX export needs example inputs: use a builtin or Hugging Face model, or pass data= "
+                        "(--data file.py:NAME) for a model of your own")
     path = Path(path)
     plain = float_copy(model)
     try:   # exported in memory: no temporary file that a symlink could redirect or a crash leave behind

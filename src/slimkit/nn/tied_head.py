@@ -72,6 +72,8 @@ class TiedLMHead(nn.Module):
                 low = weight.detach().to(x.dtype)
                 self.__dict__["_low"] = (key, low)
             weight = low
+        if torch.onnx.is_in_onnx_export():   # E @ x^T: no transposed copy of the table folded into the graph
+            return torch.matmul(weight, x.transpose(-1, -2)).transpose(-1, -2)
         return F.linear(x, weight)
 
     def extra_repr(self) -> str:
