@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.manifest import METADATA_KEY, Manifest
+from slimkit.io.manifest import MAX_DIM, MAX_RANK, METADATA_KEY, Manifest
 from slimkit.io.safetensors_file import (
     _CODES,
     _DTYPES,
@@ -176,8 +176,8 @@ class StoredArrays:
                 raise SlimFormatError(f"{where}: packed entry {name!r} is malformed")
             code, shape, offset = item
             nbytes = math.prod(shape) * np.dtype(_DTYPES[code]).itemsize if (
-                isinstance(code, str) and code in _DTYPES and isinstance(shape, list)
-                and all(type(d) is int and d >= 0 for d in shape)) else -1
+                isinstance(code, str) and code in _DTYPES and isinstance(shape, list) and len(shape) <= MAX_RANK
+                and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)) else -1
             entry = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + max(nbytes, 0)]}
             check_entry(name, entry, size, where)
             if offset % np.dtype(_DTYPES[code]).itemsize:

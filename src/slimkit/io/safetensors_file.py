@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.core.text import clean
+from slimkit.io.manifest import MAX_RANK
 
 MAX_HEADER = 64 * 1024 * 1024
 
@@ -284,7 +286,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
         raise SlimFormatError(f"{name}: header length {n} does not fit the file size {size}")
     try:
         header = json.loads(fh.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON, an int of > 4300 digits
         raise SlimFormatError(f"{name}: header is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise SlimFormatError(f"{name}: header is not a JSON object")
@@ -309,11 +311,12 @@ def check_entry(key: str, entry: object, data_len: int, name: str) -> None:
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise SlimFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
-        raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)):
+        raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {clean(shape, 80)}")
     if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
             or not 0 <= offs[0] <= offs[1] <= data_len):
-        raise SlimFormatError(f"{name}: tensor {key!r} lies outside the file (offsets {offs!r})")
+        raise SlimFormatError(f"{name}: tensor {key!r} lies outside the file (offsets {clean(offs, 80)})")
     if offs[1] - offs[0] != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
         raise SlimFormatError(f"{name}: tensor {key!r} byte count does not match its shape and dtype")
 
