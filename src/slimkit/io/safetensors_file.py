@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -159,14 +159,17 @@ class AtomicFile:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def commit(self) -> None:
+    def commit(self, verify: Callable[[Path], object] | None = None) -> None:
         """Set the mode from the umask, fsync, rename to `path` (or link, without `overwrite`),
-        fsync the folder."""
+        fsync the folder. `verify(temporary path)` runs on the finished file before it takes its
+        name: if it raises, nothing is renamed (and leaving the `with` block removes the file)."""
         try:
             os.fchmod(self.fd, 0o666 & ~umask())
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+            if verify is not None:
+                verify(self.tmp)
             if self.overwrite:
                 os.replace(self.tmp, self.path)
             else:
@@ -238,16 +241,17 @@ def _rename_noreplace(tmp: Path, path: Path) -> bool:
     raise OSError(err, os.strerror(err), str(path))
 
 
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], overwrite: bool = True) -> None:
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], overwrite: bool = True,
+                 verify: Callable[[Path], object] | None = None) -> None:
     """Write `chunks` to `path` via a unique temporary file in the same folder, fsync, then rename
     (`AtomicFile`; `overwrite=False`: SlimError if `path` exists when the file is complete). A
     crash at any moment leaves either the old file or the new one, never a partial file; `chunks`
-    may be a generator, so the content need never be whole in memory.
+    may be a generator, so the content need never be whole in memory. `verify`: see `AtomicFile.commit`.
     """
     with AtomicFile(path, overwrite) as f:
         for chunk in chunks:
             f.write(chunk)
-        f.commit()
+        f.commit(verify)
 
 
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> list[bytes | memoryview]:
