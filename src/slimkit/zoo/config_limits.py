@@ -58,6 +58,9 @@ def check_config(config: dict, tensors: int, where: str = "", max_bytes: int | N
     for key, value in _sizes(config, 0):
         if type(value) is not int or value < 1:
             raise SlimError(f"{where}the config's {key} must be a positive integer, got {str(value)[:40]!r}")
+    for key, value in _probabilities(config, 0):
+        if not 0 <= value <= 1:   # NaN too: torch checks a dropout's p at every forward, even in eval mode
+            raise SlimError(f"{where}the config's {key} must be a probability in [0, 1], got {value!r}")
     for key, value in _counts(config, 0):
         if value > tensors:
             raise SlimError(f"{where}the config asks for {value} {'experts' if 'expert' in key else 'layers'} "
@@ -72,6 +75,18 @@ def _sizes(config: dict, depth: int):
         if isinstance(value, dict):
             yield from _sizes(value, depth + 1)
         elif key in SIZE_KEYS and value is not None:
+            yield key, value
+
+
+def _probabilities(config: dict, depth: int):
+    """(key, value) of every number set for a dropout probability ("...dropout...", "..._prob")."""
+    if depth > MAX_DEPTH:
+        raise SlimFormatError("the config is nested too deeply")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _probabilities(value, depth + 1)
+        elif isinstance(key, str) and ("dropout" in key or key.endswith("_prob")) and \
+                isinstance(value, int | float) and not isinstance(value, bool):
             yield key, value
 
 

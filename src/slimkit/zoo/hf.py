@@ -73,8 +73,12 @@ def quiet() -> Iterator[ModuleType]:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The message's first line (with the next one when the first ends in ":", as transformers'
+    config validation writes "Validation error for field 'x':" then why)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def check_folder(path: str | Path) -> Path:
