@@ -83,6 +83,7 @@ def apply_edits(tree: Any, edits: list[Edit]) -> Any:
     """A copy of `tree` with `edits` applied in order; an edit whose path no longer exists is skipped."""
     tree = copy.deepcopy(tree)
     for path, value in edits:
+        value = value if value is DROP else copy.deepcopy(value)   # an edit's value may share the seed's nodes
         if not path:
             tree = value
             continue

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 COMMITTED = HERE / "corpus" / "seeds"
 COMMITTED_USED = ("lenet-300-100-int8", "lenet-300-100-deep-compression-named", "lenet-300-100-kmeans-huffman-legacy",
-                  "lenet5-int8-static", "user-bitpack", "weights-stream-int8", "lenet-300-100-structured")
+                  "lenet5-int8-static", "user-bitpack", "user-graph", "weights-stream-int8", "lenet-300-100-structured")
 
 # name -> [(method, options)], applied to `tiny_mlp` (the last two to `tiny_cnn`)
 TINY: dict[str, list[tuple[str, dict]]] = {

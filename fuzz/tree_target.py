@@ -8,8 +8,9 @@ that loads into more decoded bytes than its size allows, or a model left with un
   model's own task for a builtin or Hugging Face base (what `slimkit eval` runs), else on a small
   input sized from the first layer (an error there is counted as "forward", not a finding: the input
   was guessed, the file is not at fault);
-- "recipe": `load_recipe` then `check_recipe` on a tiny model (what `slimkit compress` does before
-  any work);
+- "recipe": `load_recipe`, `check_recipe` and `run_recipe` on a tiny model with labelled batches
+  (what `slimkit compress` does; a recipe still running after the time limit is "slow", not a finding:
+  `epochs: 100000` is slow by request);
 - "hf": `resolve(folder)` then one forward of a few tokens, as long as the config's positions allow.
 
 `tests/io/test_tree_corpus.py` replays `fuzz/corpus/tree/` through this function.
@@ -102,19 +103,32 @@ def guess_inputs(model: nn.Module) -> torch.Tensor | None:
     return None
 
 
-_MODEL: nn.Module | None = None
+PHASE = ""   # "apply" while a recipe runs: the worker counts running out of time there as "slow"
 
 
 def _recipe(path: Path) -> str:
-    from fuzz.tree_seeds import tiny_mlp
+    """Parse, check before any work, then run the recipe on a tiny model with a few labelled batches
+    (what `slimkit compress` does, on a model small enough that any sane recipe takes well under 10 s)."""
+    global PHASE
+    from fuzz.tree_seeds import MLP_INPUT, tiny_mlp
 
+    from slimkit.core.user_task import task_from
     from slimkit.pipeline.preflight import check_recipe
-    from slimkit.pipeline.recipes import load_recipe
+    from slimkit.pipeline.recipes import load_recipe, run_recipe
 
-    global _MODEL
     plan = load_recipe(str(path))
-    _MODEL = _MODEL or tiny_mlp()
-    check_recipe(_MODEL, plan, None)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, MLP_INPUT[1], generator=g), torch.randint(0, 8, (16,), generator=g)) for _ in range(4)]
+    model = tiny_mlp()
+    task = task_from(data, None, model)
+    check_recipe(model, plan, task)
+    PHASE = "apply"   # left set if the worker's CPU timer interrupts the run (it resets it per case)
+    try:
+        run_recipe(model, plan, task)
+    except Exception:
+        PHASE = ""
+        raise
+    PHASE = ""
     return "ok"
 
 
