@@ -121,3 +121,24 @@ def test_compare_tolerates_rounding_only():
         compare(y * float("nan"), y, "x")
     with pytest.raises(SlimError, match="other shapes"):
         compare(y[:2], y, "x")
+
+
+def test_the_cli_says_so_in_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    from cli_runner import cli
+
+    real = Palette.encode
+
+    def lossy(self, data, bits=None, **kw):
+        indices, side, params = real(self, data, bits, **kw)
+        indices = indices.copy()
+        indices[...] = 0                       # every weight of the layer, one centroid
+        return indices, side, params
+
+    monkeypatch.setattr(Palette, "encode", lossy)
+    out = tmp_path / "lenet.slim"
+    code, _, err = cli(monkeypatch, capsys, "-q", "compress", "builtin:lenet-300-100", "--recipe", "kmeans",
+                       "--out", str(out))
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("slimkit: error: ")
+    assert "does not compute what the compressed model computes" in err
+    assert _leftovers(tmp_path) == []
