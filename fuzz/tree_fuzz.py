@@ -108,8 +108,9 @@ def worker(seed_dir: str, master: int, time_limit: float) -> None:
     setup()
     seeds = parse_seeds(Path(seed_dir))
     vocab = vocabulary(seeds)
-    out = sys.stdout
-    sys.stdout = sys.stderr      # whatever the target prints must not reach the protocol
+    out = os.fdopen(os.dup(1), "w")   # the protocol; whatever the target prints (Python or C) goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     scratch = Path(tempfile.mkdtemp(prefix="slim-tree-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
     import slimkit  # noqa: F401 - everything a case needs, loaded before the address space is measured
     import slimkit.io.artifact  # noqa: F401
