@@ -127,7 +127,9 @@ def check_tree_fuzz(cases: int, seed: int) -> Result:
             print(f"  tree finding: {Path(line).name}", file=sys.stderr)
     outcomes = report["outcomes"]
     return report["findings"] == 0, (
-        f"{report['cases']} tree-mutated inputs (seed {seed}: {report['by_kind']}), {report['findings']} findings "
+        f"{report['cases']} tree-mutated inputs (seed {seed}: "
+        f"{', '.join(f'{sum(v.values())} {k}' for k, v in sorted(report['by_kind'].items()))}), "
+        f"{report['findings']} findings "
         f"({outcomes.get('refused', 0)} refused, {outcomes.get('ok', 0) + outcomes.get('forward', 0)} accepted; "
         f"worst case {report['peak_case_cpu_s']:.1f} s CPU, {report['peak_rss_mb']} MB)")
 
