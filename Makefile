@@ -52,6 +52,16 @@ fuzz: install
 	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) atheris
 	OMP_NUM_THREADS=1 $(PY) fuzz/fuzz_load.py --runs $(FUZZ_RUNS)
 
+# The structure-aware fuzzer (issue 22): .slim manifests, codec parameters, HF configs and YAML recipes
+# mutated as trees, each case run through the real loader in a worker (one per core), with its CPU time
+# and peak RSS bounded; findings are minimised into fuzz/corpus/tree/ (replayed by tests/io/test_tree_corpus.py).
+# TREE_CASES cases of run TREE_SEED (same seed, same cases).
+TREE_CASES ?= 100000
+TREE_SEED ?= 0
+.PHONY: fuzz-tree
+fuzz-tree: install
+	OMP_NUM_THREADS=1 $(PY) fuzz/tree_fuzz.py --cases $(TREE_CASES) --seed $(TREE_SEED)
+
 # Issues 8 and 22's safety targets in one table (pickles, fuzzing, kill -9 during save, ONNX parity,
 # one generated hostile input per class: tools/hostile_cases.py).
 # FUZZ_SEED fixes the mutator's seed (CI uses 0, so a CI run is reproducible); empty = the clock.

@@ -3,6 +3,9 @@
 - pickles executed: a malicious pickle (unpickling it would create a marker file) given to
   `slimkit compress` with and without `--trust-pickle`, and to `resolve(trust_pickle=True)`, is
   refused with a one-line error, and the marker never appears;
+- tree-fuzzed inputs: a short run (300 cases) of the structure-aware fuzzer (`fuzz/tree_fuzz.py`:
+  manifests, codec parameters, HF configs and recipes mutated as trees, in worker processes, each case
+  within 10 s of CPU and max(500 MB, 4x its size) of RSS), no finding;
 - fuzzed artifacts: N mutated seed artifacts (`fuzz/`, pure-Python structure-aware mutator, in
   process, data segment capped) all load or fail with a one-line `SlimFormatError`; the
   coverage-guided 100k-case atheris run is `make fuzz`;
@@ -18,6 +21,7 @@
     .venv/bin/python tools/check_safety.py                 # all checks (~3 min on 2 busy cores)
     .venv/bin/python tools/check_safety.py --fuzz-runs 20000 --kills 8
     .venv/bin/python tools/check_safety.py --only hostile  # the issue 22 rows alone
+    .venv/bin/python tools/check_safety.py --only tree --fuzz-seed 0   # the tree fuzzer's row alone
 """
 
 from __future__ import annotations
@@ -111,6 +115,23 @@ def check_fuzz(runs: int, seed: int) -> Result:
     return crashes == 0, (f"{report['runs']} fuzzed artifacts (seed {seed}), {crashes} crashes "
                           f"({report['rejected']} refused "
                           f"with SlimFormatError, {report['loaded']} loaded; peak RSS {report['max_rss_mb']} MB)")
+
+
+def check_tree_fuzz(cases: int, seed: int) -> Result:
+    """A short run of the structure-aware fuzzer (`fuzz/tree_fuzz.py`; `make fuzz-tree` runs 100k)."""
+    from fuzz.tree_fuzz import fuzz
+
+    with tempfile.TemporaryDirectory() as findings:
+        report = fuzz(cases, seed, corpus=Path(findings), quiet=True)
+        for line in report["saved"][:3]:
+            print(f"  tree finding: {Path(line).name}", file=sys.stderr)
+    outcomes = report["outcomes"]
+    return report["findings"] == 0, (
+        f"{report['cases']} tree-mutated inputs (seed {seed}: "
+        f"{', '.join(f'{sum(v.values())} {k}' for k, v in sorted(report['by_kind'].items()))}), "
+        f"{report['findings']} findings "
+        f"({outcomes.get('refused', 0)} refused, {outcomes.get('ok', 0) + outcomes.get('forward', 0)} accepted; "
+        f"worst case {report['peak_case_cpu_s']:.1f} s CPU, {report['peak_rss_mb']} MB)")
 
 
 WRITER = """
@@ -209,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="slimkit safety checks (issue 8)")
     parser.add_argument("--fuzz-runs", type=int, default=2000, help="mutated artifacts to load (default 2000)")
     parser.add_argument("--fuzz-seed", type=int, default=None, help="mutator seed (default: the clock)")
+    parser.add_argument("--tree-cases", type=int, default=300,
+                        help="structure-aware fuzz cases (.slim, recipes, HF configs; default 300)")
     parser.add_argument("--kills", type=int, default=3, help="kill -9 during save, how many times (default 3)")
-    parser.add_argument("--only", choices=["hostile"], default=None, help="run only these rows")
+    parser.add_argument("--only", choices=["hostile", "tree"], default=None, help="run only these rows")
     args = parser.parse_args(argv)
     import warnings
 
@@ -224,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         checks: list[tuple[str, Callable[[], Result]]] = [
             ("pickles executed", lambda: check_pickles(work)),
             ("fuzzed artifacts", lambda: check_fuzz(args.fuzz_runs, seed)),
+            ("tree-fuzzed inputs", lambda: check_tree_fuzz(args.tree_cases, seed)),
             ("kill -9 during save", lambda: check_kill(work, args.kills)),
             ("ONNX parity", lambda: check_onnx(work)),
         ]
         rows = []
-        for name, run in checks if args.only is None else []:
+        chosen = checks if args.only is None else [c for c in checks if args.only == "tree" and c[0].startswith("tree")]
+        for name, run in chosen:
             start = time.perf_counter()
             try:
                 ok, detail = run()
@@ -237,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, "PASS" if ok else "FAIL", f"{time.perf_counter() - start:.1f}s", detail))
             print(f"{name}: {rows[-1][1]} ({rows[-1][2]})", file=sys.stderr, flush=True)
         try:
-            rows += hostile_rows(work)
+            rows += hostile_rows(work) if args.only != "tree" else []
         except Exception as exc:  # noqa: BLE001 - cases that cannot even be built are a failed check
             rows.append(("hostile inputs", "FAIL", "-", f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
     width = max(len(r[0]) for r in rows)

@@ -281,7 +281,8 @@ def test_large_models_are_written_by_the_one_writer(tmp_path, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 10))   # ~1.5 MB
     used = []
     real = layout.SlimWriter.finish
-    monkeypatch.setattr(layout.SlimWriter, "finish", lambda self, m: used.append(self.path) or real(self, m))
+    monkeypatch.setattr(layout.SlimWriter, "finish",
+                        lambda self, m, *rest: used.append(self.path) or real(self, m, *rest))
     size = sk.save(model, tmp_path / "big.slim")
     assert used == [tmp_path / "big.slim"]
     arrays, manifest = encode_model(model)

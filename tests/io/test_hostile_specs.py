@@ -143,3 +143,44 @@ def test_manifest_base_path_is_never_read(tmp_path):
     assert "path" not in model.slimkit_base and task_for(model) is None
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state.shape == (1, 3, 16)
+
+
+# ---------------------------------------------------------------- found by the tree fuzzer (fuzz/tree_fuzz.py)
+
+def test_shapes_of_huge_rank_are_refused_in_one_line(tmp_path):
+    def edit(arrays, manifest):
+        manifest["tensors"]["fc1.bias"]["shape"] = [300] * 100_000   # its product has 250,000 digits
+
+    with pytest.raises(SlimFormatError, match="dimensions"):
+        sk.load_state_dict(doctored("lenet-300-100-int8", tmp_path, edit))
+
+
+def test_convolution_padding_beyond_the_kernel_is_refused():
+    from slimkit.surgery.specs import from_spec
+
+    spec = {"type": "Conv2d", "in": 1, "out": 2, "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1],
+            "dilation": [1, 1], "groups": 1, "bias": True}
+    from_spec(spec)
+    with pytest.raises(SlimFormatError, match="padding"):
+        from_spec({**spec, "padding": [1, 1 << 20]})         # 1.3 GB per forward of an 8x8 input
+    quant = {**spec, "type": "QuantConv2d", "bits": 8, "symmetric": True, "granularity": "channel",
+             "group_size": 9, "scale_dtype": "float32"}
+    from_spec(quant)
+    with pytest.raises(SlimFormatError, match="padding"):
+        from_spec({**quant, "padding": [1 << 20, 1]})
+    with pytest.raises(SlimFormatError, match="output size"):
+        from_spec({"type": "AdaptiveAvgPool2d", "size": [1 << 20, 1 << 20]})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"num_attention_heads": -2}, "num_attention_heads must be a positive integer"),
+    ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+    ({"hidden_dropout_prob": float("nan")}, "hidden_dropout_prob must be a probability"),
+    ({"add_cross_attention": "true"}, "add_cross_attention.: TypeError"),   # transformers' strict validation
+    ({"num_key_value_heads": 1 << 20, "model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+     "bytes of weights, more than"),                                   # measured on the meta device first
+])
+def test_hf_folder_configs_are_one_line_errors(tmp_path, config, message):
+    folder = tiny_folder(tmp_path / "f", **config)
+    with pytest.raises(SlimError, match=message):
+        sk.resolve(str(folder))

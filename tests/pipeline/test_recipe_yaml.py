@@ -111,3 +111,16 @@ def test_the_cli_exits_2_with_one_line(tmp_path, monkeypatch, capsys, text):
     assert lines[-1].startswith("slimkit: error: ") and str(path) in lines[-1]
     assert "Traceback" not in err and "internal error" not in err
     assert not (tmp_path / "o.slim").exists()
+
+
+def test_a_recipe_of_a_thousand_stages_is_refused_before_it_is_checked(tmp_path):
+    """Found by the tree fuzzer: 1,000 stages took more than 10 s of CPU to check before any work."""
+    from slimkit.core.errors import ConfigError
+    from slimkit.pipeline.recipes import MAX_STAGES, load_recipe
+
+    path = tmp_path / "many.yaml"
+    path.write_text("stages:\n" + "  - method: int8\n" * 1000)
+    with pytest.raises(ConfigError, match=f"at most {MAX_STAGES} stages"):
+        load_recipe(str(path))
+    path.write_text("stages:\n" + "  - method: int8\n" * MAX_STAGES)
+    assert len(load_recipe(str(path)).stages) == MAX_STAGES

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,14 +97,17 @@ def encode_model(model: nn.Module, info: dict | None = None) -> tuple[dict[str, 
     return arrays, manifest
 
 
-def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None, *, overwrite: bool = True) -> int:
+def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None, *, overwrite: bool = True,
+         verify: Callable[[Path], object] | None = None) -> int:
     """Write `model` to `path` as a .slim file (atomically) and return its size in bytes.
     `overwrite=False` refuses (SlimError) to replace a file, even one that appears during the save.
+    `verify(temporary path)` checks the finished file before it takes the name `path`; if it raises,
+    the file is removed and `path` is left as it was (`slimkit.pipeline.verify` reloads and compares).
 
     >>> save(model, "lenet.slim", overwrite=False)
     """
     arrays, manifest = encode_model(model, info)
-    return write_slim(path, arrays, manifest, overwrite)
+    return write_slim(path, arrays, manifest, overwrite, verify)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.io.manifest import MAX_DIM, MAX_RANK
 
 CODECS: dict[str, type[Codec]] = {}
 
@@ -49,9 +50,16 @@ class Codec(ABC):
 
 def _shape(params: dict, what: str) -> tuple[int, ...]:
     shape = params.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise SlimFormatError(f"{what}: codec parameter 'shape' must be a list of non-negative ints")
+    if not _valid_shape(shape):
+        raise SlimFormatError(f"{what}: codec parameter 'shape' must be a list of at most {MAX_RANK} ints "
+                              f"in 0..{MAX_DIM}")
     return tuple(shape)
+
+
+def _valid_shape(shape: object) -> bool:
+    """A list of at most MAX_RANK ints in 0..MAX_DIM (so its product is a small number)."""
+    return isinstance(shape, list) and len(shape) <= MAX_RANK and \
+        all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)
 
 
 # the dtype names a codec stage may give: numpy's canonical names of native numbers and bool ("<f4",
@@ -162,6 +170,8 @@ def _declared_bytes(params: dict) -> int:
     shape = params.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         return 0
+    if not _valid_shape(shape):
+        raise SlimFormatError(f"codec parameter 'shape' must be a list of at most {MAX_RANK} ints in 0..{MAX_DIM}")
     try:
         itemsize = np.dtype(str(params["dtype"])).itemsize if "dtype" in params else 1
     except (TypeError, ValueError):

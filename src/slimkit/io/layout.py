@@ -26,14 +26,14 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.manifest import METADATA_KEY, Manifest
+from slimkit.io.manifest import MAX_DIM, MAX_RANK, METADATA_KEY, Manifest
 from slimkit.io.safetensors_file import (
     _CODES,
     _DTYPES,
@@ -94,20 +94,22 @@ def file_chunks(arrays: dict[str, np.ndarray], manifest: Manifest) -> list:
 
 
 def write_slim(path: str | os.PathLike, arrays: dict[str, np.ndarray], manifest: Manifest,
-               overwrite: bool = True) -> int:
+               overwrite: bool = True, verify: Callable[[Path], object] | None = None) -> int:
     """Write `arrays` and `manifest` as a .slim file at `path`, atomically; returns its size in bytes.
     `overwrite=False`: SlimError, and nothing written, if `path` exists when the file is complete.
+    `verify(temporary path)` checks the finished file before it takes its name; if it raises,
+    nothing is left (`AtomicFile.commit`).
 
     >>> write_slim("m.slim", {"fc.weight": np.zeros((4, 8), np.float32)}, manifest)
     """
     if sum(a.nbytes for a in arrays.values()) <= PACK_LIMIT:
-        atomic_write(path, file_chunks(arrays, manifest), overwrite)
+        atomic_write(path, file_chunks(arrays, manifest), overwrite, verify)
         return Path(path).stat().st_size
     with SlimWriter(path, overwrite) as writer:
         writer.reserve([(name, arr.dtype, list(arr.shape)) for name, arr in arrays.items()], manifest)
         for name, arr in arrays.items():
             writer.add_array(name, arr)
-        return writer.finish(manifest)
+        return writer.finish(manifest, verify)
 
 
 def _tail_length(reader: SafetensorsReader) -> int:
@@ -176,8 +178,8 @@ class StoredArrays:
                 raise SlimFormatError(f"{where}: packed entry {name!r} is malformed")
             code, shape, offset = item
             nbytes = math.prod(shape) * np.dtype(_DTYPES[code]).itemsize if (
-                isinstance(code, str) and code in _DTYPES and isinstance(shape, list)
-                and all(type(d) is int and d >= 0 for d in shape)) else -1
+                isinstance(code, str) and code in _DTYPES and isinstance(shape, list) and len(shape) <= MAX_RANK
+                and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)) else -1
             entry = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + max(nbytes, 0)]}
             check_entry(name, entry, size, where)
             if offset % np.dtype(_DTYPES[code]).itemsize:
@@ -314,29 +316,30 @@ class SlimWriter:
         raw = header_json({METADATA_KEY: manifest.to_json()}, [(a.name, a.code, a.shape, a.nbytes) for a in ordered])
         return len(raw).to_bytes(8, "little") + raw, ordered
 
-    def finish(self, manifest: Manifest) -> int:
-        """Write the .slim file (header, then the payloads) atomically; returns its size in bytes."""
+    def finish(self, manifest: Manifest, verify: Callable[[Path], object] | None = None) -> int:
+        """Write the .slim file (header, then the payloads) atomically; returns its size in bytes.
+        `verify`: see `AtomicFile.commit`."""
         if self._final is not None:
-            return self._finish_reserved(manifest)
+            return self._finish_reserved(manifest, verify)
         head, ordered = self.header(manifest)
         self._payload.flush()
         with AtomicFile(self.path, self.overwrite) as out:
             out.write(head)
             for a in ordered:
                 _copy_range(self._payload.fileno(), out.fd, a.offset, a.nbytes)
-            out.commit()
+            out.commit(verify)
         self.done = True
         self.close()
         return len(head) + self._size
 
-    def _finish_reserved(self, manifest: Manifest) -> int:
+    def _finish_reserved(self, manifest: Manifest, verify: Callable[[Path], object] | None = None) -> int:
         if self._final is None or self._reserved is None:
             raise RuntimeError("internal: finishing a reserved layout that was never reserved")
         missing = sorted(set(self._reserved) - self._names)
         if missing or manifest.to_json() != self._manifest_json:
             raise SlimError(f"cannot finish {self.path}: arrays {missing[:3]} not written or the manifest changed")
         size = self._final.size()
-        self._final.commit()
+        self._final.commit(verify)
         self._final = None
         self.done = True
         self.close()

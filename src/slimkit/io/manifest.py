@@ -8,8 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slimkit.core.errors import SlimFormatError
+from slimkit.core.text import clean
 
 FORMAT_VERSION = 1
+MAX_RANK = 32           # dimensions of one tensor (torch allows 64; no layer has more than 5)
+MAX_DIM = 1 << 48       # one dimension; sizes are checked against the file's bytes later, this keeps them small ints
 METADATA_KEY = "slimkit"
 
 
@@ -58,6 +61,9 @@ def parse_manifest(raw: str, where: str) -> Manifest:
         if target not in manifest.tensors:
             raise SlimFormatError(f"{where}: alias {key!r} points to missing tensor {target!r}")
     for key, entry in manifest.tensors.items():
-        if any(d < 0 for d in entry.shape):
-            raise SlimFormatError(f"{where}: tensor {key!r} has a negative dimension")
+        if len(entry.shape) > MAX_RANK:
+            raise SlimFormatError(f"{where}: tensor {clean(key, 80)!r} has {len(entry.shape)} dimensions "
+                                  f"(at most {MAX_RANK})")
+        if any(d < 0 or d > MAX_DIM for d in entry.shape):
+            raise SlimFormatError(f"{where}: tensor {clean(key, 80)!r} has a dimension below 0 or above {MAX_DIM}")
     return manifest

@@ -20,12 +20,14 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.core.text import clean
+from slimkit.io.manifest import MAX_RANK
 
 MAX_HEADER = 64 * 1024 * 1024
 
@@ -157,14 +159,17 @@ class AtomicFile:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def commit(self) -> None:
+    def commit(self, verify: Callable[[Path], object] | None = None) -> None:
         """Set the mode from the umask, fsync, rename to `path` (or link, without `overwrite`),
-        fsync the folder."""
+        fsync the folder. `verify(temporary path)` runs on the finished file before it takes its
+        name: if it raises, nothing is renamed (and leaving the `with` block removes the file)."""
         try:
             os.fchmod(self.fd, 0o666 & ~umask())
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+            if verify is not None:
+                verify(self.tmp)
             if self.overwrite:
                 os.replace(self.tmp, self.path)
             else:
@@ -236,16 +241,17 @@ def _rename_noreplace(tmp: Path, path: Path) -> bool:
     raise OSError(err, os.strerror(err), str(path))
 
 
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], overwrite: bool = True) -> None:
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], overwrite: bool = True,
+                 verify: Callable[[Path], object] | None = None) -> None:
     """Write `chunks` to `path` via a unique temporary file in the same folder, fsync, then rename
     (`AtomicFile`; `overwrite=False`: SlimError if `path` exists when the file is complete). A
     crash at any moment leaves either the old file or the new one, never a partial file; `chunks`
-    may be a generator, so the content need never be whole in memory.
+    may be a generator, so the content need never be whole in memory. `verify`: see `AtomicFile.commit`.
     """
     with AtomicFile(path, overwrite) as f:
         for chunk in chunks:
             f.write(chunk)
-        f.commit()
+        f.commit(verify)
 
 
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> list[bytes | memoryview]:
@@ -284,7 +290,7 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
         raise SlimFormatError(f"{name}: header length {n} does not fit the file size {size}")
     try:
         header = json.loads(fh.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON, an int of > 4300 digits
         raise SlimFormatError(f"{name}: header is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise SlimFormatError(f"{name}: header is not a JSON object")
@@ -309,11 +315,12 @@ def check_entry(key: str, entry: object, data_len: int, name: str) -> None:
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise SlimFormatError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
-        raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)):
+        raise SlimFormatError(f"{name}: tensor {key!r} has an invalid shape {clean(shape, 80)}")
     if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
             or not 0 <= offs[0] <= offs[1] <= data_len):
-        raise SlimFormatError(f"{name}: tensor {key!r} lies outside the file (offsets {offs!r})")
+        raise SlimFormatError(f"{name}: tensor {key!r} lies outside the file (offsets {clean(offs, 80)})")
     if offs[1] - offs[0] != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
         raise SlimFormatError(f"{name}: tensor {key!r} byte count does not match its shape and dtype")
 

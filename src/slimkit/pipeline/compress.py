@@ -5,7 +5,9 @@ original the same way `slimkit compress` does (the keys of its `--json` line): b
 original's fp32 bytes, and the score before and after, on your `metric`, or else on accuracy or
 output fidelity on a held-back part of `data`. A drop larger than `max_drop` is reported as
 `within_budget: False` (the CLI warns and exits with code 3); a recipe that changes nothing is an
-error, never a "1.0x" file.
+error, never a "1.0x" file. The file written to `out` is reloaded from disk and must compute what
+the compressed model computes on a batch of the task's inputs before it takes the name `out`
+(`slimkit.pipeline.verify`); if it does not, `compress` raises SlimError and leaves no file.
 
 >>> model, result = sk.compress(model, "int8", data=loader, metric=my_accuracy, out="mine.slim")
 >>> result["ratio"], result["baseline_score"], result["score"], result["within_budget"]
@@ -37,6 +39,7 @@ from slimkit.eval.measure import Measurement, evaluate
 from slimkit.io.artifact import save
 from slimkit.pipeline.recipes import Recipe, load_recipe, run_recipe
 from slimkit.pipeline.runner import run_pipeline
+from slimkit.pipeline.verify import original_architecture, reload_check
 from slimkit.zoo.resolve import resolve
 
 DEFAULT_MAX_DROP = 1.0     # points of a score in [0, 1] (accuracy, fidelity), else percent of the baseline
@@ -53,6 +56,7 @@ class RunOptions:
     overwrite: bool = True                   # False: never replace an existing `out`
     status: Callable[[str], AbstractContextManager] = lambda _message: nullcontext()
     timing: bool = True                      # measure latency before and after
+    verify: bool = True                      # reload the written file and compare it with the model in memory
 
 
 def compress(model: nn.Module | str, recipe: Recipe | MethodConfig | list[MethodConfig] | str,
@@ -85,6 +89,7 @@ def compress(model: nn.Module | str, recipe: Recipe | MethodConfig | list[Method
         raise SlimError("compress needs data= (a DataLoader or a list of batches of your inputs) to check the result "
                         "against the original; add metric= to check it on your own score")
     remember_original(net)
+    architecture = original_architecture(net) if out is not None else None   # for the reload check
     with options.status("measuring the original"):
         before = evaluate(net, task, timing=options.timing)
     mark = fingerprint(net)
@@ -104,8 +109,9 @@ def compress(model: nn.Module | str, recipe: Recipe | MethodConfig | list[Method
         raise SlimError(f"recipe {plan.name!r} changed nothing in this model{why}")
     if not is_main():   # under torchrun every rank compressed; rank 0 saves and measures
         return net, {}
-    if out is not None:
-        save(net, out, info={"recipe": plan.name, **options.info}, overwrite=options.overwrite)
+    if out is not None:   # the file is reloaded and compared with `net` before it takes the name `out`
+        verify = reload_check(net, task, out, architecture) if options.verify else None
+        save(net, out, info={"recipe": plan.name, **options.info}, overwrite=options.overwrite, verify=verify)
     with options.status("measuring the result"):
         after = evaluate(net, task, path=out, timing=options.timing)
     return net, result_of(before, after, limit, out, plan.name)

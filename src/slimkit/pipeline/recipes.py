@@ -53,6 +53,7 @@ INSTALL_HINTS: dict[str, str] = {
     "slimkit-corpora": "pip install ./data/slimkit-corpora from a slimkit checkout; `make install` installs it",
 }
 _DIST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+MAX_STAGES = 64   # the longest shipped recipe has 2; 1,000 stages took over 10 s to check
 
 
 def shipped() -> dict[str, Path]:
@@ -115,6 +116,8 @@ def parse_recipe(doc: object, where: str, name: str, lines: dict[tuple[int, str]
 
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise ConfigError(f"{where}: a recipe needs a non-empty 'stages' list")
+    if len(doc["stages"]) > MAX_STAGES:   # each stage is checked and sized before any work: bound that work
+        raise ConfigError(f"{where}: a recipe may have at most {MAX_STAGES} stages, this one has {len(doc['stages'])}")
     extra = sorted(repr(k) for k in set(doc) - {"description", "stages", "models", "requires", "max_drop"})
     if extra:
         raise ConfigError(f"{where}: unknown recipe key {extra[0]} "

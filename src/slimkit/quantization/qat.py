@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
@@ -123,9 +123,9 @@ class QATConfig(MethodConfig):
     summary: ClassVar[str] = "quantization-aware training (STE + LSQ), per-channel weights, bit-packed"
     bits: int = 4
     lsq: bool = True
-    epochs: int = 3
-    lr: float = 5e-4
-    batch_size: int = 64
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(5e-4, gt=0, le=10)
+    batch_size: int = Field(64, ge=1)
     seed: int = 0
     checkpoint: str | None = None  # folder: save after every epoch, resume from it when run again
 

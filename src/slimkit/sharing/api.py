@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar
 
+from pydantic import Field
 from torch import nn
 
 from slimkit.core.methods import Family, MethodConfig, register_method
@@ -72,7 +73,7 @@ class KMeansConfig(MethodConfig):
     coding: Coding = Coding.AUTO
     codebook: CodebookDtype = CodebookDtype.FLOAT16
     finetune_epochs: int = 0
-    lr: float = 1e-3
+    lr: float = Field(1e-3, gt=0)
     seed: int = 0
     encodes: ClassVar[tuple[type[nn.Module], ...]] = WEIGHTED
     allow_nonfinite: bool = False   # keep layers holding NaN/Inf float (default: refuse, naming the tensor)
@@ -130,7 +131,7 @@ class LowRankConfig(MethodConfig):
     calibration_samples: int = 512
     damp: float = 1e-4
     finetune_epochs: int = 0
-    lr: float = 1e-3
+    lr: float = Field(1e-3, gt=0)
     seed: int = 0
 
     def __init__(self, **data: Any):
@@ -180,7 +181,7 @@ class HashedConfig(MethodConfig):
     seed: int = 0
     init: HashInit = HashInit.RANDOM
     finetune_epochs: int = 60
-    lr: float = 2e-3
+    lr: float = Field(2e-3, gt=0)
     distill: bool = False
 
     def __init__(self, **data: Any):

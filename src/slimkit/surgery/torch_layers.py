@@ -22,6 +22,9 @@ from torch import nn
 from slimkit.core.errors import SlimError, SlimFormatError
 
 MAX_RNN_LAYERS = 64
+# a spec from a file may not make every forward allocate far more than its input: an adaptive pool's
+# output size is the output's size whatever the input (convolution padding: `slimkit.surgery.specs`)
+MAX_POOL_OUT = 1024
 
 
 def _linear(m: nn.Linear) -> dict:
@@ -118,7 +121,15 @@ def _adaptive(cls: type[nn.Module]) -> tuple:
         if getattr(m, "return_indices", False):
             raise SlimError(f"cannot record a {cls.__name__} with return_indices")
         return {"size": _js(m.output_size)}
-    return cls, describe, lambda s: cls(_tup(s["size"]))
+
+    def build(s: dict) -> nn.Module:
+        size = _tup(s["size"])
+        sizes = size if isinstance(size, tuple) else (size,)
+        if not sizes or any(v is not None and (type(v) is not int or not 1 <= v <= MAX_POOL_OUT) for v in sizes):
+            raise SlimFormatError(f"{cls.__name__} spec: output size {str(size)[:40]} must be ints in "
+                                  f"1..{MAX_POOL_OUT} (or null)")
+        return cls(size)
+    return cls, describe, build
 
 
 def _no_args(cls: type[nn.Module]) -> tuple[type[nn.Module], Callable[[Any], dict], Callable[[dict], nn.Module]]:

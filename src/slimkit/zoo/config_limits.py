@@ -29,6 +29,12 @@ from slimkit.io.safetensors_file import read_header
 # config keys that count repeated modules (layers, experts); each one needs tensors of its own
 COUNT_KEYS = re.compile(r"^(num_(hidden_|decoder_|encoder_)?layers|n_layers?|(encoder|decoder)_layers"
                         r"|num_(local_)?experts|n_routed_experts)$")
+# sizes and counts transformers builds layers from: when set, each must be an int >= 1 (a 0 or negative
+# head count builds, then fails at the first forward deep inside transformers)
+SIZE_KEYS = frozenset({"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                       "vocab_size", "num_hidden_layers", "n_embd", "n_head", "n_layer", "n_inner", "d_model",
+                       "max_position_embeddings", "n_positions", "num_layers", "ffn_dim", "encoder_attention_heads",
+                       "decoder_attention_heads"})
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 MIN_POSITIONS = 8   # shorter inputs cannot measure a model's fidelity
 MAX_DEPTH = 8       # nested sub-configs (text_config, vision_config, ...)
@@ -49,10 +55,39 @@ def check_config(config: dict, tensors: int, where: str = "", max_bytes: int | N
         method = quant.get("quant_method") if isinstance(quant, dict) else None
         raise SlimError(f"{where}the checkpoint is already quantized ({str(method or 'quantization_config')[:40]}); "
                         "slimkit compresses full-precision weights: give the original fp32/fp16/bf16 checkpoint")
+    for key, value in _sizes(config, 0):
+        if type(value) is not int or value < 1:
+            raise SlimError(f"{where}the config's {key} must be a positive integer, got {str(value)[:40]!r}")
+    for key, value in _probabilities(config, 0):
+        if not 0 <= value <= 1:   # NaN too: torch checks a dropout's p at every forward, even in eval mode
+            raise SlimError(f"{where}the config's {key} must be a probability in [0, 1], got {value!r}")
     for key, value in _counts(config, 0):
         if value > tensors:
             raise SlimError(f"{where}the config asks for {value} {'experts' if 'expert' in key else 'layers'} "
                             f"({key}) but the weights hold only {tensors} tensors")
+
+
+def _sizes(config: dict, depth: int):
+    """(key, value) of every size or count the architecture is built from (`SIZE_KEYS`) that is set."""
+    if depth > MAX_DEPTH:
+        raise SlimFormatError("the config is nested too deeply")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _sizes(value, depth + 1)
+        elif key in SIZE_KEYS and value is not None:
+            yield key, value
+
+
+def _probabilities(config: dict, depth: int):
+    """(key, value) of every number set for a dropout probability ("...dropout...", "..._prob")."""
+    if depth > MAX_DEPTH:
+        raise SlimFormatError("the config is nested too deeply")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _probabilities(value, depth + 1)
+        elif isinstance(key, str) and ("dropout" in key or key.endswith("_prob")) and \
+                isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, value
 
 
 def _counts(config: dict, depth: int):
@@ -110,7 +145,7 @@ def check_folder_config(folder: Path, where: str) -> dict:
     returns the config (a dict)."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:   # ValueError: bad UTF-8 or JSON, a 5,000-digit int
         raise SlimError(f"{where}: config.json is not readable JSON ({exc.__class__.__name__})") from None
     if not isinstance(config, dict):
         raise SlimError(f"{where}: config.json is not a JSON object")

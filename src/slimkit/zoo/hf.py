@@ -73,8 +73,12 @@ def quiet() -> Iterator[ModuleType]:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The message's first line (with the next one when the first ends in ":", as transformers'
+    config validation writes "Validation error for field 'x':" then why)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def check_folder(path: str | Path) -> Path:
@@ -121,7 +125,7 @@ def read_config(folder: Path) -> dict:
     """config.json of a model folder as a dict; `SlimError` when it is not a readable JSON object."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:   # ValueError: bad UTF-8 or JSON, a 5,000-digit int
         raise SlimError(f"{str(folder)!r}: config.json is not readable JSON ({exc.__class__.__name__})") from None
     if not isinstance(config, dict):
         raise SlimError(f"{str(folder)!r}: config.json is not a JSON object")
@@ -140,8 +144,8 @@ def pretrained(folder: Path, head: str | None = None) -> nn.Module:
             model, info = _auto_class(transformers, head).from_pretrained(
                 folder, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION,
                 use_safetensors=True, trust_remote_code=False, output_loading_info=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise SlimError(f"cannot load the model in {str(folder)!r}: {first_line(exc)}") from None
+        except (OSError, *BUILD_ERRORS, *_strict_errors()) as exc:   # a config transformers cannot build
+            raise SlimError(f"cannot load the model in {str(folder)!r}: {first_line(exc)[:200]}") from None
     bad = sorted(str(k) for k in (*info.get("missing_keys", ()), *info.get("mismatched_keys", ()))
                  if not str(k).startswith("pooler."))
     if bad:
@@ -266,7 +270,10 @@ def load_hf_folder(path: str | Path) -> nn.Module:
     'bert'
     """
     folder = check_folder(path)
-    head = head_of(read_config(folder))
+    config = read_config(folder)
+    head = head_of(config)
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    check_size(config, head, 2 * weights + FOLDER_SLACK, f"{str(path)!r}")   # before anything is allocated
     model = pretrained(folder, head)
     config = json_safe(model.config.to_dict())
     base = {"kind": "hf", "path": str(folder), "config": config}
@@ -284,6 +291,45 @@ def _strict_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return ()
     return (StrictDataclassError,)
+
+
+FOLDER_SLACK = 64 << 20   # bytes a folder's model may take beyond 2x its weights (fp16 -> fp32): a pooler, buffers
+
+
+def _config_object(config_dict: dict, where: str) -> Any:
+    """The transformers config for `config_dict` (SlimError if transformers refuses it)."""
+    model_type = config_dict.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise SlimError(f"{where}Hugging Face config has no model_type; cannot rebuild the architecture")
+    with quiet() as transformers:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING as mapping
+
+        if model_type not in mapping:
+            raise SlimError(f"{where}Hugging Face model_type {model_type[:80]!r} is unknown to transformers "
+                            f"{transformers.__version__}")
+        try:
+            return mapping[model_type].from_dict(config_dict)
+        except (*BUILD_ERRORS, *_strict_errors()) as exc:
+            raise SlimError(f"{where}invalid Hugging Face config for {model_type[:80]!r}: "
+                            f"{first_line(exc)[:200]}") from None
+
+
+def check_size(config_dict: dict, head: str | None, max_bytes: int, where: str) -> None:
+    """Refuse (SlimError) a config whose architecture, built on the meta device (no memory), holds
+    more than `max_bytes` bytes of weights: a config read from a file cannot make slimkit allocate
+    more than the file's own size allows. `where` starts the message."""
+    config = _config_object(config_dict, f"{where}: ")
+    model_type = config_dict.get("model_type")
+    try:
+        with torch.device("meta"):
+            probe = from_config(config, head)
+    except (*BUILD_ERRORS, *_strict_errors()) as exc:
+        raise SlimError(f"{where}: cannot build the {str(model_type)[:80]!r} architecture: {type(exc).__name__}: "
+                        f"{first_line(exc)[:200]}") from None
+    nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    if nbytes > max_bytes:
+        raise SlimError(f"{where}: the {str(model_type)[:80]!r} config describes {nbytes} bytes of weights, more "
+                        f"than the {max_bytes} bytes its files can hold")
 
 
 def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
