@@ -45,7 +45,8 @@ def _candidates(w: torch.Tensor):
     q8, s8 = quantize_int8_rows(w)
     w8 = q8.float() * s8[:, None]
     q4 = rtn_quantize(w, 4, False, "group", 64)
-    w4 = ((q4.codes.float().reshape(out_f, -1, 64) - q4.zero.float()[..., None]) * q4.scale.float()[..., None]).reshape(out_f, in_f)
+    grouped = q4.codes.float().reshape(out_f, -1, 64) - q4.zero.float()[..., None]
+    w4 = (grouped * q4.scale.float()[..., None]).reshape(out_f, in_f)
 
     def fp32():
         wc = w.clone()
@@ -73,15 +74,7 @@ def _candidates(w: torch.Tensor):
         return lambda x: torch.ops.quantized.linear_dynamic(x, packed, False)
 
     def ort(bits: int, accuracy: int):
-        def build():
-            if bits == 8:
-                kernel = nbits.NBitsMatMul((q8.to(torch.int16) + 128).to(torch.uint8), s8[:, None], None, 8)
-            else:
-                kernel = nbits.NBitsMatMul(q4.codes, q4.scale, q4.zero, 4)
-            if accuracy != nbits.ACCURACY_INT8:
-                kernel = _with_accuracy(kernel, q8, s8, q4, bits, accuracy)
-            return kernel
-        return build
+        return lambda: _ort_kernel(q8, s8, q4, bits, accuracy)
 
     cands = {"fp32": (fp32, w), "bf16": (bf16, w), "int8pack_mm (fp32 in)": (int8pack, w8),
              "int4pack_mm (bf16 in)": (int4pack, w4), "fbgemm dynamic": (fbgemm, w8)}
@@ -91,7 +84,8 @@ def _candidates(w: torch.Tensor):
     return cands
 
 
-def _with_accuracy(kernel, q8, s8, q4, bits, accuracy):
+def _ort_kernel(q8, s8, q4, bits: int, accuracy: int) -> nbits.NBitsMatMul:
+    """MatMulNBits on the 8-bit or 4-bit codes, at `accuracy` (4: int8 activations, 0: fp32)."""
     old = nbits.ACCURACY_INT8
     nbits.ACCURACY_INT8 = accuracy
     try:
