@@ -10,7 +10,7 @@ import warnings
 
 import typer
 
-from slimkit.cli import common, compress, demo, evaluate, export, inspect, recipes, search
+from slimkit.cli import common, compress, demo, evaluate, export, generate, inspect, recipes, search
 from slimkit.core.errors import SlimError
 from slimkit.core.text import clean
 
@@ -26,7 +26,7 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _register() -> None:
-    for module in (demo, compress, evaluate, inspect, export, recipes, search):
+    for module in (demo, compress, evaluate, inspect, export, generate, recipes, search):
         module.register(app)
 
 

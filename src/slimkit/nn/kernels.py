@@ -6,11 +6,17 @@ fbgemm's packed int8 kernel, or a matmul on its weight decoded once to fp32) han
 more) it times every usable candidate on that very input, keeps the fastest whose output agrees
 with the layer's reference, and caches the choice (shared by every layer of the same kind and
 size, so a model measures each shape once). Later calls in the bucket only look the choice up.
+Single rows are timed with the caches flushed: a model decoding one token at a time reads every
+weight from RAM, where a kernel reading 4- or 8-bit codes (`slimkit.nn.nbits`: ONNX Runtime's
+MatMulNBits, for `Int8Linear`, `QuantLinear` and a head tied to a quantized embedding) beats an
+fp32 matmul that a warm cache would favour. A layer that runs such a lean kernel in one bucket
+keeps no decoded copy for another (`KernelChoice`'s `lean` / `decoded`).
 
 Modes (`SLIMKIT_KERNELS`, `set_kernel_mode`, or `kernel_mode(...)` for a block):
 - "auto" (default): measure and pick, as above. Candidates a CPU cannot run well are not tried:
   `_int_mm` and fbgemm need VNNI or AMX (`fast_int_mm`, `has_fbgemm`).
-- "compact": never keep a decoded copy; integer kernels only (the least memory).
+- "compact": never keep a decoded copy or packed kernel; integer kernels (or decoding per call)
+  only (the least memory).
 - "dense": always the decoded weight (fp32 speed, exact up to the stored codes).
 
 Decoded copies cost memory; `runtime_report(model)` lists each layer's choices and the bytes its
@@ -75,6 +81,7 @@ def set_kernel_mode(mode: str) -> None:
 def forget_choices() -> None:
     """Drop every cached choice (e.g. after changing the thread count); the next calls re-measure."""
     _SHARED.clear()
+    _TRIALS.clear()
 
 
 def bucket(rows: int) -> int:
@@ -108,7 +115,12 @@ def has_fbgemm() -> bool:
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+    y, ref = y.detach().float(), ref.detach().float()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+TRIAL_SAMPLES = 3   # timed single-row calls per candidate, over the layers of a kind, before choosing
+_TRIALS: dict[tuple, dict[str, list[float]]] = {}
 
 
 def _best_time(fn: Callable[[], torch.Tensor], reps: int) -> float:
@@ -125,14 +137,24 @@ class KernelChoice:
 
     `candidates` maps names to callables of the input; `reference()` returns the layer's exact
     output on that input and the relative error a candidate may have against it (checked on the
-    first input of each bucket; called only when there is something to measure)."""
+    first input of each bucket; called only when there is something to measure).
 
-    def __init__(self, kind: tuple, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]]):
+    Memory stays honest: once a `lean` candidate (one that reads the stored codes, holding no
+    decoded weight) runs a bucket, the `decoded` candidates are off for every bucket of the layer
+    (a bucket that chose one measures again at its next call), and after each choice `release`
+    gets the names the layer still runs, to drop the caches of the others."""
+
+    def __init__(self, kind: tuple, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                 lean: tuple[str, ...] = (), decoded: tuple[str, ...] = (),
+                 release: Callable[[set[str]], None] | None = None):
         self.kind = kind
         self.candidates = candidates
+        self.lean = tuple(n for n in lean if n in candidates)
+        self.decoded, self.release = decoded, release
         self.chosen: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.names: dict[int, str] = {}
         self.timings: dict[int, dict[str, float]] = {}
+        self.warm: set[str] = set()   # candidates this layer has run once (their caches are built)
 
     def run(self, x2: torch.Tensor, reference: Callable[[], tuple[torch.Tensor, float]]) -> torch.Tensor:
         """The chosen kernel's output on `x2` (rows x features), choosing first if its bucket is new."""
@@ -140,19 +162,84 @@ class KernelChoice:
         b = 1 if rows == 1 else bucket(rows)
         fn = self.chosen.get(b)
         if fn is None:
+            if b == 1 and self.lean:
+                return self._trial(x2, reference)
             fn = self.candidates[self.pick(b, x2, reference)]
         return fn(x2)
 
+    def _key(self, b: int, x2: torch.Tensor) -> tuple:
+        return (*self.kind, b, x2.dtype, torch.get_num_threads())
+
+    def _allowed(self, b: int) -> dict:
+        if any(n in self.lean for other, n in self.names.items() if other != b):
+            return {k: v for k, v in self.candidates.items() if k not in self.decoded} or self.candidates
+        return self.candidates
+
     def pick(self, b: int, x2: torch.Tensor, reference: Callable[[], tuple[torch.Tensor, float]]) -> str:
-        key = (*self.kind, b, x2.dtype, torch.get_num_threads())
+        key, allowed = self._key(b, x2), self._allowed(b)
         name = _SHARED.get(key)
-        if name not in self.candidates:
-            name = _SHARED[key] = self._measure(b, x2, self.candidates, reference)
+        if name not in allowed:
+            name = self._measure(b, x2, allowed, reference)
+            if name is None and allowed is not self.candidates:   # no lean kernel is exact enough
+                name = self._measure(b, x2, self.candidates, reference)
+            name = _SHARED[key] = name or next(iter(self.candidates))
+        return self._settle(b, name)
+
+    def _trial(self, x2: torch.Tensor, reference: Callable[[], tuple[torch.Tensor, float]]) -> torch.Tensor:
+        """One row where a lean kernel competes: timed where it runs, inside the model, rather than
+        in a loop on one layer whose weights a warm cache would hold (a model decoding a token reads
+        every weight from RAM). The first call of a kind checks every candidate against the reference;
+        later calls of its layers each time one candidate (after an untimed first call per layer, which
+        builds its cache) until each has TRIAL_SAMPLES; the lowest median wins for the whole kind."""
+        key, allowed = self._key(1, x2), self._allowed(1)
+        name = _SHARED.get(key)
+        if name in allowed:
+            return self.candidates[self._settle(1, name)](x2)
+        samples = _TRIALS.get(key)
+        if samples is None or not set(samples) <= set(allowed):
+            samples = _TRIALS[key] = self._passing(x2, allowed, reference)
+        if len(samples) <= 1:
+            name = _SHARED[key] = next(iter(samples), next(iter(self.candidates)))
+            _TRIALS.pop(key, None)
+            return self.candidates[self._settle(1, name)](x2)
+        name = min(samples, key=lambda n: len(samples[n]))
+        if name not in self.warm:
+            self.warm.add(name)
+            return self.candidates[name](x2)
+        start = time.perf_counter()
+        y = self.candidates[name](x2)
+        samples[name].append(time.perf_counter() - start)
+        if all(len(v) >= TRIAL_SAMPLES for v in samples.values()):
+            self.timings[1] = {n: sorted(v)[len(v) // 2] for n, v in samples.items()}
+            best = _SHARED[key] = min(self.timings[1], key=self.timings[1].get)
+            _TRIALS.pop(key, None)
+            self._settle(1, best)
+        return y
+
+    def _passing(self, x2: torch.Tensor, allowed: dict,
+                 reference: Callable[[], tuple[torch.Tensor, float]]) -> dict[str, list[float]]:
+        """{name: []} for the candidates whose output on `x2` agrees with the reference (all of them
+        when no lean one does in a restricted set)."""
+        with torch.no_grad():
+            ref, tolerance = reference()
+            passing = {n: [] for n, fn in allowed.items() if rel_err(fn(x2), ref) <= tolerance}
+            if not passing and allowed is not self.candidates:
+                passing = {n: [] for n, fn in self.candidates.items() if rel_err(fn(x2), ref) <= tolerance}
+        self.warm.update(passing)
+        return passing
+
+    def _settle(self, b: int, name: str) -> str:
         self.names[b], self.chosen[b] = name, self.candidates[name]
+        if name in self.lean:
+            for other in [o for o, n in self.names.items() if n in self.decoded]:
+                del self.names[other], self.chosen[other]
+        if self.release is not None:
+            self.release(set(self.names.values()))
         return name
 
     def _measure(self, b: int, x2: torch.Tensor, candidates: dict,
-                 reference: Callable[[], tuple[torch.Tensor, float]]) -> str:
+                 reference: Callable[[], tuple[torch.Tensor, float]]) -> str | None:
+        """The fastest of `candidates` on `x2` whose output agrees with the reference; None if none does."""
         if len(candidates) == 1:
             return next(iter(candidates))
         times: dict[str, float] = {}
@@ -165,9 +252,7 @@ class KernelChoice:
                 reps = 2 if x2.shape[0] > 256 else 5
                 times[name] = _best_time(lambda fn=fn: fn(x2), reps)
         self.timings[b] = times
-        if not times:
-            return next(iter(candidates))
-        return min(times, key=times.get)
+        return min(times, key=times.get) if times else None
 
     def describe(self) -> dict[str, str]:
         return {("rows>512" if b == 0 else f"rows<={b}"): n for b, n in sorted(self.names.items())}

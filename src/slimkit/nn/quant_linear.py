@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.io.artifact import set_codec
+from slimkit.nn import nbits
 from slimkit.nn.kernels import KernelChoice, current_mode, fast_int_mm, has_fbgemm, rel_err
 from slimkit.nn.quant_math import (
     Granularity,
@@ -224,9 +225,26 @@ class Int8Linear(nn.Module):
             candidates["fbgemm"] = self._fbgemm
         if fast_int_mm() or _COMPILED["fn"] is not None:
             candidates["int"] = self._integer
+        if nbits.supports(self.out_features, self.in_features, 8, self.in_features):
+            candidates["nbits"] = self._nbits
         kind = ("Int8Linear", self.in_features, self.out_features, self.static, self.bias is not None)
-        choice = self.__dict__["_kernel_choice"] = KernelChoice(kind, candidates)
+        choice = self.__dict__["_kernel_choice"] = KernelChoice(
+            kind, candidates, lean=("nbits",), decoded=("dense",), release=self._release)
         return choice
+
+    def _release(self, in_use: set[str]) -> None:
+        """Drop the caches of the kernels this layer no longer runs (see KernelChoice)."""
+        for name, cache in (("dense", "_dense_cache"), ("fbgemm", "_fbgemm_cache"), ("nbits", "_nbits_cache")):
+            if name not in in_use and self.__dict__.get(cache) is not None:
+                self.__dict__[cache].value = None
+
+    def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
+        """ONNX Runtime's MatMulNBits on the int8 codes (as uint8 + 128; `slimkit.nn.nbits`): it
+        reads 1 byte per weight, with activations quantized per block of inputs."""
+        cache = self.__dict__.get("_nbits_cache") or self.__dict__.setdefault("_nbits_cache", _DecodeCache())
+        kernel = cache.get(self, ("qweight", "scale", "bias"), lambda: nbits.NBitsMatMul(
+            (self.qweight.to(torch.int16) + 128).to(torch.uint8), self.scale[:, None], None, 8, self.bias))
+        return kernel(x2)
 
     def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The layer's output on its stored weights with fp32 activations, and the relative error
@@ -298,6 +316,9 @@ class Int8Linear(nn.Module):
         low = self.__dict__.get("_low_cache")
         if low is not None and low.value is not None:
             held += low.value[0].numel() * low.value[0].element_size()
+        kernel = self.__dict__.get("_nbits_cache")
+        if kernel is not None and kernel.value is not None:
+            held += kernel.value.nbytes
         choice = self.__dict__.get("_kernel_choice")
         return {"choices": choice.describe() if choice else {}, "cache_bytes": held}
 
@@ -456,11 +477,75 @@ class QuantLinear(_CodesMixin, nn.Module):
         return self._decode_all()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype is torch.float32 and self._may_choose(x):
+            x2 = x.reshape(-1, self.in_features)
+            choice = self.__dict__.get("_kernel_choice") or self._new_choice()
+            y = choice.run(x2, lambda: self._reference(x2))
+            return y.reshape(*x.shape[:-1], self.out_features)
         w = self._decode_all()
         bias = self.bias
         if x.dtype != w.dtype:
             w, bias = w.to(x.dtype), None if bias is None else bias.to(x.dtype)
         return F.linear(x, w, bias)
+
+    def _may_choose(self, x: torch.Tensor) -> bool:
+        """Whether this call goes through the kernel choice: auto mode, no gradient wanted, a CPU
+        layer that MatMulNBits can run (big enough to gain; `slimkit.nn.nbits`)."""
+        if current_mode() != "auto" or x.numel() == 0 or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+            return False
+        ok = self.__dict__.get("_nbits_ok")
+        if ok is None:
+            group = self.in_features // self.scale.shape[1]
+            ok = self.__dict__["_nbits_ok"] = nbits.supports(self.out_features, self.in_features, self.bits, group)
+        return ok
+
+    def _new_choice(self) -> KernelChoice:
+        kind = ("QuantLinear", self.in_features, self.out_features, self.bits, self.symmetric,
+                self.granularity.value, self.group_size, self.bias is not None)
+        candidates = {"dense": self._dense, "nbits": self._nbits}
+        choice = self.__dict__["_kernel_choice"] = KernelChoice(
+            kind, candidates, lean=("nbits",), decoded=("dense",), release=self._release)
+        return choice
+
+    def _dense(self, x2: torch.Tensor) -> torch.Tensor:
+        return F.linear(x2, self._decode_all(), self.bias)
+
+    def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
+        """MatMulNBits on the codes (`slimkit.nn.nbits`): bits/8 bytes per weight read, activations
+        quantized to int8 per block of inputs."""
+        cache = self.__dict__.get("_nbits_cache") or self.__dict__.setdefault("_nbits_cache", _DecodeCache())
+        kernel = cache.get(self, ("qweight", "scale", "zero", "bias"), lambda: nbits.NBitsMatMul(
+            self.qweight, self.scale, self.zero, self.bits, self.bias))
+        return kernel(x2)
+
+    def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The exact output (decoded weight, fp32 activations) and the error a kernel may have against
+        it: twice that of int8 activations per token (as `Int8Linear` allows its integer kernels)."""
+        with torch.no_grad():
+            weight = self._decode_all()
+            ref = F.linear(x2, weight, self.bias)
+            xq, xs = quantize_per_token(x2)
+            emulated = F.linear(xq.float().mul_(xs), weight, self.bias)
+            return ref, 2.0 * rel_err(emulated, ref) + 1e-5
+
+    def _release(self, in_use: set[str]) -> None:
+        if "dense" not in in_use:
+            self._cache.value = None
+        if "nbits" not in in_use and self.__dict__.get("_nbits_cache") is not None:
+            self.__dict__["_nbits_cache"].value = None
+
+    def runtime_state(self) -> dict:
+        """What this layer runs per shape bucket (or "all" when it always decodes), and its cache bytes."""
+        state = super().runtime_state()
+        kernel = self.__dict__.get("_nbits_cache")
+        if kernel is not None and kernel.value is not None:
+            state["cache_bytes"] += kernel.value.nbytes
+        choice = self.__dict__.get("_kernel_choice")
+        if choice is not None and choice.names:
+            state["choices"] = choice.describe()
+        return state
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -17,14 +17,29 @@ built and again after a .slim file is loaded (a registered after-load step).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimkit.io.bases import register_after_load
+from slimkit.nn import nbits
+from slimkit.nn.kernels import KernelChoice, current_mode, rel_err
 from slimkit.surgery.specs import register_module
 
 ROOT_KEY = "_tied_root"
+
+
+class _Codes(NamedTuple):
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    bits: int
+
+    @property
+    def kind(self) -> tuple:
+        return (*self.codes.shape, self.bits, self.scale.shape[1], self.zero is not None)
 
 
 @register_module
@@ -63,6 +78,71 @@ class TiedLMHead(nn.Module):
         return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = self._codes() if x.dtype is torch.float32 else None
+        if codes is not None and current_mode() == "auto" and x.numel() and not (
+                x.requires_grad and torch.is_grad_enabled()):
+            x2 = x.reshape(-1, self.in_features)
+            choice = self.__dict__.get("_kernel_choice")
+            if choice is None or choice.kind[1:] != codes.kind:
+                choice = self.__dict__["_kernel_choice"] = KernelChoice(
+                    ("TiedLMHead", *codes.kind), {"dense": self._dense, "nbits": self._nbits},
+                    lean=("nbits",), decoded=("dense",), release=self._release)
+            return choice.run(x2, lambda: self._reference(x2)).reshape(*x.shape[:-1], self.out_features)
+        return self._dense(x)
+
+    def _codes(self) -> _Codes | None:
+        """The embedding's codes when MatMulNBits can multiply by them (a QuantEmbedding on the CPU)."""
+        emb = self.embedding()
+        zero, scale, codes = (getattr(emb, "zero", None), getattr(emb, "scale", None),
+                              getattr(emb, "qweight", None))
+        bits = getattr(emb, "bits", None)
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or not isinstance(bits, int) \
+                or codes.device.type != "cpu" or tuple(codes.shape) != (self.out_features, self.in_features) \
+                or not isinstance(scale, torch.Tensor) or scale.dim() != 2 or scale.shape[0] != self.out_features \
+                or self.in_features % scale.shape[1]:
+            return None
+        group = self.in_features // scale.shape[1]
+        if not nbits.supports(self.out_features, self.in_features, bits, group):
+            return None
+        return _Codes(codes, scale, zero, bits)
+
+    def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
+        codes = self._codes()
+        cache = self.__dict__.setdefault("_nbits_cache", {"key": None, "kernel": None})
+        key = tuple((id(t), t._version) for t in (codes.codes, codes.scale, codes.zero) if t is not None)
+        if cache["key"] != key or cache["kernel"] is None:
+            cache["kernel"] = None
+            cache["kernel"], cache["key"] = nbits.NBitsMatMul(codes.codes, codes.scale, codes.zero, codes.bits), key
+        return cache["kernel"](x2)
+
+    def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The exact logits (decoded table, fp32 activations) and the error a kernel may have: twice
+        that of int8 activations per token."""
+        with torch.no_grad():
+            table = self.table()
+            ref = F.linear(x2, table)
+            amax = x2.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
+            emulated = F.linear(torch.round(x2 / amax).mul_(amax), table)
+            return ref, 2.0 * rel_err(emulated, ref) + 1e-5
+
+    def _release(self, in_use: set[str]) -> None:
+        """Drop the decoded table when only the codes are read, and the packed codes when unused."""
+        if "dense" not in in_use:
+            cache = getattr(self.embedding(), "_cache", None)
+            if cache is not None and hasattr(cache, "value"):
+                cache.value = None
+        if "nbits" not in in_use and "_nbits_cache" in self.__dict__:
+            self.__dict__["_nbits_cache"]["kernel"] = None
+
+    def runtime_state(self) -> dict:
+        """What the head runs per shape bucket, and the bytes of its packed codes (a decoded table is
+        the embedding's and counted there)."""
+        choice = self.__dict__.get("_kernel_choice")
+        kernel = self.__dict__.get("_nbits_cache", {}).get("kernel")
+        return {"choices": choice.describe() if choice else {"all": "dense"},
+                "cache_bytes": kernel.nbytes if kernel is not None else 0}
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.table()
         if x.dtype != weight.dtype:   # bf16 / fp16 activations: the table cast once, kept while unchanged
             version = 0 if weight.is_inference() else weight._version   # inference tensors never change
