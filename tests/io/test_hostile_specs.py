@@ -184,3 +184,30 @@ def test_hf_folder_configs_are_one_line_errors(tmp_path, config, message):
     folder = tiny_folder(tmp_path / "f", **config)
     with pytest.raises(SlimError, match=message):
         sk.resolve(str(folder))
+
+
+def test_metadata_is_bounded_by_the_files_size(tmp_path):
+    """Found by the tree fuzzer: a 13.5 MB file whose manifest held a chain of 100,000 codec stages
+    parsed into ~215 MB of Python objects. Header and manifest text may take 4 MiB or 1/16 of the file."""
+    import sys
+
+    from slimkit.io.safetensors_file import METADATA_FLOOR
+
+    sys.path.insert(0, str(SEEDS.parents[2]))
+    from fuzz.mutate import get_manifest, join_file, put_manifest, split_file
+
+    def long_chain(arrays, manifest):
+        stage = manifest["tensors"]["fc2.weight"]["chain"][0]
+        manifest["tensors"]["fc2.weight"]["chain"] = [stage] * 40_000      # ~5 MB of JSON
+
+    with pytest.raises(SlimFormatError, match="header length .* is more than the 4194304 bytes allowed"):
+        sk.read_manifest(doctored("weights-stream-int8", tmp_path, long_chain))
+    header, body = split_file((SEEDS / "lenet-300-100-int8").read_bytes())   # the packed layout: deflated
+    manifest, key = get_manifest(header, body)
+    manifest.setdefault("info", {})["padding"] = "x" * (METADATA_FLOOR + 1)   # deflates to a few KB
+    body = put_manifest(header, manifest, key, body)
+    packed = tmp_path / "packed.slim"
+    packed.write_bytes(join_file(header, body))
+    assert packed.stat().st_size < 100_000
+    with pytest.raises(SlimFormatError, match="too large"):
+        sk.read_manifest(packed)

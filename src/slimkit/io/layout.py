@@ -42,6 +42,7 @@ from slimkit.io.safetensors_file import (
     atomic_write,
     check_entry,
     header_json,
+    metadata_budget,
     serialize,
 )
 
@@ -130,9 +131,9 @@ def manifest_limit(compressed: int) -> int:
     return min(MAX_MANIFEST, (1 << 20) + 64 * compressed)
 
 
-def _inflate(raw: bytes, where: object, inflater) -> str:
+def _inflate(raw: bytes, where: object, inflater, budget: int = MAX_MANIFEST) -> str:
     try:
-        text = inflater.decompress(raw, manifest_limit(len(raw)))
+        text = inflater.decompress(raw, min(budget, manifest_limit(len(raw))))
         if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
             raise SlimFormatError(f"{where}: compressed manifest is truncated or too large")
         return text.decode()
@@ -143,19 +144,20 @@ def _inflate(raw: bytes, where: object, inflater) -> str:
 def manifest_json(reader: SafetensorsReader) -> str:
     """The manifest text of an open file, decompressed if needed; SlimFormatError if absent."""
     meta = reader.metadata
-    if METADATA_KEY in meta:
+    if METADATA_KEY in meta:   # inside the header, whose length `read_header` bounded
         return meta[METADATA_KEY]
+    budget = metadata_budget(reader.path.stat().st_size)
     tail = _tail_length(reader)
     if tail:
         raw = reader.read(PAYLOAD, reader.nbytes(PAYLOAD) - tail)
-        return _inflate(raw, reader.path, zlib.decompressobj(-15, zdict=ZDICT))
+        return _inflate(raw, reader.path, zlib.decompressobj(-15, zdict=ZDICT), budget)
     if COMPRESSED_KEY not in meta:
         raise SlimFormatError(f"{reader.path}: not a .slim file (safetensors without a slimkit manifest)")
     try:
         raw = base64.b64decode(meta[COMPRESSED_KEY], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SlimFormatError(f"{reader.path}: compressed manifest is corrupt ({exc.__class__.__name__})") from None
-    return _inflate(raw, reader.path, zlib.decompressobj())
+    return _inflate(raw, reader.path, zlib.decompressobj(), budget)
 
 
 class StoredArrays:

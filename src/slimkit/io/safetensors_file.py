@@ -281,13 +281,27 @@ def header_json(metadata: dict[str, str], entries: Iterable[tuple[str, str, list
     return raw + b" " * (-len(raw) % 8)
 
 
+METADATA_FLOOR = 4 << 20   # header or manifest text any file may have
+
+
+def metadata_budget(size: int) -> int:
+    """The longest header (or manifest text, once inflated) a file of `size` bytes may have: 4 MiB,
+    or 1/16 of the file, at most MAX_HEADER. Parsed JSON takes up to ~30x its text in Python objects,
+    so this keeps a file's metadata within its memory budget (max(500 MB, 4x the file)); a real
+    manifest takes ~250 bytes per tensor (1,000 tensors: 250 KB)."""
+    return min(MAX_HEADER, max(METADATA_FLOOR, size // 16))
+
+
 def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
     """Parse and validate the header; return (tensor entries, metadata, data start)."""
     if size < 8:
         raise SlimFormatError(f"{name}: file is {size} bytes, too short to be safetensors")
     n = int.from_bytes(fh.read(8), "little")
-    if n < 2 or n > min(size - 8, MAX_HEADER):
+    if n < 2 or n > size - 8:
         raise SlimFormatError(f"{name}: header length {n} does not fit the file size {size}")
+    if n > metadata_budget(size):
+        raise SlimFormatError(f"{name}: header length {n} is more than the {metadata_budget(size)} bytes allowed "
+                              f"for a file of {size} bytes")
     try:
         header = json.loads(fh.read(n))
     except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON, an int of > 4300 digits
