@@ -70,7 +70,7 @@ def test_lean_choice_drops_decoded_copies_and_reopens_their_buckets():
     x64 = torch.randn(40, 32)
     choice.run(x64, ref(x64))                       # many rows: measured in a loop, the fast dense wins
     assert choice.names == {64: "dense"} and released[-1] == {"dense"}
-    choice.candidates["dense"] = choice.chosen[64] = lambda t: (time.sleep(0.003), t @ w.t())[1]
+    choice.candidates["dense"] = choice.chosen[64] = lambda t: (time.sleep(0.03), t @ w.t())[1]
     x1 = torch.randn(1, 32)
     for _ in range(4 * kernels.TRIAL_SAMPLES):      # one row: timed where it runs, until both have samples
         choice.run(x1, ref(x1))
@@ -93,7 +93,7 @@ def _slow_dense(monkeypatch, cls) -> None:
     dense = cls._dense
 
     def slow(self, x):
-        time.sleep(0.003)
+        time.sleep(0.01)
         return dense(self, x)
 
     monkeypatch.setattr(cls, "_dense", slow)

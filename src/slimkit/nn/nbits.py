@@ -13,8 +13,8 @@ twice that of per-token int8 activations.
 
 Every slimkit code layout maps exactly: codes of 1-4 bits are valid 4-bit codes, 5-8 bits 8-bit ones,
 with their own zero points (`2**(bits-1)` when symmetric); per-channel and per-tensor scales repeat
-over blocks. Sessions share one process-wide thread pool (sized by torch's thread count when the first
-is made), so 200 layers do not start 200 pools.
+over blocks. Each session has its own threads (torch's count when it is made), which sleep
+between calls; ONNX Runtime's process-wide pool would break every other session of the process.
 
 >>> mm = NBitsMatMul(codes, scale, zero, bits=4)      # codes (N, K) uint8, scale (N, groups)  # doctest: +SKIP
 >>> y = mm(x)                                          # (rows, K) float32 -> (rows, N)         # doctest: +SKIP
@@ -31,7 +31,6 @@ import torch
 BLOCKS = (128, 64, 32, 16)
 ACCURACY_INT8 = 4
 MIN_WEIGHTS = 1 << 16   # below ~256 KB of fp32 weight the dense copy stays in cache and a session call costs more
-_POOL: dict = {"threads": None}
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,23 +63,15 @@ def supports(rows: int, cols: int, bits: int, group: int) -> bool:
 
 
 def _session_options():
+    """Per-session threads (torch's count), not spinning between calls. Never ONNX Runtime's global
+    thread pool: once set, every other session of the process (the ONNX runtime of `sk.load`, the
+    export check) that asks for its own threads fails to build."""
     import onnxruntime as ort
 
-    if _POOL["threads"] is None:
-        threads = max(1, torch.get_num_threads())
-        try:   # must precede the first session of the process; afterwards per-session threads
-            from onnxruntime.capi import _pybind_state
-
-            _pybind_state.set_global_thread_pool_sizes(threads, 1)
-            _POOL["threads"] = "global"
-        except Exception:  # noqa: BLE001 - an environment already made: per-session pools instead
-            _POOL["threads"] = threads
     options = ort.SessionOptions()
-    if _POOL["threads"] == "global":
-        options.use_per_session_threads = False
-    else:
-        options.intra_op_num_threads = int(_POOL["threads"])
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
 
