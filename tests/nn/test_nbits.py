@@ -155,3 +155,25 @@ def test_tied_head_multiplies_by_the_embedding_codes(monkeypatch):
         y = head(x1)
     table = model.embed.dequantized_weight()
     assert rel_err(y, x1 @ table.t()) <= 2 * _per_token_error(x1, table) + 1e-5
+
+
+@needs_ort
+def test_other_onnx_runtime_sessions_still_build_after_a_low_bit_kernel():
+    """The kernels' sessions leave ONNX Runtime's process-wide thread pool alone: with it set, every
+    later session that asks for its own threads (sk.load's onnxruntime runtime, the export check) failed."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    codes = torch.randint(0, 16, (64, 128), dtype=torch.uint8)
+    kernel = nbits.NBitsMatMul(codes, torch.rand(64, 2) + 0.1, None, 4)
+    x = torch.randn(1, 128)
+    assert kernel(x).shape == (1, 64)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": torch.tensor([[-1.0, 2.0, -3.0, 4.0]]).numpy()})[0]
+    assert out.tolist() == [[0.0, 2.0, 0.0, 4.0]]
