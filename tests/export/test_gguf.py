@@ -208,3 +208,22 @@ def test_cli_writes_and_refuses(tmp_path, compressed, monkeypatch, capsys):
         assert code == 2
         assert err.strip().splitlines()[-1].startswith(f"slimkit: error: {message}")
     assert not (tmp_path / "g.gguf").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_f32_export_gives_back_the_original_gguf(tmp_path):
+    """builtin:smollm2 is dequantized from a GGUF file: written back as F32 with llama.cpp's names and Q/K
+    row order, every tensor equals the original file's (dequantized) tensor, and the tokenizer is copied."""
+    from slimkit.zoo.smollm2 import gguf_path
+
+    report = export_gguf(sk.zoo.load("smollm2"), tmp_path / "s.gguf", qtype="f32")
+    assert report["types"] == {"F32": 272} and report["tokenizer"] == str(gguf_path())
+    original, mine = gguf.GGUFReader(gguf_path()), gguf.GGUFReader(tmp_path / "s.gguf")
+    theirs = {t.name: t for t in mine.tensors}
+    assert sorted(theirs) == sorted(t.name for t in original.tensors)
+    for t in original.tensors:
+        np.testing.assert_array_equal(gguf.quants.dequantize(theirs[t.name].data, theirs[t.name].tensor_type),
+                                      gguf.quants.dequantize(t.data, t.tensor_type), err_msg=t.name)
+    for key, field in original.fields.items():
+        if key.startswith(("llama.", "tokenizer.", "general.")) and key != "general.file_type":
+            assert mine.fields[key].contents() == field.contents(), key

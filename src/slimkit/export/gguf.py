@@ -9,8 +9,9 @@ default, or re-quantized to Q8_0 / Q4_0 / Q4_1). The report lists each tensor: i
 got there (exact / codes kept / re-quantized / float) and the largest difference to slimkit's own
 decoded weight, so nothing is re-quantized silently. Norm weights stay F32.
 
-The tokenizer: copied from the source GGUF where the model came from one (builtin:smollm2); else the
-file carries no vocabulary (`tokenizer.ggml.model = "none"`) and llama.cpp runs it on token ids.
+The tokenizer (and the general.* description: name, license): copied from the source GGUF where the
+model came from one (builtin:smollm2); else the file carries no vocabulary (`tokenizer.ggml.model =
+"none"`) and llama.cpp runs it on token ids.
 
 >>> report = export_gguf(sk.load("smollm2-int8.slim"), "smollm2-q8_0.gguf")   # doctest: +SKIP
 >>> report["types"]                                                            # doctest: +SKIP
@@ -66,8 +67,8 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", o
         arrays[name] = data
         records.append({"name": name, "source": source, **record})
     writer = gguf.GGUFWriter(None, ARCH)
+    tokenizer = add_source_keys(writer, model, config)
     add_metadata(writer, config, records)
-    tokenizer = add_tokenizer(writer, model, config)
     for rec in records:
         data = arrays[rec["name"]]
         raw = gguf.GGMLQuantizationType[rec["type"]]
@@ -202,7 +203,8 @@ def add_metadata(writer, config, records: list[dict]) -> None:
     """llama.cpp's llama hyperparameters (`LlamaModel.set_gguf_parameters`) and the file type."""
     import gguf
 
-    writer.add_name(str(getattr(config, "_name_or_path", "") or "slimkit export").rsplit("/", 1)[-1] or "model")
+    if not any("general.name" in kv for kv in writer.kv_data):
+        writer.add_name(str(getattr(config, "_name_or_path", "") or "model").rstrip("/").rsplit("/", 1)[-1] or "model")
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -230,9 +232,12 @@ def add_metadata(writer, config, records: list[dict]) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def add_tokenizer(writer, model: nn.Module, config) -> str:
-    """Copy the tokenizer keys of the GGUF the model came from (builtin:smollm2), else write an empty
-    vocabulary; returns where the tokenizer came from ("none" when there is none)."""
+OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
+
+
+def add_source_keys(writer, model: nn.Module, config) -> str:
+    """Copy the tokenizer and the general.* description (name, license, ...) of the GGUF the model came
+    from (builtin:smollm2), else write an empty vocabulary; returns the source GGUF's path, or "none"."""
     source = source_gguf(model)
     if source is not None:
         import gguf
@@ -241,7 +246,7 @@ def add_tokenizer(writer, model: nn.Module, config) -> str:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         if tokens is not None and len(tokens.data) == config.vocab_size:
             for key, field in reader.fields.items():
-                if key.startswith("tokenizer."):
+                if key.startswith(("tokenizer.", "general.")) and key not in OWN_KEYS:
                     sub = field.types[1] if len(field.types) > 1 else None
                     writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
             return str(source)
