@@ -83,7 +83,8 @@ def _gguf(model: str, out: Path, gguf_type: str, force: bool, as_json: bool) -> 
     types = ", ".join(f"{n} {t}" for t, n in sorted(report["types"].items()))
     vocab = "no tokenizer (token ids only)" if report["tokenizer"] == "none" else "tokenizer from the source GGUF"
     common.say(f"wrote {out} ({common.fmt_bytes(report['bytes'])}: {types}; {report['exact']} exact, "
-               f"{report['codes_kept']} codes kept (scales or minimums rounded to fp16), {report['requantized']} re-quantized; "
+               f"{report['codes_kept']} codes kept (scales or minimums rounded to fp16), "
+               f"{report['requantized']} re-quantized; "
                f"{vocab})")
 
 
