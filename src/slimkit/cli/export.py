@@ -8,7 +8,8 @@ import typer
 
 from slimkit.cli import common, user_ref
 from slimkit.core.errors import SlimError
-from slimkit.export.gguf import TARGETS
+from slimkit.export.gguf import TARGETS, export_gguf
+from slimkit.export.onnx import export
 
 
 def export_cmd(model: str = typer.Argument(..., help=f"A .slim file, or {user_ref.MODEL_HELP}"),
@@ -44,8 +45,6 @@ def export_cmd(model: str = typer.Argument(..., help=f"A .slim file, or {user_re
     if gguf is not None:
         _gguf(model, gguf, gguf_type, force, as_json)
         return
-    from slimkit.export.onnx import export
-
     with common.status(f"loading {model}"):
         net, task = user_ref.model_and_task(model, data, need="exporting" if user_ref.is_reference(model) else None)
     with common.status("exporting and checking in ONNX Runtime"):
@@ -61,8 +60,6 @@ def export_cmd(model: str = typer.Argument(..., help=f"A .slim file, or {user_re
 
 
 def _gguf(model: str, out: Path, gguf_type: str, force: bool, as_json: bool) -> None:
-    from slimkit.export.gguf import export_gguf
-
     if gguf_type.lower() not in TARGETS:
         raise SlimError(f"--gguf-type must be one of {', '.join(TARGETS)}, got {gguf_type!r}")
     with common.status(f"loading {model}"):

@@ -33,6 +33,7 @@ from slimkit.core.optional import require
 from slimkit.core.provenance import base_of
 from slimkit.export import gguf_blocks as gb
 from slimkit.io.safetensors_file import AtomicFile, check_writable
+from slimkit.zoo import smollm2
 
 TARGETS = ("f16", "f32", "q8_0", "q4_0", "q4_1")
 ARCH = "llama"
@@ -258,8 +259,6 @@ def source_gguf(model: nn.Module) -> Path | None:
     """The GGUF file a zoo model was converted from (SmolLM2), or None."""
     base = base_of(model)
     if base.get("kind") == "zoo" and base.get("name") == "smollm2":
-        from slimkit.zoo import smollm2
-
         try:
             return smollm2.gguf_path()
         except SlimError:
