@@ -284,7 +284,12 @@ def test_a_file_with_a_huge_graph_is_refused_before_building_it(tmp_path):
     sk.save(nn.Sequential(nn.Linear(4, 4)), path)
     arrays, manifest = read_raw(path)
     relu = {"op": "call_function", "name": "r", "target": "torch.relu", "args": [{"node": "_0"}]}
-    manifest["base"]["graph"]["nodes"][-1:-1] = [dict(relu, name=f"r{i}") for i in range(100_000)]
+    nodes = manifest["base"]["graph"]["nodes"]
+    nodes[-1:-1] = [dict(relu, name=f"r{i}") for i in range(20_001)]   # a 2 MB header: within the header cap
     write_raw(path, arrays, manifest)
     with pytest.raises(sk.SlimFormatError, match="'nodes' must be a list of 1 to 20000 nodes"):
+        sk.load(path)
+    nodes[-1:-1] = [dict(relu, name=f"s{i}") for i in range(80_000)]    # 10 MB: refused by the header cap first
+    write_raw(path, arrays, manifest)
+    with pytest.raises(sk.SlimFormatError, match="header length"):
         sk.load(path)
