@@ -72,7 +72,10 @@ class MethodConfig(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if field is None:
             return value
-        return check_scalar(value, scalar_kinds(field.annotation))
+        value = check_scalar(value, scalar_kinds(field.annotation))
+        if info.field_name == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
+            raise ValueError("seed must be an integer from 0 to 2**63 - 1")   # torch's generators take no more
+        return value
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
         """Compress `model` in place (or return a new module) and return it."""
