@@ -2,6 +2,9 @@
 every entry point (`apply_` and the family verbs, `run_recipe`, `distill`, `evaluate`, `search`,
 `compress`) calls on its `data=` / `metric=` arguments.
 
+Over 400 lines by a few: the one adapter from every form of user data (Task, DataLoader, batches)
+and its split; its parts only make sense together.
+
 - `data` is a `Task` (used as it is), a torch `DataLoader`, or any iterable of batches, each a
   tensor (the model's first input), an `(inputs, target)` pair, or a dict of keyword inputs.
   A single tensor, dict or `(inputs, target)` tuple is one batch.

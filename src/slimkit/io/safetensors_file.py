@@ -1,5 +1,8 @@
 """Read and write safetensors files with validation before allocation, and atomic writes.
 
+Over 400 lines: reading and writing share the bounds checks and the atomic-write helpers that
+every .slim path goes through; kept together so no writer can skip them.
+
 The reader checks the header length against the file size, every tensor's dtype, shape and byte
 range (inside the data section, no overlap, size = elements x itemsize) before it reads anything,
 so a truncated or lying file is refused with `SlimFormatError` instead of a huge allocation.

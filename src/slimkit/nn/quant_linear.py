@@ -1,5 +1,8 @@
 """Quantized Linear layers that run on integer kernels or decode packed weights.
 
+Over 400 lines: the two layers share their kernel-choice and code-cache plumbing (`_CodesMixin`,
+`_DecodeCache`); splitting `QuantLinear` into its own file is the next step.
+
 - `Int8Linear`: int8 per-channel weights. On fp32 inputs it has three kernels and picks per
   input shape (`slimkit.nn.kernels`): the integer path (each row quantized to int8 per token,
   `torch._int_mm`, rescaled in fp32; with a calibrated `input_scale` the activation scale is

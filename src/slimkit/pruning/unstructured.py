@@ -4,7 +4,7 @@ then storage through the `sparse` codec. The math lives in `masks` and `schedule
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,9 +17,6 @@ from slimkit.io.artifact import codec_chain, set_codec
 from slimkit.pruning.finetune import finetune, training_data
 from slimkit.pruning.masks import MaskSet, magnitude_masks, nm_mask, sparsity_of
 from slimkit.pruning.schedules import event_iterations, polynomial_schedule
-
-if TYPE_CHECKING:
-    from slimkit.pruning.api import MagnitudePruningConfig, NMPruningConfig
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -45,7 +42,7 @@ def same_start(model: nn.Module) -> None:
 
 
 def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module],
-                     cfg: MagnitudePruningConfig) -> MaskSet:
+                     cfg: Any) -> MaskSet:   # a MagnitudePruningConfig
     """Prune `modules` by weight magnitude following `cfg.schedule`; returns the final masks."""
     held = MaskSet()
     same_start(model)
@@ -77,7 +74,8 @@ def magnitude_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.
     return held
 
 
-def nm_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module], cfg: NMPruningConfig) -> MaskSet:
+def nm_prune_(model: nn.Module, task: Task | None, modules: dict[str, nn.Module],
+              cfg: Any) -> MaskSet:   # an NMPruningConfig
     """N:M masks on every selected layer whose input size divides by M, then optional fine-tuning."""
     held = MaskSet()
     same_start(model)

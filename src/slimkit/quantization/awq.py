@@ -87,7 +87,8 @@ def search_scales(weights: list[torch.Tensor], hessian: torch.Tensor, mean_abs: 
         err = sum(output_error(fake_quant(w * s) / s - w, h) for w in ws)
         if best is None or err < best[0]:
             best = (err, s, alpha)
-    assert best is not None
+    if best is None:
+        raise ValueError("awq needs at least one candidate scale (grid >= 1)")
     return best[1], best[2]
 
 

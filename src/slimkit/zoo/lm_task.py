@@ -214,7 +214,8 @@ class CausalLMTask(Task):
         """The original model's pass: its perplexity and the log-probabilities of the KL positions (kept)."""
         if self.reference_ is None:
             self._reference_from(None)
-        assert self.reference_ is not None
+        if self.reference_ is None:
+            raise RuntimeError("the original model's pass could not be computed")
         return self.reference_
 
     def _reference_from(self, candidate: nn.Module | None) -> bool:
