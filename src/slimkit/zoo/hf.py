@@ -349,22 +349,11 @@ def build_from_base(base: dict, max_bytes: int | None = None) -> nn.Module:
     config_dict = base.get("config") if isinstance(base, dict) else None
     if not isinstance(config_dict, dict) or base.get("kind") != "hf":
         raise SlimError("base model reference is not a Hugging Face config (expected kind 'hf' and a config)")
-    model_type = config_dict.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise SlimError("Hugging Face config has no model_type; cannot rebuild the architecture")
     head = base.get("head")
     if head is not None and head != CAUSAL_LM:
         raise SlimError(f"unknown Hugging Face head {str(head)[:40]!r} in the base (known: {CAUSAL_LM})")
-    with quiet() as transformers:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING as mapping
-
-        if model_type not in mapping:
-            raise SlimError(f"Hugging Face model_type {model_type!r} is unknown to transformers "
-                            f"{transformers.__version__}")
-        try:
-            config = mapping[model_type].from_dict(config_dict)
-        except (*BUILD_ERRORS, *_strict_errors()) as exc:
-            raise SlimError(f"invalid Hugging Face config for {model_type!r}: {first_line(exc)[:200]}") from None
+    config = _config_object(config_dict, "")
+    model_type = config_dict["model_type"]
     try:
         if max_bytes is not None:
             with torch.device("meta"):
