@@ -34,6 +34,9 @@ BASELINE = "torch fp32"
 ORT_FP32 = "onnxruntime fp32"
 ORT_INT8 = "onnxruntime int8 (per-channel)"
 NOT_IMPLEMENTED = "not yet implemented"
+# a pause before each candidate's block of timed calls: ONNX Runtime peers busy-wait after each run
+# by default, and on 2 cores their spinning threads doubled the next torch candidate's batched time
+SETTLE_S = 0.005
 LONG_RUNS = Path(__file__).with_name("long_runs.md")  # hand-measured runs too long for a case, appended
 
 
@@ -115,7 +118,7 @@ def time_candidates(cands: list[Candidate], task: Any, batch: int, protocol: Pro
         fns: dict[str, Callable[[], object]] = {
             c.name: (lambda m=c.model, i=inputs: task.forward(m, i)) for c in live}
         medians = interleaved(fns, rounds=protocol.rounds, repeats=repeats,
-                              warmup=protocol.warmup, threads=threads)
+                              warmup=protocol.warmup, threads=threads, settle_s=SETTLE_S)
         for c in live:
             setattr(c, attr, round(medians[c.name], 4))
 

@@ -47,6 +47,27 @@ def test_latency_helpers_return_positive_medians():
     assert set(out) == {"a", "b"} and all(v > 0 for v in out.values())
 
 
+def test_interleaved_settle_pauses_before_each_block_and_drops_its_first_call(monkeypatch):
+    import slimkit.core.latency as latency
+
+    calls = {"a": 0, "b": 0}
+    order: list[str] = []
+    sleeps: list[float] = []
+    monkeypatch.setattr(latency.time, "sleep", lambda s: (sleeps.append(s), order.append("sleep")))
+
+    def make(k):
+        def fn():
+            calls[k] += 1
+            order.append(k)
+        return fn
+
+    out = interleaved({"a": make("a"), "b": make("b")}, rounds=3, repeats=4, warmup=1, settle_s=0.01)
+    assert calls == {"a": 1 + 3 * (1 + 4), "b": 1 + 3 * (1 + 4)}  # warm-up, then per round 1 untimed + 4
+    assert sleeps == [0.01] * 6
+    assert order[2:9] == ["sleep", "a", "a", "a", "a", "a", "sleep"]
+    assert set(out) == {"a", "b"}
+
+
 def test_digits_task_batches(digits_task):
     assert digits_task.example_inputs(1)["x"].shape == (1, 64)
     assert digits_task.example_inputs(1000)["x"].shape == (1000, 64)

@@ -192,6 +192,44 @@ def test_changed_weights_drop_the_graph(artifacts, digits_task):
     assert sk.runtime_report(model)["runtime"]["choices"]
 
 
+def test_repeated_calls_take_the_hot_path_and_every_check_still_holds(artifacts, digits_task, monkeypatch):
+    """After the first call of a kind, calls go straight to the chosen session (`_hot`), but training
+    mode, hooks, torch_only(), grad and changed weights still send them to torch or drop the graph."""
+    model = sk.load(artifacts["kmeans"], runtime="onnxruntime")
+    dispatch = model.__dict__["slimkit_runtime"]
+    x = digits_task.example_inputs(8)["x"]
+    slow_calls = []
+    monkeypatch.setattr(dispatch, "_call", lambda a, k, f=dispatch._call: (slow_calls.append(1), f(a, k))[1])
+    with torch.no_grad(), torch_only():
+        ref = model(x)
+    with torch.no_grad():
+        first = model(x)                       # measured: the slow path
+        assert len(slow_calls) == 2 and len(dispatch._hot) == 1
+        again = model(x)                       # hot: no slow path
+    assert len(slow_calls) == 2 and torch.equal(first, again) and error([again], [ref]) <= FLOAT_TOL
+    seen = []
+    handle = model.fc2.register_forward_hook(lambda m, i, o: seen.append(1))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen == [1], "a hook registered after the call went hot still runs"
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert "training" in sk.runtime_report(model)["runtime"]["why_torch"]
+    model.eval()
+    with torch.no_grad(), torch_only():
+        model(x)
+    assert "torch_only" in sk.runtime_report(model)["runtime"]["why_torch"]
+    y = model(x)                               # grad enabled and the parameters require it
+    assert y.requires_grad
+    with torch.no_grad():
+        model.fc3.bias.add_(1.0)
+        assert torch.allclose(model(x), ref + 1.0, atol=1e-4), "an in-place change reaches a hot call"
+        model(x)
+    assert sk.runtime_report(model)["runtime"]["choices"] and len(dispatch._hot) == 1
+
+
 class _Toy(nn.Module):
     """Token ids (+ an optional float feature) -> a tuple of two tensors; takes extra options."""
 
@@ -234,10 +272,10 @@ def test_structure_dtypes_and_sequence_lengths_are_kept(tmp_path):
         for shape in ((1, 5), (3, 11), (2, 3)):
             ids = torch.randint(0, 20, shape)
             extra = torch.randn(shape[0], 8)
-            out = model(ids, extra=extra)
+            out, hot = model(ids, extra=extra), model(ids, extra=extra)  # the second is a hot call
             ref = type(model).forward(model, ids, extra=extra)
-            assert type(out) is tuple and len(out) == 2
-            assert error(list(out), list(ref)) <= FLOAT_TOL
+            assert type(out) is tuple and len(out) == 2 and type(hot) is tuple
+            assert error(list(out), list(ref)) <= FLOAT_TOL and error(list(hot), list(ref)) <= FLOAT_TOL
     state = sk.runtime_report(model)["runtime"]
     threads = torch.get_num_threads()
     assert sorted(state["choices"]) == [f"ids:int64[*,*] extra:float32[*,8] threads={threads} batch=1",
@@ -351,6 +389,7 @@ def test_minilm_int8_keeps_its_hugging_face_output(runtime, tmp_path):
         with torch.no_grad():
             out = model(**inputs)
         state = sk.runtime_report(model)["runtime"]
+        assert "failed" not in str(state["why_torch"]), state
         runner = state["choices"][f"input_ids:int64[*,*] attention_mask:int64[*,*] threads={torch.get_num_threads()} "
                                   f"batch={'1' if batch == 1 else '>1'}"]
         ref = _reference(plain, runner, **inputs)

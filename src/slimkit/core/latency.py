@@ -36,8 +36,12 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5,
-                warmup: int = 2, threads: int | None = None) -> dict[str, float]:
-    """Median ms per candidate, measured in interleaved rounds so drift hits all alike."""
+                warmup: int = 2, threads: int | None = None, settle_s: float = 0.0) -> dict[str, float]:
+    """Median ms per candidate, measured in interleaved rounds so drift hits all alike.
+
+    `settle_s` > 0 pauses that long before each candidate's block of calls in a round, then makes one
+    untimed call: worker threads that the previous candidate left busy-waiting (ONNX Runtime spins
+    by default after each run) go to sleep instead of taking the cores from the one being timed."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     with num_threads(threads or default_threads()), torch.inference_mode():
         for fn in fns.values():
@@ -45,5 +49,7 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: 
                 fn()
         for _ in range(rounds):
             for key, fn in fns.items():
-                samples[key].extend(time_call(fn, repeats, warmup=0))
+                if settle_s > 0:
+                    time.sleep(settle_s)
+                samples[key].extend(time_call(fn, repeats, warmup=1 if settle_s > 0 else 0))
     return {k: statistics.median(v) for k, v in samples.items()}

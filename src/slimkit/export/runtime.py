@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from slimkit.export.onnx import flatten_output, rebuild_output
-from slimkit.export.runtime_graph import Graph, one_line
+from slimkit.export.runtime_graph import Graph, hot_runner, one_line
 from slimkit.export.runtime_guard import Signature, Watch, batch_label, call_key, gather
 from slimkit.io.runtimes import RUNTIME_KEY, is_torch_only, register_runtime, strip_runtime
 from slimkit.nn.kernels import runtime_report as kernel_report
@@ -83,6 +83,7 @@ class RuntimeDispatch:
         self._watch: Watch | None = None
         self._lock = threading.Lock()
         self._busy = False
+        self._hot: dict[tuple, tuple] = {}  # call_key -> (threads, runner or None for torch, needs grad)
 
     # --------------------------------------------------------------------- copies
 
@@ -112,6 +113,18 @@ class RuntimeDispatch:
         return type(self.model).forward.__get__(self.model)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ck = call_key(args, kwargs) if self._hot else None
+        hot = self._hot.get(ck) if ck is not None else None
+        if hot is not None and hot[0] == torch.get_num_threads():
+            if hot[1] is None:  # measured: torch is fastest for calls like this one
+                return self.torch_forward(*args, **kwargs)
+            # the check may drop the graphs (changed weights), and with them every hot entry
+            if self._guard() is None and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
+                return hot[1](args, kwargs)
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple, kwargs: dict) -> Any:
+        """A call off the hot path: the first of its kind, or one the graph may not answer now."""
         plan: Any = self._guard() or self._plan(args, kwargs)
         if isinstance(plan, str):
             self.why_torch = plan
@@ -120,6 +133,7 @@ class RuntimeDispatch:
         key = ((sig, torch.get_num_threads()), bucket)
         choice = self.choices.get(key)
         if choice == "torch":  # measured slower here: torch, whatever else holds
+            self._remember(args, kwargs, key, None, inputs_need_grad)
             return self.torch_forward(*args, **kwargs)
         why = self._check_model(inputs_need_grad)
         if why is not None:
@@ -128,14 +142,32 @@ class RuntimeDispatch:
         named = gather(names, args, kwargs)
         choice = self.choices.get(key)  # the check may have dropped the graphs
         if choice is None:
-            return self._first_call(key, named, args, kwargs)
+            out = self._first_call(key, named, args, kwargs)
+            choice, graph = self.choices.get(key), self.graphs.get(key[0])
+            if choice == "torch" or (choice is not None and graph is not None and choice in graph.sessions):
+                runner = None if choice == "torch" else hot_runner(graph.sessions[choice], names, graph.spec)
+                self._remember(args, kwargs, key, runner, inputs_need_grad)
+            return out
         graph = self.graphs[key[0]]
         try:
-            return rebuild_output(graph.spec, graph.sessions[choice].run_all(named))
+            out = rebuild_output(graph.spec, graph.sessions[choice].run_all(named))
         except Exception as exc:  # noqa: BLE001 - a shape the graph cannot take: torch for this signature
+            self._hot.clear()
             self.choices[key] = "torch"
             self.why_torch = f"{choice} failed on {batch_label(key)}: {one_line(exc)}"
             return self.torch_forward(*args, **kwargs)
+        self._remember(args, kwargs, key, hot_runner(graph.sessions[choice], names, graph.spec), inputs_need_grad)
+        return out
+
+    def _remember(self, args: tuple, kwargs: dict, key: tuple, runner: Any, inputs_need_grad: bool) -> None:
+        """Put calls like this one (same `call_key`) on the hot path: straight to `runner` (None: torch)
+        after the per-call checks. Not for inputs that require grad (their arrays need a detach)."""
+        ck = call_key(args, kwargs)
+        if ck is None or inputs_need_grad:
+            return
+        if len(self._hot) >= MAX_PLANS:
+            self._hot.clear()
+        self._hot[ck] = (key[0][1], runner, inputs_need_grad)
 
     def _guard(self) -> str | None:
         """Why no call may use the graph now (None: it may)."""
@@ -190,6 +222,7 @@ class RuntimeDispatch:
 
     def _forget(self, why: str) -> bool:
         """Drop every graph and choice; False (torch for good) after MAX_REBUILDS times."""
+        self._hot.clear()
         if not self.graphs and not self.choices:
             return True
         self.graphs.clear()
@@ -204,6 +237,7 @@ class RuntimeDispatch:
     # --------------------------------------------------------------------- the first call per signature
 
     def _first_call(self, key: tuple, named: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
+        self._hot.clear()  # a measurement may drop sessions other hot entries run
         with self._lock:
             self._busy = True
             try:

@@ -367,6 +367,14 @@ class _DecodeCache:
         self.key: tuple | None = None
         self.value = None
 
+    def __deepcopy__(self, memo: dict) -> _DecodeCache:
+        """Empty: a copy rebuilds what it needs at its first call (a cached ONNX Runtime session
+        cannot be copied, and a decoded weight need not be)."""
+        return _DecodeCache()
+
+    def __getstate__(self) -> dict:
+        return {"key": None, "value": None}
+
     def get(self, module: nn.Module, names: tuple[str, ...], build, *extra: object):
         return self.get_tensors([module._buffers.get(n, module._parameters.get(n)) for n in names],
                                 build, *extra)
