@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from slimkit.core.errors import SlimError
@@ -314,21 +314,14 @@ class GPTQConfig(_WeightQuant):
     summary: ClassVar[str] = "GPTQ weight-only 1-8 bits with error compensation (needs calibration data)"
     act_order: bool = True
     damp: float = 0.01
-    block_size: int = 128
-    samples: int = 128
+    block_size: int = Field(128, ge=1)
+    samples: int = Field(128, ge=1)
 
     @field_validator("damp")
     @classmethod
     def _damp(cls, v: float) -> float:
         if not 0 < v < 1:
             raise ValueError(f"damp must lie in (0, 1), got {v}")
-        return v
-
-    @field_validator("samples", "block_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be a positive integer, got {v}")
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:

@@ -123,7 +123,7 @@ class QATConfig(MethodConfig):
     summary: ClassVar[str] = "quantization-aware training (STE + LSQ), per-channel weights, bit-packed"
     bits: int = 4
     lsq: bool = True
-    epochs: int = Field(3, ge=0)
+    epochs: int = Field(3, ge=1)
     lr: float = Field(5e-4, gt=0, le=10)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
@@ -135,13 +135,6 @@ class QATConfig(MethodConfig):
         check_bits(v)
         if v < 2:
             raise ValueError("bits must be at least 2 for symmetric QAT")
-        return v
-
-    @field_validator("epochs", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be a positive integer, got {v}")
         return v
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
