@@ -29,7 +29,7 @@ def _refused(path, *needles: str) -> str:
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         load_recipe(str(path))
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10  # a hang guard (issue #22's 10 s bound), not a speed check
     message = str(err.value)
     assert "\n" not in message and str(path) in message, message
     for needle in needles:

@@ -75,19 +75,14 @@ def test_structured_errors_name_the_problem(lenet, digits_task):
 
 @pytest.mark.slow
 def test_recipe_apoz_meets_lenet5_targets(lenet5_trained, digits_task):
-    """Issue 4 target: >= 3.8x fewer parameters, <= 0.5 pt test drop, faster at batch 1 and 32."""
+    """Issue 4 targets: >= 3.8x fewer parameters, <= 0.5 pt test drop (faster at batch 1 and 32 is
+    a bench target, `python -m bench`: tests never assert wall-clock times)."""
     import copy
-
-    from slimkit.core.latency import interleaved
 
     base = lenet5_trained
     model = sk.run_recipe(copy.deepcopy(base), sk.load_recipe("apoz"), digits_task)
     assert param_count(base) / param_count(model) >= 3.8
     assert 100 * (digits_task.score(base) - digits_task.score(model)) <= 0.5
-    for b in (1, 32):
-        x = digits_task.example_inputs(b)["x"]
-        t = interleaved({"base": lambda x=x: base(x), "pruned": lambda x=x: model(x)}, threads=1)
-        assert t["pruned"] < t["base"]
 
 
 def test_taylor_and_activation_criteria_shrink_lenet5(lenet5_trained, digits_task):

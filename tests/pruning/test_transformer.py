@@ -74,17 +74,14 @@ def test_transformer_errors(lenet):
 
 @pytest.mark.slow
 def test_recipe_prune_structured_on_minilm():
-    """Issue 4 target: MiniLM with 50% of FFN neurons removed is >= 1.3x faster (batched)."""
+    """Issue 4: MiniLM with 50% of FFN neurons physically removed keeps fidelity >= 0.9 (its >= 1.3x
+    batched speed-up is a bench target, `python -m bench`: tests never assert wall-clock times)."""
     import copy
-
-    from slimkit.core.latency import interleaved
 
     base = sk.zoo.load("minilm")
     task = sk.zoo.entry("minilm").task()
     model = sk.run_recipe(copy.deepcopy(base), sk.load_recipe("prune-structured"), task)
     assert all(b.intermediate.dense.out_features == 768 for b in find_blocks(model).values())
     assert task.score(model) >= 0.9
-    x = task.example_inputs(32)
-    t = interleaved({"base": lambda: task.forward(base, x), "pruned": lambda: task.forward(model, x)},
-                    rounds=5, repeats=3, threads=1)
-    assert t["base"] / t["pruned"] >= 1.3
+    pruned = sum(p.numel() for p in model.parameters())
+    assert pruned < sum(p.numel() for p in base.parameters()) - 6 * 2 * 768 * 384, "the weights are gone"

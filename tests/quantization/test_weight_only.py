@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
 
 import slimkit as sk
 from slimkit.core.errors import SlimError
+from slimkit.nn.kernels import kernel_mode
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import QuantLinear
 from slimkit.nn.quant_math import rtn_quantize
@@ -75,21 +74,26 @@ def test_cached_weight_follows_buffer_changes():
     assert torch.allclose(q(x), 2 * before, atol=1e-5)
 
 
-def test_decoded_layer_not_slower_than_fp32():
+def test_decoded_layer_decodes_once_and_then_runs_as_fp32(monkeypatch):
+    """A weight-only layer decodes its codes on the first call and reuses that fp32 weight, so it
+    runs at fp32 speed (measured in `python -m bench`; tests never assert wall-clock times)."""
+    import slimkit.nn.quant_linear as ql
+
     torch.manual_seed(0)
     lin = nn.Linear(384, 1536)
     q = QuantLinear.from_quantized(rtn_quantize(lin.weight, 4, True, "group", 128), lin.bias, True)
     x = torch.randn(40, 384)
-
-    times = {"q": [], "fp32": []}
-    with torch.inference_mode():
-        q(x)
-        for _ in range(40):                                  # interleaved: load spikes hit both
-            for key, fn in (("q", lambda: q(x)), ("fp32", lambda: lin(x))):
-                t = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t)
-    assert min(times["q"]) < 1.5 * min(times["fp32"]) + 5e-4
+    decodes = []
+    real = ql.dequantize_groups
+    monkeypatch.setattr(ql, "dequantize_groups", lambda *a: (decodes.append(1), real(*a))[1])
+    with torch.inference_mode(), kernel_mode("dense"):
+        first = q(x)
+        weight = q._cache.value
+        for _ in range(3):
+            assert torch.equal(q(x), first)
+    assert len(decodes) == 1 and q._cache.value is weight and weight.dtype is torch.float32
+    assert q.runtime_state() == {"choices": {"all": "dense"}, "cache_bytes": 384 * 1536 * 4}
+    assert torch.allclose(first, torch.nn.functional.linear(x, weight, lin.bias), atol=1e-6)
 
 
 def test_lenet_4bit_per_channel(lenet, digits_task):
