@@ -11,8 +11,8 @@ from pathlib import Path
 
 from slimkit.core.errors import SlimError
 from slimkit.core.streaming import stream_support
+from slimkit.io.shards import is_sharded
 from slimkit.pipeline.recipes import load_recipe
-from slimkit.stream.checkpoint import is_sharded
 from slimkit.stream.layerwise import layerwise_config
 from slimkit.stream.plan import plan_from_recipe
 from slimkit.stream.skeleton import checkpoint_bytes
