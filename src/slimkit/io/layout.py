@@ -230,7 +230,8 @@ class SlimWriter:
     and the data section has no holes) into an `AtomicFile`, which it renames over the output. An
     error or a kill at any point leaves no partial output; `abort` (or leaving the `with` block by
     an exception) removes the temporary files. `overwrite=False` never replaces an existing file
-    (`AtomicFile`): SlimError at `finish` if one appeared meanwhile.
+    (`AtomicFile`): SlimError at `finish` if one appeared meanwhile. `digests` holds each array's
+    CRC-32 as written, for a reload check of the finished file (`slimkit.stream.verify`).
 
     When every array's size is known in advance (e.g. int8/int4 codes and raw copies, whose sizes
     follow from shapes), `reserve` writes the header first and `add` then writes each array at its
