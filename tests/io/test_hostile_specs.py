@@ -211,3 +211,13 @@ def test_metadata_is_bounded_by_the_files_size(tmp_path):
     assert packed.stat().st_size < 100_000
     with pytest.raises(SlimFormatError, match="too large"):
         sk.read_manifest(packed)
+
+
+def test_metadata_budget_is_4_mib_or_a_sixteenth_of_the_file():
+    """The fuzzer-chosen header cap (docs/safety.md): 4 MiB for any file, 1/16 of a larger one, 64 MiB at most."""
+    from slimkit.io.safetensors_file import MAX_HEADER, METADATA_FLOOR, metadata_budget
+
+    assert METADATA_FLOOR == 4 << 20 and MAX_HEADER == 64 << 20
+    assert metadata_budget(1000) == 4 << 20
+    assert metadata_budget(160 << 20) == 10 << 20
+    assert metadata_budget(100 << 30) == 64 << 20

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 import slimkit as sk
 from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.io.shards import is_sharded
 from slimkit.stream import compress_checkpoint
-from slimkit.stream.checkpoint import is_sharded
 
 from .conftest import write_sharded
 

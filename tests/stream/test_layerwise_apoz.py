@@ -152,9 +152,10 @@ def test_cli_stream_with_a_one_shot_apoz_recipe(folders, tmp_path, monkeypatch, 
                       "    samples: 16\n")
     out = tmp_path / "cli.slim"
     code, stdout, err = cli(monkeypatch, capsys, "compress", str(folders["opt"]), "--recipe", str(recipe),
-                            "--stream", "--out", str(out), "--json")
+                            "--stream", "--out", str(out), "--json", "--max-drop", "5")
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["scored"] and 0 < result["drop"] <= 5   # measured on the written file (over the default 1 pt)
     assert result["streamed"] == "layerwise" and result["bytes"] == out.stat().st_size
     assert result["stored"] == {"apoz-trimmed (FFN neurons above APoZ mean + 1 std)": 4}
     assert sk.load(out).get_submodule("decoder.layers.1.fc1").out_features < 128

@@ -46,3 +46,37 @@ def test_replace_and_set_attr_record_edits():
     assert model(torch.ones(1, 4)).shape == (1, 2)
     with pytest.raises(SlimError, match="no module named 'missing'"):
         replace_module(model, "missing", nn.Identity())
+
+
+QUANT_CONV = {"type": "QuantConv2d", "in": 1, "out": 4, "kernel": [3, 3], "stride": [1, 1], "dilation": [1, 1],
+              "groups": 1, "bias": True, "bits": 8, "symmetric": True, "granularity": "channel", "group_size": 9,
+              "scale_dtype": "float32"}
+
+
+@pytest.mark.parametrize("base", [{"type": "Conv2d", "in": 1, "out": 4, "kernel": [3, 3], "stride": [1, 1],
+                                   "dilation": [1, 1], "groups": 1, "bias": True}, QUANT_CONV],
+                         ids=["Conv2d", "QuantConv2d"])
+def test_padding_from_a_file_is_bounded(base):
+    """Found by the tree fuzzer: a QuantConv2d padded by 1,048,576 took 1.3 GB per 8x8 forward. Padding
+    may be at most max(64, dilation x (kernel - 1)) per side (docs/safety.md)."""
+    from slimkit.surgery.specs import MAX_PADDING
+
+    assert MAX_PADDING == 64
+    assert from_spec({**base, "padding": [64, 64]}).padding == (64, 64)
+    for bad in ([65, 0], [0, 1_048_576]):
+        with pytest.raises(SlimFormatError, match="beyond the kernel's reach"):
+            from_spec({**base, "padding": bad})
+    with pytest.raises(SlimFormatError, match="padding"):
+        from_spec({**base, "padding": [-1, 0]})
+    wide = {**base, "dilation": [50, 50], "padding": [100, 100]}   # a 3-tap kernel dilated 50 reaches 100
+    assert from_spec(wide).padding == (100, 100)
+
+
+def test_adaptive_pool_sizes_from_a_file_are_bounded():
+    from slimkit.surgery.torch_layers import MAX_POOL_OUT
+
+    assert MAX_POOL_OUT == 1024
+    assert from_spec({"type": "AdaptiveAvgPool2d", "size": 1024}).output_size == 1024
+    for bad in (1025, 0, [4, 10**6]):
+        with pytest.raises(SlimFormatError, match="1..1024"):
+            from_spec({"type": "AdaptiveAvgPool2d", "size": bad})

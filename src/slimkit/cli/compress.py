@@ -53,12 +53,12 @@ def compress_cmd(model: str = typer.Argument(..., help=user_ref.MODEL_HELP),
     if Path(model).suffix in PICKLE_SUFFIXES and Path(model).is_file():   # a bare state dict: tensor by tensor
         with common.status(f"loading {model}"):
             weights = resolve(model, trust_pickle=trust_pickle)             # refused without --trust-pickle
-        return pickled_cmd(weights, model, recipe, out, as_json, keep_stages, overwrite=force)
+        return pickled_cmd(weights, model, recipe, out, as_json, keep_stages, overwrite=force, max_drop=max_drop)
     how = route(model, recipe, stream)
     if how == "tensors":  # a bare checkpoint (or --stream): weight-only, tensor by tensor
-        return stream_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
+        return stream_cmd(model, recipe, out, as_json, keep_stages, overwrite=force, max_drop=max_drop)
     if how == "layerwise":  # gptq on a HF folder, one block at a time from disk
-        return layerwise_cmd(model, recipe, out, as_json, keep_stages, overwrite=force)
+        return layerwise_cmd(model, recipe, out, as_json, keep_stages, overwrite=force, max_drop=max_drop)
     return _in_memory(model, data, recipe, out, force, as_json, keep_stages, trust_pickle, max_drop)
 
 

@@ -230,7 +230,8 @@ class SlimWriter:
     and the data section has no holes) into an `AtomicFile`, which it renames over the output. An
     error or a kill at any point leaves no partial output; `abort` (or leaving the `with` block by
     an exception) removes the temporary files. `overwrite=False` never replaces an existing file
-    (`AtomicFile`): SlimError at `finish` if one appeared meanwhile.
+    (`AtomicFile`): SlimError at `finish` if one appeared meanwhile. `digests` holds each array's
+    CRC-32 as written, for a reload check of the finished file (`slimkit.stream.verify`).
 
     When every array's size is known in advance (e.g. int8/int4 codes and raw copies, whose sizes
     follow from shapes), `reserve` writes the header first and `add` then writes each array at its
@@ -258,6 +259,7 @@ class SlimWriter:
         self._reserved: dict[str, tuple[int, int]] | None = None   # name -> (file offset, bytes)
         self._final: AtomicFile | None = None                       # the output, once reserved
         self._manifest_json = ""
+        self.digests: dict[str, int] = {}   # array name -> CRC-32 of its bytes as written (for a reload check)
 
     @property
     def payload_bytes(self) -> int:
@@ -274,7 +276,7 @@ class SlimWriter:
         expected = math.prod(shape) * dtype.itemsize
         if self._reserved is not None and self._reserved.get(name, (0, -1))[1] != expected:
             raise SlimError(f"array {name!r} ({list(shape)} of {dtype}) was not reserved")
-        written = 0
+        written, crc = 0, 0
         for chunk in chunks:
             view = memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
                               if isinstance(chunk, np.ndarray) else chunk).cast("B")
@@ -285,10 +287,12 @@ class SlimWriter:
             else:
                 self._payload.write(view)
             written += view.nbytes
+            crc = zlib.crc32(view, crc)
         if written != expected:
             raise SlimError(f"array {name!r}: wrote {written} bytes, shape {shape} of {dtype} needs {expected}")
         self._arrays.append(_Array(name, _CODES[dtype], list(shape), self._size, written, dtype.itemsize))
         self._names.add(name)
+        self.digests[name] = crc
         self._size += written
         return written
 

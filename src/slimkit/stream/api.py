@@ -29,8 +29,10 @@ from slimkit.stream.estimate import touched, untouched
 from slimkit.stream.global_cut import GlobalCut
 from slimkit.stream.hf_base import runnable_base
 from slimkit.stream.plan import StreamPlan, plan_from_recipe
+from slimkit.stream.verify import StreamCheck
 
 M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
+DECODE_BLOCKS = 4       # the reload check decodes tensors of at most this many blocks (int8/int4 runs)
 OnTensor = Callable[[Item, int, int], None]   # (tensor just done, bytes done, bytes in all)
 
 
@@ -44,6 +46,7 @@ class StreamReport:
     tensors: int
     seconds: float
     stored: dict[str, int] = field(default_factory=dict)   # "int8 per-row" -> number of tensors
+    verified: dict[str, int] = field(default_factory=dict)  # what the reload check read back (`StreamCheck`)
 
     @property
     def ratio(self) -> float:
@@ -78,7 +81,7 @@ def _plan(recipe: str | StreamPlan | object) -> StreamPlan:
 def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | object, out: str | os.PathLike,
                         *, on_tensor: OnTensor | None = None, block_bytes: int = BLOCK_BYTES,
                         threads: int | None = 1, overwrite: bool = True,
-                        label: str | os.PathLike | None = None) -> StreamReport:
+                        label: str | os.PathLike | None = None, verify: bool = True) -> StreamReport:
     """Compress a `.safetensors` file or a sharded checkpoint (index json, or its folder) with a
     weight-only recipe (a shipped name, a .yaml path, a `Recipe` or a `StreamPlan`) into `out`.
 
@@ -90,6 +93,13 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
     `overwrite=False`: SlimError, and nothing written, if `out` exists when the file is complete.
     `label`: the checkpoint as the manifest names it, when `source` is a converted copy of it (a
     pickled state dict written to a temporary .safetensors). A recipe that selects no tensor is refused.
+
+    The finished file is read back before it takes the name `out` (`slimkit.stream.verify.StreamCheck`:
+    its manifest, every array's CRC-32 against what was written, every tensor decoded one at a time,
+    the architecture it names); if that fails, SlimError and no file. An int8/int4 run decodes only
+    tensors of at most `DECODE_BLOCKS` blocks (larger ones are checked by their bytes), so its memory
+    stays a few blocks; a run that held whole tensors (k-means, pruning) decodes them all.
+    `verify=False` skips the check (the report's `verified` is then empty).
     """
 
     _large_blocks_to_os()
@@ -130,5 +140,9 @@ def compress_checkpoint(source: str | os.PathLike, recipe: str | StreamPlan | ob
                 done += item.nbytes
                 if on_tensor is not None:
                     on_tensor(item, done, total)
-            size = writer.finish(Manifest(base=base, tensors=tensors, info=info))
-    return StreamReport(str(out), size, total, len(items), time.perf_counter() - start, dict(counts))
+            manifest = Manifest(base=base, tensors=tensors, info=info)
+            whole = plan.kmeans is not None or plan.sparsity is not None or plan.nm is not None
+            check = StreamCheck(manifest, writer.digests, out, None if whole else DECODE_BLOCKS * block_bytes)
+            size = writer.finish(manifest, check if verify else None)
+    return StreamReport(str(out), size, total, len(items), time.perf_counter() - start, dict(counts),
+                        check.summary)

@@ -14,7 +14,6 @@ only the blocks being worked on (each is freed when dropped; `release` is kept f
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from slimkit.core.errors import SlimError, SlimFormatError
+from slimkit.core.errors import SlimError
 from slimkit.io.safetensors_file import TORCH_NAMES, read_exactly, read_header
+from slimkit.io.shards import checkpoint_files, missing_in_shards
 
-INDEX_NAME = "model.safetensors.index.json"
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 
 
@@ -93,12 +92,8 @@ class Checkpoint:
                 dtype = TORCH_NAMES[entry["dtype"]]
                 self._items.append(Item(name, i, dtype, tuple(entry["shape"]), shard.start + begin, end - begin))
         if names is not None:
-            found = {it.name for it in self._items}
-            missing = sorted(set(names) - found)
-            if missing:
-                shard = self.shards[names[missing[0]]].path.name
-                raise SlimFormatError(f"{self.source}: tensor {missing[0]!r} is not in its shard {shard}"
-                                      f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+            missing_in_shards(names, {it.name for it in self._items}, [s.path for s in self.shards],
+                              self.source)
 
     def items(self) -> list[Item]:
         return list(self._items)
@@ -156,53 +151,9 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`, or a folder
-    holding either; errors name the missing shard or the broken file."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / INDEX_NAME).is_file():
-            path = path / INDEX_NAME
-        elif (path / "model.safetensors").is_file():
-            path = path / "model.safetensors"
-        else:
-            raise SlimError(f"{path}: no {INDEX_NAME} or model.safetensors in this folder")
-    if not path.is_file():
-        raise SlimError(f"no such checkpoint: {path}")
-    if path.name.endswith(".json"):
-        return _open_index(path)
-    return Checkpoint([path], source=str(path))
-
-
-def is_sharded(path: str | os.PathLike) -> bool:
-    """Whether `path` is a sharded checkpoint: an index json or a folder holding one."""
-    path = Path(path)
-    return (path.is_dir() and (path / INDEX_NAME).is_file()) or (path.is_file() and path.name.endswith(".index.json"))
-
-
-def _open_index(index: Path) -> Checkpoint:
-    try:
-        doc = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SlimFormatError(f"{index}: not a valid index json ({exc.__class__.__name__})") from None
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
-        raise SlimFormatError(f"{index}: 'weight_map' must map tensor names to shard files")
-    files = sorted(set(weight_map.values()))
-    folder = index.parent.resolve()
-    paths = []
-    for name in files:
-        p = (folder / name).resolve()
-        if p.parent != folder:
-            raise SlimFormatError(f"{index}: shard {name!r} lies outside the checkpoint folder")
-        if not p.is_file():
-            raise SlimError(f"{index}: shard {name} is missing (needed for {_first(weight_map, name)!r})")
-        paths.append(p)
-    order = {name: i for i, name in enumerate(files)}
-    return Checkpoint(paths, {k: order[v] for k, v in weight_map.items()}, source=str(index))
-
-
-def _first(weight_map: dict[str, str], shard: str) -> str:
-    return next(k for k, v in weight_map.items() if v == shard)
+    holding either (`slimkit.io.shards.checkpoint_files`); errors name the missing shard or the broken file."""
+    paths, names, source = checkpoint_files(path)
+    return Checkpoint(paths, names, source=source)
 
 
 def iter_row_blocks(rows: int, cols: int, itemsize: int, budget: int) -> Iterator[tuple[int, int]]:

@@ -44,6 +44,7 @@ from slimkit.io.manifest import Manifest, TensorEntry
 from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
 from slimkit.stream.skeleton import WeightSource, build_skeleton
+from slimkit.stream.verify import StreamCheck
 from slimkit.surgery.edits import compact_edits
 
 OnBlock = Callable[[str, int, int], None]   # (block just written, blocks done, blocks in all)
@@ -132,11 +133,14 @@ class _Output:
 
 def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str | os.PathLike, *,
                        on_block: OnBlock | None = None, threads: int | None = None,
-                       overwrite: bool = True) -> StreamReport:
+                       overwrite: bool = True, verify: bool = True) -> StreamReport:
     """Compress the Hugging Face model in `folder` block by block from its safetensors checkpoint
     into `out` (see the module doc); `recipe`: one stage whose method streams block by block
     (`layerwise_config`: e.g. `int4`, one `gptq` stage). Calibration data is the model's task
-    (`slimkit.core.provenance.task_for`). `overwrite=False`: never replace an existing `out`."""
+    (`slimkit.core.provenance.task_for`). `overwrite=False`: never replace an existing `out`.
+    The finished file is read back before it takes the name `out` (`slimkit.stream.verify.StreamCheck`,
+    every tensor decoded one at a time: less than the embeddings and a block this run held anyway);
+    if that fails, SlimError and no file. `verify=False` skips it."""
 
     _large_blocks_to_os()
     start, out = time.perf_counter(), Path(out)
@@ -175,8 +179,9 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
                 on_block(block_name, index + 1, len(blocks))
         del chain
         info = {"recipe": name, "source": str(folder), "streamed": "layerwise"} | getattr(worker, "info", {})
-        size = writer.finish(Manifest(base=model.slimkit_base, edits=compact_edits(model),
-                                      tensors=output.tensors, info=info))
+        manifest = Manifest(base=model.slimkit_base, edits=compact_edits(model), tensors=output.tensors, info=info)
+        check = StreamCheck(manifest, writer.digests, out)
+        size = writer.finish(manifest, check if verify else None)
         total = source.ck.nbytes
     return StreamReport(str(out), size, total, len(output.tensors), time.perf_counter() - start,
-                        dict(worker.counts))
+                        dict(worker.counts), check.summary)

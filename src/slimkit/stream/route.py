@@ -11,10 +11,11 @@ from pathlib import Path
 
 from slimkit.core.errors import SlimError
 from slimkit.core.streaming import stream_support
+from slimkit.io.shards import is_sharded
 from slimkit.pipeline.recipes import load_recipe
-from slimkit.stream.checkpoint import is_sharded
 from slimkit.stream.layerwise import layerwise_config
 from slimkit.stream.plan import plan_from_recipe
+from slimkit.stream.score import available_memory
 from slimkit.stream.skeleton import checkpoint_bytes
 
 
@@ -58,7 +59,7 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
         if stream:
             return "layerwise"
 
-        available = _available_memory()
+        available = available_memory()
         return "layerwise" if available is not None and checkpoint_bytes(path) > available // 2 else None
     if not stream:
         return None
@@ -72,14 +73,3 @@ def route(model: str, recipe: str, stream: bool = False) -> str | None:
         raise
     return "tensors"
 
-
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

@@ -37,6 +37,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.methods import register_preparer
 from slimkit.core.optional import require
 from slimkit.core.provenance import base_of, tag
+from slimkit.io.shards import read_state_dict
 from slimkit.nn.tied_head import tied_head_for
 from slimkit.surgery.edits import replace_module
 from slimkit.zoo.config_limits import check_folder_config
@@ -136,16 +137,26 @@ def pretrained(folder: Path, head: str | None = None) -> nn.Module:
     """The pretrained model in `folder` (AutoModel, or AutoModelForCausalLM for `head="causal-lm"`):
     fp32, eval mode, eager attention, `Conv1D` as `nn.Linear`, a tied LM head as `TiedLMHead`.
 
+    The weights are read by slimkit (`slimkit.io.shards.read_state_dict`: `model.safetensors` or the
+    shards of `model.safetensors.index.json`, with pread, never a memory map) and handed to
+    transformers as a state dict, which it maps onto the architecture as it maps a checkpoint (key
+    renames, tied weights). A file truncated or rewritten while it is read is then a one-line
+    SlimFormatError, where transformers' memory map killed the process with SIGBUS.
+
     Raises `SlimError` if the checkpoint lacks weights the architecture needs (a pooler aside):
     they would silently stay random. Extra tensors (a task head) are fine.
     """
+    state = read_state_dict(folder)
     with quiet() as transformers:
         try:
-            model, info = _auto_class(transformers, head).from_pretrained(
-                folder, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION,
-                use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+            config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            model, info = _model_class(_auto_class(transformers, head), config).from_pretrained(
+                None, config=config, state_dict=state, dtype=torch.float32,
+                attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=False, output_loading_info=True)
         except (OSError, *BUILD_ERRORS, *_strict_errors()) as exc:   # a config transformers cannot build
             raise SlimError(f"cannot load the model in {str(folder)!r}: {first_line(exc)[:200]}") from None
+    del state
+    model.config.name_or_path = str(folder)   # as from_pretrained(folder) records it
     bad = sorted(str(k) for k in (*info.get("missing_keys", ()), *info.get("mismatched_keys", ()))
                  if not str(k).startswith("pooler."))
     if bad:
@@ -153,6 +164,16 @@ def pretrained(folder: Path, head: str | None = None) -> nn.Module:
         raise SlimError(f"the weights in {str(folder)!r} do not fit the architecture in its config.json: "
                         f"missing or mismatched {', '.join(bad[:3])}{more}")
     return prepare(model)
+
+
+def _model_class(auto: Any, config: Any) -> Any:
+    """The concrete class an Auto class builds for `config` (e.g. `LlamaForCausalLM`): only it takes
+    a state dict without a folder name in `from_pretrained`."""
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    if type(config) not in auto._model_mapping:
+        raise ValueError(f"{auto.__name__} has no model for config {type(config).__name__}")
+    return _get_model_class(config, auto._model_mapping)
 
 
 def prepare(model: nn.Module) -> nn.Module:
