@@ -156,13 +156,15 @@ def test_no_vocabulary_when_the_folder_is_gone_or_unusable(tmp_path, llama_folde
     assert report["vocab"]["note"] == f"no tokenizer: the model's folder {folder} is gone"
     assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.model"].contents() == "none"
 
-    shutil.copytree(llama_folder, folder)   # a SentencePiece model: refused in one line without the package
+    shutil.copytree(llama_folder, folder)   # a broken SentencePiece model (or no package to read it): one line
     (folder / "tokenizer.json").unlink()
     (folder / "tokenizer.model").write_bytes(b"\x00")
     report = export_gguf(model, tmp_path / "m.gguf")
-    if report["vocab"]["model"] == "none":
-        assert report["vocab"]["note"].startswith("no tokenizer: ")
-        assert "tokenizer.model" in report["vocab"]["note"]
+    assert report["vocab"]["model"] == "none"
+    assert report["vocab"]["note"] in (
+        f"no tokenizer: {folder / 'tokenizer.model'} cannot be read as SentencePiece (DecodeError)",
+        f"no tokenizer: {folder / 'tokenizer.model'} is SentencePiece, which needs the package 'sentencepiece' "
+        "(pip install sentencepiece)")
 
     (folder / "tokenizer.model").unlink()
     tok = json.loads((llama_folder / "tokenizer.json").read_text())
@@ -204,5 +206,56 @@ def test_llama_cpp_tokenizes_like_hugging_face(tmp_path, pre):
             want = hf(text)["input_ids"]
             assert llm.tokenize(text.encode(), add_bos=True, special=False) == want, text
             assert llm.detokenize(want[1:]).decode() == text
+    finally:
+        llm.close()
+
+
+def spm_folder(folder):
+    """A tiny random Llama beside a SentencePiece tokenizer.model (BPE with byte fallback, as Llama 2's)."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TRAIN), model_writer=model, vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   hard_vocab_limit=False, minloglevel=2)
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=sp.vocab_size() + EXTRA_ROWS, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder, sp
+
+
+def test_sentencepiece_vocabulary_matches_tokenizer_model(tmp_path):
+    folder, sp = spm_folder(tmp_path / "hf")
+    report = export_gguf(sk.resolve(str(folder)), tmp_path / "m.gguf")
+    size = sp.vocab_size() + EXTRA_ROWS
+    assert report["vocab"] == {"source": str(folder), "model": "llama", "pre": "default", "tokens": size,
+                               "merges": 0, "note": None}
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens, scores = fields["tokenizer.ggml.tokens"].contents(), fields["tokenizer.ggml.scores"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    pads = [f"[PAD{i}]" for i in range(sp.vocab_size(), size)]
+    assert tokens == [sp.id_to_piece(i) for i in range(sp.vocab_size())] + pads
+    assert scores[:sp.vocab_size()] == pytest.approx([sp.get_score(i) for i in range(sp.vocab_size())])
+    assert types[sp.unk_id()] == gguf.TokenType.UNKNOWN and types[sp.bos_id()] == gguf.TokenType.CONTROL
+    assert types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE and types[-1] == gguf.TokenType.UNUSED
+    assert fields["tokenizer.ggml.bos_token_id"].contents() == sp.bos_id()
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is True
+
+
+def test_llama_cpp_tokenizes_like_sentencepiece(tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    folder, sp = spm_folder(tmp_path / "hf")
+    export_gguf(sk.resolve(str(folder)), tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, vocab_only=True, verbose=False)
+    try:
+        for text in HELD_OUT + TRAIN[:3]:
+            assert llm.tokenize(text.encode(), add_bos=True, special=False) == [sp.bos_id(), *sp.encode(text)], text
     finally:
         llm.close()

@@ -212,9 +212,14 @@ def spm_vocab(writer, folder: Path, vocab_size: int) -> dict[str, Any]:
     from sentencepiece import SentencePieceProcessor
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
-    proto.ParseFromString((folder / "tokenizer.model").read_bytes())
-    sp = SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    try:
+        blob = (folder / "tokenizer.model").read_bytes()
+        proto = pb.ModelProto()
+        proto.ParseFromString(blob)
+        sp = SentencePieceProcessor(model_proto=blob)
+    except Exception as exc:   # protobuf's DecodeError, sentencepiece's RuntimeError, an OSError
+        raise VocabRefused(f"no tokenizer: {folder / 'tokenizer.model'} cannot be read as SentencePiece "
+                           f"({type(exc).__name__})") from None
     if sp.vocab_size() > vocab_size:
         raise VocabRefused(f"no tokenizer: tokenizer.model has {sp.vocab_size()} tokens, the model only "
                            f"{vocab_size} embedding rows")
