@@ -1,8 +1,9 @@
 """The vocabulary of a GGUF export, read from the Hugging Face folder the model was compressed from.
 
 llama.cpp tokenizes text itself, so a GGUF file must carry the model's tokenizer. This module writes it
-the way llama.cpp's `convert_hf_to_gguf.py` does, from the files of the folder recorded in the model's
-base (`slimkit.core.provenance.base_of(model)["path"]`):
+the way llama.cpp's `convert_hf_to_gguf.py` does, from the files of a Hugging Face folder: the one a
+model loaded from a folder records in its base (`slimkit.core.provenance.base_of(model)["path"]`), or
+the one the caller names (a model loaded from a .slim file records none: docs/safety.md):
 
 - `tokenizer.model` (SentencePiece, Llama-2 style): `tokenizer.ggml.model = "llama"` with each token's
   text, score and type (normal / control / unknown / unused / byte), the dummy-prefix setting, and the
