@@ -210,15 +210,18 @@ def test_llama_cpp_tokenizes_like_hugging_face(tmp_path, pre):
         llm.close()
 
 
-def spm_folder(folder):
-    """A tiny random Llama beside a SentencePiece tokenizer.model (BPE with byte fallback, as Llama 2's)."""
+def spm_folder(folder, **options):
+    """A tiny random Llama beside a SentencePiece tokenizer.model (BPE with byte fallback, no normalization
+    and spaces kept, as Llama 2's; `options` override the trainer's)."""
     import io
 
     spm = pytest.importorskip("sentencepiece")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(TRAIN), model_writer=model, vocab_size=400,
                                    model_type="bpe", byte_fallback=True, character_coverage=1.0,
-                                   hard_vocab_limit=False, minloglevel=2)
+                                   hard_vocab_limit=False, minloglevel=2, **{
+                                       "normalization_rule_name": "identity", "remove_extra_whitespaces": False,
+                                       **options})
     folder.mkdir(parents=True)
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
@@ -247,6 +250,13 @@ def test_sentencepiece_vocabulary_matches_tokenizer_model(tmp_path):
     assert types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE and types[-1] == gguf.TokenType.UNUSED
     assert fields["tokenizer.ggml.bos_token_id"].contents() == sp.bos_id()
     assert fields["tokenizer.ggml.add_space_prefix"].contents() is True
+
+
+def test_sentencepiece_normalization_llama_cpp_skips_is_said(tmp_path):
+    folder, _ = spm_folder(tmp_path / "hf", normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True)
+    note = export_gguf(sk.resolve(str(folder)), tmp_path / "m.gguf")["vocab"]["note"]
+    assert note == ("tokenizer.model's normalization 'nmt_nfkc' and whitespace collapsing are not applied by "
+                    "llama.cpp (text it changes is tokenized differently)")
 
 
 def test_llama_cpp_tokenizes_like_sentencepiece(tmp_path):

@@ -246,7 +246,14 @@ def spm_vocab(writer, folder: Path, vocab_size: int) -> dict[str, Any]:
     writer.add_add_space_prefix(bool(proto.normalizer_spec.add_dummy_prefix))
     writer.add_remove_extra_whitespaces(bool(proto.normalizer_spec.remove_extra_whitespaces))
     add_specials(writer, folder, vocab_size, merges=False)
-    return {"model": "llama", "pre": "default", "tokens": vocab_size, "merges": 0, "note": None}
+    norm = proto.normalizer_spec
+    note = None
+    if norm.name not in ("", "identity") or norm.remove_extra_whitespaces:
+        what = [f"normalization {norm.name!r}"] * (norm.name not in ("", "identity")) \
+            + ["whitespace collapsing"] * bool(norm.remove_extra_whitespaces)
+        note = (f"tokenizer.model's {' and '.join(what)} {'are' if len(what) > 1 else 'is'} not applied by "
+                "llama.cpp (text it changes is tokenized differently)")
+    return {"model": "llama", "pre": "default", "tokens": vocab_size, "merges": 0, "note": note}
 
 
 def added_tokens(folder: Path) -> list[tuple[int, str, bool]]:
