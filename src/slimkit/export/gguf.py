@@ -10,8 +10,10 @@ got there (exact / codes kept / re-quantized / float) and the largest difference
 decoded weight, so nothing is re-quantized silently. Norm weights stay F32.
 
 The tokenizer (and the general.* description: name, license): copied from the source GGUF where the
-model came from one (builtin:smollm2); else the file carries no vocabulary (`tokenizer.ggml.model =
-"none"`) and llama.cpp runs it on token ids.
+model came from one (builtin:smollm2); else written from the tokenizer files of the Hugging Face folder
+the model was compressed from (`slimkit.export.gguf_vocab`: byte-level BPE or SentencePiece). Where
+there is none (a user's module, the folder gone, a tokenizer GGUF cannot hold) the file carries no
+vocabulary (`tokenizer.ggml.model = "none"`), llama.cpp runs it on token ids, and `vocab["note"]` says why.
 
 >>> report = export_gguf(sk.load("smollm2-int8.slim"), "smollm2-q8_0.gguf")   # doctest: +SKIP
 >>> report["types"]                                                            # doctest: +SKIP
@@ -32,6 +34,7 @@ from slimkit.core.errors import SlimError
 from slimkit.core.optional import require
 from slimkit.core.provenance import base_of
 from slimkit.export import gguf_blocks as gb
+from slimkit.export.gguf_vocab import add_vocab
 from slimkit.io.safetensors_file import AtomicFile, check_writable
 from slimkit.zoo import smollm2
 
@@ -46,12 +49,18 @@ FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_
               "Q4_1": "MOSTLY_Q4_1"}
 
 
-def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", overwrite: bool = True) -> dict:
+def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", overwrite: bool = True,
+                tokenizer: str | os.PathLike | None = None) -> dict:
     """Write the Llama-family causal LM `model` (as `sk.load` returns it) to `path` as GGUF, atomically.
 
     `qtype` (f16, f32, q8_0, q4_0, q4_1) is the type of every 2-D weight that does not keep its slimkit
-    codes. Returns {"path", "bytes", "types": {GGML type: tensors}, "tensors": [{"name", "source",
-    "type", "how", "max_abs_err"}], "exact", "requantized", "tokenizer"}.
+    codes. `tokenizer`: the Hugging Face folder whose tokenizer the file carries (default: the source GGUF
+    of builtin:smollm2, or the folder a model loaded from a folder came from; a .slim file never points to
+    a folder, docs/safety.md, so a .slim made from a folder needs it named here).
+
+    Returns {"path", "bytes", "types": {GGML type: tensors}, "tensors": [{"name", "source", "type", "how",
+    "max_abs_err"}], "exact", "requantized", "tokenizer": the GGUF or Hugging Face folder the vocabulary
+    came from, or "none", "vocab": {"source", "model", "pre", "tokens", "merges", "note"}}.
     """
     require("gguf", "llm", "GGUF export")
     import gguf
@@ -61,6 +70,8 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", o
     config = check_llama(model)
     path = Path(path)
     check_writable(path, overwrite=overwrite)
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise SlimError(f"the tokenizer folder {tokenizer} does not exist")
     target = gguf.GGMLQuantizationType[qtype.upper()]
     records, arrays = [], {}
     for name, source, kind, heads in tensor_plan(model, config):
@@ -68,7 +79,7 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", o
         arrays[name] = data
         records.append({"name": name, "source": source, **record})
     writer = gguf.GGUFWriter(None, ARCH)
-    tokenizer = add_source_keys(writer, model, config)
+    vocab = add_source_keys(writer, model, config, tokenizer)
     add_metadata(writer, config, records)
     for rec in records:
         data = arrays[rec["name"]]
@@ -83,7 +94,7 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, qtype: str = "f16", o
     kinds = Counter(r["how"] for r in records)
     return {"path": str(path), "bytes": path.stat().st_size, "types": dict(Counter(r["type"] for r in records)),
             "tensors": records, "exact": kinds["exact"], "codes_kept": kinds["codes kept"],
-            "requantized": kinds["re-quantized"], "tokenizer": tokenizer}
+            "requantized": kinds["re-quantized"], "tokenizer": vocab["source"], "vocab": vocab}
 
 
 def check_llama(model: nn.Module):
@@ -236,9 +247,14 @@ def add_metadata(writer, config, records: list[dict]) -> None:
 OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 
 
-def add_source_keys(writer, model: nn.Module, config) -> str:
-    """Copy the tokenizer and the general.* description (name, license, ...) of the GGUF the model came
-    from (builtin:smollm2), else write an empty vocabulary; returns the source GGUF's path, or "none"."""
+def add_source_keys(writer, model: nn.Module, config, tokenizer: str | os.PathLike | None = None) -> dict:
+    """Write the tokenizer of the folder `tokenizer`; without one, copy the tokenizer and the general.*
+    description (name, license, ...) of the GGUF the model came from (builtin:smollm2), else write the
+    tokenizer of the Hugging Face folder it was loaded from (`gguf_vocab.add_vocab`: an empty vocabulary,
+    and a note why, where there is none). Returns {"source": the GGUF or folder read, or "none", "model",
+    "pre", "tokens", "merges", "note"}."""
+    if tokenizer is not None:
+        return add_vocab(writer, Path(tokenizer).resolve(), config.vocab_size)
     source = source_gguf(model)
     if source is not None:
         import gguf
@@ -250,9 +266,18 @@ def add_source_keys(writer, model: nn.Module, config) -> str:
                 if key.startswith(("tokenizer.", "general.")) and key not in OWN_KEYS:
                     sub = field.types[1] if len(field.types) > 1 else None
                     writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
-            return str(source)
-    writer.add_tokenizer_model("none")
-    return "none"
+            merges = reader.fields.get("tokenizer.ggml.merges")
+            pre = reader.fields.get("tokenizer.ggml.pre")
+            return {"source": str(source), "model": reader.fields["tokenizer.ggml.model"].contents(),
+                    "pre": pre.contents() if pre else None, "tokens": len(tokens.data),
+                    "merges": len(merges.data) if merges else 0, "note": None}
+    base = base_of(model)
+    if base.get("kind") == "hf" and "path" not in base:
+        writer.add_tokenizer_model("none")
+        return {"source": "none", "model": "none", "pre": None, "tokens": 0, "merges": 0,
+                "note": "no tokenizer: a .slim file does not say where to read one (docs/safety.md); "
+                        "name the model's Hugging Face folder with --tokenizer"}
+    return add_vocab(writer, base.get("path") if base.get("kind") == "hf" else None, config.vocab_size)
 
 
 def source_gguf(model: nn.Module) -> Path | None:
