@@ -258,6 +258,20 @@ class KernelChoice:
         return {("rows>512" if b == 0 else f"rows<={b}"): n for b, n in sorted(self.names.items())}
 
 
+def settled_kernel(module: nn.Module, rows: int):
+    """The kernel object reading the codes ("pack" or "nbits") that `module` settled on for inputs of
+    `rows` rows and has built, else None. A compiled decode step (`torch.compile`) calls it directly:
+    no timing, no cache-version checks, nothing dynamo cannot trace."""
+    choice = module.__dict__.get("_kernel_choice")
+    if choice is None:
+        return None
+    name = choice.names.get(1 if rows == 1 else bucket(rows))
+    if name not in ("pack", "nbits"):
+        return None
+    cache = module.__dict__.get(f"_{name}_cache")
+    return cache.get("kernel") if isinstance(cache, dict) else getattr(cache, "value", None)
+
+
 def cache_bytes(module: nn.Module) -> int:
     """Bytes held by `module`'s runtime caches (decoded weights, packed kernels), as it reports them."""
     report = getattr(module, "runtime_state", None)
