@@ -2,9 +2,10 @@
 small session per layer.
 
 At batch 1 a language model's decoding is bound by the bytes of weights read per token, so a kernel
-that reads 4- or 8-bit codes beats an fp32 matmul on the decoded weight even without VNNI, where
-torch's own low-bit CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, fbgemm) are
-slow or inexact (measured in bench/decode_kernels.py, numbers in bench/RESULTS.md). `MatMulNBits`
+that reads 4- or 8-bit codes beats an fp32 matmul on the decoded weight even without VNNI. torch's
+own low-bit CPU kernels (`slimkit.nn.torch_pack`) are the other candidate: fast on bf16 activations
+only, and fbgemm saturates without VNNI (measured in bench/decode_kernels.py); a layer's kernel choice
+times both where they run. `MatMulNBits`
 has AVX2 / AVX-512 / VNNI kernels for 4-bit and 8-bit block-wise codes; with `accuracy_level=4` it
 quantizes the activations to int8 per block of `block_size` inputs (finer than per token) and
 multiplies in integers. A layer therefore computes W4A8 / W8A8: its kernel choice
