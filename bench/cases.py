@@ -40,6 +40,7 @@ from bench.harness import (
     time_limit,
 )
 from bench.hashed_case import run_hashed_case
+from bench.lm_decode_case import run_lm_decode_case
 from bench.lowrank_case import run_lowrank_case
 from bench.machine import compute_pass, machine_info
 from bench.peers import SPEED_PEERS, build_peers
@@ -95,8 +96,11 @@ CASES["hashed-vs-dense"] = CaseSpec("hashed-vs-dense", (), batch=1, weight=0.4, 
                                     runner=run_hashed_case)
 CASES["minilm-lowrank"] = CaseSpec("minilm-lowrank", (), batch=32, weight=0.6, recipe_timeout_s=0, reserve_s=0,
                                    runner=run_lowrank_case)
+CASES["lm-decode"] = CaseSpec("lm-decode", (), batch=1, weight=0.6, recipe_timeout_s=0, reserve_s=0,
+                              runner=run_lm_decode_case)
 # cheap cases first; MiniLM takes what is left
-ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense", "minilm-lowrank")
+ORDER = ("lenet-300-100", "lenet5", "minilm", "stream", "decode", "hashed-vs-dense", "minilm-lowrank",
+         "lm-decode")
 SPEED_CASES = ("lenet-300-100", "lenet5", "minilm")   # a --speed-only pass's cases (issue #23's models)
 
 

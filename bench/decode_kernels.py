@@ -7,8 +7,8 @@ decodes a token; the time per layer is the best of 5 passes over the chain, divi
 
     python -m bench.decode_kernels [--threads 2] [--only 576x576]
 
-Candidates: fp32 / bf16 `F.linear`; `torch._weight_int8pack_mm` (fp32 in); `_weight_int4pack_mm_for_cpu`
-(bf16 in, its fast path); fbgemm `quantized.linear_dynamic` (saturates without VNNI); ONNX Runtime
+Candidates: fp32 / bf16 `F.linear`; `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`
+with fp32 and with bf16 activations; fbgemm `quantized.linear_dynamic` (saturates without VNNI); ONNX Runtime
 `MatMulNBits` 4-bit g64 and 8-bit, accuracy_level 4 (int8 activations per block) as slimkit runs it
 (`slimkit.nn.nbits`), and accuracy_level 0 (fp32 activations).
 """
@@ -56,17 +56,17 @@ def _candidates(w: torch.Tensor):
         wb = w.bfloat16()
         return lambda x: F.linear(x.bfloat16(), wb).float()
 
-    def int8pack():
-        qc, sc = q8.clone(), s8.clone()
-        return lambda x: torch._weight_int8pack_mm(x, qc, sc)
+    def int8pack(dtype: torch.dtype = torch.float32):
+        qc, sc = q8.clone(), s8.to(dtype)
+        return lambda x: torch._weight_int8pack_mm(x.to(dtype), qc, sc).float()
 
-    def int4pack():
+    def int4pack(dtype: torch.dtype = torch.bfloat16):
         codes = q4.codes.to(torch.int32)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         scale = q4.scale.float().t().contiguous()                # (groups, out)
         zero = (-(q4.zero.float() - 8) * q4.scale.float()).t().contiguous()   # torch: w = (q - 8) * s + z
-        sz = torch.stack([scale, zero], -1).bfloat16()
-        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, 64, sz).float()
+        sz = torch.stack([scale, zero], -1).to(dtype)
+        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dtype), packed, 64, sz).float()
 
     def fbgemm():
         qt = torch._make_per_channel_quantized_tensor(q8, s8.double(), torch.zeros(out_f, dtype=torch.long), 0)
@@ -77,6 +77,8 @@ def _candidates(w: torch.Tensor):
         return lambda: _ort_kernel(q8, s8, q4, bits, accuracy)
 
     cands = {"fp32": (fp32, w), "bf16": (bf16, w), "int8pack_mm (fp32 in)": (int8pack, w8),
+             "int8pack_mm (bf16 in)": (lambda: int8pack(torch.bfloat16), w8),
+             "int4pack_mm (fp32 in)": (lambda: int4pack(torch.float32), w4),
              "int4pack_mm (bf16 in)": (int4pack, w4), "fbgemm dynamic": (fbgemm, w8)}
     if nbits.available():
         cands |= {"ORT 8-bit a4": (ort(8, 4), w8), "ORT 4-bit g64 a4": (ort(4, 4), w4),

@@ -86,7 +86,7 @@ def test_compressed_artifact_generates_on_its_low_bit_kernels(llama_folder, tmp_
         again = generate(loaded, tok, "the big dog", max_new_tokens=5, warmup=False)
     assert first.text == again.text and first.new_tokens == 5
     report = runtime_report(loaded)
-    assert report["layers"]["model.layers.0.mlp.up_proj"]["choices"].get("rows<=1") in {"dense", "nbits"}
+    assert report["layers"]["model.layers.0.mlp.up_proj"]["choices"].get("rows<=1") in {"dense", "nbits", "pack"}
 
 
 def test_sampling_with_a_seed_repeats(llama_folder):
@@ -109,6 +109,14 @@ def test_bad_options_are_one_line_errors(llama_folder, monkeypatch, capsys, args
     assert code == 2 and out == ""
     last = err.strip().splitlines()[-1]   # after a "loading" progress line, when the model was read
     assert last.startswith("slimkit: error: ") and message in last and err.count("slimkit: error") == 1
+
+
+def test_compiled_decoding_without_a_compiler_is_a_one_line_error(llama_folder, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code, out, err = cli(monkeypatch, capsys, "generate", str(llama_folder), "the dog", "--compile")
+    assert code == 2 and out == "" and "needs a C++ compiler" in err.strip().splitlines()[-1]
 
 
 def test_models_that_cannot_generate_are_refused(llama_folder, tmp_path, monkeypatch, capsys):

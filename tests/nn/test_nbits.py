@@ -17,6 +17,7 @@ from slimkit.nn.quant_linear import Int8Linear, QuantLinear
 from slimkit.nn.quant_math import quantize_per_token, rtn_quantize
 from slimkit.nn.tied_head import TiedLMHead
 
+LEAN = ("nbits", "pack")   # the kernels reading the codes: MatMulNBits, torch's int4pack / int8pack
 needs_ort = pytest.mark.skipif(not nbits.available(), reason="onnxruntime with MatMulNBits is not installed")
 
 
@@ -108,15 +109,16 @@ def test_int8_linear_runs_codes_at_one_row_and_keeps_no_fp32_copy(monkeypatch):
     x1 = torch.randn(1, 256)
     _settle(q, x1)
     state = q.runtime_state()
-    kernel = q._nbits_cache.value
-    assert state["choices"] == {"rows<=1": "nbits"}
+    chosen = state["choices"]["rows<=1"]
+    assert chosen in LEAN and set(state["choices"]) == {"rows<=1"}
+    kernel = q.__dict__[f"_{chosen}_cache"].value
     assert state["cache_bytes"] == kernel.nbytes < 256 * 384 * 4 / 3, "codes read as stored: no fp32 copy"
     with torch.no_grad():
         y, ref = q(x1), F.linear(x1, q.dequantized_weight(), q.bias)
         x = torch.randn(30, 256)
         y30 = q(x)
     assert rel_err(y, ref) <= q._reference(x1)[1]
-    assert q.runtime_state()["choices"] == {"rows<=1": "nbits", "rows<=64": "nbits"}
+    assert q.runtime_state()["choices"]["rows<=64"] in LEAN
     assert rel_err(y30, F.linear(x, q.dequantized_weight(), q.bias)) <= q._reference(x)[1]
 
 
@@ -146,7 +148,7 @@ def test_quant_linear_4bit_runs_codes_within_tolerance(monkeypatch):
                                        torch.randn(320), False)
     x1 = torch.randn(1, 1, 256)
     _settle(layer, x1)
-    assert layer.runtime_state()["choices"] == {"rows<=1": "nbits"}
+    assert layer.runtime_state()["choices"]["rows<=1"] in LEAN
     assert layer._cache.value is None, "the decoded weight was dropped"
     with torch.no_grad():
         y = layer(x1)

@@ -7,9 +7,10 @@ more) it times every usable candidate on that very input, keeps the fastest whos
 with the layer's reference, and caches the choice (shared by every layer of the same kind and
 size, so a model measures each shape once). Later calls in the bucket only look the choice up.
 Single rows are timed with the caches flushed: a model decoding one token at a time reads every
-weight from RAM, where a kernel reading 4- or 8-bit codes (`slimkit.nn.nbits`: ONNX Runtime's
-MatMulNBits, for `Int8Linear`, `QuantLinear` and a head tied to a quantized embedding) beats an
-fp32 matmul that a warm cache would favour. A layer that runs such a lean kernel in one bucket
+weight from RAM, where a kernel reading 4- or 8-bit codes (`slimkit.nn.torch_pack`: torch's
+`_weight_int4pack_mm_for_cpu` / `_weight_int8pack_mm` on bf16 activations, "pack"; `slimkit.nn.nbits`:
+ONNX Runtime's MatMulNBits, "nbits"; for `Int8Linear`, `QuantLinear` and a head tied to a quantized
+embedding) beats an fp32 matmul that a warm cache would favour. A layer that runs such a lean kernel in one bucket
 keeps no decoded copy for another (`KernelChoice`'s `lean` / `decoded`).
 
 Modes (`SLIMKIT_KERNELS`, `set_kernel_mode`, or `kernel_mode(...)` for a block):
@@ -256,6 +257,20 @@ class KernelChoice:
 
     def describe(self) -> dict[str, str]:
         return {("rows>512" if b == 0 else f"rows<={b}"): n for b, n in sorted(self.names.items())}
+
+
+def settled_kernel(module: nn.Module, rows: int):
+    """The kernel object reading the codes ("pack" or "nbits") that `module` settled on for inputs of
+    `rows` rows and has built, else None. A compiled decode step (`torch.compile`) calls it directly:
+    no timing, no cache-version checks, nothing dynamo cannot trace."""
+    choice = module.__dict__.get("_kernel_choice")
+    if choice is None:
+        return None
+    name = choice.names.get(1 if rows == 1 else bucket(rows))
+    if name not in ("pack", "nbits"):
+        return None
+    cache = module.__dict__.get(f"_{name}_cache")
+    return cache.get("kernel") if isinstance(cache, dict) else getattr(cache, "value", None)
 
 
 def cache_bytes(module: nn.Module) -> int:

@@ -2,9 +2,10 @@
 small session per layer.
 
 At batch 1 a language model's decoding is bound by the bytes of weights read per token, so a kernel
-that reads 4- or 8-bit codes beats an fp32 matmul on the decoded weight even without VNNI, where
-torch's own low-bit CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, fbgemm) are
-slow or inexact (measured in bench/decode_kernels.py, numbers in bench/RESULTS.md). `MatMulNBits`
+that reads 4- or 8-bit codes beats an fp32 matmul on the decoded weight even without VNNI. torch's
+own low-bit CPU kernels (`slimkit.nn.torch_pack`) are the other candidate: fast on bf16 activations
+only, and fbgemm saturates without VNNI (measured in bench/decode_kernels.py); a layer's kernel choice
+times both where they run. `MatMulNBits`
 has AVX2 / AVX-512 / VNNI kernels for 4-bit and 8-bit block-wise codes; with `accuracy_level=4` it
 quantizes the activations to int8 per block of `block_size` inputs (finer than per token) and
 multiplies in integers. A layer therefore computes W4A8 / W8A8: its kernel choice
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
+import weakref
 
 import numpy as np
 import torch
@@ -115,6 +118,8 @@ class NBitsMatMul:
         self.nbytes = sum(int(t.nbytes) for t in tensors.values())
         self.bias = None if bias is None else bias.detach().float().clone()
         self._run = self._session(tensors)
+        self.handle = next(_HANDLES)
+        _LIVE[self.handle] = self
 
     def _session(self, tensors: dict[str, np.ndarray]):
         import onnx
@@ -139,8 +144,28 @@ class NBitsMatMul:
         return functools.partial(inner.run if hasattr(inner, "run") else session.run, ["Y"])
 
     def __call__(self, x2: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():   # an opaque op to dynamo: ONNX Runtime cannot be traced
+            return _nbits_op(x2, self.handle, self.shape[0])
+        return self._eager(x2)
+
+    def _eager(self, x2: torch.Tensor) -> torch.Tensor:
         a = x2.detach()
         if a.dtype is not torch.float32 or not a.is_contiguous():
             a = a.float().contiguous()
         y = torch.from_numpy(self._run({"A": a.numpy()}, None)[0])
         return y if self.bias is None else y.add_(self.bias)
+
+
+_LIVE: weakref.WeakValueDictionary[int, NBitsMatMul] = weakref.WeakValueDictionary()   # handle -> kernel
+_HANDLES = itertools.count(1)
+
+
+@torch.library.custom_op("slimkit::nbits_matmul", mutates_args=())
+def _nbits_op(x2: torch.Tensor, handle: int, rows: int) -> torch.Tensor:
+    """A compiled graph's call of the live kernel `handle` (`NBitsMatMul.handle`, never reused)."""
+    return _LIVE[handle]._eager(x2)
+
+
+@_nbits_op.register_fake
+def _(x2: torch.Tensor, handle: int, rows: int) -> torch.Tensor:
+    return x2.new_empty(x2.shape[0], rows)

@@ -1,21 +1,18 @@
-"""Quantized Linear layers that run on integer kernels or decode packed weights.
+"""`Int8Linear`: int8 per-channel weights that run on integer or low-bit kernels; and the home of the
+public names of slimkit's quantized Linear layers (`QuantLinear` lives in `slimkit.nn.weight_only`,
+the compute-dtype helpers in `slimkit.nn.compute_dtype`, the shared code layout in `slimkit.nn.codes`;
+all stay importable from here).
 
-Over 400 lines: the two layers share their kernel-choice and code-cache plumbing (`_CodesMixin`,
-`_DecodeCache`); splitting `QuantLinear` into its own file is the next step.
-
-- `Int8Linear`: int8 per-channel weights. On fp32 inputs it has three kernels and picks per
-  input shape (`slimkit.nn.kernels`): the integer path (each row quantized to int8 per token,
-  `torch._int_mm`, rescaled in fp32; with a calibrated `input_scale` the activation scale is
-  fixed instead), fbgemm's packed int8 kernel on rows scaled to a common range (the same per-token
-  rounding), and an fp32 matmul on the weight decoded once. Integer kernels are tried only where
-  the CPU has VNNI or AMX; elsewhere they are 20-40x slower than fp32 (`_int_mm`) or saturate
-  (fbgemm). On bf16 / fp16 inputs (a model running in `compute_dtype="bfloat16"`, see
-  `resolve_compute_dtype`) it multiplies in the input's dtype with the int8 weight dequantized
-  once and cached (W8A16): on CPUs with AMX / AVX-512 BF16 a bf16 matmul is faster than
-  `_int_mm` plus activation quantization.
-- `QuantLinear`: 1-8-bit weight-only codes (bit-packed in the .slim file) with per-tensor,
-  per-channel or group-wise scales; the weight is decoded once and cached (keyed on the
-  buffers' versions), so it runs at fp32 speed.
+On fp32 inputs `Int8Linear` has several kernels and picks per input shape (`slimkit.nn.kernels`): the
+integer path (each row quantized to int8 per token, `torch._int_mm`, rescaled in fp32; with a
+calibrated `input_scale` the activation scale is fixed instead), fbgemm's packed int8 kernel on rows
+scaled to a common range (the same per-token rounding), torch's `_weight_int8pack_mm` on the int8
+codes with bf16 activations and ONNX Runtime's MatMulNBits (both read 1 byte per weight: batch-1
+decoding), and an fp32 matmul on the weight decoded once. Integer kernels are tried only where the
+CPU has VNNI or AMX; elsewhere they are 20-40x slower than fp32 (`_int_mm`) or saturate (fbgemm). On
+bf16 / fp16 inputs (a model running in `compute_dtype="bfloat16"`, see `resolve_compute_dtype`) it
+multiplies in the input's dtype with the int8 weight dequantized once and cached (W8A16): on CPUs
+with AMX / AVX-512 BF16 a bf16 matmul is faster than `_int_mm` plus activation quantization.
 
 >>> q = Int8Linear.from_linear(nn.Linear(64, 32))
 >>> q(torch.randn(5, 64)).shape
@@ -24,120 +21,34 @@ torch.Size([5, 32])
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.io.artifact import set_codec
-from slimkit.nn import nbits
-from slimkit.nn.kernels import KernelChoice, current_mode, fast_int_mm, has_fbgemm, rel_err
-from slimkit.nn.quant_math import (
-    Granularity,
-    QuantizedWeight,
-    check_bits,
-    check_group,
-    group_view,
-    int8_matmul,
-    quantize_int8_rows,
-    quantize_per_token,
-    quantize_static,
+import slimkit.nn.nbits as nbits
+import slimkit.nn.torch_pack as torch_pack
+from slimkit.nn.codes import _CodesMixin, _DecodeCache, _flag, _size
+from slimkit.nn.compute_dtype import (
+    COMPUTE_DTYPES,
+    COMPUTE_ENV,
+    SCALE_DTYPES,
+    cast_of,
+    check_compute_dtype,
+    fast_bf16,
+    forced_compute_dtype,
+    resolve_compute_dtype,
 )
-from slimkit.nn.quant_math import dequantize as dequantize_groups
+from slimkit.nn.kernels import KernelChoice, current_mode, fast_int_mm, has_fbgemm, rel_err, settled_kernel
+from slimkit.nn.quant_math import int8_matmul, quantize_int8_rows, quantize_per_token, quantize_static
+from slimkit.nn.weight_only import QuantLinear
 from slimkit.surgery.specs import register_module
 
-SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-COMPUTE_ENV = "SLIMKIT_COMPUTE_DTYPE"
-
-
-@functools.lru_cache(maxsize=1)
-def fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX-512 BF16), read once from
-    torch's CPU feature flags (deterministic: no timing involved).
-
-    >>> fast_bf16() in (True, False)
-    True
-    """
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for probe in probes:
-        try:
-            if getattr(torch.cpu, probe)():
-                return True
-        except (AttributeError, RuntimeError):
-            continue
-    return False
-
-
-def check_compute_dtype(value: object, where: str = "compute_dtype") -> str:
-    """`value` if it is one of COMPUTE_DTYPES, else ValueError naming it."""
-    if value not in COMPUTE_DTYPES:
-        raise ValueError(f"{where} must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
-    return str(value)
-
-
-_FORCED: list[str] = []
-
-
-@contextlib.contextmanager
-def forced_compute_dtype(mode: str = "float32") -> Iterator[None]:
-    """Run every quantized model in `mode` inside the block, whatever its own compute dtype, e.g.
-    to compare the fp32 integer path with an export of it.
-
-    >>> with forced_compute_dtype("float32"):
-    ...     out = model(**inputs)          # fp32 activations, int8 matmuls
-    """
-    _FORCED.append(check_compute_dtype(mode))
-    try:
-        yield
-    finally:
-        _FORCED.pop()
-
-
-def resolve_compute_dtype(mode: str) -> torch.dtype:
-    """The dtype a model runs its activations in for `mode`: "auto" is bfloat16 where the CPU has
-    fast bf16 (`fast_bf16()`), else float32; the environment variable SLIMKIT_COMPUTE_DTYPE
-    (float32 / bfloat16 / float16) overrides "auto" (e.g. to pick the fp32 path at load time),
-    and `forced_compute_dtype` overrides every mode.
-
-    >>> resolve_compute_dtype("float32")
-    torch.float32
-    """
-    mode = _FORCED[-1] if _FORCED else mode
-    if mode == "auto":
-        env = os.environ.get(COMPUTE_ENV, "auto")
-        mode = env if env in COMPUTE_DTYPES and env != "auto" else ("bfloat16" if fast_bf16() else "float32")
-    return SCALE_DTYPES[mode]
-
-
-def cast_of(fn) -> str | None:
-    """The float dtype name a `Module._apply` function casts every float tensor to
-    (`model.to(torch.bfloat16)`, `.float()`, `.half()`), or None for moves that keep dtypes."""
-    try:
-        a, b = fn(torch.zeros(1)), fn(torch.zeros(1, dtype=torch.bfloat16))
-    except Exception:  # noqa: BLE001 - an _apply function we cannot probe: assume no cast
-        return None
-    names = {v: k for k, v in SCALE_DTYPES.items()}
-    return names.get(a.dtype) if a.dtype == b.dtype else None
-
-
-def _flag(spec: dict, key: str) -> bool:
-    value = spec[key]
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false")
-    return value
-
-
-def _size(spec: dict, key: str) -> int:
-    value = spec[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
-    return value
+__all__ = ["COMPUTE_DTYPES", "COMPUTE_ENV", "SCALE_DTYPES", "Int8Linear", "QuantLinear", "_CodesMixin",
+           "_DecodeCache", "_flag", "_size", "cast_of", "check_compute_dtype", "fast_bf16",
+           "forced_compute_dtype", "resolve_compute_dtype", "use_compiled_int8"]
 
 
 def _w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
@@ -202,6 +113,10 @@ class Int8Linear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = settled_kernel(self, x.numel() // self.in_features) if torch.compiler.is_compiling() \
+            and x.dtype is torch.float32 else None
+        if kernel is not None:   # inside torch.compile: the kernel eager calls of this shape settled on
+            return kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
         dtype = x.dtype
         if dtype is not torch.float32:
             if dtype in (torch.bfloat16, torch.float16):
@@ -228,16 +143,20 @@ class Int8Linear(nn.Module):
             candidates["fbgemm"] = self._fbgemm
         if fast_int_mm() or _COMPILED["fn"] is not None:
             candidates["int"] = self._integer
+        big = self.in_features * self.out_features >= nbits.MIN_WEIGHTS
+        if big and not self.static and torch_pack.available():
+            candidates["pack"] = self._pack_int8
         if nbits.supports(self.out_features, self.in_features, 8, self.in_features):
             candidates["nbits"] = self._nbits
         kind = ("Int8Linear", self.in_features, self.out_features, self.static, self.bias is not None)
         choice = self.__dict__["_kernel_choice"] = KernelChoice(
-            kind, candidates, lean=("nbits",), decoded=("dense",), release=self._release)
+            kind, candidates, lean=("nbits", "pack"), decoded=("dense",), release=self._release)
         return choice
 
     def _release(self, in_use: set[str]) -> None:
         """Drop the caches of the kernels this layer no longer runs (see KernelChoice)."""
-        for name, cache in (("dense", "_dense_cache"), ("fbgemm", "_fbgemm_cache"), ("nbits", "_nbits_cache")):
+        for name in ("dense", "fbgemm", "nbits", "pack"):
+            cache = f"_{name}_cache"
             if name not in in_use and self.__dict__.get(cache) is not None:
                 self.__dict__[cache].value = None
 
@@ -247,6 +166,14 @@ class Int8Linear(nn.Module):
         cache = self.__dict__.get("_nbits_cache") or self.__dict__.setdefault("_nbits_cache", _DecodeCache())
         kernel = cache.get(self, ("qweight", "scale", "bias"), lambda: nbits.NBitsMatMul(
             (self.qweight.to(torch.int16) + 128).to(torch.uint8), self.scale[:, None], None, 8, self.bias))
+        return kernel(x2)
+
+    def _pack_int8(self, x2: torch.Tensor) -> torch.Tensor:
+        """torch's `_weight_int8pack_mm` on the int8 codes themselves (no copy), bf16 activations
+        (`slimkit.nn.torch_pack`): 1 byte per weight read."""
+        cache = self.__dict__.get("_pack_cache") or self.__dict__.setdefault("_pack_cache", _DecodeCache())
+        kernel = cache.get(self, ("qweight", "scale", "bias"), lambda: torch_pack.Int8PackMatMul(
+            self.qweight, self.scale, self.bias))
         return kernel(x2)
 
     def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -319,9 +246,10 @@ class Int8Linear(nn.Module):
         low = self.__dict__.get("_low_cache")
         if low is not None and low.value is not None:
             held += low.value[0].numel() * low.value[0].element_size()
-        kernel = self.__dict__.get("_nbits_cache")
-        if kernel is not None and kernel.value is not None:
-            held += kernel.value.nbytes
+        for name in ("_nbits_cache", "_pack_cache"):
+            kernel = self.__dict__.get(name)
+            if kernel is not None and kernel.value is not None:
+                held += kernel.value.nbytes
         choice = self.__dict__.get("_kernel_choice")
         return {"choices": choice.describe() if choice else {}, "cache_bytes": held}
 
@@ -357,215 +285,3 @@ class Int8Linear(nn.Module):
     def from_slim_spec(cls, spec: dict) -> Int8Linear:
         static = _flag(spec, "static") if "static" in spec else False
         return cls(_size(spec, "in"), _size(spec, "out"), _flag(spec, "bias"), static)
-
-
-class _DecodeCache:
-    """A decoded copy of a module's weight, rebuilt when a source tensor is replaced or changed in
-    place (checked each call from the module's own dicts: attribute access costs microseconds)."""
-
-    def __init__(self):
-        self.key: tuple | None = None
-        self.value = None
-
-    def __deepcopy__(self, memo: dict) -> _DecodeCache:
-        """Empty: a copy rebuilds what it needs at its first call (a cached ONNX Runtime session
-        cannot be copied, and a decoded weight need not be)."""
-        return _DecodeCache()
-
-    def __getstate__(self) -> dict:
-        return {"key": None, "value": None}
-
-    def get(self, module: nn.Module, names: tuple[str, ...], build, *extra: object):
-        return self.get_tensors([module._buffers.get(n, module._parameters.get(n)) for n in names],
-                                build, *extra)
-
-    def get_tensors(self, tensors: list[torch.Tensor | None], build, *extra: object):
-        key = (torch.is_inference_mode_enabled(), *extra,
-               *[(id(t), t._version) for t in tensors if t is not None])
-        if key != self.key or self.value is None:
-            self.value, self.key = build(), key
-        return self.value
-
-    def nbytes(self) -> int:
-        """Bytes the cached tensor(s) hold (0 when empty)."""
-        values = self.value if isinstance(self.value, tuple) else (self.value,)
-        return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
-
-
-class _CodesMixin:
-    """Shared layout of `QuantLinear` and `QuantEmbedding`: codes, scale, optional zero."""
-
-    def _init_codes(self, rows: int, cols: int, bits: int, symmetric: bool,
-                    granularity: Granularity | str, group_size: int, scale_dtype: str) -> None:
-        self.bits = check_bits(bits)
-        if symmetric and bits < 2:
-            raise ValueError("bits=1 needs symmetric=False")
-        self.symmetric = symmetric
-        self.granularity = Granularity(granularity)
-        self.group_size = check_group(cols, self.granularity, group_size)
-        if scale_dtype not in SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}, got {scale_dtype!r}")
-        self.scale_dtype = scale_dtype
-        r = 1 if self.granularity is Granularity.TENSOR else rows
-        g = cols // self.group_size if self.granularity is Granularity.GROUP else 1
-        self.register_buffer("qweight", torch.zeros(rows, cols, dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(r, g, dtype=SCALE_DTYPES[scale_dtype]))
-        self.register_buffer("zero", None if symmetric else torch.zeros(r, g, dtype=torch.uint8))
-        if bits < 8:
-            set_codec(self, "qweight", [{"codec": "bitpack", "bits": bits}])
-            if not symmetric:
-                set_codec(self, "zero", [{"codec": "bitpack", "bits": bits}])
-        self._cache = _DecodeCache()
-
-    def _load_quantized(self, qw: QuantizedWeight) -> None:
-        self.qweight.copy_(qw.codes)
-        self.scale.copy_(qw.scale.reshape(self.scale.shape))
-        if self.zero is not None:
-            if qw.zero is None:
-                raise ValueError("asymmetric layer needs zero points")
-            self.zero.copy_(qw.zero.reshape(self.zero.shape))
-
-    def _codes_spec(self) -> dict:
-        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity.value,
-                "group_size": self.group_size, "scale_dtype": self.scale_dtype}
-
-    @staticmethod
-    def _codes_args(spec: dict) -> dict:
-        gran = spec["granularity"]
-        if gran not in {g.value for g in Granularity}:
-            raise ValueError(f"granularity {gran!r} is unknown")
-        return {"bits": spec["bits"], "symmetric": _flag(spec, "symmetric"), "granularity": gran,
-                "group_size": _size(spec, "group_size"), "scale_dtype": spec["scale_dtype"]}
-
-    def _codes_repr(self) -> str:
-        gran = f"group_size={self.group_size}" if self.granularity is Granularity.GROUP \
-            else f"per-{self.granularity.value}"
-        kind = "symmetric" if self.symmetric else "asymmetric"
-        return f"bits={self.bits}, {kind}, {gran}, scales={self.scale_dtype}"
-
-    def _decode_all(self) -> torch.Tensor:
-        if current_mode() == "compact":  # keep no decoded copy: decode on every call
-            self._cache.value = None
-            return self._decode_uncached()
-        return self._cache.get(self, ("qweight", "scale", "zero"), self._decode_uncached)
-
-    def runtime_state(self) -> dict:
-        """Whether the decoded weight is kept, and the bytes it holds."""
-        held = self._cache.nbytes()
-        return {"choices": {"all": "dense" if held else "decode per call"}, "cache_bytes": held}
-
-    def _decode_uncached(self) -> torch.Tensor:
-        cg = group_view(self.qweight, self.granularity, self.group_size)
-        return dequantize_groups(cg, self.scale.float(), self.zero, self.bits).reshape(self.qweight.shape)
-
-
-@register_module
-class QuantLinear(_CodesMixin, nn.Module):
-    """Weight-only quantized Linear: 1-8-bit codes, decoded once and cached for fp32 matmuls."""
-
-    slim_type = "QuantLinear"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
-                 symmetric: bool = True, granularity: Granularity | str = Granularity.GROUP,
-                 group_size: int = 128, scale_dtype: str = "float16"):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_codes(out_features, in_features, bits, symmetric, granularity, group_size, scale_dtype)
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    @classmethod
-    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None, symmetric: bool,
-                       scale_dtype: str = "float16") -> QuantLinear:
-        out_f, in_f = qw.codes.shape
-        new = cls(in_f, out_f, bias is not None, qw.bits, symmetric, qw.granularity, qw.group_size,
-                  scale_dtype).to(qw.codes.device)
-        new._load_quantized(qw)
-        if bias is not None:
-            new.bias.data.copy_(bias.detach().float())
-        return new
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self._decode_all()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype is torch.float32 and self._may_choose(x):
-            x2 = x.reshape(-1, self.in_features)
-            choice = self.__dict__.get("_kernel_choice") or self._new_choice()
-            y = choice.run(x2, lambda: self._reference(x2))
-            return y.reshape(*x.shape[:-1], self.out_features)
-        w = self._decode_all()
-        bias = self.bias
-        if x.dtype != w.dtype:
-            w, bias = w.to(x.dtype), None if bias is None else bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    def _may_choose(self, x: torch.Tensor) -> bool:
-        """Whether this call goes through the kernel choice: auto mode, no gradient wanted, a CPU
-        layer that MatMulNBits can run (big enough to gain; `slimkit.nn.nbits`)."""
-        if current_mode() != "auto" or x.numel() == 0 or x.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
-            return False
-        ok = self.__dict__.get("_nbits_ok")
-        if ok is None:
-            group = self.in_features // self.scale.shape[1]
-            ok = self.__dict__["_nbits_ok"] = nbits.supports(self.out_features, self.in_features, self.bits, group)
-        return ok
-
-    def _new_choice(self) -> KernelChoice:
-        kind = ("QuantLinear", self.in_features, self.out_features, self.bits, self.symmetric,
-                self.granularity.value, self.group_size, self.bias is not None)
-        candidates = {"dense": self._dense, "nbits": self._nbits}
-        choice = self.__dict__["_kernel_choice"] = KernelChoice(
-            kind, candidates, lean=("nbits",), decoded=("dense",), release=self._release)
-        return choice
-
-    def _dense(self, x2: torch.Tensor) -> torch.Tensor:
-        return F.linear(x2, self._decode_all(), self.bias)
-
-    def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
-        """MatMulNBits on the codes (`slimkit.nn.nbits`): bits/8 bytes per weight read, activations
-        quantized to int8 per block of inputs."""
-        cache = self.__dict__.get("_nbits_cache") or self.__dict__.setdefault("_nbits_cache", _DecodeCache())
-        kernel = cache.get(self, ("qweight", "scale", "zero", "bias"), lambda: nbits.NBitsMatMul(
-            self.qweight, self.scale, self.zero, self.bits, self.bias))
-        return kernel(x2)
-
-    def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The exact output (decoded weight, fp32 activations) and the error a kernel may have against
-        it: twice that of int8 activations per token (as `Int8Linear` allows its integer kernels)."""
-        with torch.no_grad():
-            weight = self._decode_all()
-            ref = F.linear(x2, weight, self.bias)
-            xq, xs = quantize_per_token(x2)
-            emulated = F.linear(xq.float().mul_(xs), weight, self.bias)
-            return ref, 2.0 * rel_err(emulated, ref) + 1e-5
-
-    def _release(self, in_use: set[str]) -> None:
-        if "dense" not in in_use:
-            self._cache.value = None
-        if "nbits" not in in_use and self.__dict__.get("_nbits_cache") is not None:
-            self.__dict__["_nbits_cache"].value = None
-
-    def runtime_state(self) -> dict:
-        """What this layer runs per shape bucket (or "all" when it always decodes), and its cache bytes."""
-        state = super().runtime_state()
-        kernel = self.__dict__.get("_nbits_cache")
-        if kernel is not None and kernel.value is not None:
-            state["cache_bytes"] += kernel.value.nbytes
-        choice = self.__dict__.get("_kernel_choice")
-        if choice is not None and choice.names:
-            state["choices"] = choice.describe()
-        return state
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._codes_repr()}")
-
-    def slim_spec(self) -> dict:
-        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
-                **self._codes_spec()}
-
-    @classmethod
-    def from_slim_spec(cls, spec: dict) -> QuantLinear:
-        return cls(_size(spec, "in"), _size(spec, "out"), _flag(spec, "bias"), **cls._codes_args(spec))

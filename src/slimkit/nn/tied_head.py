@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import slimkit.nn.nbits as nbits
+import slimkit.nn.torch_pack as torch_pack
 from slimkit.io.bases import register_after_load
-from slimkit.nn import nbits
-from slimkit.nn.kernels import KernelChoice, current_mode, rel_err
+from slimkit.nn.kernels import KernelChoice, current_mode, rel_err, settled_kernel
 from slimkit.surgery.specs import register_module
 
 ROOT_KEY = "_tied_root"
@@ -78,20 +79,26 @@ class TiedLMHead(nn.Module):
         return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            kernel = settled_kernel(self, x.numel() // self.in_features) if x.dtype is torch.float32 else None
+            if kernel is not None:   # the kernel eager calls of this shape settled on
+                return kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
         codes = self._codes() if x.dtype is torch.float32 else None
         if codes is not None and current_mode() == "auto" and x.numel() and not (
                 x.requires_grad and torch.is_grad_enabled()):
             x2 = x.reshape(-1, self.in_features)
             choice = self.__dict__.get("_kernel_choice")
             if choice is None or choice.kind[1:] != codes.kind:
+                lean = self._lean_kernels(codes)
                 choice = self.__dict__["_kernel_choice"] = KernelChoice(
-                    ("TiedLMHead", *codes.kind), {"dense": self._dense, "nbits": self._nbits},
-                    lean=("nbits",), decoded=("dense",), release=self._release)
+                    ("TiedLMHead", *codes.kind), {"dense": self._dense, **{n: getattr(self, f"_{n}") for n in lean}},
+                    lean=lean, decoded=("dense",), release=self._release)
             return choice.run(x2, lambda: self._reference(x2)).reshape(*x.shape[:-1], self.out_features)
         return self._dense(x)
 
     def _codes(self) -> _Codes | None:
-        """The embedding's codes when MatMulNBits can multiply by them (a QuantEmbedding on the CPU)."""
+        """The embedding's codes when a kernel can multiply by them (a QuantEmbedding on the CPU:
+        MatMulNBits or torch's int4pack / int8pack, `_lean_kernels`)."""
         emb = self.embedding()
         zero, scale, codes = (getattr(emb, "zero", None), getattr(emb, "scale", None),
                               getattr(emb, "qweight", None))
@@ -101,19 +108,40 @@ class TiedLMHead(nn.Module):
                 or not isinstance(scale, torch.Tensor) or scale.dim() != 2 or scale.shape[0] != self.out_features \
                 or self.in_features % scale.shape[1]:
             return None
-        group = self.in_features // scale.shape[1]
-        if not nbits.supports(self.out_features, self.in_features, bits, group):
-            return None
-        return _Codes(codes, scale, zero, bits)
+        codes = _Codes(codes, scale, zero, bits)
+        return codes if self.out_features * self.in_features >= nbits.MIN_WEIGHTS and self._lean_kernels(codes) \
+            else None
+
+    def _lean_kernels(self, codes: _Codes) -> tuple[str, ...]:
+        group = self.in_features // codes.scale.shape[1]
+        found = []
+        if torch_pack.supports_int4(self.out_features, self.in_features, codes.bits, group) or \
+                torch_pack.supports_int8(codes.bits, codes.zero is None, codes.scale.shape[1] == 1):
+            found.append("pack")
+        if nbits.supports(self.out_features, self.in_features, codes.bits, group):
+            found.append("nbits")
+        return tuple(found)
 
     def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
+        return self._kernel("_nbits_cache", lambda c: nbits.NBitsMatMul(c.codes, c.scale, c.zero, c.bits))(x2)
+
+    def _pack(self, x2: torch.Tensor) -> torch.Tensor:
+        """torch's int4pack (1-4-bit codes) or int8pack (symmetric 5-8-bit rows) kernel, bf16 activations."""
+        def build(c: _Codes):
+            if c.bits <= 4:
+                return torch_pack.Int4PackMatMul(c.codes, c.scale, c.zero, c.bits)
+            return torch_pack.Int8PackMatMul(torch_pack.centered_int8(c.codes, c.bits), c.scale)
+        return self._kernel("_pack_cache", build)(x2)
+
+    def _kernel(self, slot: str, build):
+        """The kernel in `slot`, rebuilt from the embedding's codes when they changed."""
         codes = self._codes()
-        cache = self.__dict__.setdefault("_nbits_cache", {"key": None, "kernel": None})
+        cache = self.__dict__.setdefault(slot, {"key": None, "kernel": None})
         key = tuple((id(t), t._version) for t in (codes.codes, codes.scale, codes.zero) if t is not None)
         if cache["key"] != key or cache["kernel"] is None:
             cache["kernel"] = None
-            cache["kernel"], cache["key"] = nbits.NBitsMatMul(codes.codes, codes.scale, codes.zero, codes.bits), key
-        return cache["kernel"](x2)
+            cache["kernel"], cache["key"] = build(codes), key
+        return cache["kernel"]
 
     def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The exact logits (decoded table, fp32 activations) and the error a kernel may have: twice
@@ -131,16 +159,17 @@ class TiedLMHead(nn.Module):
             cache = getattr(self.embedding(), "_cache", None)
             if cache is not None and hasattr(cache, "value"):
                 cache.value = None
-        if "nbits" not in in_use and "_nbits_cache" in self.__dict__:
-            self.__dict__["_nbits_cache"]["kernel"] = None
+        for name in ("nbits", "pack"):
+            if name not in in_use and f"_{name}_cache" in self.__dict__:
+                self.__dict__[f"_{name}_cache"]["kernel"] = None
 
     def runtime_state(self) -> dict:
         """What the head runs per shape bucket, and the bytes of its packed codes (a decoded table is
         the embedding's and counted there)."""
         choice = self.__dict__.get("_kernel_choice")
-        kernel = self.__dict__.get("_nbits_cache", {}).get("kernel")
+        kernels = [self.__dict__.get(slot, {}).get("kernel") for slot in ("_nbits_cache", "_pack_cache")]
         return {"choices": choice.describe() if choice else {"all": "dense"},
-                "cache_bytes": kernel.nbytes if kernel is not None else 0}
+                "cache_bytes": sum(k.nbytes for k in kernels if k is not None)}
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.table()
