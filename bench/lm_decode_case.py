@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import BASELINE, Candidate, Protocol, case_result
-from bench.machine import machine_info
+from bench.machine import cpu_flags, machine_info
 
 REPS = 3
 NEW_TOKENS = 64
@@ -74,7 +74,10 @@ def _torch_rows(task, tokenizer, prompt, fp32_bytes, progress) -> list[Candidate
             model.to(cast)
         cand = Candidate(name, "peer", bytes=fp32_bytes // (2 if cast else 1),
                          note="model.to(torch.bfloat16)" if cast else "transformers eager, fp32")
-        _score(cand, task, model)
+        if cast is None or cpu_flags().get("BF16"):
+            _score(cand, task, model)
+        else:  # emulated bf16 took ~13 of the case's 20 minutes for one perplexity pass
+            cand.note += "; perplexity not measured: this CPU has no AVX-512 BF16 (emulated, ~13 min)"
         _speed(cand, model, tokenizer, prompt)
         progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, perplexity {cand.extra['perplexity']}")
         rows.append(cand)

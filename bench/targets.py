@@ -111,6 +111,28 @@ def _ms_vs(peer: str, key: str = "ms_batched") -> Callable[[dict, dict], float |
     return measure
 
 
+def _extra_vs(peer: str, key: str, inverse: bool = False) -> Callable[[dict, dict], float | None]:
+    """The row's `extra[key]` over a peer's (the peer's over the row's with `inverse`)."""
+    def measure(row: dict, rows: dict) -> float | None:
+        mine, other = (row.get("extra") or {}).get(key), ((rows.get(peer) or {}).get("extra") or {}).get(key)
+        if not mine or not other:
+            return None
+        return other / mine if inverse else mine / other
+    return measure
+
+
+def _bytes_vs_fp32(row: dict, rows: dict) -> float | None:
+    base = rows.get(BASELINE) or {}
+    return row["bytes"] / base["bytes"] if row.get("bytes") and base.get("bytes") else None
+
+
+def _ppl_change_pct(row: dict, rows: dict) -> float | None:
+    ratio = _extra_vs(BASELINE, "perplexity")(row, rows)
+    return None if ratio is None else 100 * (ratio - 1)
+
+
+BF16 = "torch bf16"
+
 TARGETS: list[Target | EveryRecipe] = [
     # issue 3: quantization
     Target("minilm", "int8", "fidelity >= 0.995", _get("score"), lambda v: v >= 0.995, "{:.5f}", "#3"),
@@ -169,6 +191,19 @@ TARGETS: list[Target | EveryRecipe] = [
            _ms_vs(ORT_INT8), lambda v: v <= 0.81, "{:.2f}x of ORT int8", "#23", speed=True),
     Target("lenet5", "int8", "batch-1 latency <= ONNX Runtime int8", _ms_vs(ORT_INT8, "ms_b1"),
            lambda v: v <= 1.0, "{:.2f}x of ORT int8", "#23", speed=True),
+    # issue 21: SmolLM2-135M decoding (the 4-bit perplexity target is GPTQ's / AWQ's: bench/long_runs.md)
+    Target("lm-decode", "slimkit int8", "perplexity <= +0.5%", _ppl_change_pct, lambda v: v <= 0.5, "{:+.2f}%",
+           "#21"),
+    Target("lm-decode", "slimkit int8", "file <= 0.28x fp32", _bytes_vs_fp32, lambda v: v <= 0.28, "{:.3f}x",
+           "#21"),
+    Target("lm-decode", "slimkit int8", "decoding >= 1.3x torch bf16 tokens/s", _extra_vs(BF16, "decode_tok_s"),
+           lambda v: v >= 1.3, "{:.2f}x", "#21", speed=True),
+    Target("lm-decode", "slimkit int4 g64", "file <= 0.17x fp32", _bytes_vs_fp32, lambda v: v <= 0.17,
+           "{:.3f}x", "#21"),
+    Target("lm-decode", "slimkit int4 g64", "decoding >= 1.5x torch bf16 tokens/s",
+           _extra_vs(BF16, "decode_tok_s"), lambda v: v >= 1.5, "{:.2f}x", "#21", speed=True),
+    Target("lm-decode", "slimkit int4 g64", "decoding >= 0.7x llama.cpp Q4_0 tokens/s (moonshot)",
+           _extra_vs("llama.cpp Q4_0", "decode_tok_s"), lambda v: v >= 0.7, "{:.2f}x", "#21", speed=True),
 ]
 
 

@@ -301,3 +301,24 @@ def test_kept_artifacts_are_timed_again_by_a_speed_only_pass(tmp_path, lenet, di
     assert int8.ok and int8.score == made.score and int8.bytes == made.bytes
     assert hashed.status == "skipped" and "in the pass that kept the artifacts" in hashed.note
     assert artifacts.reload("lenet5", folder, digits_task) is None
+
+
+def test_issue21_decode_targets_read_perplexity_bytes_and_tokens_per_second():
+    from bench.targets import check
+
+    def row(name, tok_s, ppl=None, size=None):
+        return Candidate(name, "peer", bytes=size, extra={"decode_tok_s": tok_s, "perplexity": ppl})
+
+    rows = [row("torch fp32", 14.0, 18.25, 538_000_000), row("torch bf16", 2.4),
+            row("slimkit int8", 15.6, 18.36, 136_000_000), row("slimkit int4 g64", 3.0, 20.0, 95_000_000),
+            row("llama.cpp Q4_0", 150.0, 19.0, 80_000_000)]
+    found = {(t["row"], t["target"]): (t["value"], t["verdict"]) for t in check(_case("lm-decode", rows))}
+    assert found[("slimkit int8", "perplexity <= +0.5%")] == ("+0.60%", "missed")   # 18.36 / 18.25
+    assert found[("slimkit int8", "file <= 0.28x fp32")] == ("0.253x", "met")
+    assert found[("slimkit int8", "decoding >= 1.3x torch bf16 tokens/s")] == ("6.50x", "met")
+    assert found[("slimkit int4 g64", "file <= 0.17x fp32")] == ("0.177x", "missed")
+    assert found[("slimkit int4 g64", "decoding >= 1.5x torch bf16 tokens/s")] == ("1.25x", "missed")
+    assert found[("slimkit int4 g64", "decoding >= 0.7x llama.cpp Q4_0 tokens/s (moonshot)")] == ("0.02x", "missed")
+    rows[3] = Candidate("slimkit int4 g64", "slimkit", status="skipped", note="no time left")
+    skipped = {t["verdict"] for t in check(_case("lm-decode", rows)) if t["row"] == "slimkit int4 g64"}
+    assert skipped == {"not measured (skipped)"}
