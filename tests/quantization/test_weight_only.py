@@ -77,7 +77,7 @@ def test_cached_weight_follows_buffer_changes():
 def test_decoded_layer_decodes_once_and_then_runs_as_fp32(monkeypatch):
     """A weight-only layer decodes its codes on the first call and reuses that fp32 weight, so it
     runs at fp32 speed (measured in `python -m bench`; tests never assert wall-clock times)."""
-    import slimkit.nn.quant_linear as ql
+    import slimkit.nn.codes as ql
 
     torch.manual_seed(0)
     lin = nn.Linear(384, 1536)
