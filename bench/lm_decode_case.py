@@ -79,7 +79,8 @@ def _torch_rows(task, tokenizer, prompt, fp32_bytes, progress) -> list[Candidate
         else:  # emulated bf16 took ~13 of the case's 20 minutes for one perplexity pass
             cand.note += "; perplexity not measured: this CPU has no AVX-512 BF16 (emulated, ~13 min)"
         _speed(cand, model, tokenizer, prompt)
-        progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, perplexity {cand.extra['perplexity']}")
+        progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, "
+                 f"perplexity {cand.extra.get('perplexity', 'not measured')}")
         rows.append(cand)
     return rows
 

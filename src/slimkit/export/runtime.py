@@ -12,8 +12,8 @@ Each is checked on the first and last sample of the call against torch computing
 computes (fp32, decoded weights for ort-float, the integer kernels for ort-int) and rejected
 beyond its tolerance (`slimkit.export.runtime_graph`); then "auto" times torch and the accepted
 sessions on the call itself (the median of interleaved rounds) and keeps the fastest, if it beats
-torch by MARGIN, for that signature at batch 1 and at batch > 1. "onnxruntime" takes ort-int if
-accepted, else ort-float, without timing.
+torch by MARGIN, for that signature and batch bucket (1, 2-8, 9-64, 65-512, more). "onnxruntime"
+takes ort-int if accepted, else ort-float, without timing.
 
 A call runs torch when it cannot be answered by the graph: training mode; grad enabled while a
 parameter or input requires grad; a non-tensor argument (other than None where the default is
@@ -27,7 +27,7 @@ that fails leaves the model on torch for good, with the reason in the report, ne
 >>> with torch.no_grad():
 ...     y = model(x)                       # first call at this shape: export, check, time
 >>> sk.runtime_report(model)["runtime"]["choices"]
-{'x:float32[*,64] threads=2 batch=>1': 'ort-float'}
+{'x:float32[*,64] threads=2 batch=9-64': 'ort-float/1t'}
 """
 
 from __future__ import annotations

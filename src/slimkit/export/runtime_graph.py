@@ -171,7 +171,8 @@ class Graph:
         return True
 
     def prune(self, keep: set[str], done: bool = False) -> None:
-        """Once both batch buckets are decided (or `done`), close the sessions not in `keep`."""
+        """Once two batch buckets are decided (or `done`), close the sessions not in `keep` (a bucket
+        measured later chooses among torch and the sessions kept)."""
         if len(self.decided) < 2 and not done:
             return
         for name in [n for n in self.sessions if n not in keep]:

@@ -67,10 +67,20 @@ class Signature:
 
     @staticmethod
     def key(named: dict[str, torch.Tensor]) -> tuple[tuple, int]:
-        """(the inputs' names, dtypes and fixed sizes; the batch bucket: 1, or 2 for more)."""
+        """(the inputs' names, dtypes and fixed sizes; the batch bucket, `batch_bucket`)."""
         sig = tuple((k, v.dtype, tuple(None if _dynamic(v, i) else s for i, s in enumerate(v.shape)))
                     for k, v in named.items())
-        return sig, 1 if next(iter(named.values())).shape[0] == 1 else 2
+        return sig, batch_bucket(next(iter(named.values())).shape[0])
+
+
+# batch buckets: each is measured on its own first call (a choice made while scoring 360 samples at
+# once does not hold for batches of 32); 0 stands for "more than the last"
+BATCH_BUCKETS = (1, 8, 64, 512)
+
+
+def batch_bucket(batch: int) -> int:
+    """The smallest of BATCH_BUCKETS that holds `batch`, else 0."""
+    return next((b for b in BATCH_BUCKETS if batch <= b), 0)
 
 
 def call_key(args: tuple, kwargs: dict) -> tuple | None:
@@ -106,8 +116,16 @@ def signature_label(graph_key: tuple) -> str:
 
 
 def batch_label(key: tuple[tuple, int]) -> str:
-    """signature_label plus 'batch=1' or 'batch=>1'."""
-    return f"{signature_label(key[0])} batch={'1' if key[1] == 1 else '>1'}"
+    """signature_label plus the batch bucket: 'batch=1', 'batch=2-8', 'batch=9-64', 'batch=65-512',
+    'batch=>512'."""
+    b = key[1]
+    if b == 1:
+        text = "1"
+    elif b == 0:
+        text = f">{BATCH_BUCKETS[-1]}"
+    else:
+        text = f"{BATCH_BUCKETS[BATCH_BUCKETS.index(b) - 1] + 1}-{b}"
+    return f"{signature_label(key[0])} batch={text}"
 
 
 def _bump(*_: object) -> None:
