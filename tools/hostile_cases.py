@@ -42,6 +42,7 @@ class Case:
     expect: int = 2
     input_bytes: int | None = None             # in place of the inputs' sizes (files that shrink)
     note: str = ""                             # what a case expected to succeed shows
+    no_escapes: bool = False                   # an ESC byte (ANSI sequence) on stdout or stderr fails it
 
 
 # Every case's process writes its own peak RSS (VmHWM, which a new program starts afresh) to the file
@@ -207,6 +208,23 @@ with sk.load_state_dict(path, lazy=True) as tensors:
 """
 
 
+def _nan_matrix(rows: int, cols: int) -> bytes:
+    """A rows x cols float32 matrix of small values with one NaN, as raw little-endian bytes."""
+    values = [((i * 37) % 101 - 50) / 500.0 for i in range(rows * cols)]
+    values[3 * cols + 5] = float("nan")
+    return struct.pack(f"<{rows * cols}f", *values)
+
+
+def _write_safetensors(path: Path, arrays: dict[str, bytes], shapes: dict[str, list[int]]) -> None:
+    """A float32 safetensors file from raw bytes (no torch import in the parent)."""
+    header, offset = {}, 0
+    for name, data in arrays.items():
+        header[name] = {"dtype": "F32", "shape": shapes[name], "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"".join(arrays.values()))
+
+
 def _checkpoint(path: Path, mb: int = 24) -> Path:
     import torch
 
@@ -253,6 +271,29 @@ def cases(work: Path) -> list[Case]:
                     check=lambda _: None if recipe.read_text().startswith("name: mine") else "recipe overwritten"))
     out.append(Case("write: --out exists, no --force", slimkit(*lenet, "int8", "--out", str(precious)),
                     check=lambda _: None if precious.read_bytes() == b"precious" else "existing file replaced"))
+
+    # YAML: an alias bomb (a few hundred bytes that expand to 9**9 items)
+    bomb = work / "bomb.yaml"
+    levels = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+                     for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    bomb.write_text('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + levels
+                    + "stages: [{method: int8}]\n")
+    out.append(Case("yaml: alias bomb recipe", slimkit(*lenet, str(bomb), "--out", str(work / "bomb.slim")), [bomb]))
+
+    # numerics: a NaN weight is refused, the tensor named
+    nan = work / "nan.safetensors"
+    _write_safetensors(nan, {"fc.weight": _nan_matrix(64, 64), "fc.bias": bytes(64 * 4)}, {"fc.weight": [64, 64],
+                                                                                        "fc.bias": [64]})
+    out.append(Case("numerics: NaN weight", slimkit("compress", str(nan), "--recipe", "int8", "--out",
+                                                    str(work / "nan.slim")), [nan],
+                    check=lambda _: None if not (work / "nan.slim").exists() else "a file was written"))
+
+    # terminal output: an escape sequence and rich markup taken from a file reach no terminal raw
+    ansi = work / "ansi.yaml"
+    ansi.write_text('stages:\n  - method: "\\e[31mred\\e[0m[/dim]"\n')
+    out.append(Case("terminal: ANSI escape and markup in a recipe", slimkit(*lenet, str(ansi), "--out",
+                                                                          str(work / "ansi.slim")), [ansi],
+                    no_escapes=True))
 
     # one exit-2 path for input errors
     out.append(Case("spec: edit sets a method", slimkit("eval", str(_rewrite(
@@ -346,6 +387,8 @@ def run_case(case: Case) -> tuple[bool, str]:
         problems.append(f"{cpu:.1f} s CPU > {LIMIT_S:.0f} s")
     if rss > bound:
         problems.append(f"peak RSS {rss >> 20} MB > {bound >> 20} MB")
+    if case.no_escapes and "\x1b" in stdout + stderr:
+        problems.append("a raw escape sequence reached the terminal")
     extra = case.check(stdout) if case.check else None
     if extra:
         problems.append(extra)
