@@ -75,6 +75,8 @@ class MethodConfig(BaseModel):
         value = check_scalar(value, scalar_kinds(field.annotation))
         if info.field_name == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
             raise ValueError("seed must be an integer from 0 to 2**63 - 1")   # torch's generators take no more
+        if not _fits_int64(value):  # torch takes no larger int (batch_size: 10**20 failed in a DataLoader)
+            raise ValueError("integers must lie between -2**63 and 2**63 - 1")
         return value
 
     def apply(self, model: nn.Module, task: Task | None, filter_fn: FilterFn | None) -> nn.Module:
@@ -229,3 +231,16 @@ def _family_verb(family: Family):
 quantize_ = _family_verb(Family.QUANTIZE)
 prune_ = _family_verb(Family.PRUNE)
 share_ = _family_verb(Family.SHARE)
+
+
+def _fits_int64(value: Any, depth: int = 0) -> bool:
+    """Whether every int in `value` (and in the lists and dicts it holds) fits a signed 64-bit int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**63
+    if depth < 8 and isinstance(value, BaseModel):   # a nested spec another validator built first
+        return all(_fits_int64(v, depth + 1) for v in vars(value).values())
+    if depth < 8 and isinstance(value, dict):
+        return all(_fits_int64(v, depth + 1) for v in value.values())
+    if depth < 8 and isinstance(value, (list, tuple)):
+        return all(_fits_int64(v, depth + 1) for v in value)
+    return True
