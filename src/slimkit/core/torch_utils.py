@@ -49,3 +49,15 @@ def first_nonfinite(tensors: Iterator[tuple[str, torch.Tensor]]) -> tuple[str, i
             if bad:
                 return name, bad, t.numel()
     return None
+
+
+def cpu_supports(*probes: str) -> bool:
+    """Whether any of torch's CPU feature probes (`torch.cpu._is_vnni_supported`, ...) says yes; a
+    probe this torch lacks, or one that fails, counts as no."""
+    for probe in probes:
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except (AttributeError, RuntimeError):
+            continue
+    return False

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.core.torch_utils import cpu_supports
 from slimkit.export.onnx_pack import pack_last_axis, unpack_last_axis
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear
@@ -199,10 +200,7 @@ def signed_weights_exact() -> bool:
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    try:
-        return bool(torch.cpu._is_vnni_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return cpu_supports("_is_vnni_supported")
 
 
 def _linear(plan: WeightPlan, x: str, bias: str | None, out: str, b: GraphBuilder) -> None:

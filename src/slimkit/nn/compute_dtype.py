@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import torch
 
+from slimkit.core.torch_utils import cpu_supports
+
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPUTE_ENV = "SLIMKIT_COMPUTE_DTYPE"
@@ -31,14 +33,7 @@ def fast_bf16() -> bool:
     >>> fast_bf16() in (True, False)
     True
     """
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for probe in probes:
-        try:
-            if getattr(torch.cpu, probe)():
-                return True
-        except (AttributeError, RuntimeError):
-            continue
-    return False
+    return cpu_supports("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
 
 def check_compute_dtype(value: object, where: str = "compute_dtype") -> str:

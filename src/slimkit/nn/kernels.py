@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from slimkit.core.torch_utils import cpu_supports
+
 KERNEL_ENV = "SLIMKIT_KERNELS"
 MODES = ("auto", "compact", "dense")
 BUCKETS = (1, 8, 64, 512)
@@ -97,13 +99,7 @@ def bucket(rows: int) -> int:
 def fast_int_mm() -> bool:
     """Whether `torch._int_mm` has fast CPU kernels here (VNNI or AMX); without them it runs a
     reference loop 20-40x slower than an fp32 matmul (measured on AVX2), so auto never tries it."""
-    for probe in ("_is_vnni_supported", "_is_amx_tile_supported"):
-        try:
-            if getattr(torch.cpu, probe)():
-                return True
-        except (AttributeError, RuntimeError):
-            continue
-    return False
+    return cpu_supports("_is_vnni_supported", "_is_amx_tile_supported")
 
 
 @functools.lru_cache(maxsize=1)
