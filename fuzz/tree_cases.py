@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from fuzz.tree_docs import DROP, Alias, Anchor, Dup, Raw, apply_edits, get, nodes, to_json, to_yaml
+from fuzz.tree_docs import DROP, Alias, Anchor, Dup, Raw, apply_edits, get, larger_than, nodes, to_json, to_yaml
 from fuzz.tree_seeds import Seed
 
 EDGE_INTS = [0, 1, -1, 2, 3, 7, 8, 16, 255, 256, 65535, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63,
@@ -50,7 +50,7 @@ HF_KEYS = ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attenti
 RECIPE_KEYS = ["method", "bits", "group_size", "granularity", "sparsity", "targets", "ignore", "coding",
                "ratio", "epochs", "samples", "symmetric", "scope", "rank", "clusters", "max_drop", "stages",
                "models", "requires", "description", "finetune_epochs", "lr", "steps"]
-MAX_BYTES = 1 << 21     # a written case larger than this is cut back to the seed plus one edit
+MAX_BYTES = 32 << 20    # a recipe or config larger than this is cut back to the seed plus its first edit
 
 
 # ---------------------------------------------------------------- .slim files as trees
@@ -137,13 +137,26 @@ def _edit_body(body: bytes, how: tuple) -> bytes:
 
 # ---------------------------------------------------------------- writing a case
 
+def _edited(seed: Seed, edits: list) -> Any:
+    """The seed's tree after `edits` (all of them, or the first alone where all would write more than
+    MAX_BYTES: two edits can nest a 100,000-entry list in each of 1,000 copies, a 900 MB file whose
+    writing alone outlasts the case's time limit)."""
+    tree_edits = [e for e in edits if e[0] != ("__bytes__",)]
+    tree = apply_edits(seed.tree, tree_edits)
+    if larger_than(tree, MAX_BYTES):
+        tree = apply_edits(seed.tree, tree_edits[:1])
+        if larger_than(tree, MAX_BYTES):
+            raise ValueError(f"case larger than {MAX_BYTES >> 20} MB")
+    return tree
+
+
 def write_case(seed: Seed, edits: list, dest: Path) -> Path:
     """Write `seed` after `edits` under folder `dest`; returns the input's path (a file or a folder)."""
     if seed.kind == "slim":
         path = dest / "case.slim"
         path.write_bytes(write_slim_case(seed, edits))
         return path
-    tree = apply_edits(seed.tree, [e for e in edits if e[0] != ("__bytes__",)])
+    tree = _edited(seed, edits)
     if seed.kind == "recipe":
         data = to_yaml(tree).encode("utf-8", "surrogatepass")
         for path, value in edits:
@@ -164,7 +177,7 @@ def case_bytes(seed: Seed, edits: list) -> bytes:
     """The mutated input as bytes (for a content hash and a size check)."""
     if seed.kind == "slim":
         return write_slim_case(seed, edits)
-    tree = apply_edits(seed.tree, [e for e in edits if e[0] != ("__bytes__",)])
+    tree = _edited(seed, edits)
     text = to_yaml(tree) if seed.kind == "recipe" else to_json(tree)
     return text.encode("utf-8", "surrogatepass") + repr([e for e in edits if e[0] == ("__bytes__",)]).encode()
 

@@ -107,6 +107,28 @@ def apply_edits(tree: Any, edits: list[Edit]) -> Any:
     return tree
 
 
+def larger_than(tree: Any, limit: int) -> bool:
+    """Whether `tree` written out would take more than about `limit` bytes (stops counting there: a
+    list of 1,000 references to one node holding 100,000 entries is 10**8 nodes written, not 10**5)."""
+    size, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Anchor):
+            node = node.value
+        if isinstance(node, dict | Dup):
+            pairs = node.items() if isinstance(node, dict) else node.pairs
+            size += 2 + sum(len(str(k)) + 4 for k, _ in pairs)
+            stack.extend(v for _, v in pairs)
+        elif isinstance(node, list | tuple):
+            size += 2 + len(node)
+            stack.extend(node)
+        else:
+            size += len(node.text) if isinstance(node, Raw) else len(str(node)) + 2
+        if size > limit:
+            return True
+    return False
+
+
 def _number(value: float | int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -50,3 +50,23 @@ def test_cases_are_reproducible_from_the_seed():
     from fuzz.target import check
 
     assert check(case_bytes(slim, [])) == "loaded"     # a seed written back with no edit is still valid
+
+
+def test_a_case_that_would_write_too_much_is_cut_back_to_its_first_edit():
+    """Two edits can nest a 100,000-entry list inside each of 1,000 copies of a stage: a 900 MB recipe
+    whose writing alone took longer than the fuzzer's wall limit (run 13, case 89323, seen as a hang)."""
+    from fuzz.tree_cases import MAX_BYTES, case_bytes
+    from fuzz.tree_docs import larger_than
+    from fuzz.tree_seeds import Seed
+
+    stage = {"method": "apoz", "ignore": ["conv1"]}
+    recipe = Seed("recipe", "recipe-x", {"stages": [stage], "description": "x"})
+    grow = (("stages",), [stage] * 1000)
+    nest = (("stages", 0, "ignore"), ["conv1"] * 100_000)
+    assert larger_than({"a": [[0] * 100_000] * 1000}, MAX_BYTES)
+    assert not larger_than({"a": [0] * 100_000}, MAX_BYTES)
+    text = case_bytes(recipe, [grow, nest])
+    assert len(text) < MAX_BYTES
+    assert text.count(b"apoz") == 1000 and text.count(b"conv1") == 1000   # the first edit, alone
+    with pytest.raises(ValueError, match="larger than"):
+        case_bytes(recipe, [(("stages",), [{"ignore": ["c"] * 100_000}] * 1000)])
