@@ -79,6 +79,20 @@ def test_a_codec_that_decodes_to_nan_is_refused(tmp_path, ckpt, monkeypatch):
     assert _left(tmp_path, ckpt.name) == []
 
 
+def test_a_tensor_too_large_to_decode_is_refused_for_a_nan_scale(tmp_path, ckpt, tensors, monkeypatch):
+    """Tensors over the run's decode bound are not decoded; their stored scales are checked instead."""
+    real = encode.quantize_block
+
+    def nan_scale(*args, **kwargs):
+        codes, scale, zero = real(*args, **kwargs)
+        return codes, torch.full_like(scale, float("nan")) if scale.numel() > 4 else scale, zero
+
+    monkeypatch.setattr(encode, "quantize_block", nan_scale)
+    with pytest.raises(SlimError, match="holds NaN/Inf values in array .*scale.* of a coded tensor; it was not kept"):
+        compress_checkpoint(ckpt, "int4-rtn", tmp_path / "out.slim", block_bytes=1024)
+    assert _left(tmp_path, ckpt.name) == []
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     torch.manual_seed(0)

@@ -10,9 +10,11 @@ way `slimkit.load` does, one piece at a time, against what the writer wrote:
 2. every stored array's bytes, re-read from disk in blocks, have the CRC-32 the writer computed while
    writing them (`SlimWriter.digests`): nothing lost, truncated or changed on the way to the disk;
 3. every tensor decodes through the loader's own path (`decode_tensor`), one at a time, to its shape
-   and dtype, and a lossy codec's output is finite. Tensors that decode to more than `decode_limit`
-   bytes are checked by steps 1-2 and 4 only, so that a tensor-by-tensor int8 run keeps its promise of
-   a few blocks of memory (the caller sets the limit: none for a run that already held whole tensors);
+   and dtype, and a lossy codec's output is finite. A tensor that decodes to more than `decode_limit`
+   bytes is not decoded, so that a tensor-by-tensor int8 run keeps its promise of a few blocks of
+   memory (the caller sets the limit: none for a run that already held whole tensors); instead its
+   stored float arrays (scales, zero points, codebooks) must be finite, block by block during step 2,
+   and with them every value its codec decodes (a code times a scale, a codebook entry);
 4. the architecture the manifest names is built on the meta device (no memory), its recorded edits
    replayed, and its state dict must be the file's tensors, shape for shape, as `load` requires.
 
@@ -32,18 +34,29 @@ import math
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slimkit.core.errors import SlimError
 from slimkit.core.text import clean
 from slimkit.io.bases import build_base
-from slimkit.io.decode import _DTYPES, base_budget, decoded_budget
+from slimkit.io.decode import _DTYPES, SIDE_SEP, base_budget, decoded_budget
 from slimkit.io.lazy import LazyStateDict
 from slimkit.io.manifest import Manifest
 from slimkit.io.safetensors_file import SafetensorsReader
 from slimkit.surgery.edits import replay_edits
 
 CHUNK = 4 << 20   # bytes re-read at a time for the CRC check
+
+
+def _bf16_finite(block: bytes) -> bool:
+    bits = np.frombuffer(block, np.uint16)
+    return not bool(((bits & 0x7F80) == 0x7F80).any())   # exponent all ones: Inf or NaN
+
+
+_FINITE = {name: (lambda block, t=t: bool(np.isfinite(np.frombuffer(block, t)).all()))
+           for name, t in (("float16", np.float16), ("float32", np.float32), ("float64", np.float64))}
+_FINITE["bfloat16"] = _bf16_finite
 
 
 class StreamCheck:
@@ -73,18 +86,31 @@ class StreamCheck:
                         "not_decoded": len(self.manifest.tensors) - decoded}
         return self.summary
 
+    def _not_decoded(self) -> set[str]:
+        """The coded tensors too large to decode here (step 3)."""
+        if self.decode_limit is None:
+            return set()
+        return {name for name, e in self.manifest.tensors.items()
+                if e.chain and math.prod(e.shape) * _DTYPES.get(e.dtype, 8) > self.decode_limit}
+
     def _check_bytes(self, path: Path) -> None:
+        large = self._not_decoded()
+        chunk = self.chunk - self.chunk % 8   # whole elements in every block
         with SafetensorsReader(path) as reader:
             if set(reader.keys()) != set(self.digests):
                 extra = sorted(set(reader.keys()) ^ set(self.digests))
                 raise self.fail(f"holds other arrays than were written ({clean(extra[0], 80)!r})")
             for key, want in self.digests.items():
                 size, crc = reader.nbytes(key), 0
-                for begin in range(0, size, self.chunk):
+                finite = _FINITE.get(reader.dtype(key)) if key.partition(SIDE_SEP)[0] in large else None
+                for begin in range(0, size, chunk):
                     try:
-                        crc = zlib.crc32(reader.read(key, begin, min(size, begin + self.chunk)), crc)
+                        block = reader.read(key, begin, min(size, begin + chunk))
                     except SlimError as exc:
                         raise self.fail(f"cannot be read ({exc})") from None
+                    crc = zlib.crc32(block, crc)
+                    if finite is not None and not finite(block):
+                        raise self.fail(f"holds NaN/Inf values in array {clean(key, 80)!r} of a coded tensor")
                 if crc != want:
                     raise self.fail(f"has other bytes in array {clean(key, 80)!r} than were written")
 
