@@ -18,7 +18,8 @@ from slimkit.export.onnx import flatten_output, rebuild_output
 from slimkit.export.runtime import MARGIN, RuntimeDispatch
 from slimkit.export.runtime_graph import FLOAT_TOL, error
 from slimkit.io.runtimes import RUNTIME_ENV, runtimes, torch_only
-from slimkit.nn.kernels import kernel_mode, rel_err
+from slimkit.nn.compute_dtype import COMPUTE_ENV
+from slimkit.nn.kernels import fast_int_mm, kernel_mode, rel_err
 from slimkit.nn.quant_linear import forced_compute_dtype
 
 pytest.importorskip("onnxruntime")
@@ -28,6 +29,13 @@ CONFIGS = {
     "kmeans": lambda: sk.make_config("kmeans", bits=4, finetune_epochs=0),
     "magnitude": lambda: sk.MagnitudePruningConfig(sparsity=0.8, scope="global", epochs=0),
 }
+
+
+@pytest.fixture(autouse=True)
+def _fp32_compute(monkeypatch):
+    """These tests are about the graph runners, which "auto" takes only for a model that computes in
+    float32 here (`compute_dtype: auto` is bf16 on AMX / AVX-512 BF16 CPUs)."""
+    monkeypatch.setenv(COMPUTE_ENV, "float32")
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +80,29 @@ def test_auto_also_tries_a_frozen_torchscript_graph_and_single_thread_sessions(a
     timings = next(iter(state["timings_ms"].values()))
     assert "torch-graph" in timings, state
     if torch.get_num_threads() > 1:  # a small graph: one-thread sessions of both graphs too
-        assert {"ort-float/1t", "ort-int/1t"} <= set(timings), state
+        assert "ort-float/1t" in timings, state
+        # the integer graph only where torch's int8 layers may run integer kernels themselves
+        assert ("ort-int/1t" in timings) == fast_int_mm(), state
     for key, err in state["checks"].items():
         if key.endswith((" torch-graph", " ort-float/1t")):
             assert err <= FLOAT_TOL, state
+
+
+def test_auto_takes_no_graph_for_a_model_that_computes_in_bf16_here(tmp_path):
+    """The graphs compute fp32: their outputs would not be what this model computes (bf16)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 8))
+    ids = torch.randint(0, 50, (8, 4))
+    sk.save(sk.quantize_(model.eval(), sk.make_config("int8", compute_dtype="bfloat16"), data=[ids]),
+            tmp_path / "bf16.slim")
+    auto = sk.load(tmp_path / "bf16.slim", runtime="auto")
+    with torch.no_grad():
+        y = auto(ids)
+        want = sk.load(tmp_path / "bf16.slim", runtime="torch")(ids)
+    state = sk.runtime_report(auto)["runtime"]
+    assert set(state["choices"].values()) == {"torch"} and state["timings_ms"] == {}, state
+    assert "computes in bfloat16" in state["why_torch"] and state["onnx_bytes"] == 0
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
 
 
 def test_a_model_torchscript_cannot_trace_keeps_the_other_runners(artifacts, digits_task, monkeypatch):

@@ -25,6 +25,7 @@ from torch import nn
 
 import slimkit as sk
 from slimkit.core.task import Task
+from slimkit.nn.kernels import fast_int_mm
 
 
 class ResBlock(nn.Module):
@@ -240,9 +241,9 @@ def test_fresh_process_loads_every_case_without_the_class(artifacts):
     diffs = json.loads(run.stdout.strip().splitlines()[-1])
     for case in made:
         assert diffs[f"{case}:torch"] <= 1e-5, (case, diffs)
-        # "auto" picks the fastest runner whose outputs match within the runtime's own relative
-        # tolerance (docs/runtime.md): 1e-5 for float graphs, more for ONNX Runtime's integer kernels
-        assert diffs[f"{case}:None"] <= (0.2 if case.endswith("int8") else 1e-4), (case, diffs)
+        # "auto" takes runners that compute what torch computes here (docs/runtime.md, Exactness):
+        # float graphs within fp32 rounding; integer kernels (int8 rounding) only on VNNI / AMX CPUs
+        assert diffs[f"{case}:None"] <= (0.2 if case.endswith("int8") and fast_int_mm() else 1e-4), (case, diffs)
         assert diffs[case + ":type"] == "GraphModule"
 
 

@@ -8,6 +8,9 @@ sequence of integer token inputs, may vary) the first eligible call exports the 
 memory (`export_onnx` on `float_copy`, every tensor of the output a graph output) and builds
 ONNX Runtime sessions with torch's thread count: "ort-float" (every layer decoded to fp32) and, when
 the model has integer layers, "ort-int" (`quantize_graph`: int8 matmuls, quantized embeddings).
+"auto" only takes runners that compute what torch computes here: no graph for a model that computes
+in bf16/fp16 on this machine, and "ort-int" only where torch's own int8 layers may run integer
+kernels (VNNI or AMX, `fast_int_mm`); elsewhere its outputs equal torch's within fp32 rounding.
 Each is checked on the first and last sample of the call against torch computing what the graph
 computes (fp32, decoded weights for ort-float, the integer kernels for ort-int) and rejected
 beyond its tolerance (`slimkit.export.runtime_graph`); then "auto" times torch and the accepted
@@ -47,6 +50,8 @@ from slimkit.export.onnx import flatten_output, rebuild_output
 from slimkit.export.runtime_graph import Graph, hot_runner, one_line
 from slimkit.export.runtime_guard import Signature, Watch, batch_label, call_key, gather
 from slimkit.io.runtimes import RUNTIME_KEY, is_torch_only, register_runtime, strip_runtime
+from slimkit.nn.compute_dtype import computes_below_fp32
+from slimkit.nn.kernels import fast_int_mm
 from slimkit.nn.kernels import runtime_report as kernel_report
 
 MODES = ("auto", "onnxruntime")
@@ -262,6 +267,11 @@ class RuntimeDispatch:
             self.failure = f"ONNX Runtime cannot return this output: {exc}"
             return "torch", reference
         graph = self.graphs.get(key[0])
+        if graph is None and self.mode == "auto":
+            low = computes_below_fp32(self.model)
+            if low is not None:   # the graphs compute fp32: their outputs would not be torch's
+                self.why_torch = f"the model computes in {low} here and the ONNX graphs in float32 (exact: torch)"
+                return "torch", reference
         if graph is None:
             if len(self.graphs) >= MAX_GRAPHS:
                 self.why_torch = f"more than {MAX_GRAPHS} input signatures: torch for the others"
@@ -309,7 +319,8 @@ class RuntimeDispatch:
                 return None
         try:
             with torch.inference_mode(False), torch.no_grad():
-                return Graph.export(self.model, named, traced=self.mode == "auto")
+                auto = self.mode == "auto"
+                return Graph.export(self.model, named, traced=auto, integer=not auto or fast_int_mm())
         except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types: keep the reason, run torch
             self.failure = f"ONNX export failed: {one_line(exc)}"
             return None

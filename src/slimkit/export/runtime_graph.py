@@ -80,10 +80,12 @@ class Graph:
         self.decided: set[int] = set()
 
     @classmethod
-    def export(cls, model: nn.Module, named: dict[str, torch.Tensor], traced: bool = False) -> Graph:
+    def export(cls, model: nn.Module, named: dict[str, torch.Tensor], traced: bool = False,
+               integer: bool = True) -> Graph:
         """Export `model` for the inputs `named` (their first sample, twice: batch 2 keeps the batch
         axis dynamic) and open a session per graph, with torch's thread count; with `traced`, also
-        the TorchScript runner (left out, with no error, where tracing fails)."""
+        the TorchScript runner (left out, with no error, where tracing fails); with `integer`, also
+        "ort-int" where the model has integer layers."""
         example = {k: torch.cat([v[:1], v[:1]]) for k, v in named.items()}
         has_convs = any(getattr(m, "slim_type", None) == "QuantConv2d" for m in model.modules())
         threads = torch.get_num_threads()
@@ -93,7 +95,7 @@ class Graph:
         graph = io.BytesIO()   # in memory: no file on disk
         keys, _ = export_onnx(plain, example, graph, keep_norms=has_convs, all_outputs=True)
         graphs = {"ort-float": graph.getvalue()}
-        data, replaced, _ = _integer_bytes(graphs["ort-float"], model)
+        data, replaced, _ = _integer_bytes(graphs["ort-float"], model) if integer else (b"", {}, {})
         if replaced:  # integer ops; coded weights alone decode to the float graph at load
             graphs["ort-int"] = data
         sessions: dict[str, Any] = {n: OrtModule(data, keys, False, threads, spin=False) for n, data in graphs.items()}

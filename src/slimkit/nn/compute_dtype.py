@@ -77,6 +77,19 @@ def resolve_compute_dtype(mode: str) -> torch.dtype:
     return SCALE_DTYPES[mode]
 
 
+def computes_below_fp32(model: torch.nn.Module) -> str | None:
+    """The dtype `model` computes in here when that is not float32 (a module whose compute dtype
+    resolves to bf16/fp16, or a parameter or buffer held in one), else None."""
+    for m in model.modules():
+        mode = getattr(m, "compute_dtype", None)
+        if isinstance(mode, str) and mode in COMPUTE_DTYPES and resolve_compute_dtype(mode) != torch.float32:
+            return str(resolve_compute_dtype(mode)).removeprefix("torch.")
+    for t in (*model.parameters(), *model.buffers()):
+        if t is not None and t.is_floating_point() and t.dtype != torch.float32:
+            return str(t.dtype).removeprefix("torch.")
+    return None
+
+
 def cast_of(fn) -> str | None:
     """The float dtype name a `Module._apply` function casts every float tensor to
     (`model.to(torch.bfloat16)`, `.float()`, `.half()`), or None for moves that keep dtypes."""
