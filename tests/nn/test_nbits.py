@@ -83,6 +83,39 @@ def test_lean_choice_drops_decoded_copies_and_reopens_their_buckets():
     assert choice.names == {1: "lean", 64: "lean"}
 
 
+def test_a_per_call_decode_runs_large_batches_of_a_layer_whose_batch_1_reads_codes():
+    """Once a lean kernel runs one row, the cached decoded copy is off; a per-call decode (exact, held
+    only during the call) still competes for many rows, and never for one."""
+    w = torch.randn(8, 32)
+    calls: list[str] = []
+
+    def kernel(name, delay):
+        return lambda t: (calls.append(name), time.sleep(delay), t @ w.t())[2]
+
+    choice = KernelChoice(("per-call-test",), {"dense": kernel("dense", 0.03), "decode": kernel("decode", 0),
+                                               "lean": kernel("lean", 0.01)},
+                          lean=("lean",), decoded=("dense",), per_call=("decode",))
+    ref = lambda x: (lambda: (x @ w.t(), 1e-5))  # noqa: E731
+    x1 = torch.randn(1, 32)
+    for _ in range(4 * kernels.TRIAL_SAMPLES):
+        choice.run(x1, ref(x1))
+        if 1 in choice.names:
+            break
+    assert choice.names == {1: "lean"} and set(choice.timings[1]) == {"dense", "lean"}
+    assert "decode" not in calls, "one row never decodes the whole weight per call"
+    x64 = torch.randn(40, 32)
+    choice.run(x64, ref(x64))
+    assert choice.names == {1: "lean", 64: "decode"} and set(choice.timings[64]) == {"decode", "lean"}
+
+
+def test_quant_linear_offers_a_per_call_decode_that_is_exact():
+    layer = QuantLinear.from_quantized(rtn_quantize(torch.randn(512, 256), 4, False, "group", 64), None, False)
+    x = torch.randn(600, 256)
+    with torch.no_grad():
+        assert torch.equal(layer._decode_call(x), layer._dense(x))
+        assert layer._new_choice().per_call == ("decode",)
+
+
 def _settle(layer: nn.Module, x1: torch.Tensor) -> None:
     with torch.no_grad():
         for _ in range(4 * kernels.TRIAL_SAMPLES):

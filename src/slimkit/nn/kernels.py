@@ -139,15 +139,19 @@ class KernelChoice:
     Memory stays honest: once a `lean` candidate (one that reads the stored codes, holding no
     decoded weight) runs a bucket, the `decoded` candidates are off for every bucket of the layer
     (a bucket that chose one measures again at its next call), and after each choice `release`
-    gets the names the layer still runs, to drop the caches of the others."""
+    gets the names the layer still runs, to drop the caches of the others. `per_call` candidates
+    (a matmul on the weight decoded for the call and dropped: exact, and held only during the call)
+    take the decoded ones' place in buckets of more than one row once they are off: a layer whose
+    batch-1 decoding reads its codes still multiplies large batches at fp32 speed."""
 
     def __init__(self, kind: tuple, candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                  lean: tuple[str, ...] = (), decoded: tuple[str, ...] = (),
-                 release: Callable[[set[str]], None] | None = None):
+                 release: Callable[[set[str]], None] | None = None, per_call: tuple[str, ...] = ()):
         self.kind = kind
         self.candidates = candidates
         self.lean = tuple(n for n in lean if n in candidates)
         self.decoded, self.release = decoded, release
+        self.per_call = tuple(n for n in per_call if n in candidates)
         self.chosen: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.names: dict[int, str] = {}
         self.timings: dict[int, dict[str, float]] = {}
@@ -168,9 +172,12 @@ class KernelChoice:
         return (*self.kind, b, x2.dtype, torch.get_num_threads())
 
     def _allowed(self, b: int) -> dict:
-        if any(n in self.lean for other, n in self.names.items() if other != b):
-            return {k: v for k, v in self.candidates.items() if k not in self.decoded} or self.candidates
-        return self.candidates
+        skip = set(self.per_call)   # where a cached decoded copy may run, it is as exact and faster
+        if b != 1 and any(n in self.lean for other, n in self.names.items() if other != b):
+            skip = set(self.decoded)
+        if not skip:
+            return self.candidates
+        return {k: v for k, v in self.candidates.items() if k not in skip} or self.candidates
 
     def pick(self, b: int, x2: torch.Tensor, reference: Callable[[], tuple[torch.Tensor, float]]) -> str:
         key, allowed = self._key(b, x2), self._allowed(b)

@@ -138,7 +138,7 @@ class Int8Linear(nn.Module):
 
     def _new_choice(self) -> KernelChoice:
         """The kernels auto mode may pick from on this machine (see slimkit.nn.kernels)."""
-        candidates = {"dense": self._dense}
+        candidates = {"dense": self._dense, "decode": self._decode_call}
         if not self.static and has_fbgemm():
             candidates["fbgemm"] = self._fbgemm
         if fast_int_mm() or _COMPILED["fn"] is not None:
@@ -150,7 +150,7 @@ class Int8Linear(nn.Module):
             candidates["nbits"] = self._nbits
         kind = ("Int8Linear", self.in_features, self.out_features, self.static, self.bias is not None)
         choice = self.__dict__["_kernel_choice"] = KernelChoice(
-            kind, candidates, lean=("nbits", "pack"), decoded=("dense",), release=self._release)
+            kind, candidates, lean=("nbits", "pack"), decoded=("dense",), release=self._release, per_call=("decode",))
         return choice
 
     def _release(self, in_use: set[str]) -> None:
@@ -214,6 +214,10 @@ class Int8Linear(nn.Module):
         cache = self.__dict__.get("_dense_cache") or self.__dict__.setdefault("_dense_cache", _DecodeCache())
         weight = cache.get(self, ("qweight", "scale"), self.dequantized_weight)
         return F.linear(x2, weight, self.bias)
+
+    def _decode_call(self, x2: torch.Tensor) -> torch.Tensor:
+        """The weight decoded for this call only (no cache kept): exact, and at fp32 speed for many rows."""
+        return F.linear(x2, self.dequantized_weight(), self.bias)
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         """fbgemm's int8 kernel with per-token activation scales: each row is divided by its

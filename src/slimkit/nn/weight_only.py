@@ -112,13 +112,17 @@ class QuantLinear(_CodesMixin, nn.Module):
         kind = ("QuantLinear", self.in_features, self.out_features, self.bits, self.symmetric,
                 self.granularity.value, self.group_size, self.bias is not None)
         lean = self.__dict__.get("_lean") or self._lean_kernels()
-        candidates = {"dense": self._dense, **{n: getattr(self, f"_{n}") for n in lean}}
+        candidates = {"dense": self._dense, "decode": self._decode_call, **{n: getattr(self, f"_{n}") for n in lean}}
         choice = self.__dict__["_kernel_choice"] = KernelChoice(
-            kind, candidates, lean=lean, decoded=("dense",), release=self._release)
+            kind, candidates, lean=lean, decoded=("dense",), release=self._release, per_call=("decode",))
         return choice
 
     def _dense(self, x2: torch.Tensor) -> torch.Tensor:
         return F.linear(x2, self._decode_all(), self.bias)
+
+    def _decode_call(self, x2: torch.Tensor) -> torch.Tensor:
+        """The weight decoded for this call only (no cache kept): exact, and at fp32 speed for many rows."""
+        return F.linear(x2, self._decode_uncached(), self.bias)
 
     def _nbits(self, x2: torch.Tensor) -> torch.Tensor:
         """MatMulNBits on the codes (`slimkit.nn.nbits`): bits/8 bytes per weight read, activations
