@@ -13,10 +13,11 @@
   always leaves a loadable file holding one whole write, never a mixture;
 - ONNX parity: `slimkit export X.slim --onnx Y.onnx --json` on lenet-300-100 int8 and lenet5 int8
   reports ONNX Runtime outputs with cosine >= 0.999 to slimkit's;
-- hostile inputs (issue 22, `tools/hostile_cases.py`): one generated case per class (output paths,
-  malformed specs and configs, inputs truncated while read), each run as its own process: exit code 2
-  with a one-line error, no traceback, <= 10 s of CPU time, peak RSS <= max(500 MB, 4x the input);
-  and two compresses racing to one new --out, of which exactly one succeeds.
+- hostile inputs (issue 22, `tools/hostile_cases.py` and `tools/hostile_more.py`): one generated case
+  per class (output paths, malformed specs and configs, inputs truncated while read, limits from real
+  bytes, YAML types, numerics), each run as its own process: exit code 2 with a one-line error, no
+  traceback, <= 10 s of CPU time, peak RSS <= max(500 MB, 4x the input); and two compresses racing to
+  one new --out, of which exactly one succeeds.
 
     .venv/bin/python tools/check_safety.py                 # all checks (~3 min on 2 busy cores)
     .venv/bin/python tools/check_safety.py --fuzz-runs 20000 --kills 8
@@ -204,10 +205,11 @@ def hostile_rows(work: Path) -> list[tuple[str, str, str, str]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from tools.hostile_cases import cases, race, run_case
+    from tools.hostile_more import more_cases
 
     folder = work / "hostile"
     folder.mkdir()
-    built = cases(folder)
+    built = cases(folder) + more_cases(folder)
 
     def timed(run: Callable[[], Result]) -> tuple[bool, str, float]:
         start = time.perf_counter()

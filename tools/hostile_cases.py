@@ -11,6 +11,9 @@ ignored, not refused, and the check is that the file it names is never read. `ra
 compresses to one new `--out` at once: exactly one may succeed.
 
     .venv/bin/python tools/hostile_cases.py            # the table of these cases alone
+
+`tools/hostile_more.py` holds the rest of the classes (limits from real bytes, YAML types, export
+temporary files, the umask, numerics), built with the helpers here.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Case:
     input_bytes: int | None = None             # in place of the inputs' sizes (files that shrink)
     note: str = ""                             # what a case expected to succeed shows
     no_escapes: bool = False                   # an ESC byte (ANSI sequence) on stdout or stderr fails it
+    says: str = ""                             # what the one-line error must name (a tensor, a key)
 
 
 # Every case's process writes its own peak RSS (VmHWM, which a new program starts afresh) to the file
@@ -383,6 +387,8 @@ def run_case(case: Case) -> tuple[bool, str]:
         problems.append("traceback")
     if case.expect == 2 and not (last.startswith("slimkit: error:") and "internal error" not in last):
         problems.append("no one-line error")
+    if case.says and case.says not in last:
+        problems.append(f"the error does not name {case.says!r}")
     if cpu > LIMIT_S:
         problems.append(f"{cpu:.1f} s CPU > {LIMIT_S:.0f} s")
     if rss > bound:

@@ -110,3 +110,32 @@ def test_rtn_keeps_fp16_weights_of_subnormal_magnitude(magnitude, options, tmp_p
     w = back[0].dequantized_weight().float()
     assert float((w - w0).norm() / w0.norm()) < 0.2            # 4 bits: ~0.1; all zeros would be 1.0
     assert float((w == 0).float().mean()) < 0.3
+
+
+def test_streamed_rtn_refuses_float16_scales_that_lose_a_tensor(monkeypatch, capsys, tmp_path):
+    """A bare fp16 checkpoint of subnormal-magnitude weights: int4-rtn's float16 scales stop at
+    float16's smallest normal and every code was 0, written with exit 0 (issue 22). Streamed, the
+    header may hold the scales' dtype already: the tensor is refused, and float32 scales keep it."""
+    torch.manual_seed(0)
+    tiny = (torch.randn(64, 128) * 1e-6).half()
+    normal = (torch.randn(64, 128) * 0.02).half()
+    normal[5] = 0                                          # a zero row: its scale also stops there
+    save_file({"tiny.weight": tiny}, str(tmp_path / "tiny.safetensors"))
+    save_file({"normal.weight": normal}, str(tmp_path / "normal.safetensors"))
+    code, _, err = cli(monkeypatch, capsys, "compress", str(tmp_path / "tiny.safetensors"), "--recipe", "int4-rtn",
+                       "--out", str(tmp_path / "o.slim"))
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "'tiny.weight'" in last and "scale_dtype: float32" in last, err
+    assert not (tmp_path / "o.slim").exists()
+    (tmp_path / "r.yaml").write_text("stages:\n  - method: rtn\n    bits: 4\n    group_size: 64\n"
+                                     "    scale_dtype: float32\n")
+    code, _, err = cli(monkeypatch, capsys, "compress", str(tmp_path / "tiny.safetensors"), "--recipe",
+                       str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o.slim"))
+    assert code == 0, err
+    back = sk.load_state_dict(tmp_path / "o.slim")["tiny.weight"].float()
+    assert float((back - tiny.float()).norm() / tiny.float().norm()) < 0.2
+    code, _, err = cli(monkeypatch, capsys, "compress", str(tmp_path / "normal.safetensors"), "--recipe", "int4-rtn",
+                       "--out", str(tmp_path / "n.slim"))
+    assert code == 0, err                                  # float16 scales, as the recipe asks
+    back = sk.load_state_dict(tmp_path / "n.slim")["normal.weight"].float()
+    assert float((back - normal.float()).norm() / normal.float().norm()) < 0.2

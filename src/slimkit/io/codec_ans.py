@@ -23,6 +23,12 @@ import numpy as np
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.codecs import Codec, _dtype, _shape, register_codec
 
+# Symbols decoded per call: constriction returns them as int32 (and bincount counts them as int64),
+# so decoding a whole stream at once took 12 bytes per symbol on top of the uint8 result: a 16 KB
+# stream whose histogram claims 64M symbols (a legitimate stream of 64M zeros takes a few bytes)
+# peaked at ~500 MB before it was refused.
+DECODE_SLICE = 1 << 20
+
 
 def _varints(values: np.ndarray) -> bytes:
     out = bytearray()
@@ -118,18 +124,23 @@ def ans_decode(stream: np.ndarray, count: int) -> np.ndarray:
             raise SlimFormatError(f"ans: {payload.size} bytes of data for a one-symbol stream")
         return np.zeros(count, dtype=np.uint8)
     words = payload.view("<u4").astype(np.uint32)
+    out = np.empty(count, dtype=np.uint8)
+    seen = np.zeros(m, dtype=np.int64)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        out = coder.decode(_model(counts), count)
+        model = _model(counts)
+        for start in range(0, count, DECODE_SLICE):   # constriction returns int32: 4 bytes a symbol
+            part = np.asarray(coder.decode(model, min(DECODE_SLICE, count - start)))
+            seen += np.bincount(part, minlength=m)[:m]
+            out[start:start + part.size] = part
         empty = coder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as exc:
         raise SlimFormatError(f"ans: corrupt stream ({exc})") from None
     if not empty:
         raise SlimFormatError("ans: the stream holds more data than its symbols (corrupt)")
-    out = np.asarray(out)
-    if np.bincount(out, minlength=m)[:m].tolist() != counts.tolist():
+    if seen.tolist() != counts.tolist():
         raise SlimFormatError("ans: decoded symbols do not match the stored histogram (corrupt)")
-    return out.astype(np.uint8)
+    return out
 
 
 @register_codec

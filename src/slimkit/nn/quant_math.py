@@ -233,5 +233,24 @@ def rtn_quantize(w: torch.Tensor, bits: int, symmetric: bool = True,
                            group_size if granularity is Granularity.GROUP else w.shape[1])
 
 
+def float16_scales_lose(w: torch.Tensor, bits: int, symmetric: bool = True,
+                        granularity: Granularity | str = Granularity.CHANNEL, group_size: int = 128,
+                        mse: bool = False) -> bool:
+    """Whether float16 scales would lose the 2-D weight `w`: its round-to-nearest error with them is
+    over 1.5x its error with float32 scales (weights of subnormal magnitude decode as zeros, as the
+    scales stop at float16's smallest normal; scales beyond 65504 overflow). False for zeros.
+
+    >>> float16_scales_lose(torch.randn(4, 64) * 1e-6, bits=4), float16_scales_lose(torch.randn(4, 64), 4)
+    (True, False)
+    """
+    w = w.detach().float()
+    norm = float(w.norm())
+    if norm == 0.0:
+        return False
+    errors = [float((rtn_quantize(w, bits, symmetric, granularity, group_size, mse, dtype).dequantize() - w).norm())
+              / norm for dtype in (torch.float16, torch.float32)]
+    return not errors[0] <= 1.5 * errors[1] + 1e-7   # also true for inf / nan from overflowing scales
+
+
 def _min_scale(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).tiny) if dtype.is_floating_point else 1e-30

@@ -15,7 +15,6 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar
 
-import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
@@ -27,7 +26,7 @@ from slimkit.dist.calibration import hessian_stages
 from slimkit.nn.bert_fast import install_fast_layers
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import SCALE_DTYPES, Int8Linear
-from slimkit.nn.quant_math import Granularity, check_bits, check_calibration, rtn_quantize
+from slimkit.nn.quant_math import Granularity, check_bits, check_calibration, float16_scales_lose, rtn_quantize
 from slimkit.quantization.conv import int8_conv, quantized_layer, weight_matrix
 from slimkit.quantization.convert import convert, log, low_precision_blockers, note_skipped, select_targets
 from slimkit.quantization.gptq import gptq_quantize, hessian_value
@@ -251,15 +250,8 @@ class _WeightQuant(MethodConfig):
         if self.scale_dtype is not ScaleDtype.FLOAT16:
             return self.scale_dtype.value
         gran, size = self._layout(layer)
-        w = weight_matrix(layer).detach().float()
-        norm = float(w.norm())
-        if norm == 0.0:
-            return self.scale_dtype.value
-        errors = []
-        for dtype in (torch.float16, torch.float32):
-            qw = rtn_quantize(w, self.bits, self.symmetric, gran, size, getattr(self, "mse", False), dtype)
-            errors.append(float((qw.dequantize() - w).norm()) / norm)
-        if not errors[0] <= 1.5 * errors[1] + 1e-7:  # also catches inf / nan from overflowing scales
+        mse = getattr(self, "mse", False)
+        if float16_scales_lose(weight_matrix(layer), self.bits, self.symmetric, gran, size, mse):
             log.info("float32 scales for a %s: float16 ones would under- or overflow", type(layer).__name__)
             return ScaleDtype.FLOAT32.value
         return self.scale_dtype.value

@@ -30,6 +30,7 @@ from slimkit.io.codecs import encode_chain, pack_bits
 from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import TensorEntry
 from slimkit.nn.codec_affine import matrix_shape, quantize_block
+from slimkit.nn.quant_math import Granularity, float16_scales_lose
 from slimkit.pruning.masks import nm_mask
 from slimkit.quantization.groups import fit_group
 from slimkit.sharing.kmeans import cluster_1d
@@ -71,6 +72,22 @@ def refuse_nonfinite(item: Item, values: torch.Tensor | np.ndarray, method: str)
         raise SlimError(f"{method}: {bad:,} non-finite (NaN/Inf) value(s) in {clean(item.name)}; fix the weights, "
                         "leave the tensor out with `ignore`, or set allow_nonfinite: true to copy such tensors "
                         "as they are")
+
+
+def refuse_lost_scales(block: torch.Tensor, scale: torch.Tensor, spec: QuantSpec, group: int) -> None:
+    """A one-line `SlimError` if the block's float16 scales lose it (`float16_scales_lose`): weights of
+    subnormal magnitude decoded as zeros (issue 22). In memory, rtn then keeps float32 scales for the
+    layer; here the header may already be written with float16 ones, so the user chooses. Only blocks
+    with a scale at float16's smallest normal (where they stop) or beyond its range are measured."""
+    if spec.scale_dtype != "float16":
+        return
+    tiny = torch.finfo(torch.float16).tiny
+    if bool(torch.isfinite(scale).all()) and not bool((scale <= tiny).any()):
+        return
+    gran = Granularity.CHANNEL if group == block.shape[1] else Granularity.GROUP
+    if float16_scales_lose(block, spec.bits, spec.symmetric, gran, group, spec.mse):
+        raise SlimError("float16 scales would lose its values (weights of subnormal magnitude decode as zeros, "
+                        "or scales overflow float16); set scale_dtype: float32 in the recipe's stage")
 
 
 def _key(name: str, side: str) -> str:
@@ -147,6 +164,7 @@ def encode_affine(ck: Checkpoint, item: Item, spec: QuantSpec, writer: SlimWrite
             block = ck.rows(item, r0, r1)
             refuse_nonfinite(item, block, f"{spec.bits}-bit codes")
             codes, scale, zero = quantize_block(block, spec.bits, spec.symmetric, group, spec.scale_dtype, spec.mse)
+            refuse_lost_scales(block, scale, spec, group)
             scales.append(scale)
             zeros.append(zero)
             yield pack_codes(codes.numpy(), spec.bits)
