@@ -103,3 +103,26 @@ def test_a_header_of_many_entries_is_parsed_without_collector_passes(tmp_path):
         gc.callbacks.remove(count)
     assert len(entries) == 50_000 and gc.isenabled()
     assert len(passes) <= 2, len(passes)     # one collection may start as it is enabled again
+
+
+def test_a_header_of_more_tensors_than_any_model_holds_is_refused_before_parsing(tmp_path, monkeypatch):
+    """Zero-size tensors take no bytes, so their number is bounded by MAX_ENTRIES, counted before the
+    JSON is parsed (a 57 MB header of a million took 7 s of CPU to parse and check)."""
+    from slimkit.io import safetensors_file
+
+    monkeypatch.setattr(safetensors_file, "MAX_ENTRIES", 1000)
+    header = {f"z{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(1001)}
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(_raw(header))
+    parsed = []
+    monkeypatch.setattr(safetensors_file.json, "loads", lambda *a, **k: parsed.append(1))
+    with open(path, "rb") as fh, pytest.raises(SlimFormatError, match="more than 1000 tensors"):
+        read_header(fh, path.stat().st_size, "many")
+    assert parsed == []
+    header.pop("z0"), header.pop("z1")   # 999 entries and a name holding the key's text (escaped: not counted)
+    header['x"data_offsets"'] = {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}
+    path.write_bytes(_raw(header))
+    monkeypatch.undo()
+    monkeypatch.setattr(safetensors_file, "MAX_ENTRIES", 1000)
+    with open(path, "rb") as fh:
+        assert len(read_header(fh, path.stat().st_size, "many")[0]) == 1000

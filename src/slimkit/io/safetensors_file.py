@@ -34,6 +34,7 @@ from slimkit.core.text import clean
 from slimkit.io.manifest import MAX_RANK
 
 MAX_HEADER = 64 * 1024 * 1024
+MAX_ENTRIES = 1 << 19   # arrays in one file: a whole 30B mixture-of-experts model in slimkit's codecs holds ~60k
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
@@ -306,9 +307,12 @@ def read_header(fh, size: int, name: str) -> tuple[dict, dict[str, str], int]:
     if n > metadata_budget(size):
         raise SlimFormatError(f"{name}: header length {n} is more than the {metadata_budget(size)} bytes allowed "
                               f"for a file of {size} bytes")
+    raw = fh.read(n)
+    if raw.count(b'"data_offsets"') > MAX_ENTRIES:   # each entry has one (an escaped quote cannot match)
+        raise SlimFormatError(f"{name}: header lists more than {MAX_ENTRIES} tensors")
     with _gc_paused():   # a million tiny entries: the collector's passes over them took half the time
         try:
-            header = json.loads(fh.read(n))
+            header = json.loads(raw)
         except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON, an int of > 4300 digits
             raise SlimFormatError(f"{name}: header is not valid JSON ({exc.__class__.__name__})") from None
         if not isinstance(header, dict):
