@@ -105,6 +105,19 @@ def test_auto_takes_no_graph_for_a_model_that_computes_in_bf16_here(tmp_path):
     assert y.dtype == torch.bfloat16 and torch.equal(y, want)
 
 
+def test_fp16_scales_of_coded_layers_do_not_count_as_low_precision_compute():
+    """slimkit's coded layers decode fp16 scales to fp32 (a 4-bit MiniLM ran torch at batch 1, 18.5 ms,
+    when they counted); a plain layer held in bf16 does compute in bf16."""
+    from slimkit.nn.compute_dtype import computes_below_fp32
+    from slimkit.nn.quant_math import rtn_quantize
+    from slimkit.nn.weight_only import QuantLinear
+
+    coded = QuantLinear.from_quantized(rtn_quantize(torch.randn(32, 64), 4, False, "group", 32), None, False)
+    assert coded.scale.dtype == torch.float16
+    assert computes_below_fp32(nn.Sequential(coded, nn.ReLU())) is None
+    assert computes_below_fp32(nn.Sequential(coded, nn.Linear(32, 2).bfloat16())) == "bfloat16"
+
+
 def test_a_model_torchscript_cannot_trace_keeps_the_other_runners(artifacts, digits_task, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise RuntimeError("cannot trace")

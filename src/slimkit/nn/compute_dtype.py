@@ -78,15 +78,17 @@ def resolve_compute_dtype(mode: str) -> torch.dtype:
 
 
 def computes_below_fp32(model: torch.nn.Module) -> str | None:
-    """The dtype `model` computes in here when that is not float32 (a module whose compute dtype
-    resolves to bf16/fp16, or a parameter or buffer held in one), else None."""
+    """The dtype `model` computes in here when that is not float32, else None: a module whose compute
+    dtype resolves to bf16/fp16, or a plain module (not one of slimkit's coded layers, which decode
+    their fp16 scales, values or biases to fp32) holding a parameter or buffer in one."""
     for m in model.modules():
         mode = getattr(m, "compute_dtype", None)
         if isinstance(mode, str) and mode in COMPUTE_DTYPES and resolve_compute_dtype(mode) != torch.float32:
             return str(resolve_compute_dtype(mode)).removeprefix("torch.")
-    for t in (*model.parameters(), *model.buffers()):
-        if t is not None and t.is_floating_point() and t.dtype != torch.float32:
-            return str(t.dtype).removeprefix("torch.")
+        if getattr(m, "slim_type", None) is None:
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+                if t is not None and t.is_floating_point() and t.dtype != torch.float32:
+                    return str(t.dtype).removeprefix("torch.")
     return None
 
 
