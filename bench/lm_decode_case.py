@@ -8,6 +8,10 @@ each saved to a .slim file and loaded back; llama.cpp Q8_0 and Q4_0 (GGUF writte
 from the fp32 model) through `llama-cpp-python` when it is importable, else a skipped row saying so;
 torchao is not tried (it needs a newer torch than the pinned 2.13 for its CPU int4 path; see PEERS.md).
 
+Each torch bf16 and slimkit row also has a "compiled" row: the same model decoding through
+`generate(compile=True)` (the one-token step compiled by torch.compile; its first call, compile
+included, in the note).
+
 For each: decode tokens/s (a 128-token prompt, 64 new tokens, greedy, KV cache; best of `REPS`, after a
 warm-up that settles slimkit's kernels), prefill tokens/s, perplexity on the held-out English of the
 smollm2 task (and KL to fp32), file bytes. `ms_b1` is the time per decoded token, so `speedup_b1`
@@ -42,13 +46,17 @@ def _prompt(tokenizer) -> str:
     return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:128])
 
 
-def _speed(cand: Candidate, model, tokenizer, prompt: str) -> None:
-    """Decode and prefill tokens/s of `model`, best of REPS (the first run warms up)."""
+def _speed(cand: Candidate, model, tokenizer, prompt: str, compile: bool = False) -> None:
+    """Decode and prefill tokens/s of `model`, best of REPS (the first run warms up; with `compile`, the
+    one-token step compiled by `torch.compile`, whose first run also compiles: its seconds are kept)."""
     from slimkit.zoo.generate import generate
 
     best = None
     for i in range(REPS):
-        out = generate(model, tokenizer, prompt, max_new_tokens=NEW_TOKENS, warmup=i == 0)
+        start = time.perf_counter()
+        out = generate(model, tokenizer, prompt, max_new_tokens=NEW_TOKENS, warmup=i == 0, compile=compile)
+        if compile and i == 0:
+            cand.extra["compile_s"] = round(time.perf_counter() - start, 1)
         if best is None or out.decode_s < best.decode_s:
             best = out
     cand.ms_b1 = 1e3 / best.decode_tokens_per_s
@@ -82,10 +90,27 @@ def _torch_rows(task, tokenizer, prompt, fp32_bytes, progress) -> list[Candidate
         progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, "
                  f"perplexity {cand.extra.get('perplexity', 'not measured')}")
         rows.append(cand)
+    rows.append(_compiled_row("torch bf16", rows[-1], model, tokenizer, prompt, progress))
     return rows
 
 
-def _slimkit_row(name: str, tmp: Path, task, tokenizer, prompt, progress) -> Candidate:
+def _compiled_row(name: str, eager: Candidate, model, tokenizer, prompt: str, progress) -> Candidate:
+    """`eager`'s model decoding with its one-token step compiled (`generate(compile=True)`): the same
+    file and perplexity, its own tokens/s; the compile's seconds in the note."""
+    cand = Candidate(f"{name} compiled", eager.kind, file=eager.file, bytes=eager.bytes, score=eager.score)
+    try:
+        _speed(cand, model, tokenizer, prompt, compile=True)
+    except Exception as exc:  # noqa: BLE001 - a compiler that fails here is a row, not a crash
+        cand.status, cand.note = "failed", f"{type(exc).__name__}: {exc}"[:160]
+        return cand
+    cand.extra.update({k: v for k, v in eager.extra.items() if k in ("perplexity", "kl")})
+    cand.note = (f"generate(compile=True): the one-token step compiled by torch.compile (first call "
+                 f"{cand.extra['compile_s']} s, compile included); perplexity: the eager row's")
+    progress(f"[lm-decode] {cand.name}: {cand.extra['decode_tok_s']} tok/s")
+    return cand
+
+
+def _slimkit_rows(name: str, tmp: Path, task, tokenizer, prompt, progress) -> list[Candidate]:
     import slimkit as sk
     from slimkit.nn.kernels import runtime_report
     from slimkit.zoo import smollm2
@@ -110,7 +135,7 @@ def _slimkit_row(name: str, tmp: Path, task, tokenizer, prompt, progress) -> Can
     cand.extra["cache_mb"] = round(report["cache_bytes"] / 1e6, 1)
     _score(cand, task, model)
     progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, perplexity {cand.extra['perplexity']}")
-    return cand
+    return [cand, _compiled_row(name, cand, model, tokenizer, prompt, progress)]
 
 
 def _llama_rows(tmp: Path, task, tokenizer, prompt, progress) -> list[Candidate]:
@@ -159,7 +184,7 @@ def run_lm_decode_case(spec, opts, deadline: float, progress: Callable[[str], No
                 cands.append(Candidate(name, "slimkit", status="skipped", note="no time left"))
                 continue
             try:
-                cands.append(_slimkit_row(name, Path(tmp), task, tokenizer, prompt, progress))
+                cands += _slimkit_rows(name, Path(tmp), task, tokenizer, prompt, progress)
             except Exception as exc:  # noqa: BLE001 - a failure is a row, not a crash
                 cands.append(Candidate(name, "slimkit", status="failed", note=f"{type(exc).__name__}: {exc}"[:160]))
             gc.collect()
