@@ -19,7 +19,23 @@ CORPUS = sorted(p for p in (ROOT / "fuzz" / "corpus" / "tree").glob("*") if p.su
 
 @pytest.fixture(autouse=True, scope="module")
 def _quiet():
-    setup()
+    """The fuzzer's worker settings (one thread, warnings and logging off) for this module only: left
+    on, they silenced the CLI's warning lines in tests run after it."""
+    import logging
+    import warnings
+
+    import torch
+
+    threads, disabled = torch.get_num_threads(), logging.root.manager.disable
+    tf = sys.modules.get("transformers")
+    verbosity = tf.logging.get_verbosity() if tf is not None else logging.WARNING   # transformers' default
+    with warnings.catch_warnings():
+        setup()
+        yield
+    logging.disable(disabled)
+    torch.set_num_threads(threads)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity(verbosity)
 
 
 def test_corpus_is_present():
