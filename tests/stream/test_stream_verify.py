@@ -104,6 +104,20 @@ def llama(tmp_path_factory):
     return folder
 
 
+def test_python_scores_a_streamed_file_as_the_cli_does(llama, tmp_path):
+    """`slimkit.stream.score_streamed`: the written file measured against its folder, from Python."""
+    from slimkit.stream import score_streamed
+
+    compress_layerwise(llama, "int4", tmp_path / "out.slim")
+    result = score_streamed(llama, tmp_path / "out.slim", max_drop=1000)
+    assert result["scored"] and result["score_name"] == "ppl_ratio" and result["not_scored"] is None
+    assert result["baseline_score"] == 1.0 and 0 < result["score"] and result["within_budget"]
+    assert result["drop"] == pytest.approx(100 * (result["baseline_score"] - result["score"]), abs=1e-3)
+    assert result["metrics"]["perplexity"] > 1 and result["metrics"]["kl"] >= 0
+    bare = score_streamed(tmp_path / "nowhere", tmp_path / "out.slim", max_drop=None)
+    assert not bare["scored"] and bare["score"] is None and bare["not_scored"]
+
+
 def test_block_by_block_file_is_verified_and_must_fit_its_architecture(llama, tmp_path, monkeypatch):
     report = compress_layerwise(llama, "int4", tmp_path / "ok.slim")
     assert report.verified["decoded"] == report.tensors and report.verified["not_decoded"] == 0
