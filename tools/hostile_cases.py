@@ -10,6 +10,9 @@ unchanged, nothing left behind). One case ends with exit 0 by design: a manifest
 ignored, not refused, and the check is that the file it names is never read. `race` starts two
 compresses to one new `--out` at once: exactly one may succeed.
 
+Over 400 lines: the harness (`Case`, running a case as a process, its CPU / RSS / leftover checks)
+and the first cases share this file; later cases live in `tools/hostile_more.py`.
+
     .venv/bin/python tools/hostile_cases.py            # the table of these cases alone
 
 `tools/hostile_more.py` holds the rest of the classes (limits from real bytes, YAML types, export
