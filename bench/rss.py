@@ -17,16 +17,11 @@ import sys
 import threading
 import time
 
+from slimkit.core.procfs import proc_bytes
+
 
 def _hwm_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return proc_bytes(f"/proc/{pid}/status", "VmHWM")
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None

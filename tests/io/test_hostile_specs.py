@@ -191,7 +191,7 @@ def test_metadata_is_bounded_by_the_files_size(tmp_path):
     parsed into ~215 MB of Python objects. Header and manifest text may take 4 MiB or 1/16 of the file."""
     import sys
 
-    from slimkit.io.safetensors_file import METADATA_FLOOR
+    from slimkit.io.safetensors_header import METADATA_FLOOR
 
     sys.path.insert(0, str(SEEDS.parents[2]))
     from fuzz.mutate import get_manifest, join_file, put_manifest, split_file
@@ -215,7 +215,7 @@ def test_metadata_is_bounded_by_the_files_size(tmp_path):
 
 def test_metadata_budget_is_4_mib_or_a_sixteenth_of_the_file():
     """The fuzzer-chosen header cap (docs/safety.md): 4 MiB for any file, 1/16 of a larger one, 64 MiB at most."""
-    from slimkit.io.safetensors_file import MAX_HEADER, METADATA_FLOOR, metadata_budget
+    from slimkit.io.safetensors_header import MAX_HEADER, METADATA_FLOOR, metadata_budget
 
     assert METADATA_FLOOR == 4 << 20 and MAX_HEADER == 64 << 20
     assert metadata_budget(1000) == 4 << 20

@@ -8,7 +8,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, read_header, serialize
+from slimkit.io.safetensors_file import SafetensorsReader, atomic_write, serialize
+from slimkit.io.safetensors_header import read_header
 
 
 def _write(path, arrays, meta=None):
@@ -108,14 +109,14 @@ def test_a_header_of_many_entries_is_parsed_without_collector_passes(tmp_path):
 def test_a_header_of_more_tensors_than_any_model_holds_is_refused_before_parsing(tmp_path, monkeypatch):
     """Zero-size tensors take no bytes, so their number is bounded by MAX_ENTRIES, counted before the
     JSON is parsed (a 57 MB header of a million took 7 s of CPU to parse and check)."""
-    from slimkit.io import safetensors_file
+    from slimkit.io import safetensors_header
 
-    monkeypatch.setattr(safetensors_file, "MAX_ENTRIES", 1000)
+    monkeypatch.setattr(safetensors_header, "MAX_ENTRIES", 1000)
     header = {f"z{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(1001)}
     path = tmp_path / "many.safetensors"
     path.write_bytes(_raw(header))
     parsed = []
-    monkeypatch.setattr(safetensors_file.json, "loads", lambda *a, **k: parsed.append(1))
+    monkeypatch.setattr(safetensors_header.json, "loads", lambda *a, **k: parsed.append(1))
     with open(path, "rb") as fh, pytest.raises(SlimFormatError, match="more than 1000 tensors"):
         read_header(fh, path.stat().st_size, "many")
     assert parsed == []
@@ -123,6 +124,6 @@ def test_a_header_of_more_tensors_than_any_model_holds_is_refused_before_parsing
     header['x"data_offsets"'] = {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}
     path.write_bytes(_raw(header))
     monkeypatch.undo()
-    monkeypatch.setattr(safetensors_file, "MAX_ENTRIES", 1000)
+    monkeypatch.setattr(safetensors_header, "MAX_ENTRIES", 1000)
     with open(path, "rb") as fh:
         assert len(read_header(fh, path.stat().st_size, "many")[0]) == 1000

@@ -34,17 +34,8 @@ import numpy as np
 
 from slimkit.core.errors import SlimError, SlimFormatError
 from slimkit.io.manifest import MAX_DIM, MAX_RANK, METADATA_KEY, Manifest
-from slimkit.io.safetensors_file import (
-    _CODES,
-    _DTYPES,
-    AtomicFile,
-    SafetensorsReader,
-    atomic_write,
-    check_entry,
-    header_json,
-    metadata_budget,
-    serialize,
-)
+from slimkit.io.safetensors_file import AtomicFile, SafetensorsReader, atomic_write, serialize
+from slimkit.io.safetensors_header import _CODES, _DTYPES, check_entry, header_json, metadata_budget
 
 PACK_LIMIT = 1 << 20
 PAYLOAD = "payload"

@@ -1,6 +1,6 @@
 """Read a `.safetensors` checkpoint, or a sharded Hugging Face one, tensor by tensor, block by block.
 
-Every header is validated before anything is read (`slimkit.io.safetensors_file.read_header`,
+Every header is validated before anything is read (`slimkit.io.safetensors_header.read_header`,
 the one validator of safetensors headers; bfloat16 included). Blocks are read with pread into buffers
 of their own (`read_exactly`), never through a memory map: a file truncated or rewritten while it is
 read gives a one-line SlimFormatError instead of killing the process with SIGBUS, and memory holds
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from slimkit.core.errors import SlimError
-from slimkit.io.safetensors_file import TORCH_NAMES, read_exactly, read_header
+from slimkit.io.safetensors_file import read_exactly
+from slimkit.io.safetensors_header import TORCH_NAMES, read_header
 from slimkit.io.shards import checkpoint_files, missing_in_shards
 
 FLOATS = ("float64", "float32", "float16", "bfloat16")

@@ -19,6 +19,7 @@ import math
 import os
 from pathlib import Path
 
+from slimkit.core.procfs import proc_bytes
 from slimkit.core.provenance import task_for
 from slimkit.eval.measure import evaluate
 from slimkit.io.artifact import load, read_manifest
@@ -31,14 +32,7 @@ EVAL_SLACK = 256 << 20   # bytes for activations, the tokenizer and the task's r
 
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def not_scored(why: str, limit: float | None) -> dict:

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from slimkit.core.errors import SlimError, SlimFormatError
-from slimkit.io.safetensors_file import read_header
+from slimkit.io.safetensors_header import read_header
 
 # config keys that count repeated modules (layers, experts); each one needs tensors of its own
 COUNT_KEYS = re.compile(r"^(num_(hidden_|decoder_|encoder_)?layers|n_layers?|(encoder|decoder)_layers"
