@@ -151,7 +151,10 @@ def test_int8_linear_runs_codes_at_one_row_and_keeps_no_fp32_copy(monkeypatch):
         x = torch.randn(30, 256)
         y30 = q(x)
     assert rel_err(y, ref) <= q._reference(x1)[1]
-    assert q.runtime_state()["choices"]["rows<=64"] in LEAN
+    after = q.runtime_state()
+    # many rows may run the lean kernel or decode per call; neither keeps a decoded fp32 weight
+    assert after["choices"]["rows<=64"] in LEAN + ("decode",)
+    assert after["cache_bytes"] < 256 * 384 * 4 / 3, "many rows kept no fp32 copy either"
     assert rel_err(y30, F.linear(x, q.dequantized_weight(), q.bias)) <= q._reference(x)[1]
 
 
