@@ -41,6 +41,7 @@ from slimkit.dist.blocks import BlockChain, find_blocks
 from slimkit.io.artifact import codec_chains, encode_tensor
 from slimkit.io.layout import SlimWriter
 from slimkit.io.manifest import Manifest, TensorEntry
+from slimkit.nn.kernels import kernel_mode
 from slimkit.pipeline.recipes import load_recipe
 from slimkit.stream.api import StreamReport, _large_blocks_to_os
 from slimkit.stream.skeleton import WeightSource, build_skeleton
@@ -151,7 +152,10 @@ def compress_layerwise(folder: str | os.PathLike, recipe: str | object, out: str
     if len(blocks) < 2:
         raise SlimError(f"{folder}: no repeated blocks (a ModuleList of layers) to process one at a time")
     rest = [n for n, _ in model.named_modules() if not inside(n, blocks)]
-    with num_threads(threads), WeightSource(model, folder, transposed) as source, SlimWriter(out, overwrite) as writer:
+    # compressed layers run their compact path while blocks are processed: no timed kernel choice, no
+    # decoded copy or kernel session kept beyond the call, so the peak does not depend on timing noise
+    with num_threads(threads), kernel_mode("compact"), WeightSource(model, folder, transposed) as source, \
+            SlimWriter(out, overwrite) as writer:
         if any(out.resolve() == s.path.resolve() for s in source.ck.shards):
             raise SlimError(f"--out {out} is one of the input files; choose another output path")
         for n in rest:
