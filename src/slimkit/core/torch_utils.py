@@ -61,3 +61,13 @@ def cpu_supports(*probes: str) -> bool:
         except (AttributeError, RuntimeError):
             continue
     return False
+
+
+def version_of(tensor: torch.Tensor) -> int:
+    """`tensor._version` (bumped by every in-place change), or -1 for an inference tensor (made under
+    `torch.inference_mode`, e.g. a model loaded inside it), which keeps no version counter and can be
+    changed in place only inside inference mode. Caches keyed on it rebuild when a tensor changes."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1

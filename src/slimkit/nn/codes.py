@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimkit.core.torch_utils import version_of
 from slimkit.io.artifact import set_codec
 from slimkit.nn.compute_dtype import SCALE_DTYPES
 from slimkit.nn.kernels import current_mode
@@ -54,7 +55,7 @@ class _DecodeCache:
 
     def get_tensors(self, tensors: list[torch.Tensor | None], build, *extra: object):
         key = (torch.is_inference_mode_enabled(), *extra,
-               *[(id(t), t._version) for t in tensors if t is not None])
+               *[(id(t), version_of(t)) for t in tensors if t is not None])
         if key != self.key or self.value is None:
             self.value, self.key = build(), key
         return self.value

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimkit.core.torch_utils import version_of
 from slimkit.io.bases import register_after_load
 from slimkit.nn.hashing import MAX_SEED, hash_indices
 from slimkit.nn.kernels import current_mode
@@ -80,7 +81,7 @@ class HashedLinear(nn.Module):
         """The virtual weight, built once and kept until `weight` is replaced or changed. The hash
         indices it is built from are not kept (they would take 3x the weight's memory)."""
         weight = self._parameters["weight"]
-        key = (id(weight), weight._version)
+        key = (id(weight), version_of(weight))
         cached = self.__dict__.get("_virtual")
         if cached is None or cached[0] != key:
             self.__dict__.pop("_virtual", None)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.core.torch_utils import version_of
 from slimkit.nn.kernels import current_mode
 from slimkit.nn.quant_linear import _CodesMixin, _flag, _size
 from slimkit.nn.quant_math import Granularity, QuantizedWeight
@@ -93,7 +94,8 @@ class QuantConv2d(_CodesMixin, nn.Module):
             return self._decode_uncached().reshape(self.weight_shape)
         buffers = self._buffers
         key = (torch.is_inference_mode_enabled(),
-               *[(id(t), t._version) for t in (buffers["qweight"], buffers["scale"], buffers["zero"]) if t is not None])
+               *[(id(t), version_of(t)) for t in (buffers["qweight"], buffers["scale"], buffers["zero"])
+                 if t is not None])
         cached = self.__dict__.get("_weight4d")
         if cached is None or cached[0] != key:   # a cheaper key than _DecodeCache's: one forward per image
             cached = (key, self._decode_uncached().reshape(self.weight_shape))

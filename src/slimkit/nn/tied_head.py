@@ -25,6 +25,7 @@ from torch import nn
 
 import slimkit.nn.nbits as nbits
 import slimkit.nn.torch_pack as torch_pack
+from slimkit.core.torch_utils import version_of
 from slimkit.io.bases import register_after_load
 from slimkit.nn.kernels import KernelChoice, current_mode, rel_err, settled_kernel
 from slimkit.surgery.specs import register_module
@@ -137,7 +138,7 @@ class TiedLMHead(nn.Module):
         """The kernel in `slot`, rebuilt from the embedding's codes when they changed."""
         codes = self._codes()
         cache = self.__dict__.setdefault(slot, {"key": None, "kernel": None})
-        key = tuple((id(t), t._version) for t in (codes.codes, codes.scale, codes.zero) if t is not None)
+        key = tuple((id(t), version_of(t)) for t in (codes.codes, codes.scale, codes.zero) if t is not None)
         if cache["key"] != key or cache["kernel"] is None:
             cache["kernel"] = None
             cache["kernel"], cache["key"] = build(codes), key
