@@ -2,8 +2,10 @@
 against its peers, in one run.
 
 Rows: torch fp32 (the model `builtin:smollm2` loads, the baseline), torch bf16 (`model.to(torch.bfloat16)`),
-slimkit int8 (the `int8` recipe's method: int8 weights and embeddings) and slimkit int4 (round-to-nearest,
-asymmetric, groups of 64, embeddings at 8 bits: the layout of the `awq-int4` recipe, without its search),
+slimkit int8 (the `int8` recipe's method: int8 weights and embeddings), slimkit int4 (round-to-nearest,
+asymmetric, groups of 64, embeddings at 8 bits: the layout of the `awq-int4` recipe, without its search:
+the RTN reference of issue #21's 4-bit target) and slimkit gptq-int4 (the `gptq-int4` recipe: the same
+layout, error-compensated on the task's calibration text),
 each saved to a .slim file and loaded back; llama.cpp Q8_0 and Q4_0 (GGUF written by `slimkit export`
 from the fp32 model) through `llama-cpp-python` when it is importable, else a skipped row saying so;
 torchao is not tried (it needs a newer torch than the pinned 2.13 for its CPU int4 path; see PEERS.md).
@@ -38,7 +40,9 @@ LLAMA_NOTE = ("llama-cpp-python is not importable here (pip builds it from sourc
               "2 cores: the optional `gguf-check` extra)")
 CONFIGS = {"slimkit int8": {"method": "int8", "linear": True, "embeddings": True},
            "slimkit int4 g64": {"method": "rtn", "bits": 4, "symmetric": False, "group_size": 64,
-                                "embedding_bits": 8}}
+                                "embedding_bits": 8},
+           "slimkit gptq-int4": {"recipe": "gptq-int4"}}
+COMPILED = ("slimkit int8", "slimkit int4 g64")   # gptq-int4 has the int4 row's layout: the same kernels
 
 
 def _prompt(tokenizer) -> str:
@@ -117,7 +121,11 @@ def _slimkit_rows(name: str, tmp: Path, task, tokenizer, prompt, progress) -> li
     from slimkit.zoo.generate import load_causal_lm
 
     start = time.perf_counter()
-    model = sk.apply_(smollm2.load().eval(), sk.make_config(**CONFIGS[name]), None)
+    config = CONFIGS[name]
+    if "recipe" in config:   # calibrated on the task's calibration text, never its held-out text
+        model = sk.run_recipe(smollm2.load().eval(), sk.load_recipe(config["recipe"]), task)
+    else:
+        model = sk.apply_(smollm2.load().eval(), sk.make_config(**config), None)
     path = tmp / f"{name.split()[-1]}.slim"
     sk.save(model, path)
     made = time.perf_counter() - start
@@ -135,7 +143,7 @@ def _slimkit_rows(name: str, tmp: Path, task, tokenizer, prompt, progress) -> li
     cand.extra["cache_mb"] = round(report["cache_bytes"] / 1e6, 1)
     _score(cand, task, model)
     progress(f"[lm-decode] {name}: {cand.extra['decode_tok_s']} tok/s, perplexity {cand.extra['perplexity']}")
-    return [cand, _compiled_row(name, cand, model, tokenizer, prompt, progress)]
+    return [cand] + ([_compiled_row(name, cand, model, tokenizer, prompt, progress)] if name in COMPILED else [])
 
 
 def _llama_rows(tmp: Path, task, tokenizer, prompt, progress) -> list[Candidate]:

@@ -132,6 +132,13 @@ def _ppl_change_pct(row: dict, rows: dict) -> float | None:
 
 
 BF16 = "torch bf16"
+RTN4 = "slimkit int4 g64"
+
+
+def _share_of_rtn_increase(row: dict, rows: dict) -> float | None:
+    """The row's perplexity increase over fp32 as a share of the RTN 4-bit row's, in the same run."""
+    mine, rtn = _ppl_change_pct(row, rows), rows.get(RTN4) and _ppl_change_pct(rows[RTN4], rows)
+    return None if mine is None or not rtn or rtn <= 0 else mine / rtn
 
 TARGETS: list[Target | EveryRecipe] = [
     # issue 3: quantization
@@ -191,7 +198,7 @@ TARGETS: list[Target | EveryRecipe] = [
            _ms_vs(ORT_INT8), lambda v: v <= 0.81, "{:.2f}x of ORT int8", "#23", speed=True),
     Target("lenet5", "int8", "batch-1 latency <= ONNX Runtime int8", _ms_vs(ORT_INT8, "ms_b1"),
            lambda v: v <= 1.0, "{:.2f}x of ORT int8", "#23", speed=True),
-    # issue 21: SmolLM2-135M decoding (the 4-bit perplexity target is GPTQ's / AWQ's: bench/long_runs.md)
+    # issue 21: SmolLM2-135M decoding and 4-bit quality (GPTQ against RTN in the same run)
     Target("lm-decode", "slimkit int8", "perplexity <= +0.5%", _ppl_change_pct, lambda v: v <= 0.5, "{:+.2f}%",
            "#21"),
     Target("lm-decode", "slimkit int8", "file <= 0.28x fp32", _bytes_vs_fp32, lambda v: v <= 0.28, "{:.3f}x",
@@ -210,6 +217,12 @@ TARGETS: list[Target | EveryRecipe] = [
            _extra_vs(BF16, "decode_tok_s"), lambda v: v >= 1.5, "{:.2f}x", "#21", speed=True),
     Target("lm-decode", "slimkit int4 g64 compiled", "decoding >= 1.5x torch bf16 compiled tokens/s",
            _extra_vs("torch bf16 compiled", "decode_tok_s"), lambda v: v >= 1.5, "{:.2f}x", "#21", speed=True),
+    Target("lm-decode", "slimkit gptq-int4", "4-bit g64 perplexity <= +8%", _ppl_change_pct, lambda v: v <= 8.0,
+           "{:+.2f}%", "#21"),
+    Target("lm-decode", "slimkit gptq-int4", "perplexity increase <= 1/3 of RTN's (int4 g64 row)",
+           _share_of_rtn_increase, lambda v: v <= 1 / 3, "{:.2f} of RTN's", "#21"),
+    Target("lm-decode", "slimkit gptq-int4", "file <= 0.17x fp32", _bytes_vs_fp32, lambda v: v <= 0.17,
+           "{:.3f}x", "#21"),
     Target("lm-decode", "slimkit int4 g64", "decoding >= 0.7x llama.cpp Q4_0 tokens/s (moonshot)",
            _extra_vs("llama.cpp Q4_0", "decode_tok_s"), lambda v: v >= 0.7, "{:.2f}x", "#21", speed=True),
 ]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.nn import kernels, nbits
+from slimkit.nn import quant_linear as quant_linear_module
 from slimkit.nn.kernels import KernelChoice, forget_choices, rel_err, runtime_report
 from slimkit.nn.quant_embedding import QuantEmbedding
 from slimkit.nn.quant_linear import Int8Linear, QuantLinear
@@ -123,8 +124,11 @@ def _settle(layer: nn.Module, x1: torch.Tensor) -> None:
 
 
 def _slow_dense(monkeypatch, cls) -> None:
-    """Make the decoded-weight kernel of `cls` slow, so that the trial picks the lean one for sure."""
+    """Make the decoded-weight kernel of `cls` slow, so that the trial picks the lean one for sure
+    (and offer the same candidates on every CPU class: no `_int_mm` or fbgemm, which VNNI would add)."""
     dense = cls._dense
+    monkeypatch.setattr(quant_linear_module, "fast_int_mm", lambda: False)
+    monkeypatch.setattr(quant_linear_module, "has_fbgemm", lambda: False)
 
     def slow(self, x):
         time.sleep(0.01)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.nn import kernels, nbits, torch_pack
+from slimkit.nn import kernels, nbits, quant_linear, torch_pack
 from slimkit.nn.kernels import forget_choices, kernel_mode, rel_err, runtime_report
 
 pytestmark = pytest.mark.skipif(not torch_pack.available(), reason="no int4pack / int8pack CPU kernels")
@@ -38,6 +38,8 @@ def fast_only(monkeypatch):
     is left out); a kernel is used only where it passes the layer's reference check."""
     forget_choices()
     monkeypatch.setattr(nbits, "supports", lambda *a: False)
+    monkeypatch.setattr(quant_linear, "fast_int_mm", lambda: False)   # the same candidates on every CPU class
+    monkeypatch.setattr(quant_linear, "has_fbgemm", lambda: False)
     yield
     forget_choices()
 
