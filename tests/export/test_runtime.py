@@ -435,3 +435,24 @@ def test_minilm_int8_keeps_its_hugging_face_output(runtime, tmp_path):
         ref = _reference(plain, runner, **inputs)
         assert type(out) is type(ref) and list(out.keys()) == ["last_hidden_state", "pooler_output"]
         assert error(list(out.values()), list(ref.values())) <= _tolerance(state, runner), state
+
+
+def test_a_compiled_caller_runs_the_models_own_forward_through_the_dispatcher(artifacts, digits_task):
+    """`generate(compile=True)` compiles `model.__call__`, which reaches the dispatcher installed as
+    `model.forward`. Under torch.compile the dispatcher calls the class's forward; a bound
+    `type(model).forward.__get__(model)` was resolved by dynamo as `model.forward` (the dispatcher
+    itself), which recursed until Python's limit (seen on SmolLM2 int8)."""
+    import torch._dynamo
+
+    model = sk.load(artifacts["int8"], runtime="auto")
+    x = digits_task.data.test.x[:1]
+    with torch.no_grad():
+        want = model(x)
+        torch._dynamo.reset()
+        try:
+            compiled = torch.compile(model.__call__, backend="eager", fullgraph=False)
+            got = compiled(x)
+        finally:
+            torch._dynamo.reset()
+    assert rel_err(got, want) < 1e-2
+    assert isinstance(model.__dict__["forward"], RuntimeDispatch), "the dispatcher stays installed"

@@ -117,12 +117,22 @@ class RuntimeDispatch:
             return self.previous_forward
         return type(self.model).forward.__get__(self.model)
 
+    def _torch(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's own forward on these arguments. Called through the class, not a bound method:
+        torch.compile resolved `type(model).forward.__get__(model)` as `model.forward`, which is this
+        dispatcher, and recursed until Python's limit."""
+        if self.previous_forward is not None:
+            return self.previous_forward(*args, **kwargs)
+        return type(self.model).forward(self.model, *args, **kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():   # a compiled caller traces the model's own forward
+            return self._torch(*args, **kwargs)
         ck = call_key(args, kwargs) if self._hot else None
         hot = self._hot.get(ck) if ck is not None else None
         if hot is not None and hot[0] == torch.get_num_threads():
             if hot[1] is None:  # measured: torch is fastest for calls like this one
-                return self.torch_forward(*args, **kwargs)
+                return self._torch(*args, **kwargs)
             # the check may drop the graphs (changed weights), and with them every hot entry
             if self._guard() is None and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
                 return hot[1](args, kwargs)
@@ -133,17 +143,17 @@ class RuntimeDispatch:
         plan: Any = self._guard() or self._plan(args, kwargs)
         if isinstance(plan, str):
             self.why_torch = plan
-            return self.torch_forward(*args, **kwargs)
+            return self._torch(*args, **kwargs)
         sig, bucket, inputs_need_grad, names = plan
         key = ((sig, torch.get_num_threads()), bucket)
         choice = self.choices.get(key)
         if choice == "torch":  # measured slower here: torch, whatever else holds
             self._remember(args, kwargs, key, None, inputs_need_grad)
-            return self.torch_forward(*args, **kwargs)
+            return self._torch(*args, **kwargs)
         why = self._check_model(inputs_need_grad)
         if why is not None:
             self.why_torch = why
-            return self.torch_forward(*args, **kwargs)
+            return self._torch(*args, **kwargs)
         named = gather(names, args, kwargs)
         choice = self.choices.get(key)  # the check may have dropped the graphs
         if choice is None:
@@ -160,7 +170,7 @@ class RuntimeDispatch:
             self._hot.clear()
             self.choices[key] = "torch"
             self.why_torch = f"{choice} failed on {batch_label(key)}: {one_line(exc)}"
-            return self.torch_forward(*args, **kwargs)
+            return self._torch(*args, **kwargs)
         self._remember(args, kwargs, key, hot_runner(graph.sessions[choice], names, graph.spec), inputs_need_grad)
         return out
 
@@ -253,7 +263,7 @@ class RuntimeDispatch:
         return out
 
     def _measure(self, key: tuple, named: dict, args: tuple, kwargs: dict) -> tuple[str, Any]:
-        reference = self.torch_forward(*args, **kwargs)  # the user's own result (errors are theirs)
+        reference = self._torch(*args, **kwargs)  # the user's own result (errors are theirs)
         try:
             return self._pick(key, named, args, kwargs, reference)
         except Exception as exc:  # noqa: BLE001 - the runtime never fails a call torch can answer
@@ -284,7 +294,7 @@ class RuntimeDispatch:
         graph.check(self.torch_forward, named)
         for other in [k for k, v in self.choices.items() if k[0] == key[0] and v in graph.rejected]:
             del self.choices[other]  # a session this sample rejected: that bucket measures again
-        runs = {"torch": lambda: self.torch_forward(*args, **kwargs)}
+        runs = {"torch": lambda: self._torch(*args, **kwargs)}
         for name in graph.usable():
             if graph.same_shapes(name, named, tensors):
                 runs[name] = lambda s=graph.sessions[name]: rebuild_output(spec, s.run_all(named))
