@@ -111,6 +111,7 @@ def test_embedding_compute_dtype_sets_output_dtype(monkeypatch):
     assert [o.dtype for o in outs.values()] == [torch.float32, torch.bfloat16, torch.float16]
     assert torch.equal(outs["bfloat16"], outs["float32"].bfloat16())
     auto = QuantEmbedding.from_embedding(emb, compute_dtype="auto")
+    monkeypatch.delenv("SLIMKIT_COMPUTE_DTYPE", raising=False)   # "auto" as this CPU decides it
     assert auto(ids).dtype == (torch.bfloat16 if fast_bf16() else torch.float32)
     monkeypatch.setenv("SLIMKIT_COMPUTE_DTYPE", "float32")
     assert auto(ids).dtype == torch.float32 and "compute_dtype=auto (float32 here)" in repr(auto)
