@@ -167,3 +167,26 @@ def test_users_own_gpt2_module(tmp_path, method):
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
     assert torch.equal(_generate(loaded, ids), _generate(model, ids))
     _check_stored_once(path, loaded)
+
+
+@pytest.mark.parametrize("recipe", ["gptq-int4", "awq-int4"])
+def test_language_model_recipes_keep_the_tied_head_at_8_bits(folders, originals, tmp_path, recipe):
+    """The 4-bit LM recipes quantize every Linear to 4 bits and the embedding, read by the tied head,
+    to 8 bits per row, stored once; the file loads back and generates what the compressed model does."""
+    from slimkit.nn.quant_embedding import QuantEmbedding
+    from slimkit.nn.weight_only import QuantLinear
+
+    model = _fresh(originals["qwen2"])   # a head tied to the embedding
+    task = lm_task(folders["qwen2"], sentences=SENTENCES, max_tokens=256, kl_tokens=64)
+    model = sk.run_recipe(model, sk.load_recipe(recipe), task)
+    linears = [m for n, m in model.named_modules() if n.startswith("model.layers.") and isinstance(m, QuantLinear)]
+    assert linears and all(m.bits == 4 for m in linears)
+    assert not [n for n, m in model.named_modules() if type(m) is torch.nn.Linear], "no Linear left float"
+    embedding = model.get_submodule(model.lm_head.source)
+    assert isinstance(embedding, QuantEmbedding) and embedding.bits == 8
+    path = tmp_path / f"{recipe}.slim"
+    sk.save(model, path)
+    loaded = sk.load(path)
+    _check_stored_once(path, loaded)
+    ids = _prompt()
+    assert torch.equal(_generate(loaded, ids), _generate(model, ids))
