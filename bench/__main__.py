@@ -1,11 +1,12 @@
 """`python -m bench [--quick] [--only NAME] [--out DIR] [--compute-dtype D] [--speed-only] [--artifacts [DIR]]`
 
-Runs the cases (lenet-300-100, lenet5, builtin:minilm) with their peers and every implemented
-shipped recipe, and writes `bench/RESULTS.md` and `bench/results.json` (atomically, after each
-case; a case run with `--only` replaces that case and keeps the others). The compression work is
-bounded by a time budget (19 min, `--quick` 2.5 min) shared among the cases; a recipe that gets no
-time is listed as skipped, never given a number. Peers, scoring and timing are not cut short, and
-each case's recipes get a minimum time, so on a busy machine a run can take longer than its budget.
+Runs the cases (lenet-300-100, lenet5, builtin:minilm with their peers and every implemented shipped
+recipe; then stream, decode, hashed-vs-dense, minilm-lowrank and lm-decode), and writes
+`bench/RESULTS.md` and `bench/results.json` (atomically, after each case; a case run with `--only`
+replaces that case and keeps the others). The compression work is bounded by a time budget (19 min,
+`--quick` 2.5 min) shared among the cases; a recipe that gets no time is listed as skipped, never given
+a number. Peers, scoring and timing are not cut short, and each case's recipes get a minimum time, so on
+a busy machine a run can take longer than its budget.
 
 `make bench` runs two passes (issue #23: the speed targets on the machine's own path and with
 float32 forced):
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few timing rounds, 3-minute budget")
     p.add_argument("--only", action="append", metavar="NAME",
-                   help="run only this case (repeatable): minilm, lenet-300-100, lenet5")
+                   help="run only this case (repeatable): lenet-300-100, lenet5, minilm, stream, decode, "
+                        "hashed-vs-dense, minilm-lowrank, lm-decode")
     p.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads (default 2)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="training seeds per digits candidate (default 5, --quick 1)")
