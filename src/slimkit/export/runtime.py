@@ -112,7 +112,8 @@ class RuntimeDispatch:
 
     @property
     def torch_forward(self) -> Any:
-        """The forward this dispatcher stands in front of."""
+        """The forward this dispatcher stands in front of, bound (for its signature; calls go
+        through `_torch`)."""
         if self.previous_forward is not None:
             return self.previous_forward
         return type(self.model).forward.__get__(self.model)
@@ -291,7 +292,7 @@ class RuntimeDispatch:
                 return "torch", reference
             self.graphs[key[0]] = graph
         graph.spec = spec
-        graph.check(self.torch_forward, named)
+        graph.check(self._torch, named)
         for other in [k for k, v in self.choices.items() if k[0] == key[0] and v in graph.rejected]:
             del self.choices[other]  # a session this sample rejected: that bucket measures again
         runs = {"torch": lambda: self._torch(*args, **kwargs)}

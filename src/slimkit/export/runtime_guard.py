@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from slimkit.core.torch_utils import version_of
+
 # dtypes ONNX Runtime takes from numpy
 _DTYPES = {torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8,
            torch.uint8, torch.bool}
@@ -179,7 +181,4 @@ def _foreign(hook: object) -> bool:
 
 
 def _marks(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
-    try:
-        return [(t.data_ptr(), t._version) for t in tensors]
-    except RuntimeError:  # inference tensors keep no version counter
-        return [(t.data_ptr(), t._version if not t.is_inference() else -1) for t in tensors]
+    return [(t.data_ptr(), version_of(t)) for t in tensors]
