@@ -2,9 +2,6 @@
 every entry point (`apply_` and the family verbs, `run_recipe`, `distill`, `evaluate`, `search`,
 `compress`) calls on its `data=` / `metric=` arguments.
 
-Over 400 lines by a few: the one adapter from every form of user data (Task, DataLoader, batches)
-and its split; its parts only make sense together.
-
 - `data` is a `Task` (used as it is), a torch `DataLoader`, or any iterable of batches, each a
   tensor (the model's first input), an `(inputs, target)` pair, or a dict of keyword inputs.
   A single tensor, dict or `(inputs, target)` tuple is one batch.
@@ -26,7 +23,6 @@ validation score.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -38,11 +34,10 @@ from torch import nn
 from slimkit.core.errors import SlimError
 from slimkit.core.provenance import task_for
 from slimkit.core.task import Batch, Task
+from slimkit.core.user_batches import Pair, output_tensor, read_batches, rows_of
 
 Metric = Callable[[nn.Module], float]
-Pair = tuple[Batch, torch.Tensor | None]
 VAL_FRACTION = 0.2
-MAX_SAMPLES = 200_000     # a DataLoader is read up to this many samples (the rest is left unread)
 CALIB_CHUNK = 64
 log = logging.getLogger("slimkit")
 
@@ -134,105 +129,6 @@ def call_metric(metric: Metric, model: nn.Module) -> float:
     return float(value)
 
 
-def input_names(model: nn.Module) -> list[str]:
-    """The names of `model.forward`'s parameters that a batch may fill by keyword, in order."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-
-
-def read_batches(data: object, model: nn.Module) -> list[Pair]:
-    """`data` as a list of (keyword inputs, target or None), read up to MAX_SAMPLES samples."""
-    if isinstance(data, torch.Tensor | dict) or (isinstance(data, tuple) and _one_pair(data)):
-        data = [data]
-    if isinstance(data, str | bytes) or not isinstance(data, Iterable):
-        raise SlimError(f"data= must be a Task, a DataLoader or an iterable of batches, got a {type(data).__name__}")
-    names = input_names(model)
-    pairs: list[Pair] = []
-    seen = 0
-    for i, item in enumerate(data):
-        inputs, target = _parts(item, i)
-        pair = (_keywords(inputs, names, i), _target(target, i))
-        pairs.append(pair)
-        seen += _rows(pair) or 1
-        if seen >= MAX_SAMPLES:
-            log.warning("data: read the first %d samples (%d batches); the rest is not used", seen, len(pairs))
-            break
-    if not pairs:
-        raise SlimError("data= gave no batches")
-    return pairs
-
-
-def _one_pair(data: tuple) -> bool:
-    """`(inputs, target)` of tensors with one leading size: one batch, not two."""
-    if len(data) != 2 or not all(isinstance(t, torch.Tensor) and t.dim() for t in data):
-        return False
-    return data[0].shape[0] == data[1].shape[0]
-
-
-def _parts(item: object, i: int) -> tuple[object, object]:
-    if isinstance(item, torch.Tensor | dict):
-        return item, None
-    if isinstance(item, tuple | list):
-        if len(item) == 1:
-            return item[0], None
-        if len(item) == 2:
-            return item[0], item[1]
-        raise SlimError(f"data: batch #{i} has {len(item)} items; expected a tensor, a dict of keyword inputs "
-                        "or an (inputs, target) pair")
-    raise SlimError(f"data: batch #{i} is a {type(item).__name__}; expected a tensor, a dict of keyword inputs "
-                    "or an (inputs, target) pair")
-
-
-def _keywords(inputs: object, names: list[str], i: int) -> Batch:
-    if isinstance(inputs, dict):
-        bad = next((k for k in inputs if not isinstance(k, str)), None)
-        if bad is not None:
-            raise SlimError(f"data: batch #{i}: input names must be strings, got {bad!r}")
-        return dict(inputs)
-    tensors = list(inputs) if isinstance(inputs, tuple | list) else [inputs]
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
-        kinds = ", ".join(sorted({type(t).__name__ for t in tensors}))
-        raise SlimError(f"data: batch #{i}: inputs must be tensors (or a dict of them), got {kinds}")
-    if len(tensors) > len(names):
-        raise SlimError(f"data: batch #{i} has {len(tensors)} input tensor(s) but the model's forward names "
-                        f"{len(names)} parameter(s) ({', '.join(names) or 'none'}); give batches as dicts of "
-                        "keyword inputs")
-    return dict(zip(names, tensors, strict=False))
-
-
-def _target(target: object, i: int) -> torch.Tensor | None:
-    if target is None or isinstance(target, torch.Tensor):
-        return target
-    try:
-        return torch.as_tensor(target)
-    except (TypeError, ValueError, RuntimeError):
-        raise SlimError(f"data: batch #{i}: the target is a {type(target).__name__}, not a tensor") from None
-
-
-def _rows(pair: Pair) -> int | None:
-    """The batch's leading size, when every tensor in it (target included) has the same one."""
-    inputs, target = pair
-    tensors = [t for t in inputs.values() if isinstance(t, torch.Tensor)] + ([target] if target is not None else [])
-    sizes = {t.shape[0] if t.dim() else None for t in tensors}
-    return sizes.pop() if len(sizes) == 1 and tensors else None
-
-
-def output_tensor(out: Any) -> torch.Tensor:
-    """A model's main output: the tensor, `.logits`, `.last_hidden_state`, or the first element."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        found = out.get(key) if isinstance(out, dict) else getattr(out, key, None)
-        if isinstance(found, torch.Tensor):
-            return found
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, tuple | list) and out:
-        return output_tensor(out[0])
-    raise SlimError(f"cannot find a tensor in the model's output (a {type(out).__name__}); pass metric=")
 
 
 class _Samples:
@@ -250,7 +146,7 @@ class _Samples:
         if not first_in or not all(isinstance(t, torch.Tensor) and t.dim() for t in first_in.values()):
             return False
         for inputs, target in pairs:
-            if _rows((inputs, target)) is None or inputs.keys() != first_in.keys():
+            if rows_of((inputs, target)) is None or inputs.keys() != first_in.keys():
                 return False
             if (target is None) != (first_t is None):
                 return False
@@ -277,7 +173,7 @@ class UserTask(Task):
 
     def __init__(self, pairs: list[Pair], metric: Metric | None, model: nn.Module, seed: int = 0):
         self.metric, self.seed = metric, seed
-        self.batch_size = _rows(pairs[0]) or 1
+        self.batch_size = rows_of(pairs[0]) or 1
         self.samples_ = _Samples(pairs) if _Samples.fits(pairs) else None
         self.train_, self.val_, self.held_out = self._split(pairs, seed)
         targets = [t for _, t in self.train_]
@@ -308,7 +204,7 @@ class UserTask(Task):
 
     def describe(self) -> str:
         """Where the validation score comes from, in words."""
-        rows = sum(_rows(p) or 1 for p in self.val_)
+        rows = sum(rows_of(p) or 1 for p in self.val_)
         where = f"{rows} held-back samples of your data" if self.held_out else "your data (too little to hold any back)"
         return f"{self.mode} on {where}"
 

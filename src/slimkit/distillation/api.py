@@ -32,7 +32,8 @@ from slimkit.core.methods import Family, MethodConfig, register_method
 from slimkit.core.original import carry_original, remember_original
 from slimkit.core.select import FilterFn
 from slimkit.core.task import Task
-from slimkit.core.user_task import Metric, input_names, task_from
+from slimkit.core.user_batches import input_names
+from slimkit.core.user_task import Metric, task_from
 from slimkit.dist.collectives import init as init_distributed
 from slimkit.distillation.data import Source, as_source, text_task_source
 from slimkit.distillation.objective import Objective, Weights
