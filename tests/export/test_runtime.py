@@ -253,6 +253,11 @@ def test_repeated_calls_take_the_hot_path_and_every_check_still_holds(artifacts,
         model(x)
     handle.remove()
     assert seen == [1], "a hook registered after the call went hot still runs"
+    handle = model.fc2.register_forward_pre_hook(lambda m, i: seen.append(2))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen == [1, 2], "so does a pre-hook"
     model.train()
     with torch.no_grad():
         model(x)
@@ -266,6 +271,9 @@ def test_repeated_calls_take_the_hot_path_and_every_check_still_holds(artifacts,
     with torch.no_grad():
         model.fc3.bias.add_(1.0)
         assert torch.allclose(model(x), ref + 1.0, atol=1e-4), "an in-place change reaches a hot call"
+        model(x)
+        model.fc3.bias.data = model.fc3.bias.data + 1.0   # new storage, the version counter kept
+        assert torch.allclose(model(x), ref + 2.0, atol=1e-4), "so does a tensor's storage swapped by .data"
         model(x)
     assert sk.runtime_report(model)["runtime"]["choices"] and len(dispatch._hot) == 1
 

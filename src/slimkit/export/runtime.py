@@ -134,8 +134,10 @@ class RuntimeDispatch:
         if hot is not None and hot[0] == torch.get_num_threads():
             if hot[1] is None:  # measured: torch is fastest for calls like this one
                 return self._torch(*args, **kwargs)
-            # the check may drop the graphs (changed weights), and with them every hot entry
-            if self._guard() is None and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
+            # _guard's checks, inlined (each microsecond counts at batch 1 on a small model); the
+            # model check may drop the graphs (changed weights), and with them every hot entry
+            if not (self._busy or self.failure is not None or self.model.training or is_torch_only()
+                    or torch.jit.is_tracing()) and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
                 return hot[1](args, kwargs)
         return self._call(args, kwargs)
 
