@@ -146,28 +146,46 @@ def _slimkit_rows(name: str, tmp: Path, task, tokenizer, prompt, progress) -> li
     return [cand] + ([_compiled_row(name, cand, model, tokenizer, prompt, progress)] if name in COMPILED else [])
 
 
+SAME_FILE = "llama.cpp Q8_0 of slimkit int8"   # the int8 row's .slim through `slimkit export --gguf`
+
+
 def _llama_rows(tmp: Path, task, tokenizer, prompt, progress) -> list[Candidate]:
-    names = ("llama.cpp Q8_0", "llama.cpp Q4_0")
+    """llama.cpp on GGUF files slimkit writes: Q8_0 and Q4_0 of the fp32 model (llama.cpp's own
+    quantization, a peer), and Q8_0 of the slimkit int8 row's file (issue #21: llama.cpp's perplexity
+    within 1% of slimkit's for the same file; its int8 codes are kept in Q8_0's blocks of 32, each block
+    with its row's scale rounded to fp16)."""
+    names = ("llama.cpp Q8_0", "llama.cpp Q4_0", SAME_FILE)
     if importlib.util.find_spec("llama_cpp") is None:
         return [Candidate(n, "peer", status="skipped", note=LLAMA_NOTE) for n in names]
+    import slimkit as sk
     from slimkit.export import llama_cpp
     from slimkit.export.gguf import export_gguf
     from slimkit.zoo import smollm2
 
-    model, rows = smollm2.load().eval(), []
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0].tolist()
+    sources = {"llama.cpp Q8_0": smollm2.load, "llama.cpp Q4_0": smollm2.load,
+               SAME_FILE: lambda: sk.load(tmp / "int8.slim", runtime="torch")}
+    rows = []
     for name in names:
-        path = tmp / f"{name.split()[-1].lower()}.gguf"
+        qtype = name.split()[1].lower()
+        path = tmp / f"{name.replace(' ', '-').replace('.', '')}.gguf"
         try:
-            written = export_gguf(model, path, qtype=name.split()[-1].lower())
+            model = sources[name]().eval()
+            written = export_gguf(model, path, qtype=qtype)
+            del model
+            gc.collect()
             speed = llama_cpp.decode_speed(path, ids, NEW_TOKENS, repeats=REPS)
             ppl = llama_cpp.perplexity(path, task)["perplexity"]
         except Exception as exc:  # noqa: BLE001 - a failure is a row, not a crash
             rows.append(Candidate(name, "peer", status="failed", note=f"{type(exc).__name__}: {exc}"[:160]))
             continue
         ratio = task.reference_pass().perplexity / ppl
+        note = "GGUF by slimkit export, llama-cpp-python"
+        if name == SAME_FILE:
+            note += (f"; tensors: {written['codes_kept']} codes kept, {written['exact']} exact, "
+                     f"{written['requantized']} re-quantized")
         rows.append(Candidate(name, "peer", file=str(path), bytes=written["bytes"], score=ratio,
-                              ms_b1=1e3 / speed["decode_tok_s"], note="GGUF by slimkit export, llama-cpp-python",
+                              ms_b1=1e3 / speed["decode_tok_s"], note=note,
                               extra={"decode_tok_s": round(speed["decode_tok_s"], 2),
                                      "prefill_tok_s": round(speed["prefill_tok_s"], 1), "perplexity": round(ppl, 3)}))
         progress(f"[lm-decode] {name}: {speed['decode_tok_s']:.1f} tok/s, perplexity {ppl:.3f}")

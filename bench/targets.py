@@ -131,6 +131,12 @@ def _ppl_change_pct(row: dict, rows: dict) -> float | None:
     return None if ratio is None else 100 * (ratio - 1)
 
 
+def _ppl_vs_slimkit_int8(row: dict, rows: dict) -> float | None:
+    """The row's perplexity against the slimkit int8 row's, in percent (llama.cpp on the same file)."""
+    ratio = _extra_vs("slimkit int8", "perplexity")(row, rows)
+    return None if ratio is None else 100 * (ratio - 1)
+
+
 BF16 = "torch bf16"
 RTN4 = "slimkit int4 g64"
 
@@ -223,6 +229,8 @@ TARGETS: list[Target | EveryRecipe] = [
            _share_of_rtn_increase, lambda v: v <= 1 / 3, "{:.2f} of RTN's", "#21"),
     Target("lm-decode", "slimkit gptq-int4", "file <= 0.17x fp32", _bytes_vs_fp32, lambda v: v <= 0.17,
            "{:.3f}x", "#21"),
+    Target("lm-decode", "llama.cpp Q8_0 of slimkit int8", "llama.cpp's perplexity within 1% of slimkit's (same file)",
+           _ppl_vs_slimkit_int8, lambda v: abs(v) <= 1.0, "{:+.2f}%", "#21"),
     Target("lm-decode", "slimkit int4 g64", "decoding >= 0.7x llama.cpp Q4_0 tokens/s (moonshot)",
            _extra_vs("llama.cpp Q4_0", "decode_tok_s"), lambda v: v >= 0.7, "{:.2f}x", "#21", speed=True),
 ]

@@ -311,7 +311,8 @@ def test_issue21_decode_targets_read_perplexity_bytes_and_tokens_per_second():
 
     rows = [row("torch fp32", 14.0, 18.25, 538_000_000), row("torch bf16", 2.4),
             row("slimkit int8", 15.6, 18.36, 136_000_000), row("slimkit int4 g64", 3.0, 20.0, 95_000_000),
-            row("llama.cpp Q4_0", 150.0, 19.0, 80_000_000), row("slimkit gptq-int4", 3.0, 19.5, 86_000_000)]
+            row("llama.cpp Q4_0", 150.0, 19.0, 80_000_000), row("slimkit gptq-int4", 3.0, 19.5, 86_000_000),
+            row("llama.cpp Q8_0 of slimkit int8", 60.0, 18.53, 145_000_000)]
     found = {(t["row"], t["target"]): (t["value"], t["verdict"]) for t in check(_case("lm-decode", rows))}
     assert found[("slimkit int8", "perplexity <= +0.5%")] == ("+0.60%", "missed")   # 18.36 / 18.25
     assert found[("slimkit int8", "file <= 0.28x fp32")] == ("0.253x", "met")
@@ -324,6 +325,11 @@ def test_issue21_decode_targets_read_perplexity_bytes_and_tokens_per_second():
     assert found[("slimkit gptq-int4", "perplexity increase <= 1/3 of RTN's (int4 g64 row)")] == \
         ("0.71 of RTN's", "missed")
     assert found[("slimkit gptq-int4", "file <= 0.17x fp32")] == ("0.160x", "met")
+    same = "llama.cpp's perplexity within 1% of slimkit's (same file)"
+    assert found[("llama.cpp Q8_0 of slimkit int8", same)] == ("+0.93%", "met")   # 18.53 / 18.36
+    rows[-1] = row("llama.cpp Q8_0 of slimkit int8", 60.0, 18.10, 145_000_000)
+    found = {(t["row"], t["target"]): (t["value"], t["verdict"]) for t in check(_case("lm-decode", rows))}
+    assert found[("llama.cpp Q8_0 of slimkit int8", same)] == ("-1.42%", "missed"), "within 1% either way"
     rows[3] = Candidate("slimkit int4 g64", "slimkit", status="skipped", note="no time left")
     skipped = {t["verdict"] for t in check(_case("lm-decode", rows)) if t["row"] == "slimkit int4 g64"}
     assert skipped == {"not measured (skipped)"}
