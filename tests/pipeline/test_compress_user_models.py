@@ -111,6 +111,21 @@ def test_a_user_model_without_data_is_refused_not_silently_broken():
     assert (oneshot.fc1.weight == 0).float().mean() > 0.85
 
 
+@pytest.mark.parametrize("recipe", ["kmeans", "prune-magnitude", "qat-int4", "hashed"])
+def test_labels_that_are_no_class_of_the_model_are_refused_in_one_line(recipe):
+    """Ten-class labels for a model with four outputs: every training method says so, naming the
+    label and the output count, instead of torch's "Target 7 is out of bounds" from deep inside."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    data = [(x, y) for x, y in loader()]
+    assert max(int(y.max()) for _, y in data) == 9
+    with pytest.raises(sk.SlimError) as refused:
+        sk.compress(model, recipe, data=data, max_drop=100)
+    message = str(refused.value)
+    assert "\n" not in message and "the model gives 4 outputs per sample" in message
+    assert "labels must be class indices 0-3" in message and int(message.split(" is ")[1].split(",")[0]) >= 4
+
+
 def test_magnitude_with_labels_and_epochs_unset_prunes_gradually_and_keeps_accuracy():
     model = trained("mlp")
     base = accuracy(model)

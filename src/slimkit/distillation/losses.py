@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.train.supervised import class_loss
+
 
 def _check_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     if a.shape != b.shape:
@@ -54,7 +56,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
     soft = soft_kl(student_logits, teacher_logits, temperature)
     if target is None or alpha == 1.0:
         return soft
-    hard = F.cross_entropy(student_logits, target)
+    hard = class_loss(student_logits, target)
     return alpha * soft + (1.0 - alpha) * hard
 
 

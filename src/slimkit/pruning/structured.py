@@ -23,6 +23,7 @@ from slimkit.pruning.importance import above_mean_std, activation_mean, apoz, ch
 from slimkit.surgery.edits import edit_log
 from slimkit.surgery.shrink import prune_groups_, same_output_shape
 from slimkit.surgery.trace import Group, trace_groups
+from slimkit.train.supervised import class_loss
 
 Scorer = Callable[[nn.Module, list[Group]], dict[str, torch.Tensor]]
 
@@ -103,7 +104,7 @@ def taylor_scores(task: Task, batches: int = 8) -> Scorer:
             with hooked(model, sites, hook):
                 for inputs, target in training_data(task, 64, 0)[:batches]:
                     model.zero_grad()
-                    nn.functional.cross_entropy(task.forward(model, inputs), target).backward()
+                    class_loss(task.forward(model, inputs), target).backward()
         finally:
             model.zero_grad()
         return {k: -v for k, v in sums.items()}

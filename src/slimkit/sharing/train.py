@@ -24,7 +24,7 @@ from torch import nn
 
 from slimkit.core.task import Batch, Task
 from slimkit.train.loop import Hooks, LoopSettings, fit
-from slimkit.train.supervised import task_batches
+from slimkit.train.supervised import class_loss, task_batches
 
 SMALL_MODEL = 2_000_000  # parameters; below this, fine-tuning runs on one thread
 
@@ -33,7 +33,7 @@ def _loss(out: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = N
           temperature: float = 4.0) -> torch.Tensor:
     if target.is_floating_point() or out.ndim != 2:
         return nn.functional.mse_loss(out, target.to(out.dtype))
-    loss = nn.functional.cross_entropy(out, target)
+    loss = class_loss(out, target)
     if soft is not None:  # Hinton et al.'s dark knowledge, as HashedNets trains with
         kl = nn.functional.kl_div(nn.functional.log_softmax(out / temperature, 1),
                                   nn.functional.log_softmax(soft / temperature, 1),
