@@ -8,7 +8,8 @@ core at most, started once and reused) generate and run their cases (`fuzz/tree_
 
 - the outcome must be success or a one-line `SlimError` (the CLI's exit 2); anything else is a finding;
 - CPU time at most `--time-limit` seconds (10; a case still running after `--wall-limit` of wall time
-  is killed with its worker: a hang);
+  is killed with its worker: a hang; the wall clock starts when the worker has written the case and
+  says "started", so a large case the fuzzer itself is slow to write is no hang of slimkit's);
 - peak RSS at most max(500 MB, 4x the input's size): the worker's VmHWM, reset before each case
   (/proc/self/clear_refs), and its address space capped (RLIMIT_AS), so a huge allocation fails fast.
 
@@ -44,6 +45,7 @@ CORPUS = HERE / "corpus" / "tree"
 RSS_FLOOR = 500 << 20
 TIME_LIMIT_S = 10.0
 WALL_LIMIT_S = 60.0
+WRITE_LIMIT_S = 600.0           # wall seconds the fuzzer itself may take to write one case
 ADDRESS_HEADROOM = 4 << 30      # RLIMIT_AS: the worker's size after start-up plus this
 KIND_WEIGHTS = {"slim": 0.55, "recipe": 0.2, "hf": 0.25}   # how often each kind of input is drawn
 
@@ -142,6 +144,8 @@ def worker(seed_dir: str, master: int, time_limit: float) -> None:
             out.write(json.dumps(reply) + "\n")
             out.flush()
             continue
+        out.write(json.dumps({"started": req["i"]}) + "\n")   # the pool's wall clock starts here
+        out.flush()
         target.PHASE = ""
         before = _reset_peak()
         start = resource.getrusage(resource.RUSAGE_SELF)
@@ -179,22 +183,40 @@ class Worker:
     def __init__(self, seed_dir: Path, master: int, time_limit: float):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+        # stdout unbuffered: `lines` reads what the pipe holds, so select() never misses a line that a
+        # buffered reader had already taken in
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(seed_dir),
                                       "--seed", str(master), "--time-limit", str(time_limit)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, text=True, bufsize=1)
+                                     env=env, bufsize=0)
         self.request: dict | None = None
         self.sent = 0.0
+        self.started = False   # the case is written and running (the wall limit applies from then)
+        self.pending = b""
+
+    def lines(self) -> list[dict] | None:
+        """The complete messages the pipe holds now (call when select() says it is readable); None
+        when the worker has exited."""
+        chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+        if not chunk:
+            return None
+        *done, self.pending = (self.pending + chunk).split(b"\n")
+        return [json.loads(line) for line in done if line.strip()]
 
     def wait_ready(self) -> Worker:
-        first = self.proc.stdout.readline()
-        if not first or not json.loads(first).get("ready"):
+        got: list[dict] = []
+        while not got:
+            more = self.lines()
+            if more is None:
+                raise RuntimeError("a fuzz worker did not start")
+            got += more
+        if not got[0].get("ready"):
             raise RuntimeError("a fuzz worker did not start")
         return self
 
     def send(self, request: dict) -> None:
-        self.request, self.sent = request, time.monotonic()
-        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.request, self.sent, self.started = request, time.monotonic(), False
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
 
     def kill(self) -> None:
@@ -229,21 +251,31 @@ class Pool:
                 return
             ready, _, _ = select.select(list(busy), [], [], 1.0)
             for fd in ready:
-                w = busy.pop(fd)
-                line = w.proc.stdout.readline()
-                if line:
-                    idle.append(w)
-                    yield json.loads(line)
+                w = busy[fd]
+                messages = w.lines()
+                if messages is None:
+                    del busy[fd]
+                    code = w.proc.wait()
+                    yield {**w.request, "outcome": "finding", "error": f"Crash: worker exited with {code}"}
+                    idle.append(self._replace(w))
                     continue
-                code = w.proc.wait()
-                yield {**w.request, "outcome": "finding", "error": f"Crash: worker exited with {code}"}
-                idle.append(self._replace(w))
+                for msg in messages:
+                    if "started" in msg:   # the case is written: its run starts the wall clock
+                        w.sent, w.started = time.monotonic(), True
+                        continue
+                    del busy[fd]
+                    idle.append(w)
+                    yield msg
+                    break   # one reply per request
             now = time.monotonic()
             for fd, w in list(busy.items()):
-                if now - w.sent > self.wall_limit:
+                limit = self.wall_limit if w.started else WRITE_LIMIT_S
+                if now - w.sent > limit:
                     del busy[fd]
                     w.kill()
-                    yield {**w.request, "outcome": "finding", "error": f"Hang: killed after {self.wall_limit:g} s"}
+                    error = f"Hang: killed after {limit:g} s" if w.started else \
+                        f"WriterHang: the fuzzer took more than {limit:g} s to write the case"
+                    yield {**w.request, "outcome": "finding", "error": error}
                     idle.append(self._replace(w))
 
     def _replace(self, w: Worker) -> Worker:
@@ -383,8 +415,8 @@ def fuzz(cases: int, master: int = 0, workers: int | None = None, corpus: Path =
                     if rss <= max(RSS_FLOOR, 4 * size):
                         unconfirmed.append(f"case {reply['i']}: {reply['error']}, {rss >> 20} MB in a fresh process")
                         continue
-                keep = minimise(pool, reply, len(edits)) if reply["error"].split(":")[0] not in ("Crash", "Hang") \
-                    else list(range(len(edits)))
+                killed = reply["error"].split(":")[0] in ("Crash", "Hang", "WriterHang")   # not re-run to minimise
+                keep = list(range(len(edits))) if killed else minimise(pool, reply, len(edits))
                 saved.append(str(save_finding(corpus, seeds, vocab, master, reply, keep)))
         finally:
             pool.close()
