@@ -180,19 +180,27 @@ def worker(seed_dir: str, master: int, time_limit: float) -> None:
 # ---------------------------------------------------------------- the pool
 
 class Worker:
+    """One worker process and the request it runs. Messages, one JSON line each: {"ready": true} once,
+    then per request {"started": i} when the case is written (not for a case it could not write) and
+    the reply."""
+
     def __init__(self, seed_dir: Path, master: int, time_limit: float):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
         # stdout unbuffered: `lines` reads what the pipe holds, so select() never misses a line that a
         # buffered reader had already taken in
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(seed_dir),
-                                      "--seed", str(master), "--time-limit", str(time_limit)],
+        self.proc = subprocess.Popen(self.command(seed_dir, master, time_limit),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=env, bufsize=0)
         self.request: dict | None = None
         self.sent = 0.0
         self.started = False   # the case is written and running (the wall limit applies from then)
         self.pending = b""
+
+    @staticmethod
+    def command(seed_dir: Path, master: int, time_limit: float) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--worker", str(seed_dir), "--seed", str(master),
+                "--time-limit", str(time_limit)]
 
     def lines(self) -> list[dict] | None:
         """The complete messages the pipe holds now (call when select() says it is readable); None
@@ -228,10 +236,12 @@ class Pool:
     """`size` persistent workers; `run(requests)` yields one reply per request, a worker that dies or
     runs past `wall_limit` is replaced (the reply says so)."""
 
+    worker = Worker
+
     def __init__(self, size: int, seed_dir: Path, master: int, time_limit: float, wall_limit: float):
         self.args = (seed_dir, master, time_limit)
         self.wall_limit = wall_limit
-        self.workers = [w.wait_ready() for w in [Worker(*self.args) for _ in range(size)]]
+        self.workers = [w.wait_ready() for w in [self.worker(*self.args) for _ in range(size)]]
 
     def run(self, requests):
         pending = iter(requests)
@@ -280,7 +290,7 @@ class Pool:
 
     def _replace(self, w: Worker) -> Worker:
         self.workers.remove(w)
-        fresh = Worker(*self.args).wait_ready()
+        fresh = self.worker(*self.args).wait_ready()
         self.workers.append(fresh)
         return fresh
 
