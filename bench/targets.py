@@ -126,15 +126,15 @@ def _bytes_vs_fp32(row: dict, rows: dict) -> float | None:
     return row["bytes"] / base["bytes"] if row.get("bytes") and base.get("bytes") else None
 
 
-def _ppl_change_pct(row: dict, rows: dict) -> float | None:
-    ratio = _extra_vs(BASELINE, "perplexity")(row, rows)
-    return None if ratio is None else 100 * (ratio - 1)
+def _ppl_change_vs(peer: str) -> Callable[[dict, dict], float | None]:
+    """The row's perplexity against `peer`'s, as a change in percent."""
+    def measure(row: dict, rows: dict) -> float | None:
+        ratio = _extra_vs(peer, "perplexity")(row, rows)
+        return None if ratio is None else 100 * (ratio - 1)
+    return measure
 
 
-def _ppl_vs_slimkit_int8(row: dict, rows: dict) -> float | None:
-    """The row's perplexity against the slimkit int8 row's, in percent (llama.cpp on the same file)."""
-    ratio = _extra_vs("slimkit int8", "perplexity")(row, rows)
-    return None if ratio is None else 100 * (ratio - 1)
+_ppl_change_pct = _ppl_change_vs(BASELINE)
 
 
 BF16 = "torch bf16"
@@ -230,7 +230,7 @@ TARGETS: list[Target | EveryRecipe] = [
     Target("lm-decode", "slimkit gptq-int4", "file <= 0.17x fp32", _bytes_vs_fp32, lambda v: v <= 0.17,
            "{:.3f}x", "#21"),
     Target("lm-decode", "llama.cpp Q8_0 of slimkit int8", "llama.cpp's perplexity within 1% of slimkit's (same file)",
-           _ppl_vs_slimkit_int8, lambda v: abs(v) <= 1.0, "{:+.2f}%", "#21"),
+           _ppl_change_vs("slimkit int8"), lambda v: abs(v) <= 1.0, "{:+.2f}%", "#21"),
     Target("lm-decode", "slimkit int4 g64", "decoding >= 0.7x llama.cpp Q4_0 tokens/s (moonshot)",
            _extra_vs("llama.cpp Q4_0", "decode_tok_s"), lambda v: v >= 0.7, "{:.2f}x", "#21", speed=True),
 ]

@@ -53,3 +53,19 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: 
                     time.sleep(settle_s)
                 samples[key].extend(time_call(fn, repeats, warmup=1 if settle_s > 0 else 0))
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def paired_medians(runs: dict[str, Callable[[], object]], reps: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds of each runner over `reps` interleaved rounds, and its last output. Each timed call
+    follows an untimed one of the same runner: torch's and ONNX Runtime's worker threads sleep while
+    the other runs, and waking them is not what a program calling one of them in a loop pays. The
+    median, not the best: one lucky call says little about the next thousand."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outs: dict[str, object] = {}
+    for _ in range(reps):
+        for name, run in runs.items():
+            run()
+            start = time.perf_counter()
+            outs[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, outs

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import statistics
 import threading
 import time
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.core.latency import paired_medians
 from slimkit.export.onnx import flatten_output, rebuild_output
 from slimkit.export.runtime_graph import Graph, hot_runner, one_line
 from slimkit.export.runtime_guard import Signature, Watch, batch_label, call_key, gather
@@ -134,10 +134,8 @@ class RuntimeDispatch:
         if hot is not None and hot[0] == torch.get_num_threads():
             if hot[1] is None:  # measured: torch is fastest for calls like this one
                 return self._torch(*args, **kwargs)
-            # _guard's checks, inlined (each microsecond counts at batch 1 on a small model); the
-            # model check may drop the graphs (changed weights), and with them every hot entry
-            if not (self._busy or self.failure is not None or self.model.training or is_torch_only()
-                    or torch.jit.is_tracing()) and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
+            # the model check may drop the graphs (changed weights), and with them every hot entry
+            if self._free() and self._check_model(hot[2]) is None and self._hot.get(ck) is hot:
                 return hot[1](args, kwargs)
         return self._call(args, kwargs)
 
@@ -187,8 +185,16 @@ class RuntimeDispatch:
             self._hot.clear()
         self._hot[ck] = (key[0][1], runner, inputs_need_grad)
 
+    def _free(self) -> bool:
+        """Whether nothing rules the graph out now: `_guard`'s conditions as one cheap test (each
+        microsecond counts on the hot path at batch 1 on a small model)."""
+        return not (self._busy or self.failure is not None or self.model.training or is_torch_only()
+                    or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
     def _guard(self) -> str | None:
         """Why no call may use the graph now (None: it may)."""
+        if self._free():
+            return None
         if self._busy or is_torch_only():
             return "inside torch_only() or the runtime's own measurement"
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -308,7 +314,7 @@ class RuntimeDispatch:
                 return choice, reference
             graph.prune({choice}, done=True)
             return choice, runs[choice]()
-        times, outs = _time(runs, self._reps(runs["torch"]))
+        times, outs = paired_medians(runs, self._reps(runs["torch"]))
         self.timings[key] = {n: round(t * 1e3, 4) for n, t in times.items()}
         fastest = min(times, key=times.get)
         choice = fastest if times[fastest] < (1 - MARGIN) * times["torch"] else "torch"
@@ -353,22 +359,6 @@ class RuntimeDispatch:
                 "rejected": {f"{g.label} {n}": r for g in self.graphs.values() for n, r in g.rejected.items()},
                 "onnx_bytes": sum(g.bytes() for g in self.graphs.values()),
                 "why_torch": self.failure or self.why_torch}
-
-
-def _time(runs: dict[str, Any], reps: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """Median time of each runner over `reps` interleaved rounds, and its last output. Each timed call
-    follows an untimed one of the same runner: torch's and ONNX Runtime's worker threads sleep while
-    the other runs, and waking them is not what a program calling one of them in a loop pays. The
-    median, not the best: one lucky call says little about the next thousand."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    outs: dict[str, Any] = {}
-    for _ in range(reps):
-        for name, run in runs.items():
-            run()
-            start = time.perf_counter()
-            outs[name] = run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, outs
 
 
 def install(model: nn.Module, mode: str) -> nn.Module:
