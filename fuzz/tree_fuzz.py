@@ -4,7 +4,8 @@ as trees, each case run through slimkit's real entry point in a worker process (
 Seeds are made on the fly (`fuzz/tree_seeds.py`: tiny models through every codec and base kind, the
 shipped recipes, tiny Hugging Face folders); case `i` is a seed and 1-4 edits drawn from a generator
 seeded with (`--seed`, `i`), so a run is reproducible whatever the number of workers. Workers (one per
-core at most, started once and reused) generate and run their cases (`fuzz/tree_target.py`); per case:
+core at most, started once and reused: `fuzz/tree_pool.py`) generate and run their cases
+(`fuzz/tree_target.py`); per case:
 
 - the outcome must be success or a one-line `SlimError` (the CLI's exit 2); anything else is a finding;
 - CPU time at most `--time-limit` seconds (10; a case still running after `--wall-limit` of wall time
@@ -28,7 +29,6 @@ import json
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import subprocess
@@ -41,11 +41,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from fuzz.tree_pool import Pool  # noqa: E402 - after the path insert, for `python fuzz/tree_fuzz.py`
+
 CORPUS = HERE / "corpus" / "tree"
 RSS_FLOOR = 500 << 20
 TIME_LIMIT_S = 10.0
 WALL_LIMIT_S = 60.0
-WRITE_LIMIT_S = 600.0           # wall seconds the fuzzer itself may take to write one case
 ADDRESS_HEADROOM = 4 << 30      # RLIMIT_AS: the worker's size after start-up plus this
 KIND_WEIGHTS = {"slim": 0.55, "recipe": 0.2, "hf": 0.25}   # how often each kind of input is drawn
 
@@ -175,133 +176,6 @@ def worker(seed_dir: str, master: int, time_limit: float) -> None:
             reply.update(outcome="finding", error=f"TimeLimit: {reply['cpu']:.1f} s of CPU")
         out.write(json.dumps(reply) + "\n")
         out.flush()
-
-
-# ---------------------------------------------------------------- the pool
-
-class Worker:
-    """One worker process and the request it runs. Messages, one JSON line each: {"ready": true} once,
-    then per request {"started": i} when the case is written (not for a case it could not write) and
-    the reply."""
-
-    def __init__(self, seed_dir: Path, master: int, time_limit: float):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
-        # stdout unbuffered: `lines` reads what the pipe holds, so select() never misses a line that a
-        # buffered reader had already taken in
-        self.proc = subprocess.Popen(self.command(seed_dir, master, time_limit),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, bufsize=0)
-        self.request: dict | None = None
-        self.sent = 0.0
-        self.started = False   # the case is written and running (the wall limit applies from then)
-        self.pending = b""
-
-    @staticmethod
-    def command(seed_dir: Path, master: int, time_limit: float) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), "--worker", str(seed_dir), "--seed", str(master),
-                "--time-limit", str(time_limit)]
-
-    def lines(self) -> list[dict] | None:
-        """The complete messages the pipe holds now (call when select() says it is readable); None
-        when the worker has exited."""
-        chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-        if not chunk:
-            return None
-        *done, self.pending = (self.pending + chunk).split(b"\n")
-        return [json.loads(line) for line in done if line.strip()]
-
-    def wait_ready(self) -> Worker:
-        got: list[dict] = []
-        while not got:
-            more = self.lines()
-            if more is None:
-                raise RuntimeError("a fuzz worker did not start")
-            got += more
-        if not got[0].get("ready"):
-            raise RuntimeError("a fuzz worker did not start")
-        return self
-
-    def send(self, request: dict) -> None:
-        self.request, self.sent, self.started = request, time.monotonic(), False
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-class Pool:
-    """`size` persistent workers; `run(requests)` yields one reply per request, a worker that dies or
-    runs past `wall_limit` is replaced (the reply says so)."""
-
-    worker = Worker
-
-    def __init__(self, size: int, seed_dir: Path, master: int, time_limit: float, wall_limit: float):
-        self.args = (seed_dir, master, time_limit)
-        self.wall_limit = wall_limit
-        self.workers = [w.wait_ready() for w in [self.worker(*self.args) for _ in range(size)]]
-
-    def run(self, requests):
-        pending = iter(requests)
-        idle = list(self.workers)
-        busy: dict[int, Worker] = {}
-        exhausted = False
-        while True:
-            while idle and not exhausted:
-                req = next(pending, None)
-                if req is None:
-                    exhausted = True
-                    break
-                w = idle.pop()
-                w.send(req)
-                busy[w.proc.stdout.fileno()] = w
-            if not busy:
-                return
-            ready, _, _ = select.select(list(busy), [], [], 1.0)
-            for fd in ready:
-                w = busy[fd]
-                messages = w.lines()
-                if messages is None:
-                    del busy[fd]
-                    code = w.proc.wait()
-                    yield {**w.request, "outcome": "finding", "error": f"Crash: worker exited with {code}"}
-                    idle.append(self._replace(w))
-                    continue
-                for msg in messages:
-                    if "started" in msg:   # the case is written: its run starts the wall clock
-                        w.sent, w.started = time.monotonic(), True
-                        continue
-                    del busy[fd]
-                    idle.append(w)
-                    yield msg
-                    break   # one reply per request
-            now = time.monotonic()
-            for fd, w in list(busy.items()):
-                limit = self.wall_limit if w.started else WRITE_LIMIT_S
-                if now - w.sent > limit:
-                    del busy[fd]
-                    w.kill()
-                    error = f"Hang: killed after {limit:g} s" if w.started else \
-                        f"WriterHang: the fuzzer took more than {limit:g} s to write the case"
-                    yield {**w.request, "outcome": "finding", "error": error}
-                    idle.append(self._replace(w))
-
-    def _replace(self, w: Worker) -> Worker:
-        self.workers.remove(w)
-        fresh = self.worker(*self.args).wait_ready()
-        self.workers.append(fresh)
-        return fresh
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.proc.stdin.close()
-        for w in self.workers:
-            try:
-                w.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                w.kill()
 
 
 # ---------------------------------------------------------------- findings

@@ -1,4 +1,4 @@
-"""The tree fuzzer's worker pool (`fuzz/tree_fuzz.py`): a case is a hang only when it runs past the wall
+"""The tree fuzzer's worker pool (`fuzz/tree_pool.py`): a case is a hang only when it runs past the wall
 limit after its worker said "started"; the seconds the fuzzer takes to write a case do not count, and
 two messages that arrive together are both read. Fake workers stand in for slimkit's, so the test
 times the pool's protocol alone."""
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fuzz.tree_fuzz import Pool, Worker  # noqa: E402
+from fuzz.tree_pool import Pool, Worker  # noqa: E402
 
 # a worker that, per request, "writes" for WRITE s, says started, "runs" for RUN s and replies; the
 # started line and the reply leave in one write when RUN is 0 (both reach the pool in one read)
