@@ -134,3 +134,33 @@ def test_models_that_cannot_generate_are_refused(llama_folder, tmp_path, monkeyp
     assert code == 0 and _json(out)["new_tokens"] == 2
     code, _, err = cli(monkeypatch, capsys, "generate", str(tmp_path / "missing"), "hello")
     assert code == 2 and "no such model" in err
+
+
+def test_compiled_decoding_compiles_before_the_timed_run(llama_folder):
+    """The compile warm-up sizes the static KV cache for the whole generation: the timed run reuses
+    the compiled step (a cache of another length is another shape, compiled again inside the timing)."""
+    from torch._dynamo.utils import counters
+
+    from slimkit.zoo.generate import check_compiler
+
+    try:
+        check_compiler()
+    except ValueError:
+        pytest.skip("no C++ compiler for torch.compile here")
+    model, tok = load_causal_lm(str(llama_folder))
+    real, graphs = model.generate, []
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        graphs.append(counters["stats"]["unique_graphs"])
+        return out
+
+    model.generate = spy
+    torch._dynamo.reset()
+    counters.clear()
+    with num_threads(1):
+        out = generate(model, tok, "the red fox", max_new_tokens=12, compile=True)
+    assert out.new_tokens == 12
+    warmup_eager, warmup_compiled, timed = graphs
+    assert warmup_eager == 0 and warmup_compiled > 0, "the second warm-up compiles the one-token step"
+    assert timed == warmup_compiled, "the timed run compiled again"

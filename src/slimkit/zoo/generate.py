@@ -116,7 +116,8 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int 
     if isinstance(limit, int) and ids.shape[1] + max_new_tokens > limit:
         raise ConfigError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
                          f"model's {limit} positions")
-    options = {"do_sample": temperature > 0, "pad_token_id": _pad_id(tokenizer, model), **_compiled(compile)}
+    options = {"do_sample": temperature > 0, "pad_token_id": _pad_id(tokenizer, model),
+               **_compiled(compile, ids.shape[1] + max_new_tokens)}
     if temperature > 0:
         options.update(temperature=float(temperature), top_k=0, top_p=1.0)
     with torch.inference_mode(), quiet():
@@ -149,7 +150,7 @@ def _pad_id(tokenizer: Any, model: nn.Module) -> int | None:
     return None
 
 
-COMPILE_OPTIONS = ("cache_implementation", "compile_config")
+COMPILE_OPTIONS = ("cache_implementation", "compile_config", "max_cache_len")
 
 
 def check_compiler() -> None:
@@ -158,13 +159,15 @@ def check_compiler() -> None:
         raise ConfigError("compiled decoding needs a C++ compiler (c++, g++ or clang++) for torch.compile")
 
 
-def _compiled(enabled: bool) -> dict:
-    """generate() options for a static KV cache with the decode step compiled (also on the CPU,
-    which transformers leaves out of its automatic compilation)."""
+def _compiled(enabled: bool, cache_len: int) -> dict:
+    """generate() options for a static KV cache of `cache_len` positions with the decode step compiled
+    (also on the CPU, which transformers leaves out of its automatic compilation). The cache's length
+    is in the compiled step's shapes: the two-token compile warm-up sizes it for the whole generation,
+    or the timed run would compile again."""
     if not enabled:
         return {}
     from transformers import CompileConfig
 
     config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
     config._compile_all_devices = True
-    return {"cache_implementation": "static", "compile_config": config}
+    return {"cache_implementation": "static", "compile_config": config, "max_cache_len": cache_len}
