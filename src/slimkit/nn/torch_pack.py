@@ -121,6 +121,15 @@ class Int8PackMatMul:
         return y if self.bias is None else y.add_(self.bias)
 
 
+def codes_kernel(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
+                 bias: torch.Tensor | None = None) -> Int4PackMatMul | Int8PackMatMul:
+    """The kernel for slimkit codes (uint8, `scale * (codes - zero)`): 4-bit for 1-4 bits, else int8
+    (symmetric per-channel codes, see `supports_int8`)."""
+    if bits <= 4:
+        return Int4PackMatMul(codes, scale, zero, bits, bias)
+    return Int8PackMatMul(centered_int8(codes, bits), scale, bias)
+
+
 def centered_int8(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric slimkit codes of 5-8 bits (uint8, zero `2**(bits-1)`) as signed int8 values."""
     return (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8)

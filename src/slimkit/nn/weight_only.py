@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimkit.nn.nbits as nbits
+import slimkit.nn.siblings  # noqa: F401 - registers sibling linking after load
 import slimkit.nn.torch_pack as torch_pack
 from slimkit.nn.codes import _CodesMixin, _DecodeCache, _flag, _size
 from slimkit.nn.kernels import KernelChoice, current_mode, rel_err, settled_kernel
@@ -60,6 +61,11 @@ class QuantLinear(_CodesMixin, nn.Module):
         if torch.compiler.is_compiling():
             return self._traced(x)
         if x.dtype is torch.float32 and self._may_choose(x):
+            group = self.__dict__.get("_siblings")
+            if group is not None and x.numel() == self.in_features:
+                y = group.run(self.__dict__["_sibling_index"], x)   # one kernel for it and its siblings
+                if y is not None:
+                    return y
             x2 = x.reshape(-1, self.in_features)
             choice = self.__dict__.get("_kernel_choice") or self._new_choice()
             y = choice.run(x2, lambda: self._reference(x2))
@@ -73,6 +79,11 @@ class QuantLinear(_CodesMixin, nn.Module):
     def _traced(self, x: torch.Tensor) -> torch.Tensor:
         """Inside `torch.compile`: the kernel this layer settled on in eager calls of the same shape
         (`settled_kernel`), else a matmul on the decoded weight (the cached copy if there is one)."""
+        group = self.__dict__.get("_siblings")
+        if group is not None and x.numel() == self.in_features and x.dtype is torch.float32:
+            y = group.run(self.__dict__["_sibling_index"], x)
+            if y is not None:
+                return y
         kernel = settled_kernel(self, x.numel() // self.in_features) if x.dtype is torch.float32 else None
         if kernel is not None:
             return kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
@@ -139,10 +150,7 @@ class QuantLinear(_CodesMixin, nn.Module):
         return kernel(x2)
 
     def _build_pack(self):
-        if self.bits <= 4:
-            return torch_pack.Int4PackMatMul(self.qweight, self.scale, self.zero, self.bits, self.bias)
-        codes = torch_pack.centered_int8(self.qweight, self.bits)
-        return torch_pack.Int8PackMatMul(codes, self.scale, self.bias)
+        return torch_pack.codes_kernel(self.qweight, self.scale, self.zero, self.bits, self.bias)
 
     def _reference(self, x2: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The exact output (decoded weight, fp32 activations) and the error a kernel may have against
@@ -168,6 +176,11 @@ class QuantLinear(_CodesMixin, nn.Module):
             kernel = self.__dict__.get(name)
             if kernel is not None and kernel.value is not None:
                 state["cache_bytes"] += kernel.value.nbytes
+        group = self.__dict__.get("_siblings")
+        if group is not None and group.members[0] is self:   # the stacked kernel, counted once
+            state["cache_bytes"] += group.nbytes()
+            if group.cache.value is not None:
+                state["stacked"] = f"{len(group.members)} layers, {group.fused_calls} calls"
         choice = self.__dict__.get("_kernel_choice")
         if choice is not None and choice.names:
             state["choices"] = choice.describe()
