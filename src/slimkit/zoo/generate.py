@@ -33,6 +33,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError, SlimError
 from slimkit.core.provenance import task_for
+from slimkit.nn import siblings
 from slimkit.zoo.embedding_task import _load_tokenizer
 from slimkit.zoo.hf import quiet
 from slimkit.zoo.lm_task import CausalLMTask
@@ -116,6 +117,7 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int 
     if isinstance(limit, int) and ids.shape[1] + max_new_tokens > limit:
         raise ConfigError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
                          f"model's {limit} positions")
+    siblings.link(model)   # a model compressed in memory stacks its sibling layers too (slimkit.nn.siblings)
     options = {"do_sample": temperature > 0, "pad_token_id": _pad_id(tokenizer, model),
                **_compiled(compile, ids.shape[1] + max_new_tokens)}
     if temperature > 0:
