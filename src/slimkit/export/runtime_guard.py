@@ -140,7 +140,11 @@ def batch_label(key: tuple[tuple, int]) -> str:
 
 
 def _bump(*_: object) -> None:
-    _GENERATION[0] += 1
+    """Count a registration. Not while torch.compile traces: a forward that builds modules (Hugging
+    Face's decoder slices its ModuleList each call) would leave a guard on the count, which every
+    call changes, and the compiled step would be compiled again at each call."""
+    if not torch.compiler.is_compiling():
+        _GENERATION[0] += 1
 
 
 def _count_registrations() -> None:

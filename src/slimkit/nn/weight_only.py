@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimkit.nn.nbits as nbits
-import slimkit.nn.siblings  # noqa: F401 - registers sibling linking after load
 import slimkit.nn.torch_pack as torch_pack
 from slimkit.nn.codes import _CodesMixin, _DecodeCache, _flag, _size
 from slimkit.nn.kernels import KernelChoice, current_mode, rel_err, settled_kernel
 from slimkit.nn.quant_math import Granularity, QuantizedWeight, quantize_per_token
+from slimkit.nn.siblings import link as _link_after_load  # noqa: F401 - registers it with slimkit.load
 from slimkit.surgery.specs import register_module
 
 
