@@ -61,11 +61,9 @@ class QuantLinear(_CodesMixin, nn.Module):
         if torch.compiler.is_compiling():
             return self._traced(x)
         if x.dtype is torch.float32 and self._may_choose(x):
-            group = self.__dict__.get("_siblings")
-            if group is not None and x.numel() == self.in_features:
-                y = group.run(self.__dict__["_sibling_index"], x)   # one kernel for it and its siblings
-                if y is not None:
-                    return y
+            y = self._stacked(x)
+            if y is not None:
+                return y
             x2 = x.reshape(-1, self.in_features)
             choice = self.__dict__.get("_kernel_choice") or self._new_choice()
             y = choice.run(x2, lambda: self._reference(x2))
@@ -79,11 +77,9 @@ class QuantLinear(_CodesMixin, nn.Module):
     def _traced(self, x: torch.Tensor) -> torch.Tensor:
         """Inside `torch.compile`: the kernel this layer settled on in eager calls of the same shape
         (`settled_kernel`), else a matmul on the decoded weight (the cached copy if there is one)."""
-        group = self.__dict__.get("_siblings")
-        if group is not None and x.numel() == self.in_features and x.dtype is torch.float32:
-            y = group.run(self.__dict__["_sibling_index"], x)
-            if y is not None:
-                return y
+        y = self._stacked(x) if x.dtype is torch.float32 else None
+        if y is not None:
+            return y
         kernel = settled_kernel(self, x.numel() // self.in_features) if x.dtype is torch.float32 else None
         if kernel is not None:
             return kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
@@ -92,6 +88,14 @@ class QuantLinear(_CodesMixin, nn.Module):
         if x.dtype != w.dtype:
             w, bias = w.to(x.dtype), None if bias is None else bias.to(x.dtype)
         return F.linear(x, w, bias)
+
+    def _stacked(self, x: torch.Tensor) -> torch.Tensor | None:
+        """This layer's output on a single row from the kernel it shares with its sibling layers
+        (`slimkit.nn.siblings`), or None where it runs its own."""
+        group = self.__dict__.get("_siblings")
+        if group is None or x.numel() != self.in_features:
+            return None
+        return group.run(self.__dict__["_sibling_index"], x)
 
     def _may_choose(self, x: torch.Tensor) -> bool:
         """Whether this call goes through the kernel choice: auto mode, no gradient wanted, a CPU
