@@ -48,9 +48,20 @@ def _model(bits: int) -> Attention:
     return model
 
 
+def _linked(bits: int = 4) -> Attention:
+    model = _model(bits)
+    siblings.link(model)
+    return model
+
+
 def _own(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """The layer's own packed kernel on `x` (built apart from the layer's caches)."""
     return layer._build_pack()(x.reshape(1, -1))
+
+
+def _each_own(model: Attention, x: torch.Tensor) -> torch.Tensor:
+    """q, k and v each by its own packed kernel, concatenated as the model's forward does."""
+    return torch.cat([_own(m, x) for m in (model.q_proj, model.k_proj, model.v_proj)], -1)
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +82,7 @@ def test_one_stacked_call_gives_each_member_its_own_output(bits):
         group = model.q_proj.__dict__["_siblings"]
         y = model(x)
     assert group.fused_calls == 1
-    own = torch.cat([_own(m, x) for m in (model.q_proj, model.k_proj, model.v_proj)], -1)
-    assert torch.equal(y.reshape(1, -1), own), "stacked rows compute the same dot products"
+    assert torch.equal(y.reshape(1, -1), _each_own(model, x)), "stacked rows compute the same dot products"
     assert all(m._pack_cache.value is None for m in (model.q_proj, model.k_proj, model.v_proj)), \
         "the stacked codes replace the members' own packed copies"
     state = model.q_proj.runtime_state()
@@ -81,8 +91,7 @@ def test_one_stacked_call_gives_each_member_its_own_output(bits):
 
 
 def test_other_calls_run_the_members_own_kernel():
-    model = _model(4)
-    siblings.link(model)
+    model = _linked()
     group = model.q_proj.__dict__["_siblings"]
     x, other = torch.randn(1, 512), torch.randn(1, 512)
     with torch.no_grad():
@@ -101,20 +110,17 @@ def test_other_calls_run_the_members_own_kernel():
 
 
 def test_changed_codes_rebuild_the_stacked_kernel():
-    model = _model(4)
-    siblings.link(model)
+    model = _linked()
     x = torch.randn(1, 512)
     with torch.no_grad():
         before = model(x)
         model.k_proj.scale.mul_(2)
         after = model(x)
-    own = torch.cat([_own(m, x) for m in (model.q_proj, model.k_proj, model.v_proj)], -1)
-    assert torch.equal(after, own) and not torch.equal(after[:, 256:384], before[:, 256:384])
+    assert torch.equal(after, _each_own(model, x)) and not torch.equal(after[:, 256:384], before[:, 256:384])
 
 
 def test_copies_and_pickles_stack_their_own_members():
-    model = _model(4)
-    siblings.link(model)
+    model = _linked()
     x = torch.randn(1, 512)
     with torch.no_grad():
         expected = model(x)
@@ -142,8 +148,7 @@ def test_load_links_sibling_layers_of_one_layout(tmp_path):
 
 
 def test_a_compiled_step_runs_the_stacked_kernel():
-    model = _model(4)
-    siblings.link(model)
+    model = _linked()
     x = torch.randn(1, 512)
     with torch.no_grad():
         eager = model(x)   # builds the stacked kernel (nothing is built while tracing)
